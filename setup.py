@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="syncws",
+    version="0.1.0",
+    description="Hook-based WebSockets, pub/sub and Server-Sent Events for synchronous Python (Flask, WSGI)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["syncws", "syncws.*"]),
+    python_requires=">=3.11",
+    install_requires=["gevent>=23.9", "gevent-websocket>=0.10.1", "werkzeug>=3.0"],
+    extras_require={
+        "flask": ["flask>=3.0"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "flask>=3.0",
+            "requests>=2.31",
+            "websocket-client>=1.7",
+            "websockets>=12",
+        ],
+    },
+    entry_points={"console_scripts": ["syncws=syncws.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Flask",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Server",
+    ],
+)

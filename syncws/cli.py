@@ -1,0 +1,87 @@
+"""``python -m syncws module:app``: serve any WSGI callable from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+
+class ImportStringError(Exception):
+    """The ``module:app`` string does not name a WSGI callable."""
+
+
+def load_app(spec: str) -> Callable[..., Any]:
+    """Import ``module:attr`` (or ``module``, which must have ``app``/``application``)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or (":" in spec and not attr):
+        raise ImportStringError(f"expected 'module:app', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ImportStringError(f"cannot import module {module_name!r}: no such module") from None
+        raise
+    names = [attr] if attr else ["app", "application"]
+    for name in names:
+        obj: Any = module
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if not callable(obj):
+            raise ImportStringError(f"{module_name}:{name} is not a WSGI callable ({type(obj).__name__})")
+        return obj
+    wanted = attr or "'app' or 'application'"
+    raise ImportStringError(f"module {module_name!r} has no attribute {wanted}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="python -m syncws",
+        description="Serve a WSGI app (syncws App, Flask, any callable) with WebSockets and SSE.",
+    )
+    parser.add_argument("app", help="import string, 'module:app' or 'module' (uses its app/application)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=3000, help="port to bind, 0 for any (default 3000)")
+    parser.add_argument(
+        "--no-monkey-patch",
+        action="store_true",
+        help="do not gevent-monkey-patch the standard library (patched by default so blocking I/O "
+        "in views and hooks yields to other connections)",
+    )
+    parser.add_argument("--version", action="version", version=f"syncws {__version__}")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.no_monkey_patch:
+        from gevent import monkey
+
+        monkey.patch_all()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        app = load_app(args.app)
+    except ImportStringError as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr)
+        return 2
+    from .server import Server
+
+    server = Server(app, args.host, args.port)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"syncws: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"syncws: serving {args.app} on {server.url} (Ctrl-C to stop)", flush=True)
+    server.serve_forever()
+    return 0

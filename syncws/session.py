@@ -1,0 +1,177 @@
+"""One upgraded connection: the read loop, hook dispatch and the close handshake.
+
+The session runs in the greenlet that served the HTTP request, so hooks run
+where the application's context lives (Flask's ``current_app`` and ``g``) and
+one peer's hooks can only ever run one at a time, in arrival order.  Writing
+is the outbox's job; this module only reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, Optional
+
+import gevent
+
+from . import protocol as ws
+from .hooks import CloseDetails, Hooks
+from .message import Message
+from .outbox import Outbox
+from .peer import Peer
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("syncws")
+
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"
+
+
+class Session:
+    def __init__(
+        self,
+        server: "Server",
+        sock: socket.socket,
+        rfile: Any,
+        hooks: Hooks,
+        request: Any,
+        namespace: str,
+        context: dict,
+        protocol: Optional[str],
+        remote_address: Optional[str],
+    ) -> None:
+        options = server.options
+        self.server = server
+        self.socket = sock
+        self.protocol = protocol
+        self.hooks = hooks
+        self.state = OPEN
+        self.close_timeout = options.close_timeout
+        self._details: Optional[CloseDetails] = None
+        self._abort_timer: Optional[gevent.Greenlet] = None
+        self.reader = ws.FrameReader(rfile.read, options.max_message_size)
+        self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow)
+        self.peer = Peer(self, request, namespace, context, remote_address)
+
+    @property
+    def closed(self) -> bool:
+        return self.state != OPEN
+
+    # -- running -----------------------------------------------------------
+    def run(self) -> None:
+        registry = self.server.registry
+        registry.add_peer(self.peer)
+        self.server.sessions.add(self)
+        try:
+            self._call("open", self.peer)
+            self._read_loop()
+        finally:
+            self.state = CLOSED
+            registry.remove(self.peer)
+            self.server.sessions.discard(self)
+            if self._abort_timer is not None:
+                self._abort_timer.kill(block=False)
+            self.outbox.stop()
+            self._close_socket()
+            details = self._details or CloseDetails(ws.CLOSE_ABNORMAL, "")
+            self._call("close", self.peer, details)
+
+    def _read_loop(self) -> None:
+        reader = self.reader
+        while True:
+            try:
+                frame = reader.read_message()
+            except ws.ProtocolViolation as exc:
+                self._report(exc)
+                self._fail(exc.code, exc.reason)
+                return
+            except (ws.ConnectionClosed, OSError, ValueError):
+                return  # dropped: details stay 1006 unless a close was already sent
+            opcode = frame.opcode
+            if opcode == ws.OP_CLOSE:
+                self._on_close_frame(frame.payload)
+                return
+            if opcode == ws.OP_PING:
+                self.outbox.put(ws.encode_frame(ws.OP_PONG, frame.payload))
+            elif opcode == ws.OP_PONG:
+                pass
+            elif self.state == OPEN:  # data after we sent a close is discarded
+                self._call("message", self.peer, Message(frame.payload, opcode == ws.OP_BINARY))
+
+    # -- hooks -------------------------------------------------------------
+    def _call(self, name: str, *args: Any) -> None:
+        hook = getattr(self.hooks, name)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception as exc:
+            log.exception("syncws: %s hook raised for peer %s", name, self.peer.id)
+            self._report(exc)
+            self.close(ws.CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _report(self, error: BaseException) -> None:
+        hook = self.hooks.error
+        if hook is None:
+            return
+        try:
+            hook(self.peer, error)
+        except Exception:
+            log.exception("syncws: error hook raised for peer %s", self.peer.id)
+
+    # -- closing -----------------------------------------------------------
+    def close(self, code: int = ws.CLOSE_NORMAL, reason: str = "") -> None:
+        """Start the close handshake (hub thread only)."""
+        if self.state != OPEN:
+            return
+        if not isinstance(code, int) or not (code == 1000 or ws.is_valid_close_code(code)):
+            raise ValueError(f"invalid close code {code!r}")
+        self.state = CLOSING
+        self._details = CloseDetails(code, reason)
+        self.outbox.put_final(ws.encode_frame(ws.OP_CLOSE, ws.encode_close_payload(code, reason)))
+        # The client has close_timeout seconds to answer before we hang up.
+        self._abort_timer = gevent.spawn_later(self.close_timeout, self.abort)
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        try:
+            code, reason = ws.decode_close_payload(payload)
+        except ws.ProtocolViolation as exc:
+            self._report(exc)
+            self._fail(exc.code, exc.reason)
+            return
+        if self.state == OPEN:
+            self.state = CLOSING
+            self._details = CloseDetails(code, reason)
+            self.outbox.put_final(ws.encode_frame(ws.OP_CLOSE, ws.encode_close_payload(code)))
+        # Either way the handshake is complete once our close frame is out.
+        self.outbox.wait_flushed(self.close_timeout)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close after a protocol error: the stream cannot be read any further."""
+        self.close(code, reason)
+        self.outbox.wait_flushed(self.close_timeout)
+
+    def _on_overflow(self) -> None:
+        log.warning("syncws: outbound buffer of peer %s overflowed; closing it", self.peer.id)
+        self.close(ws.CLOSE_POLICY_VIOLATION, "outbound buffer overflow")
+
+    def abort(self) -> None:
+        """Hang up without a close frame; the read loop sees EOF and cleans up."""
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _close_socket(self) -> None:
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Session {self.peer.id} {self.state}>"

@@ -1,0 +1,145 @@
+"""``define_websocket_handler`` and the WSGI callable it returns.
+
+The handler *is* a WSGI application.  That is what lets the application decide
+the upgrade: a syncws ``App`` route, a Flask view (Flask turns a returned WSGI
+callable into a response by calling it inside its request context) or a plain
+WSGI function calls it, it runs the ``upgrade`` hook, and only when that hook
+accepts does it write the ``101`` through the transport the syncws server put
+in the environ.  Otherwise it answers like any WSGI app: nothing was upgraded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from . import handshake
+from .hooks import Hooks
+from .session import Session
+
+log = logging.getLogger("syncws")
+
+#: environ key under which the syncws server exposes the connection.
+TRANSPORT_KEY = "syncws.transport"
+
+_UPGRADE_KEYS = {"headers", "namespace", "context", "protocol"}
+_warned_no_transport = False
+
+
+def _text_response(status: int, text: str, headers: Optional[list] = None) -> Response:
+    return Response(text + "\n", status=status, headers=headers or [], mimetype="text/plain")
+
+
+class WebSocketHandler:
+    """A set of hooks, callable as a WSGI application."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        response = self._handshake(environ)
+        if response is not None:
+            return response(environ, start_response)
+        start_response("101 Switching Protocols", [])
+        return []
+
+    def _handshake(self, environ: dict) -> Optional[Response]:
+        """Run the whole connection; return a Response when nothing was upgraded."""
+        if not handshake.is_upgrade_request(environ):
+            return _text_response(
+                426,
+                "This endpoint speaks WebSocket: connect with a WebSocket client.",
+                [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            )
+        transport = environ.get(TRANSPORT_KEY)
+        if transport is None:
+            return self._no_transport(environ)
+        try:
+            key = handshake.validate(environ)
+        except handshake.HandshakeError as exc:
+            return _text_response(exc.status, exc.message, exc.headers)
+
+        request = environ.get("werkzeug.request")
+        if not isinstance(request, Request):
+            request = Request(environ)
+        try:
+            decision = self.hooks.upgrade(request) if self.hooks.upgrade else None
+            if isinstance(decision, Response):
+                return decision
+            accepted = _Acceptance(decision, request, environ)
+        except HTTPException as exc:
+            return exc.get_response(environ)
+        except Exception:
+            log.exception("syncws: upgrade hook failed for %s", request.path)
+            return _text_response(500, "Internal Server Error")
+
+        server = transport.server
+        session = Session(
+            server,
+            transport.socket,
+            transport.rfile,
+            self.hooks,
+            request,
+            accepted.namespace,
+            accepted.context,
+            accepted.protocol,
+            transport.remote_address,
+        )
+        transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
+        session.run()
+        return None
+
+    def _no_transport(self, environ: dict) -> Response:
+        global _warned_no_transport
+        message = (
+            "WebSocket upgrade needs the syncws server; this server cannot upgrade. "
+            "Run the app with: python -m syncws module:app"
+        )
+        if not _warned_no_transport:
+            _warned_no_transport = True
+            log.error("syncws: %s (server: %s)", message, environ.get("SERVER_SOFTWARE", "unknown"))
+        return _text_response(500, message)
+
+    def __repr__(self) -> str:
+        return f"<WebSocketHandler {self.hooks!r}>"
+
+
+class _Acceptance:
+    """The validated result of an ``upgrade`` hook that accepted."""
+
+    def __init__(self, decision: Any, request: Request, environ: Mapping[str, Any]) -> None:
+        if decision is None:
+            decision = {}
+        if not isinstance(decision, Mapping):
+            raise TypeError(
+                f"upgrade hook must return None, a dict or a Response, not {type(decision).__name__}"
+            )
+        unknown = set(decision) - _UPGRADE_KEYS
+        if unknown:
+            raise TypeError(f"upgrade hook returned unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+        self.headers = handshake.normalize_headers(decision.get("headers"))
+        namespace = decision.get("namespace")
+        self.namespace = request.path if namespace is None else str(namespace)
+        context = decision.get("context") or {}
+        if not isinstance(context, Mapping):
+            raise TypeError("upgrade hook 'context' must be a dict")
+        self.context = dict(context)
+        protocol = decision.get("protocol")
+        if protocol is not None:
+            offered = handshake.offered_protocols(environ)
+            if protocol not in offered:
+                raise ValueError(f"upgrade hook chose protocol {protocol!r}, the client offered {offered}")
+        self.protocol = protocol
+
+
+def define_websocket_handler(hooks: Any = None, /, **kwargs: Callable[..., Any]) -> WebSocketHandler:
+    """Build a WebSocket handler from keyword hooks, a mapping, or an object/class.
+
+    The result can be registered on a syncws ``App`` route, returned from a
+    Flask view, or called as a WSGI app by any framework running on the
+    syncws server.
+    """
+    return WebSocketHandler(Hooks(hooks, **kwargs))

@@ -1,0 +1,70 @@
+"""Shared fixtures: a real syncws server on port 0 in a background thread.
+
+The test process itself is not monkey-patched, so the clients below are
+ordinary blocking clients in real OS threads, as a user's would be.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Callable, Iterator
+
+import pytest
+import websocket
+
+from syncws import serve
+from syncws.server import Server
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., Server]]:
+    """Start ``app`` on a free port; every server is stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(app, **options) -> Server:
+        options.setdefault("access_log", False)
+        server = serve(app, host="127.0.0.1", port=0, background=True, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(timeout=2)
+
+
+def ws_url(server: Server, path: str = "/_ws") -> str:
+    return server.url.replace("http://", "ws://", 1) + path
+
+
+def connect(server: Server, path: str = "/_ws", **kwargs) -> websocket.WebSocket:
+    kwargs.setdefault("timeout", 5)
+    return websocket.create_connection(ws_url(server, path), **kwargs)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate``; tests bound their waits so a hang fails fast."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def raw_request(server: Server, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return everything the server answers until it closes or idles."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and len(chunks) > 0:
+                    sock.settimeout(0.5)
+        except socket.timeout:
+            pass
+        return b"".join(chunks)
