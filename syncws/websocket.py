@@ -76,9 +76,12 @@ class WebSocketHandler:
             log.exception("syncws: upgrade hook failed for %s", request.path)
             return _text_response(500, "Internal Server Error")
 
-        server = transport.server
+        try:
+            transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
+        except OSError:
+            return None  # the client left during the handshake; nothing more to say
         session = Session(
-            server,
+            transport.server,
             transport.socket,
             transport.rfile,
             self.hooks,
@@ -88,7 +91,6 @@ class WebSocketHandler:
             accepted.protocol,
             transport.remote_address,
         )
-        transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
         session.run()
         return None
 
