@@ -17,7 +17,10 @@ class ImportStringError(Exception):
 def load_app(spec: str) -> Callable[..., Any]:
     """Import ``module:attr`` (or ``module``, which must have ``app``/``application``)."""
     module_name, _, attr = spec.partition(":")
-    if not module_name or (":" in spec and not attr):
+    def dotted(name: str) -> bool:
+        return all(part.isidentifier() for part in name.split("."))
+
+    if not dotted(module_name) or (":" in spec and not dotted(attr)):
         raise ImportStringError(f"expected 'module:app', got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -82,6 +85,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as exc:
         print(f"syncws: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"syncws: serving {args.app} on {server.url} (Ctrl-C to stop)", flush=True)
+    import gevent
+
+    # Announce readiness from the hub, i.e. once serve_forever() has installed
+    # its SIGTERM/SIGINT handlers: a supervisor that signals as soon as it sees
+    # this line must get a clean shutdown, not the default "killed by signal".
+    message = f"syncws: serving {args.app} on {server.url} (Ctrl-C to stop)"
+    gevent.spawn(print, message, flush=True)
     server.serve_forever()
     return 0

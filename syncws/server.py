@@ -21,6 +21,7 @@ from gevent.pywsgi import WSGIServer
 
 from .bridge import HubBridge, RealLock
 from .connection import ConnectionHandler
+from .flask_compat import route_upgrades_as_http
 from .outbox import OVERFLOW_POLICIES
 from .payload import Outgoing
 from .pubsub import Registry, fan_out
@@ -66,6 +67,7 @@ class Server:
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
+        route_upgrades_as_http(app)  # Flask: match upgrades as HTTP, the view decides
         self.app = app
         self.host = host
         self.port = port

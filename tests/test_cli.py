@@ -1,0 +1,357 @@
+"""``python -m syncws module:app`` as a real subprocess."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import requests
+import websocket
+
+STARTUP_TIMEOUT = 15.0
+
+SYNCWS_APP = """
+from syncws import App, define_websocket_handler
+
+app = App()
+app.get("/", lambda request: "hello from module:app")
+app.get("/_ws", define_websocket_handler(
+    open=lambda peer: peer.send("welcome"),
+    message=lambda peer, msg: peer.send(msg),
+))
+notcallable = 42
+"""
+
+WSGI_APP = """
+from syncws import define_websocket_handler
+
+echo = define_websocket_handler(message=lambda peer, msg: peer.send("echo: " + msg.text()))
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/_ws":
+        return echo(environ, start_response)
+    body = ("plain wsgi " + environ["PATH_INFO"]).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+def other(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"the other function"]
+"""
+
+FLASK_APP = """
+from flask import Flask, g, request
+from syncws import define_websocket_handler
+
+server = Flask(__name__)
+
+@server.before_request
+def who():
+    g.user = request.args.get("user", "anon")
+
+chat = define_websocket_handler(
+    open=lambda peer: peer.send("hello " + g.user),
+    message=lambda peer, msg: peer.send(g.user + ": " + msg.text()),
+)
+
+@server.get("/")
+def index():
+    return "flask via cli"
+
+@server.get("/rooms/<room>")
+def room(room):
+    return chat
+"""
+
+
+class CliProcess:
+    """A running ``python -m syncws``; stdout/stderr are drained by threads."""
+
+    def __init__(self, cwd, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncws", *args],
+            cwd=str(cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout_lines: "queue.Queue[str]" = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout, self.stdout_lines), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr, None), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _drain(stream, into: list, q) -> None:
+        for line in stream:
+            into.append(line)
+            if q is not None:
+                q.put(line)
+
+    def wait_for_url(self, timeout: float = STARTUP_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.stdout_lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = re.search(r"serving .* on (http://\S+)", line)
+            if match:
+                return match.group(1)
+        self.kill()
+        pytest.fail(f"server did not start; stdout={''.join(self.stdout)!r} stderr={''.join(self.stderr)!r}")
+
+    def finish(self, timeout: float = 10.0) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail("the CLI did not exit in time")
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    @property
+    def err(self) -> str:
+        return "".join(self.stderr)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    processes: list[CliProcess] = []
+
+    def run(*args: str, files: dict | None = None) -> CliProcess:
+        for name, source in (files or {}).items():
+            (tmp_path / name).write_text(textwrap.dedent(source))
+        process = CliProcess(tmp_path, *args)
+        processes.append(process)
+        return process
+
+    yield run
+    for process in processes:
+        process.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ws(url: str, path: str) -> websocket.WebSocket:
+    return websocket.create_connection(url.replace("http://", "ws://", 1) + path, timeout=5)
+
+
+def recv_close_code(client) -> int:
+    while True:
+        opcode, frame = client.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big")
+
+
+# -- serving ---------------------------------------------------------------------------
+
+
+def test_module_colon_app_on_a_given_port(cli):
+    port = free_port()
+    process = cli("myapp:app", "--port", str(port), files={"myapp.py": SYNCWS_APP})
+    url = process.wait_for_url()
+    assert url == f"http://127.0.0.1:{port}"
+    r = requests.get(url + "/", timeout=5)
+    assert (r.status_code, r.text) == (200, "hello from module:app")
+
+    client = ws(url, "/_ws")
+    try:
+        assert client.recv() == "welcome"
+        client.send("through the cli")
+        assert client.recv() == "through the cli"
+        process.proc.send_signal(signal.SIGTERM)
+        # SIGTERM closes connected peers as going away.
+        assert recv_close_code(client) == 1001
+    finally:
+        client.close()
+    assert process.finish() == 0
+    assert "Traceback" not in process.err
+
+
+def test_plain_module_uses_its_application(cli):
+    process = cli("wsgimod", "--port", "0", files={"wsgimod.py": WSGI_APP})
+    url = process.wait_for_url()
+    r = requests.get(url + "/some/path", timeout=5)
+    assert (r.status_code, r.text) == (200, "plain wsgi /some/path")
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.finish() == 0
+
+
+def test_plain_module_prefers_app_over_application(cli):
+    source = WSGI_APP + "\napp = other\n"
+    process = cli("both", "--port", "0", files={"both.py": source})
+    url = process.wait_for_url()
+    assert requests.get(url + "/", timeout=5).text == "the other function"
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.finish() == 0
+
+
+def test_plain_wsgi_function_upgrades(cli):
+    process = cli("wsgimod:application", "--port", "0", files={"wsgimod.py": WSGI_APP})
+    url = process.wait_for_url()
+    assert requests.get(url + "/x", timeout=5).text == "plain wsgi /x"
+    client = ws(url, "/_ws")
+    try:
+        client.send("hi")
+        assert client.recv() == "echo: hi"
+    finally:
+        client.close()
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.finish() == 0
+
+
+def test_another_function_by_name(cli):
+    process = cli("wsgimod:other", "--port", "0", files={"wsgimod.py": WSGI_APP})
+    url = process.wait_for_url()
+    assert requests.get(url + "/", timeout=5).text == "the other function"
+    process.proc.send_signal(signal.SIGINT)
+    assert process.finish() == 0
+
+
+def test_flask_app(cli):
+    process = cli("flaskmod:server", "--port", "0", files={"flaskmod.py": FLASK_APP})
+    url = process.wait_for_url()
+    assert requests.get(url + "/", timeout=5).text == "flask via cli"
+    client = ws(url, "/rooms/lobby?user=bob")
+    try:
+        assert client.recv() == "hello bob"
+        client.send("hey")
+        assert client.recv() == "bob: hey"
+    finally:
+        client.close()
+    # A plain GET to the WebSocket view is refused with a plain HTTP answer.
+    assert requests.get(url + "/rooms/lobby", timeout=5).status_code == 426
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.finish() == 0
+
+
+def test_sigint_stops_cleanly(cli):
+    process = cli("myapp:app", "--port", "0", files={"myapp.py": SYNCWS_APP})
+    url = process.wait_for_url()
+    client = ws(url, "/_ws")
+    try:
+        assert client.recv() == "welcome"
+        process.proc.send_signal(signal.SIGINT)
+        assert recv_close_code(client) == 1001
+    finally:
+        client.close()
+    assert process.finish() == 0
+    assert "Traceback" not in process.err
+    assert "KeyboardInterrupt" not in process.err
+
+
+def test_sigterm_without_connections_stops_and_frees_the_port(cli):
+    process = cli("myapp:app", "--port", "0", files={"myapp.py": SYNCWS_APP})
+    url = process.wait_for_url()
+    port = int(url.rsplit(":", 1)[1])
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.finish() == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_no_monkey_patch_mode_serves_and_stops(cli):
+    process = cli("myapp:app", "--port", "0", "--no-monkey-patch", files={"myapp.py": SYNCWS_APP})
+    url = process.wait_for_url()
+    assert requests.get(url + "/", timeout=5).text == "hello from module:app"
+    client = ws(url, "/_ws")
+    try:
+        assert client.recv() == "welcome"
+        client.send("unpatched")
+        assert client.recv() == "unpatched"
+    finally:
+        client.close()
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.finish() == 0
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("nosuchmodule:app", "nosuchmodule"),
+        ("myapp:missing", "missing"),
+        ("myapp:notcallable", "notcallable"),
+        ("garbage::", "garbage::"),
+        ("myapp::", "myapp::"),
+        (":app", ":app"),
+        ("myapp:not an attr", "not an attr"),
+    ],
+)
+def test_bad_import_strings(cli, spec, fragment):
+    process = cli(spec, "--port", "0", files={"myapp.py": SYNCWS_APP})
+    assert process.finish() == 2
+    err = process.err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("syncws: error:")
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+    assert "serving" not in "".join(process.stdout)
+
+
+def test_module_without_app_or_application(cli):
+    process = cli("empty", "--port", "0", files={"empty.py": "x = 1\n"})
+    assert process.finish() == 2
+    lines = process.err.strip().splitlines()
+    assert len(lines) == 1
+    assert "app" in lines[0] and "application" in lines[0]
+    assert "Traceback" not in process.err
+
+
+def test_port_in_use_is_a_one_line_error(cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        process = cli("myapp:app", "--port", str(port), files={"myapp.py": SYNCWS_APP})
+        rc = process.finish()
+    assert rc == 1
+    lines = [line for line in process.err.strip().splitlines() if line]
+    assert lines[-1].startswith("syncws: error:")
+    assert str(port) in lines[-1]
+    assert "Traceback" not in process.err
+
+
+def test_help(cli, tmp_path):
+    process = cli("--help")
+    assert process.finish() == 0
+    out = "".join(process.stdout)
+    assert "usage:" in out
+    for option in ("--host", "--port", "app"):
+        assert option in out
+    assert process.err == ""
+
+
+def test_missing_app_argument_is_a_usage_error(cli):
+    process = cli()
+    assert process.finish() == 2
+    assert "usage:" in process.err
+    assert "Traceback" not in process.err
