@@ -18,6 +18,7 @@ setup(
             "requests>=2.31",
             "websocket-client>=1.7",
             "websockets>=12",
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["syncws=syncws.cli:main"]},

@@ -1,0 +1,1 @@
+"""Runnable syncws examples (python -m syncws examples.chat:app)."""

@@ -1,0 +1,44 @@
+"""The server side of scripts/bench: run as ``python -m syncws bench_app:app``.
+
+Routes:
+
+* ``/echo``: every message is sent back to its sender.
+* ``/fanout?role=sub``: subscribes to the ``bench`` topic;
+  ``/fanout?role=pub``: every message it sends is published to ``bench``.
+  Both get ``"ready"`` once their ``open`` hook has run, so the bench knows
+  every subscription is in place before it starts publishing.
+"""
+
+import resource
+
+from syncws import App, define_websocket_handler
+
+TOPIC = "bench"
+
+
+def raise_open_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def echo(peer, message):
+    peer.send(message)
+
+
+def fanout_open(peer):
+    if peer.request.args.get("role") == "sub":
+        peer.subscribe(TOPIC)
+    peer.send("ready")
+
+
+def fanout_message(peer, message):
+    peer.publish(TOPIC, message)
+
+
+raise_open_file_limit()
+
+app = App()
+app.get("/", lambda request: "syncws bench app: WebSockets at /echo and /fanout")
+app.get("/echo", define_websocket_handler(message=echo))
+app.get("/fanout", define_websocket_handler(open=fanout_open, message=fanout_message))
