@@ -1,10 +1,23 @@
-"""Each peer's single writer and its bounded outbound buffer.
+"""Each peer's outbound buffer, its writer, and the hub-wide flusher.
 
 Every byte for a peer goes through its outbox, so frames from many greenlets
 and threads never interleave, and a publisher only appends to a deque: a peer
 that stops reading fills *its own* buffer and never blocks the publisher or
-the other recipients.  When the buffer would exceed its limit the overflow
-policy decides, for that peer alone:
+the other recipients.
+
+Writing happens in two tiers:
+
+* the :class:`Flusher` runs once at the end of the hub's current loop
+  iteration and writes every outbox that received frames in it, with one
+  non-blocking ``send`` each.  Frames queued in the same iteration (a burst of
+  publishes) leave in one syscall, and a wide fan-out costs no greenlet switch
+  per recipient;
+* only when the socket will not take everything (a slow reader, a full TCP
+  buffer) is the peer's own writer greenlet woken to finish with a blocking
+  ``sendall``.  That greenlet is the only thing that ever waits on the socket.
+
+When the buffer would exceed its limit the overflow policy decides, for that
+peer alone:
 
 * ``"close"`` (default): drop what is still queued and close the peer with
   1008, because a client that cannot keep up is better told than silently fed
@@ -17,23 +30,65 @@ queued, otherwise it could never be sent at all.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 from gevent.event import Event
 
+log = logging.getLogger("syncws")
+
 OVERFLOW_POLICIES = ("close", "drop")
-_BATCH = 256 * 1024  # join small frames into one sendall up to this size
+_BATCH = 256 * 1024  # join small frames into one send up to this size
+
+
+class Flusher:
+    """Writes dirty outboxes once per hub loop iteration (hub thread only)."""
+
+    def __init__(self, hub: Any) -> None:
+        self._loop = hub.loop
+        self._dirty: list["Outbox"] = []
+        self._scheduled = False
+
+    def mark(self, outbox: "Outbox") -> None:
+        if outbox._dirty:
+            return
+        outbox._dirty = True
+        self._dirty.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            outbox._dirty = False
+            try:
+                outbox._flush_nonblocking()
+            except Exception:  # never let one peer break the hub callback
+                log.exception("syncws: error while flushing a peer's buffer")
+
+
+def _take(queue: deque, limit: int = _BATCH) -> bytes:
+    chunks = [queue.popleft()]
+    size = len(chunks[0])
+    while queue and size < limit:
+        chunk = queue.popleft()
+        chunks.append(chunk)
+        size += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class Outbox:
     def __init__(
         self,
-        sock,
+        sock: Any,
         limit: Optional[int],
         policy: str = "close",
         on_overflow: Optional[Callable[[], None]] = None,
+        flusher: Optional[Flusher] = None,
     ) -> None:
         if policy not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow policy must be one of {OVERFLOW_POLICIES}, not {policy!r}")
@@ -41,9 +96,11 @@ class Outbox:
         self.limit = limit
         self.policy = policy
         self._on_overflow = on_overflow
+        self._flusher = flusher
         self._queue: deque[bytes] = deque()
         self._queued = 0
         self._in_flight = 0
+        self._dirty = False
         self._wake = Event()
         self._flushed = Event()
         self._final = False  # a last frame (close) is queued: accept nothing more
@@ -73,7 +130,10 @@ class Outbox:
             return False
         self._queue.append(frame)
         self._queued += size
-        self._wake.set()
+        if self._flusher is not None and not self._in_flight:
+            self._flusher.mark(self)
+        else:
+            self._wake.set()
         return True
 
     def put_final(self, frame: bytes) -> None:
@@ -88,6 +148,24 @@ class Outbox:
     def wait_flushed(self, timeout: Optional[float]) -> bool:
         return self._flushed.wait(timeout)
 
+    def _flush_nonblocking(self) -> None:
+        """Write what the socket takes now; hand any rest to the writer."""
+        queue = self._queue
+        while queue and not self._in_flight and not self.failed:
+            data = _take(queue)
+            try:
+                sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0 never waits
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._fail()
+                return
+            self._queued -= sent
+            if sent < len(data):
+                queue.appendleft(data[sent:])
+                self._wake.set()
+                return
+
     def _run(self) -> None:
         queue = self._queue
         try:
@@ -98,28 +176,25 @@ class Outbox:
                     self._wake.clear()
                     self._wake.wait()
                     continue
-                chunks = [queue.popleft()]
-                size = len(chunks[0])
-                while queue and size < _BATCH:
-                    chunk = queue.popleft()
-                    chunks.append(chunk)
-                    size += len(chunk)
-                self._queued -= size
-                self._in_flight = size
-                self._sock.sendall(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                data = _take(queue)
+                self._queued -= len(data)
+                self._in_flight = len(data)
+                self._sock.sendall(data)
                 self._in_flight = 0
         except (OSError, ValueError):
             # The peer is gone (reset, closed socket); the reader notices too.
-            self.failed = True
-            queue.clear()
-            self._queued = self._in_flight = 0
+            self._fail()
         finally:
             self._flushed.set()
 
-    def stop(self) -> None:
+    def _fail(self) -> None:
         self.failed = True
         self._queue.clear()
         self._queued = self._in_flight = 0
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._fail()
         if not self._writer.dead:
             self._writer.kill(block=False)
         self._flushed.set()

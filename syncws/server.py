@@ -22,7 +22,7 @@ from gevent.pywsgi import WSGIServer
 from .bridge import HubBridge, RealLock
 from .connection import ConnectionHandler
 from .flask_compat import route_upgrades_as_http
-from .outbox import OVERFLOW_POLICIES
+from .outbox import OVERFLOW_POLICIES, Flusher
 from .payload import Outgoing
 from .pubsub import Registry, fan_out
 
@@ -75,7 +75,9 @@ class Server:
         self.access_log = access_log
         self.registry = Registry()
         self.sessions: set = set()
+        self.streams: set = set()  # open SSE streams
         self.bridge: Optional[HubBridge] = None
+        self.flusher: Optional[Flusher] = None
         self._wsgi: Optional[WSGIServer] = None
         self._stopped: Optional[Event] = None
         self._stopping = False
@@ -145,6 +147,7 @@ class Server:
         self._wsgi.start()
         self.port = self._wsgi.server_port
         self.bridge = HubBridge(gevent.get_hub())
+        self.flusher = Flusher(gevent.get_hub())
         self._stopped = Event()
         with _current_lock:
             _current = self
@@ -195,11 +198,13 @@ class Server:
         self._stopping = True
         self._wsgi.close()  # stop accepting
         self._close_all(1001, "going away")
+        for stream in list(self.streams):
+            stream.close()
         gevent.spawn(self._drain, timeout)
 
     def _drain(self, timeout: float) -> None:
         with gevent.Timeout(timeout, False):
-            while self.sessions:
+            while self.sessions or self.streams:
                 gevent.sleep(0.02)
         self._finish()
 

@@ -51,7 +51,7 @@ class Session:
         self._details: Optional[CloseDetails] = None
         self._abort_timer: Optional[gevent.Greenlet] = None
         self.reader = ws.FrameReader(rfile.read, options.max_message_size)
-        self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow)
+        self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow, server.flusher)
         self.peer = Peer(self, request, namespace, context, remote_address)
 
     @property
