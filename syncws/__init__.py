@@ -4,6 +4,8 @@ from .app import App
 from .hooks import CloseDetails, Hooks
 from .message import Message
 from .peer import Peer
+from .sse import EventStream, create_event_stream
+from .sse_format import EventStreamMessage
 from .server import Server, current_server, publish, serve
 from .websocket import WebSocketHandler, define_websocket_handler
 
@@ -12,11 +14,14 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "CloseDetails",
+    "EventStream",
+    "EventStreamMessage",
     "Hooks",
     "Message",
     "Peer",
     "Server",
     "WebSocketHandler",
+    "create_event_stream",
     "current_server",
     "define_websocket_handler",
     "publish",

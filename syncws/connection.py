@@ -2,7 +2,8 @@
 
 It is gevent's WSGI handler with three changes: ``TCP_NODELAY`` on every
 connection, a :class:`Transport` in the environ so a WebSocket handler deep in
-the application can take the socket over, and nothing at all written once a
+the application can take the socket over (and an event stream can watch it),
+an empty chunk flushes the response head, and nothing at all is written once a
 connection has been upgraded (the WSGI response that unwinds through Flask or
 middleware after the session ends is discarded).
 """
@@ -23,7 +24,7 @@ log = logging.getLogger("syncws")
 class Transport:
     """What a WebSocket handler needs from the server to take a connection over."""
 
-    __slots__ = ("socket", "rfile", "server", "remote_address", "upgraded")
+    __slots__ = ("socket", "rfile", "server", "remote_address", "upgraded", "reusable")
 
     def __init__(self, sock: socket.socket, rfile: Any, server: Any, remote_address: Optional[str]) -> None:
         self.socket = sock
@@ -31,6 +32,7 @@ class Transport:
         self.server = server
         self.remote_address = remote_address
         self.upgraded = False
+        self.reusable = True  # False: close the connection after this response
 
     def accept(self, head: bytes) -> None:
         """Write the ``101`` head; from now on the socket belongs to the session."""
@@ -39,6 +41,20 @@ class Transport:
 
 
 class ConnectionHandler(WSGIHandler):
+    def process_result(self) -> None:
+        # Like gevent's, except that an empty chunk before the head has gone
+        # out sends the head now: a streaming response (SSE) yields b"" so the
+        # client sees the 200 before the first event.
+        for data in self.result:
+            if data:
+                self.write(data)
+            elif not self.headers_sent and self.status:
+                self.write(b"")
+        if self.status and not self.headers_sent:
+            self.write(b"")
+        if self.response_use_chunked:
+            self._sendall(b"0\r\n\r\n")
+
     def handle(self) -> None:
         try:
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -69,6 +85,8 @@ class ConnectionHandler(WSGIHandler):
                 self._orig_status = self.status
                 return
             self.process_result()
+            if not transport.reusable:
+                self.close_connection = True
         finally:
             close = getattr(self.result, "close", None)
             try:

@@ -6,10 +6,12 @@ serialise identically, and so a publish serialises exactly once.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 from .protocol import OP_BINARY, OP_TEXT, encode_frame
+from .sse_format import format_event
 
 
 def to_json(value: Any) -> str:
@@ -42,11 +44,12 @@ class Outgoing:
     recipient, so 1,000 subscribers cost one serialisation and one frame.
     """
 
-    __slots__ = ("opcode", "payload", "_frame")
+    __slots__ = ("opcode", "payload", "_frame", "_sse")
 
     def __init__(self, data: Any) -> None:
         self.opcode, self.payload = encode(data)
         self._frame: bytes | None = None
+        self._sse: bytes | None = None
 
     @property
     def is_binary(self) -> bool:
@@ -57,3 +60,14 @@ class Outgoing:
         if self._frame is None:
             self._frame = encode_frame(self.opcode, self.payload)
         return self._frame
+
+    @property
+    def sse_event(self) -> bytes:
+        """The same message as one SSE event; binary payloads travel as base64."""
+        if self._sse is None:
+            if self.opcode == OP_BINARY:
+                data = base64.b64encode(self.payload).decode("ascii")
+            else:
+                data = self.payload.decode("utf-8")
+            self._sse = format_event(data).encode("utf-8")
+        return self._sse

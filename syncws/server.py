@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import gevent
 from gevent.event import Event
 from gevent.monkey import get_original
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from .bridge import HubBridge, RealLock
@@ -142,6 +143,11 @@ class Server:
             handler_class=ConnectionHandler,
             log=logger,
             error_log=logging.getLogger("syncws.error"),
+            # A pool, so that stop() can end every connection greenlet: without
+            # one gevent abandons them, and an idle keep-alive connection stays
+            # open with nothing serving it (a browser would send its next
+            # request, e.g. an EventSource reconnect, there and wait forever).
+            spawn=Pool(),
         )
         self._wsgi.syncws = self
         self._wsgi.start()
@@ -151,7 +157,7 @@ class Server:
         self._stopped = Event()
         with _current_lock:
             _current = self
-        log.info("syncws: serving on %s", self.url)
+        log.debug("syncws: serving on %s", self.url)
         return self
 
     def serve_forever(self) -> None:

@@ -1,0 +1,78 @@
+"""The ``text/event-stream`` wire format, as h3 writes it, without any I/O.
+
+Data is split on every line ending the SSE parser recognises (CRLF, CR, LF),
+one ``data:`` line per piece, and CR/LF are removed from ``id`` and
+``event``: whatever a user pushes, it cannot inject a field or end an event
+early.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+HEADERS = [
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "private, no-cache, no-store, no-transform, must-revalidate, max-age=0"),
+    # nginx buffers proxied responses by default; this header turns that off
+    # for this response only, so events are not held back.
+    ("X-Accel-Buffering", "no"),
+]
+
+
+@dataclass(kw_only=True)
+class EventStreamMessage:
+    """One event: ``data`` plus the optional ``id``, ``event`` and ``retry`` (ms)."""
+
+    data: str = ""
+    id: Optional[str] = None
+    event: Optional[str] = None
+    retry: Optional[int] = None
+
+
+MessageLike = Union[str, EventStreamMessage, Mapping[str, Any]]
+
+
+def _strip(value: Any) -> str:
+    return str(value).replace("\r", "").replace("\n", "")
+
+
+def to_message(item: MessageLike) -> EventStreamMessage:
+    if isinstance(item, EventStreamMessage):
+        return item
+    if isinstance(item, str):
+        return EventStreamMessage(data=item)
+    if isinstance(item, Mapping):
+        unknown = set(item) - {"data", "id", "event", "retry"}
+        if unknown:
+            raise ValueError(f"unknown event field(s): {', '.join(sorted(map(str, unknown)))}")
+        return EventStreamMessage(**item)
+    raise TypeError(f"push() takes str, dict or EventStreamMessage (or a list of them), not {type(item).__name__}")
+
+
+def format_event(item: MessageLike) -> str:
+    message = to_message(item)
+    out = []
+    if message.id is not None:
+        out.append(f"id: {_strip(message.id)}\n")
+    if message.event is not None:
+        out.append(f"event: {_strip(message.event)}\n")
+    retry = message.retry
+    if isinstance(retry, int) and not isinstance(retry, bool):
+        out.append(f"retry: {retry}\n")
+    data = message.data if isinstance(message.data, str) else str(message.data)
+    out.extend(f"data: {piece}\n" for piece in _LINE_BREAK.split(data))
+    out.append("\n")
+    return "".join(out)
+
+
+def format_comment(text: str) -> str:
+    """A comment, ``: line`` per line, then a blank line."""
+    return "".join(f": {piece}\n" for piece in _LINE_BREAK.split(str(text))) + "\n"
+
+
+def format_retry(retry: int) -> str:
+    return f"retry: {int(retry)}\n\n"

@@ -1,0 +1,148 @@
+"""A real browser: headless Chromium opens examples/sse.py and reads both streams.
+
+Playwright drives Debian's ``/usr/bin/chromium`` (``apt-get install chromium``;
+Playwright never downloads a browser here).  The test checks that events
+arrive through ``EventSource`` (``onmessage`` and ``addEventListener``), then
+restarts the server on the same port and checks that the browser reconnects
+by itself, sending ``Last-Event-ID``, and that the update counter carries on
+from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+
+import pytest
+
+from syncws import serve
+
+from .conftest import wait_until
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (test extra)")
+
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 15_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Recorder:
+    """WSGI middleware: remembers the Last-Event-ID of every /events request."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.last_event_ids: list = []
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/events":
+            with self.lock:
+                self.last_event_ids.append(environ.get("HTTP_LAST_EVENT_ID"))
+        return self.app(environ, start_response)
+
+
+def number(page, selector: str) -> int:
+    return int(page.text_content(selector))
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM:
+        pytest.fail("Chromium is missing: apt-get install -y chromium (bash scripts/test does it)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_event_source_receives_both_streams_and_reconnects_after_a_restart(browser):
+    from examples import sse as example
+
+    port = free_port()
+    servers = []
+
+    def start() -> Recorder:
+        recorder = Recorder(example.app)
+        servers.append(serve(recorder, host="127.0.0.1", port=port, background=True, access_log=False))
+        return recorder
+
+    try:
+        first = start()
+        base = f"http://127.0.0.1:{port}"
+        page = browser.new_page()
+        requested: list = []
+        page.on("request", lambda request: requested.append(request.url))
+        errors: list = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base + "/", timeout=WAIT_MS)
+
+        # Both streams deliver: the clock through onmessage, updates through addEventListener
+        page.wait_for_function(
+            "() => Number(document.getElementById('clock-count').textContent) >= 2"
+            " && Number(document.getElementById('update-count').textContent) >= 2",
+            timeout=WAIT_MS, polling=100,
+        )
+        assert re.fullmatch(r"Message @ \d\d:\d\d:\d\d", page.text_content("#clock-latest"))
+        assert page.text_content("#clock-state") == "open"
+        assert page.text_content("#update-state") == "open"
+        ids = [int(i) for i in page.eval_on_selector_all("#update-log li.update", "els => els.map(e => e.dataset.id)")]
+        assert ids[::-1] == list(range(len(ids)))  # 0, 1, 2... (newest first in the log)
+        values = page.eval_on_selector_all("#update-log li.update", "els => els.map(e => Number(e.dataset.value))")
+        assert all(0 <= value < 1 for value in values)
+        assert first.last_event_ids == [None]  # the first connection has no Last-Event-ID
+
+        # Stop the server: both streams end, EventSource starts reconnecting
+        servers[0].stop(timeout=5)
+        page.wait_for_function(
+            "() => document.getElementById('clock-state').textContent === 'reconnecting'"
+            " && document.getElementById('update-state').textContent === 'reconnecting'",
+            timeout=WAIT_MS, polling=100,
+        )
+        last_seen = number(page, "#update-last-id")
+        clock_seen = number(page, "#clock-count")
+        updates_seen = number(page, "#update-count")
+
+        # A new server on the same port: the browser comes back by itself
+        second = start()
+        page.wait_for_function(
+            f"() => Number(document.getElementById('update-count').textContent) > {updates_seen}"
+            f" && Number(document.getElementById('clock-count').textContent) > {clock_seen}",
+            timeout=WAIT_MS, polling=100,
+        )
+        assert page.text_content("#clock-state") == "open"
+        assert page.text_content("#update-state") == "open"
+        assert re.fullmatch(r"Message @ \d\d:\d\d:\d\d", page.text_content("#clock-latest"))
+
+        # The reconnect carried Last-Event-ID, and the counter went on from it
+        assert wait_until(lambda: second.last_event_ids, timeout=5)
+        assert second.last_event_ids[0] == str(last_seen)
+        ids = [int(i) for i in page.eval_on_selector_all("#update-log li.update", "els => els.map(e => e.dataset.id)")]
+        after = [i for i in ids[::-1] if i > last_seen]
+        assert after and after[0] == last_seen + 1, (last_seen, ids)
+        assert ids[::-1] == list(range(ids[-1], ids[0] + 1))  # no gap, no repeat across the restart
+        assert page.text_content("#update-log li.system") == "reconnected"
+
+        assert errors == []
+        assert all(url.startswith(base + "/") for url in requested), requested  # nothing external
+    finally:
+        for server in servers:
+            server.stop(timeout=5)
