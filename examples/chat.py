@@ -1,4 +1,4 @@
-# Run:  python examples/chat.py            (http://127.0.0.1:3000; port: PORT=8000 or argv[1])
+# Run:  python examples/chat.py            (http://127.0.0.1:3000; set PORT=8000 for another port)
 #   or: python -m syncws examples.chat:app --port 3000
 """The seeds' chat room on syncws: open http://127.0.0.1:3000 in two tabs.
 
@@ -6,10 +6,8 @@ Every client subscribes to the "chat" topic.  A message is published to the
 other members and echoed back to its sender; "ping" is answered with "pong".
 """
 
-import os
-import sys
 
-from syncws import App, define_websocket_handler, serve
+from syncws import App, define_websocket_handler
 
 app = App()
 
@@ -145,21 +143,9 @@ PAGE = """<!doctype html>
 """
 
 
-@app.get("/")
-def index(request):
-    return PAGE
-
-
-def _port() -> int:
-    if len(sys.argv) > 1:
-        return int(sys.argv[1])
-    return int(os.environ.get("PORT", "3000"))
-
+app.get("/", lambda request: PAGE)
 
 if __name__ == "__main__":
-    import logging
+    from _common import run  # examples/ is on sys.path when this file is run as a script
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    port = _port()
-    print(f"chat: open http://127.0.0.1:{port}/ in two browser tabs (Ctrl-C to stop)", flush=True)
-    serve(app, host="127.0.0.1", port=port)
+    run(app, "chat: open {url}/ in two browser tabs")

@@ -1,4 +1,4 @@
-# Run:  python examples/sse.py            (http://127.0.0.1:3000; port: PORT=8000 or argv[1])
+# Run:  python examples/sse.py            (http://127.0.0.1:3000; set PORT=8000 for another port)
 #   or: python -m syncws examples.sse:app --port 3000
 """The seeds' Server-Sent Events examples on syncws: open http://127.0.0.1:3000.
 
@@ -10,14 +10,12 @@ server and start it again: the browser reconnects on its own, sends the last
 """
 
 import json
-import os
 import random
-import sys
 import time
 
 import gevent
 
-from syncws import App, create_event_stream, serve
+from syncws import App, create_event_stream
 
 app = App()
 
@@ -179,21 +177,9 @@ PAGE = """<!doctype html>
 """
 
 
-@app.get("/")
-def index(request):
-    return PAGE
-
-
-def _port() -> int:
-    if len(sys.argv) > 1:
-        return int(sys.argv[1])
-    return int(os.environ.get("PORT", "3000"))
-
+app.get("/", lambda request: PAGE)
 
 if __name__ == "__main__":
-    import logging
+    from _common import run  # examples/ is on sys.path when this file is run as a script
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    port = _port()
-    print(f"sse: open http://127.0.0.1:{port}/ (Ctrl-C to stop)", flush=True)
-    serve(app, host="127.0.0.1", port=port)
+    run(app, "sse: open {url}/")

@@ -24,7 +24,7 @@ log = logging.getLogger("syncws")
 class Transport:
     """What a WebSocket handler needs from the server to take a connection over."""
 
-    __slots__ = ("socket", "rfile", "server", "remote_address", "upgraded", "reusable")
+    __slots__ = ("socket", "rfile", "server", "remote_address", "upgraded", "reusable", "_at_end")
 
     def __init__(self, sock: socket.socket, rfile: Any, server: Any, remote_address: Optional[str]) -> None:
         self.socket = sock
@@ -33,6 +33,19 @@ class Transport:
         self.remote_address = remote_address
         self.upgraded = False
         self.reusable = True  # False: close the connection after this response
+        self._at_end: list = []
+
+    def at_end(self, callback: Any) -> None:
+        """Run ``callback`` once this request's response is over, whatever happened."""
+        self._at_end.append(callback)
+
+    def finish(self) -> None:
+        callbacks, self._at_end = self._at_end, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("syncws: error in end-of-request cleanup")
 
     def accept(self, head: bytes) -> None:
         """Write the ``101`` head; from now on the socket belongs to the session."""
@@ -95,3 +108,4 @@ class ConnectionHandler(WSGIHandler):
             finally:
                 close = None
                 self.result = None
+                transport.finish()

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, Callable
 
 from .protocol import OP_BINARY, OP_TEXT, encode_frame
-from .sse_format import format_event
 
 
 def to_json(value: Any) -> str:
@@ -44,12 +43,12 @@ class Outgoing:
     recipient, so 1,000 subscribers cost one serialisation and one frame.
     """
 
-    __slots__ = ("opcode", "payload", "_frame", "_sse")
+    __slots__ = ("opcode", "payload", "_frame", "_memo")
 
     def __init__(self, data: Any) -> None:
         self.opcode, self.payload = encode(data)
         self._frame: bytes | None = None
-        self._sse: bytes | None = None
+        self._memo: dict[str, Any] | None = None
 
     @property
     def is_binary(self) -> bool:
@@ -62,12 +61,30 @@ class Outgoing:
         return self._frame
 
     @property
-    def sse_event(self) -> bytes:
-        """The same message as one SSE event; binary payloads travel as base64."""
-        if self._sse is None:
-            if self.opcode == OP_BINARY:
-                data = base64.b64encode(self.payload).decode("ascii")
-            else:
-                data = self.payload.decode("utf-8")
-            self._sse = format_event(data).encode("utf-8")
-        return self._sse
+    def text(self) -> str:
+        """The payload as text: decoded UTF-8, or base64 for a binary payload."""
+        return _as_text(self.opcode, self.payload)
+
+    def memo(self, key: str, build: Callable[["Outgoing"], Any]) -> Any:
+        """Build another wire form of this message once (e.g. an SSE event)."""
+        if self._memo is None:
+            self._memo = {}
+        if key not in self._memo:
+            self._memo[key] = build(self)
+        return self._memo[key]
+
+
+def _as_text(opcode: int, payload: bytes) -> str:
+    if opcode == OP_BINARY:
+        return base64.b64encode(payload).decode("ascii")
+    return payload.decode("utf-8")
+
+
+def as_text(data: Any) -> str:
+    """A value as text by the payload rules; binary values become base64.
+
+    Used where only text can travel (SSE ``data``).
+    """
+    if isinstance(data, str):
+        return data
+    return _as_text(*encode(data))

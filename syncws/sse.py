@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import socket
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -52,11 +53,15 @@ class EventStream:
         self.environ = environ
         self.server = transport.server
         self._transport = transport
+        transport.at_end(self._abandon)
         self.keep_alive = keep_alive
         self.retry = retry
         self.namespace: str = namespace if namespace is not None else environ.get("PATH_INFO", "/") or "/"
         self.last_event_id: Optional[str] = environ.get("HTTP_LAST_EVENT_ID")
         self._queue: deque[bytes] = deque()
+        self._queued = 0  # bytes pushed but not yet handed to the socket
+        self.limit = transport.server.options.max_buffer_size
+        self._started = False
         self._wake = Event()
         self._closed = False  # set by close(): later pushes are refused at once
         self._ending = False  # set in the hub: the body stops once the queue is flushed
@@ -89,12 +94,30 @@ class EventStream:
     def _append(self, chunk: bytes) -> None:
         if self._ending:
             return  # pushes after close are ignored, as documented
+        if self.limit is not None and self._queued and self._queued + len(chunk) > self.limit:
+            self._overflow()
+            return
         self._queue.append(chunk)
+        self._queued += len(chunk)
+        self._wake.set()
+
+    def _overflow(self) -> None:
+        # The client stopped reading and the body is stuck in a write: like a
+        # WebSocket peer, the stream is ended rather than buffered without
+        # bound.  EventSource reconnects with Last-Event-ID.
+        log.warning("syncws: event stream %s is not reading; ending it", self.namespace)
+        self._closed = self._ending = True
+        self._queue.clear()
+        self._queued = 0
+        try:
+            self._transport.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._wake.set()
 
     def deliver(self, outgoing: Any) -> None:
         """Receive a pub/sub publish (hub thread): the payload becomes the data."""
-        self._append(outgoing.sse_event)
+        self._append(outgoing.memo("sse", _publish_event))
 
     # -- pub/sub --------------------------------------------------------------
     def subscribe(self, topic: str) -> None:
@@ -141,6 +164,7 @@ class EventStream:
         return self._body()
 
     def _body(self) -> Iterator[bytes]:
+        self._started = True
         server = self.server
         server.streams.add(self)
         watcher = gevent.spawn(self._watch_socket)
@@ -154,6 +178,7 @@ class EventStream:
                     chunks = []
                     while queue:
                         chunks.append(queue.popleft())
+                    self._queued = 0
                     yield b"".join(chunks)
                     continue
                 if self._ending:
@@ -168,6 +193,13 @@ class EventStream:
             server.streams.discard(self)
             server.registry.remove(self)
             watcher.kill(block=False)
+            self._finish()
+
+    def _abandon(self) -> None:
+        """The request ended without serving this stream (the view raised, say)."""
+        if not self._started:
+            self._closed = self._ending = True
+            self.server.registry.remove(self)
             self._finish()
 
     def _watch_socket(self) -> None:
@@ -190,6 +222,11 @@ class EventStream:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<EventStream {self.namespace!r} {state}>"
+
+
+def _publish_event(outgoing: Any) -> bytes:
+    # Formatted once per publish, whatever the number of streams.
+    return format_event(outgoing.text).encode("utf-8")
 
 
 def _run_callback(callback: Callable[[], Any]) -> None:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
+from .payload import as_text
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 HEADERS = [
@@ -25,9 +27,14 @@ HEADERS = [
 
 @dataclass(kw_only=True)
 class EventStreamMessage:
-    """One event: ``data`` plus the optional ``id``, ``event`` and ``retry`` (ms)."""
+    """One event: ``data`` plus the optional ``id``, ``event`` and ``retry`` (ms).
 
-    data: str = ""
+    ``data`` that is not a str follows the WebSocket payload rules: dict/list
+    become compact JSON, numbers and booleans their JSON text, None empty,
+    bytes base64.
+    """
+
+    data: Any = ""
     id: Optional[str] = None
     event: Optional[str] = None
     retry: Optional[int] = None
@@ -63,7 +70,7 @@ def format_event(item: MessageLike) -> str:
     retry = message.retry
     if isinstance(retry, int) and not isinstance(retry, bool):
         out.append(f"retry: {retry}\n")
-    data = message.data if isinstance(message.data, str) else str(message.data)
+    data = as_text(message.data)  # dict/list → JSON, bytes → base64, None → ""
     out.extend(f"data: {piece}\n" for piece in _LINE_BREAK.split(data))
     out.append("\n")
     return "".join(out)

@@ -1243,3 +1243,86 @@ def test_stop_closes_idle_keep_alive_connections(start_server):
         assert body == b"page"
         server.stop(timeout=5)
         assert read_until_closed(sock) == b""  # closed by the server, not left hanging
+
+
+# -- data types, abandoned streams, clients that stop reading ------------------------
+
+
+def test_non_string_data_follows_the_payload_rules(sse_server):
+    server, opened = sse_server(keep_alive=None)
+    with SSEClient(server) as client:
+        stream = opened.get(timeout=5)
+        stream.push({"data": {"a": 1, "b": ["é"]}})
+        stream.push(EventStreamMessage(data=None, event="empty"))
+        stream.push({"data": True})
+        stream.push({"data": b"\x00\xff"})
+        stream.push({"data": 1.5})
+        events = client.next_events(5)
+        assert [(e.type, e.data) for e in events] == [
+            ("message", '{"a":1,"b":["é"]}'),
+            ("empty", ""),  # one empty data line: EventSource dispatches "" data
+            ("message", "true"),
+            ("message", base64.b64encode(b"\x00\xff").decode()),
+            ("message", "1.5"),
+        ]
+        assert b"event: empty\ndata: \n\n" in client.raw
+
+
+def test_a_view_that_raises_after_subscribing_leaves_nothing_registered(start_server):
+    app = App()
+    ended = threading.Event()
+    made: "queue.Queue[EventStream]" = queue.Queue()
+
+    @app.get("/sse")
+    def view(request):
+        stream = create_event_stream(request)
+        stream.subscribe("news")
+        stream.on_closed(ended.set)
+        made.put(stream)
+        raise RuntimeError("the view fails after subscribing")
+
+    server = start_server(app)
+    reply = requests.get(server.url + "/sse", timeout=5)
+    assert reply.status_code == 500
+    stream = made.get(timeout=5)
+    assert ended.wait(5), "on_closed must run for a stream that was never served"
+    assert stream.closed
+    assert wait_until(lambda: server.registry.counts() == {"peers": 0, "topics": 0, "subscribers": 0})
+    assert not server.streams
+    # and the server still streams to the next client
+    with SSEClient(server, "/sse") as client:
+        assert client.status == 500  # same view, same failure, nothing left behind again
+    # the cleanup runs right after the response is written: bound the wait
+    assert wait_until(lambda: server.registry.counts() == {"peers": 0, "topics": 0, "subscribers": 0})
+
+
+def test_a_client_that_stops_reading_is_ended_not_buffered_without_bound(start_server):
+    limit = 64 * 1024
+    app, opened = stream_app(keep_alive=None)
+    server = start_server(app, max_buffer_size=limit)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    stream = opened.get(timeout=5)
+    ended = threading.Event()
+    stream.on_closed(ended.set)
+    # a healthy client on the same server keeps receiving throughout
+    with SSEClient(server, "/sse") as healthy:
+        other = opened.get(timeout=5)
+        event = "x" * 4000
+        pushed = 0
+        while not ended.is_set() and pushed < 5000:
+            stream.push(event)
+            pushed += 1
+            if pushed % 50 == 0:
+                other.push(f"tick {pushed}")
+                assert healthy.next_event().data == f"tick {pushed}"
+                time.sleep(0.001)
+        assert ended.wait(5), f"the stalled stream was never ended after {pushed} pushes"
+        assert stream._queued <= limit  # never more than the limit was held for it
+        other.push("after")
+        assert healthy.next_event().data == "after"
+    sock.close()
+    assert wait_until(lambda: not server.streams)
