@@ -11,6 +11,7 @@ setup(
     install_requires=["gevent>=23.9", "gevent-websocket>=0.10.1", "werkzeug>=3.0"],
     extras_require={
         "flask": ["flask>=3.0"],
+        "redis": ["redis>=5.0", "hiredis>=2.0"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -19,6 +20,8 @@ setup(
             "websocket-client>=1.7",
             "websockets>=12",
             "playwright>=1.40",
+            "redis>=5.0",
+            "hiredis>=2.0",
         ],
     },
     entry_points={"console_scripts": ["syncws=syncws.cli:main"]},

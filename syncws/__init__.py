@@ -2,8 +2,10 @@
 
 from .app import App
 from .hooks import CloseDetails, Hooks
+from .broker import Broker
 from .message import Message
 from .peer import Peer
+from .publisher import Publisher
 from .sse import EventStream, create_event_stream
 from .sse_format import EventStreamMessage
 from .server import Server, current_server, publish, serve
@@ -13,12 +15,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Broker",
     "CloseDetails",
     "EventStream",
     "EventStreamMessage",
     "Hooks",
     "Message",
     "Peer",
+    "Publisher",
     "Server",
     "WebSocketHandler",
     "create_event_stream",

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=3000, help="port to bind, 0 for any (default 3000)")
     parser.add_argument(
+        "--broker",
+        default=os.environ.get("SYNCWS_BROKER") or None,
+        help="pub/sub broker URL shared by every process, e.g. redis://localhost:6379/0 "
+        "(default: $SYNCWS_BROKER, else in-process pub/sub)",
+    )
+    parser.add_argument(
         "--no-monkey-patch",
         action="store_true",
         help="do not gevent-monkey-patch the standard library (patched by default so blocking I/O "
@@ -79,7 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from .server import Server
 
-    server = Server(app, args.host, args.port)
+    try:
+        server = Server(app, args.host, args.port, broker=args.broker)
+    except (ValueError, RuntimeError) as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr)
+        return 2
     try:
         server.start()
     except OSError as exc:

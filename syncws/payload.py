@@ -50,6 +50,15 @@ class Outgoing:
         self._frame: bytes | None = None
         self._memo: dict[str, Any] | None = None
 
+    @classmethod
+    def from_payload(cls, opcode: int, payload: bytes) -> "Outgoing":
+        """An already-serialised payload (a message relayed from another process)."""
+        self = cls.__new__(cls)
+        self.opcode, self.payload = opcode, payload
+        self._frame = None
+        self._memo = None
+        return self
+
     @property
     def is_binary(self) -> bool:
         return self.opcode == OP_BINARY

@@ -84,6 +84,7 @@ class Peer:
 
     def _publish(self, topic: str, outgoing: Outgoing) -> None:
         fan_out(self.server.registry.subscribers(topic, self.namespace), outgoing, exclude=self)
+        self.server.broker.relay(self.namespace, topic, outgoing)
 
     # -- closing -----------------------------------------------------------
     def close(self, code: int = 1000, reason: str = "") -> None:

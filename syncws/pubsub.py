@@ -8,7 +8,7 @@ snapshots they can iterate without it.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 from .bridge import RealLock
 
@@ -29,6 +29,14 @@ class Registry:
         self._subscriptions: dict[Any, set[str]] = {}
         # topic -> namespaces that have subscribers to it, for namespace-less publishes
         self._namespaces: dict[str, set[str]] = {}
+        #: Told when (namespace, topic) gets its first local subscriber or loses
+        #: its last one (namespace None: the topic in any namespace).  Runs
+        #: under the lock, so it must only record (a broker queues a command).
+        self.on_interest: Optional[Callable[[Optional[str], str, bool], None]] = None
+
+    def _interest(self, namespace: Optional[str], topic: str, present: bool) -> None:
+        if self.on_interest is not None:
+            self.on_interest(namespace, topic, present)
 
     # -- peers -------------------------------------------------------------
     def add_peer(self, peer: Subscriber) -> None:
@@ -57,8 +65,17 @@ class Registry:
         if not isinstance(topic, str) or not topic:
             raise ValueError("a topic is a non-empty string")
         with self._lock:
-            self._topics.setdefault((sub.namespace, topic), set()).add(sub)
-            self._namespaces.setdefault(topic, set()).add(sub.namespace)
+            key = (sub.namespace, topic)
+            members = self._topics.get(key)
+            if members is None:
+                members = self._topics[key] = set()
+                spaces = self._namespaces.get(topic)
+                if spaces is None:
+                    spaces = self._namespaces[topic] = set()
+                    self._interest(None, topic, True)
+                spaces.add(sub.namespace)
+                self._interest(sub.namespace, topic, True)
+            members.add(sub)
             self._subscriptions.setdefault(sub, set()).add(topic)
 
     def unsubscribe(self, sub: Subscriber, topic: str) -> None:
@@ -78,10 +95,12 @@ class Registry:
             members.discard(sub)
             if not members:
                 del self._topics[key]
+                self._interest(sub.namespace, topic, False)
                 spaces = self._namespaces[topic]
                 spaces.discard(sub.namespace)
                 if not spaces:
                     del self._namespaces[topic]
+                    self._interest(None, topic, False)
 
     def topics_of(self, sub: Subscriber) -> frozenset:
         with self._lock:
@@ -96,6 +115,11 @@ class Registry:
             for ns in self._namespaces.get(topic, ()):
                 found.extend(self._topics[(ns, topic)])
             return found
+
+    def interests(self) -> list[tuple[Optional[str], str]]:
+        """Every (namespace, topic) with local subscribers, plus (None, topic) per topic."""
+        with self._lock:
+            return list(self._topics) + [(None, topic) for topic in self._namespaces]
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -21,6 +21,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from .bridge import HubBridge, RealLock
+from .broker import make_broker
 from .connection import ConnectionHandler
 from .flask_compat import route_upgrades_as_http
 from .outbox import OVERFLOW_POLICIES, Flusher
@@ -64,6 +65,7 @@ class Server:
         port: int = 3000,
         *,
         access_log: bool = True,
+        broker: Any = None,
         **options: Any,
     ) -> None:
         if not callable(app):
@@ -75,6 +77,8 @@ class Server:
         self.options = ServerOptions(**options)
         self.access_log = access_log
         self.registry = Registry()
+        self.broker = make_broker(broker)
+        self.registry.on_interest = self.broker.interest
         self.sessions: set = set()
         self.streams: set = set()  # open SSE streams
         self.bridge: Optional[HubBridge] = None
@@ -117,6 +121,14 @@ class Server:
         self.bridge.call(self._deliver, topic, outgoing, namespace)
 
     def _deliver(self, topic: str, outgoing: Outgoing, namespace: Optional[str]) -> None:
+        self._deliver_local(topic, outgoing, namespace)
+        self.broker.relay(namespace, topic, outgoing)
+
+    def deliver_relayed(self, namespace: Optional[str], topic: str, outgoing: Outgoing) -> None:
+        """A publish from another process: local subscribers only, never relayed again."""
+        self.call_in_hub(self._deliver_local, topic, outgoing, namespace)
+
+    def _deliver_local(self, topic: str, outgoing: Outgoing, namespace: Optional[str]) -> None:
         fan_out(self.registry.subscribers(topic, namespace), outgoing)
 
     def close_all(self, code: int = 1001, reason: str = "going away") -> None:
@@ -154,6 +166,7 @@ class Server:
         self.port = self._wsgi.server_port
         self.bridge = HubBridge(gevent.get_hub())
         self.flusher = Flusher(gevent.get_hub())
+        self.broker.start(self)
         self._stopped = Event()
         with _current_lock:
             _current = self
@@ -216,6 +229,7 @@ class Server:
 
     def _finish(self) -> None:
         global _current
+        self.broker.stop()
         if self._wsgi is not None:
             self._wsgi.stop(timeout=0)
         with _current_lock:

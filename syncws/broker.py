@@ -1,0 +1,111 @@
+"""The broker interface, and the wire form of a relayed publish.
+
+A server always has a broker.  The default, :class:`LocalBroker`, relays
+nothing: pub/sub stays inside the process.  A real broker
+(:class:`~syncws.redis_broker.RedisBroker`) carries publishes between
+processes.  The rules every broker follows:
+
+* a publish is delivered to local subscribers first, then relayed;
+* a process delivers relayed messages to its own local subscribers only and
+  never relays them again; it drops the ones it sent itself;
+* the server tells the broker which (namespace, topic) pairs have local
+  subscribers (``interest``), so a broker can route by interest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import quote
+
+from .payload import Outgoing
+from .protocol import OP_BINARY, OP_TEXT
+
+if TYPE_CHECKING:
+    from .server import Server
+
+ENV_VAR = "SYNCWS_BROKER"
+
+
+class Broker:
+    """In-process pub/sub: nothing leaves the process."""
+
+    def start(self, server: "Server") -> None:
+        """Called in the server's hub once it is running."""
+
+    def stop(self) -> None:
+        """Called when the server stops."""
+
+    def relay(self, namespace: Optional[str], topic: str, outgoing: Outgoing) -> None:
+        """Send a local publish to the other processes (None: every namespace)."""
+
+    def interest(self, namespace: Optional[str], topic: str, present: bool) -> None:
+        """The first local subscriber of (namespace, topic) appeared, or the last left.
+
+        ``namespace`` None stands for "topic in any namespace".  Called with the
+        registry's lock held: record and return, never block.
+        """
+
+
+LocalBroker = Broker
+
+
+def make_broker(spec: Any) -> Broker:
+    """A broker from ``serve(broker=...)``: None, a URL or a Broker instance.
+
+    None falls back to the ``SYNCWS_BROKER`` environment variable, then to
+    in-process pub/sub.
+    """
+    if spec is None:
+        spec = os.environ.get(ENV_VAR) or None
+    if spec is None:
+        return LocalBroker()
+    if isinstance(spec, Broker):
+        return spec
+    if isinstance(spec, str):
+        if spec.startswith(("redis://", "rediss://", "unix://")):
+            from .redis_broker import RedisBroker
+
+            return RedisBroker(spec)
+        raise ValueError(f"unsupported broker URL {spec!r}: expected redis://host:port/db")
+    raise TypeError(f"broker must be a URL string or a Broker, not {type(spec).__name__}")
+
+
+# -- channels and envelopes ---------------------------------------------------------
+
+
+def channel_name(prefix: str, namespace: Optional[str], topic: str) -> str:
+    """One channel per (namespace, topic); ``namespace`` None: the all-namespaces channel.
+
+    Parts are percent-encoded so a ':' in a namespace ("chat:general") cannot
+    make two pairs share a channel.
+    """
+    if namespace is None:
+        return f"{prefix}:all:{quote(topic, safe='')}"
+    return f"{prefix}:ns:{quote(namespace, safe='')}:{quote(topic, safe='')}"
+
+
+def new_origin() -> str:
+    return uuid.uuid4().hex
+
+
+def encode_envelope(origin: str, namespace: Optional[str], topic: str, outgoing: Outgoing) -> bytes:
+    header = {"v": 1, "o": origin, "n": namespace, "t": topic, "b": outgoing.is_binary}
+    return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + outgoing.payload
+
+
+def decode_envelope(data: bytes) -> tuple[str, Optional[str], str, Outgoing]:
+    """Return (origin, namespace, topic, outgoing); ValueError on anything malformed."""
+    head, sep, payload = data.partition(b"\n")
+    if not sep:
+        raise ValueError("relayed message without a header")
+    header = json.loads(head)
+    if not isinstance(header, dict) or header.get("v") != 1:
+        raise ValueError("unknown relayed message version")
+    namespace, topic = header.get("n"), header.get("t")
+    if not isinstance(topic, str) or not (namespace is None or isinstance(namespace, str)):
+        raise ValueError("relayed message with a bad namespace or topic")
+    opcode = OP_BINARY if header.get("b") else OP_TEXT
+    return str(header.get("o")), namespace, topic, Outgoing.from_payload(opcode, payload)
