@@ -13,27 +13,15 @@ from werkzeug.exceptions import abort
 from werkzeug.wrappers import Response
 
 from syncws import App, define_websocket_handler
-from syncws.protocol import OP_CLOSE, encode_close_payload, encode_frame
+from syncws.protocol import OP_CLOSE, OP_TEXT, encode_close_payload
 
 from .conftest import connect, raw_request, wait_until
-
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+from .support import RawClient, answered_without_upgrade, client_frame, parse_frames, status_of
 
 
 def get(server, path, **kwargs):
     kwargs.setdefault("timeout", 5)
     return requests.get(server.url + path, **kwargs)
-
-
-def upgrade_request(path: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
-    ).encode("latin-1")
-
-
-def status_of(data: bytes) -> int:
-    return int(data.split(b"\r\n", 1)[0].split()[1])
 
 
 def body_of(data: bytes) -> bytes:
@@ -294,10 +282,8 @@ def test_upgrade_to_http_only_route_is_answered_normally(start_server):
     app.get("/page", lambda request: "plain page")
     server = start_server(app)
 
-    data = raw_request(server, upgrade_request("/page"))
-    assert status_of(data) == 200
+    data = answered_without_upgrade(server, "/page", 200)
     assert body_of(data) == b"plain page"
-    assert b"Sec-WebSocket-Accept" not in data
     assert server.peers == frozenset()
 
 
@@ -306,9 +292,7 @@ def test_upgrade_to_unknown_path_is_404(start_server):
     app.get("/_ws", define_websocket_handler())
     server = start_server(app)
 
-    data = raw_request(server, upgrade_request("/elsewhere"))
-    assert status_of(data) == 404
-    assert b"Sec-WebSocket-Accept" not in data
+    answered_without_upgrade(server, "/elsewhere", 404)
     assert server.peers == frozenset()
 
 
@@ -316,9 +300,7 @@ def test_upgrade_to_post_only_route_is_405_not_upgraded(start_server):
     app = App()
     app.post("/submit", lambda request: "posted")
     server = start_server(app)
-    data = raw_request(server, upgrade_request("/submit"))
-    assert status_of(data) == 405
-    assert b"Sec-WebSocket-Accept" not in data
+    answered_without_upgrade(server, "/submit", 405)
 
 
 # -- connections ---------------------------------------------------------------------------
@@ -387,70 +369,15 @@ def test_tcp_nodelay_on_websocket_and_http_connections(start_server):
 # -- nothing written after the close frame --------------------------------------------------
 
 
-MASK = b"\x11\x22\x33\x44"
-
-
-def masked_close(code: int, reason: str = "") -> bytes:
-    return encode_frame(OP_CLOSE, encode_close_payload(code, reason), mask=MASK)
-
-
-def read_until_eof(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    sock.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed during the handshake: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head, rest
-
-
-def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    frames = []
-    while data:
-        assert len(data) >= 2, data
-        opcode = data[0] & 0x0F
-        assert data[1] & 0x80 == 0, "server frames must not be masked"
-        length = data[1] & 0x7F
-        offset = 2
-        if length == 126:
-            length = struct.unpack("!H", data[2:4])[0]
-            offset = 4
-        elif length == 127:
-            length = struct.unpack("!Q", data[2:10])[0]
-            offset = 10
-        assert len(data) >= offset + length, f"truncated frame in {data!r}"
-        frames.append((opcode, data[offset : offset + length]))
-        data = data[offset + length :]
-    return frames
-
-
 def test_nothing_after_close_frame_when_client_closes(start_server):
     app = App()
     closed = []
     app.get("/_ws", define_websocket_handler(close=lambda peer, details: closed.append(details)))
     server = start_server(app)
 
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(upgrade_request("/_ws"))
-        head, rest = read_head(sock)
-        assert head.startswith(b"HTTP/1.1 101 ")
-        sock.sendall(masked_close(1000, "done"))
-        rest += read_until_eof(sock)
+    with RawClient(server) as raw:  # asserts the 101
+        raw.send_frame(OP_CLOSE, encode_close_payload(1000, "done"))
+        rest = raw.read_to_eof()
     # Exactly one close frame (the echo of our code), no HTTP response after it.
     assert rest == b"\x88\x02\x03\xe8"
     assert wait_until(lambda: len(closed) == 1)
@@ -462,19 +389,13 @@ def test_nothing_after_close_frame_when_server_closes(start_server):
     app.get("/_ws", define_websocket_handler(open=lambda peer: peer.close(4001, "go away")))
     server = start_server(app)
 
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(upgrade_request("/_ws"))
-        head, rest = read_head(sock)
-        assert head.startswith(b"HTTP/1.1 101 ")
+    with RawClient(server) as raw:
         # Wait for the server's close frame, answer it, then read to EOF.
-        sock.settimeout(5)
-        while len(rest) < 2 or len(rest) < 2 + (rest[1] & 0x7F):
-            chunk = sock.recv(4096)
-            assert chunk, "connection closed before the close frame arrived"
-            rest += chunk
-        sock.sendall(masked_close(4001))
-        rest += read_until_eof(sock)
-    assert parse_frames(rest) == [(0x8, encode_close_payload(4001, "go away"))]
+        first = raw.read_frame()
+        assert first is not None, "connection closed before the close frame arrived"
+        raw.send_frame(OP_CLOSE, encode_close_payload(4001))
+        rest = raw.read_to_eof()
+    assert [first] + parse_frames(rest) == [(0x8, encode_close_payload(4001, "go away"))]
 
 
 def test_nothing_after_close_frame_when_a_hook_fails(start_server):
@@ -486,19 +407,13 @@ def test_nothing_after_close_frame_when_a_hook_fails(start_server):
     app.get("/_ws", define_websocket_handler(message=on_message))
     server = start_server(app)
 
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(upgrade_request("/_ws"))
-        head, rest = read_head(sock)
-        assert head.startswith(b"HTTP/1.1 101 ")
-        sock.sendall(encode_frame(0x1, b"trigger", mask=MASK))
-        sock.settimeout(5)
-        while len(rest) < 2 or len(rest) < 2 + (rest[1] & 0x7F):
-            chunk = sock.recv(4096)
-            assert chunk
-            rest += chunk
-        sock.sendall(masked_close(1011))
-        rest += read_until_eof(sock)
-    frames = parse_frames(rest)
+    with RawClient(server) as raw:
+        raw.send_frame(OP_TEXT, b"trigger")
+        first = raw.read_frame()
+        assert first is not None
+        raw.send_frame(OP_CLOSE, encode_close_payload(1011))
+        rest = raw.read_to_eof()
+    frames = [first] + parse_frames(rest)
     assert len(frames) == 1
     opcode, payload = frames[0]
     assert opcode == 0x8
@@ -521,11 +436,8 @@ def test_nothing_after_close_frame_through_wsgi_middleware(start_server):
         return list(result) + [b"middleware trailer"]
 
     server = start_server(middleware)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(upgrade_request("/_ws"))
-        head, rest = read_head(sock)
-        assert head.startswith(b"HTTP/1.1 101 ")
-        sock.sendall(encode_frame(0x1, b"hi", mask=MASK) + masked_close(1000))
-        rest += read_until_eof(sock)
+    with RawClient(server) as raw:
+        raw.sock.sendall(client_frame(OP_TEXT, b"hi") + client_frame(OP_CLOSE, encode_close_payload(1000)))
+        rest = raw.read_to_eof()
     assert parse_frames(rest) == [(0x1, b"hi"), (0x8, b"\x03\xe8")]
     assert b"middleware trailer" not in rest

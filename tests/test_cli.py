@@ -16,6 +16,8 @@ import pytest
 import requests
 import websocket
 
+from .support import recv_close
+
 STARTUP_TIMEOUT = 15.0
 
 SYNCWS_APP = """
@@ -161,11 +163,38 @@ def ws(url: str, path: str) -> websocket.WebSocket:
     return websocket.create_connection(url.replace("http://", "ws://", 1) + path, timeout=5)
 
 
-def recv_close_code(client) -> int:
-    while True:
-        opcode, frame = client.recv_data_frame(True)
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return int.from_bytes(frame.data[:2], "big")
+def stop(process: CliProcess, sig: int = signal.SIGTERM) -> None:
+    """Signal the CLI and assert it exits with status 0."""
+    process.proc.send_signal(sig)
+    assert process.finish() == 0
+
+
+def assert_ws_replies(url: str, path: str, sent: str, reply: str, greeting: str | None = None) -> None:
+    """Connect to ``path``, read the ``greeting`` if one is due, and check the reply to ``sent``."""
+    client = ws(url, path)
+    try:
+        if greeting is not None:
+            assert client.recv() == greeting
+        client.send(sent)
+        assert client.recv() == reply
+    finally:
+        client.close()
+
+
+def assert_signal_closes_the_peer(process: CliProcess, url: str, sig: int, echo: str | None = None) -> None:
+    """``sig`` closes a connected SYNCWS_APP peer (after ``echo``) with 1001; the CLI exits 0 without a traceback."""
+    client = ws(url, "/_ws")
+    try:
+        assert client.recv() == "welcome"
+        if echo is not None:
+            client.send(echo)
+            assert client.recv() == echo
+        process.proc.send_signal(sig)
+        assert recv_close(client)[0] == 1001
+    finally:
+        client.close()
+    assert process.finish() == 0
+    assert "Traceback" not in process.err
 
 
 # -- serving ---------------------------------------------------------------------------
@@ -179,89 +208,49 @@ def test_module_colon_app_on_a_given_port(cli):
     r = requests.get(url + "/", timeout=5)
     assert (r.status_code, r.text) == (200, "hello from module:app")
 
-    client = ws(url, "/_ws")
-    try:
-        assert client.recv() == "welcome"
-        client.send("through the cli")
-        assert client.recv() == "through the cli"
-        process.proc.send_signal(signal.SIGTERM)
-        # SIGTERM closes connected peers as going away.
-        assert recv_close_code(client) == 1001
-    finally:
-        client.close()
-    assert process.finish() == 0
-    assert "Traceback" not in process.err
+    # SIGTERM closes connected peers as going away.
+    assert_signal_closes_the_peer(process, url, signal.SIGTERM, echo="through the cli")
 
 
-def test_plain_module_uses_its_application(cli):
-    process = cli("wsgimod", "--port", "0", files={"wsgimod.py": WSGI_APP})
+@pytest.mark.parametrize(
+    "spec, files, path, text, sig",
+    [
+        ("wsgimod", {"wsgimod.py": WSGI_APP}, "/some/path", "plain wsgi /some/path", signal.SIGTERM),
+        ("both", {"both.py": WSGI_APP + "\napp = other\n"}, "/", "the other function", signal.SIGTERM),
+        ("wsgimod:other", {"wsgimod.py": WSGI_APP}, "/", "the other function", signal.SIGINT),
+    ],
+    ids=["plain-module-uses-its-application", "plain-module-prefers-app-over-application", "another-function-by-name"],
+)
+def test_the_chosen_callable_serves_http(cli, spec, files, path, text, sig):
+    process = cli(spec, "--port", "0", files=files)
     url = process.wait_for_url()
-    r = requests.get(url + "/some/path", timeout=5)
-    assert (r.status_code, r.text) == (200, "plain wsgi /some/path")
-    process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
-
-
-def test_plain_module_prefers_app_over_application(cli):
-    source = WSGI_APP + "\napp = other\n"
-    process = cli("both", "--port", "0", files={"both.py": source})
-    url = process.wait_for_url()
-    assert requests.get(url + "/", timeout=5).text == "the other function"
-    process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
+    r = requests.get(url + path, timeout=5)
+    assert (r.status_code, r.text) == (200, text)
+    stop(process, sig)
 
 
 def test_plain_wsgi_function_upgrades(cli):
     process = cli("wsgimod:application", "--port", "0", files={"wsgimod.py": WSGI_APP})
     url = process.wait_for_url()
     assert requests.get(url + "/x", timeout=5).text == "plain wsgi /x"
-    client = ws(url, "/_ws")
-    try:
-        client.send("hi")
-        assert client.recv() == "echo: hi"
-    finally:
-        client.close()
-    process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
-
-
-def test_another_function_by_name(cli):
-    process = cli("wsgimod:other", "--port", "0", files={"wsgimod.py": WSGI_APP})
-    url = process.wait_for_url()
-    assert requests.get(url + "/", timeout=5).text == "the other function"
-    process.proc.send_signal(signal.SIGINT)
-    assert process.finish() == 0
+    assert_ws_replies(url, "/_ws", "hi", "echo: hi")
+    stop(process)
 
 
 def test_flask_app(cli):
     process = cli("flaskmod:server", "--port", "0", files={"flaskmod.py": FLASK_APP})
     url = process.wait_for_url()
     assert requests.get(url + "/", timeout=5).text == "flask via cli"
-    client = ws(url, "/rooms/lobby?user=bob")
-    try:
-        assert client.recv() == "hello bob"
-        client.send("hey")
-        assert client.recv() == "bob: hey"
-    finally:
-        client.close()
+    assert_ws_replies(url, "/rooms/lobby?user=bob", "hey", "bob: hey", greeting="hello bob")
     # A plain GET to the WebSocket view is refused with a plain HTTP answer.
     assert requests.get(url + "/rooms/lobby", timeout=5).status_code == 426
-    process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
+    stop(process)
 
 
 def test_sigint_stops_cleanly(cli):
     process = cli("myapp:app", "--port", "0", files={"myapp.py": SYNCWS_APP})
     url = process.wait_for_url()
-    client = ws(url, "/_ws")
-    try:
-        assert client.recv() == "welcome"
-        process.proc.send_signal(signal.SIGINT)
-        assert recv_close_code(client) == 1001
-    finally:
-        client.close()
-    assert process.finish() == 0
-    assert "Traceback" not in process.err
+    assert_signal_closes_the_peer(process, url, signal.SIGINT)
     assert "KeyboardInterrupt" not in process.err
 
 
@@ -269,8 +258,7 @@ def test_sigterm_without_connections_stops_and_frees_the_port(cli):
     process = cli("myapp:app", "--port", "0", files={"myapp.py": SYNCWS_APP})
     url = process.wait_for_url()
     port = int(url.rsplit(":", 1)[1])
-    process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
+    stop(process)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
@@ -279,15 +267,8 @@ def test_no_monkey_patch_mode_serves_and_stops(cli):
     process = cli("myapp:app", "--port", "0", "--no-monkey-patch", files={"myapp.py": SYNCWS_APP})
     url = process.wait_for_url()
     assert requests.get(url + "/", timeout=5).text == "hello from module:app"
-    client = ws(url, "/_ws")
-    try:
-        assert client.recv() == "welcome"
-        client.send("unpatched")
-        assert client.recv() == "unpatched"
-    finally:
-        client.close()
-    process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
+    assert_ws_replies(url, "/_ws", "unpatched", "unpatched", greeting="welcome")
+    stop(process)
 
 
 # -- errors ----------------------------------------------------------------------------

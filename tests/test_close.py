@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import queue
-import socket
 import struct
 import time
 
 import pytest
 import requests
-import websocket
 from websocket import ABNF
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect as ws_connect
@@ -19,6 +15,7 @@ from websockets.sync.client import connect as ws_connect
 from syncws import App, define_websocket_handler
 
 from .conftest import connect, wait_until, ws_url
+from .support import RawClient, recv_close
 
 
 class Recorder:
@@ -70,105 +67,34 @@ def make_server(start_server, recorder: Recorder, **options):
     return start_server(app, **options)
 
 
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def server(start_server, rec):
+    """A server with the recorder's hooks and defaults."""
+    return make_server(start_server, rec)
+
+
 def new_ws_client(server, path="/_ws"):
     return ws_connect(
         ws_url(server, path), proxy=None, compression=None, open_timeout=5, close_timeout=5, legacy=True
     )
 
 
-def recv_close(client: websocket.WebSocket) -> tuple:
-    """websocket-client: read until the server's close frame; return (code, reason)."""
-    while True:
-        opcode, data = client.recv_data(True)
-        if opcode == ABNF.OPCODE_CLOSE:
-            code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
-            return code, data[2:].decode("utf-8")
-
-
-# -- raw socket client -------------------------------------------------------
-
-
-class RawClient:
-    def __init__(self, server, path="/_ws"):
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
-            ).encode()
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(4096)
-            assert chunk, "connection closed during the handshake"
-            data += chunk
-        head, _, self.buf = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def send_frame(self, opcode: int, payload: bytes = b"", fin: bool = True) -> None:
-        mask = os.urandom(4)
-        first = (0x80 if fin else 0) | opcode
-        n = len(payload)
-        if n < 126:
-            header = struct.pack("!BB", first, 0x80 | n)
-        elif n < 65536:
-            header = struct.pack("!BBH", first, 0x80 | 126, n)
-        else:
-            header = struct.pack("!BBQ", first, 0x80 | 127, n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
-
-    def _fill(self, n: int) -> bool:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return False
-            self.buf += chunk
-        return True
-
-    def read_frame(self):
-        """Return (opcode, payload), or None on EOF."""
-        if not self._fill(2):
-            return None
-        b0, b1 = self.buf[0], self.buf[1]
-        n = b1 & 0x7F
-        pos = 2
-        if n == 126:
-            if not self._fill(4):
-                return None
-            n = struct.unpack("!H", self.buf[2:4])[0]
-            pos = 4
-        elif n == 127:
-            if not self._fill(10):
-                return None
-            n = struct.unpack("!Q", self.buf[2:10])[0]
-            pos = 10
-        assert not b1 & 0x80, "server frames are never masked"
-        if not self._fill(pos + n):
-            return None
-        payload = self.buf[pos : pos + n]
-        self.buf = self.buf[pos + n :]
-        return b0 & 0x0F, payload
-
-    def read_all_frames(self) -> list:
-        frames = []
-        while True:
-            frame = self.read_frame()
-            if frame is None:
-                return frames
-            frames.append(frame)
-
-    def close(self):
-        self.sock.close()
+def closed_by_server(client, error: type = ConnectionClosed):
+    """websockets: the close frame the server sent, from the ``error`` the next ``recv`` raises."""
+    with pytest.raises(error) as info:
+        client.recv(timeout=5)
+    return info.value.rcvd
 
 
 # -- client-initiated close --------------------------------------------------
 
 
-def test_client_close_with_code_and_reason(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_client_close_with_code_and_reason(rec, server):
     client = connect(server)
     rec.peers.get(timeout=5)
     client.close(4001, "bye")
@@ -180,18 +106,14 @@ def test_client_close_with_code_and_reason(start_server):
     assert rec.errors.empty()
 
 
-def test_client_close_with_non_ascii_reason(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_client_close_with_non_ascii_reason(rec, server):
     client = new_ws_client(server)
     rec.peers.get(timeout=5)
     client.close(4003, "au revoir ✓")
     assert rec.closes.get(timeout=5) == (4003, "au revoir ✓")
 
 
-def test_client_close_without_payload_gives_none_none(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_client_close_without_payload_gives_none_none(rec, server):
     client = connect(server)
     rec.peers.get(timeout=5)
     client.send(b"", opcode=ABNF.OPCODE_CLOSE)
@@ -202,9 +124,7 @@ def test_client_close_without_payload_gives_none_none(start_server):
     client.shutdown()
 
 
-def test_client_close_via_websockets_library(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_client_close_via_websockets_library(rec, server):
     with new_ws_client(server) as client:
         client.send("hi")
         assert client.recv(timeout=5) == "hi"
@@ -213,9 +133,7 @@ def test_client_close_via_websockets_library(start_server):
     assert rec.closes.get(timeout=5) == (1000, "normal")
 
 
-def test_client_drops_tcp_without_close(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_client_drops_tcp_without_close(rec, server):
     client = connect(server)
     client.send("hi")
     assert client.recv() == "hi"
@@ -225,9 +143,7 @@ def test_client_drops_tcp_without_close(start_server):
     assert rec.close_states == [(False, False, frozenset())]
 
 
-def test_client_drops_tcp_in_the_middle_of_a_frame(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_client_drops_tcp_in_the_middle_of_a_frame(rec, server):
     raw = RawClient(server)
     raw.sock.sendall(b"\x81\x85\x00\x00\x00\x00he")  # 5-byte text frame, only 2 bytes sent
     raw.close()
@@ -237,44 +153,34 @@ def test_client_drops_tcp_in_the_middle_of_a_frame(start_server):
 # -- server-initiated close --------------------------------------------------
 
 
-def test_server_close_with_code_and_reason(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_server_close_with_code_and_reason(rec, server):
     client = new_ws_client(server)
     client.send("close:4002:server bye")
-    with pytest.raises(ConnectionClosed) as info:
-        client.recv(timeout=5)
-    assert info.value.rcvd is not None
-    assert (info.value.rcvd.code, info.value.rcvd.reason) == (4002, "server bye")
+    rcvd = closed_by_server(client)
+    assert rcvd is not None
+    assert (rcvd.code, rcvd.reason) == (4002, "server bye")
     assert (client.close_code, client.close_reason) == (4002, "server bye")
     assert rec.closes.get(timeout=5) == (4002, "server bye")
     assert rec.errors.empty()
 
 
-def test_server_close_seen_by_websocket_client(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_server_close_seen_by_websocket_client(rec, server):
     client = connect(server)
     client.send("close:4002:server bye")
     assert recv_close(client) == (4002, "server bye")
     assert rec.closes.get(timeout=5) == (4002, "server bye")
 
 
-def test_server_close_default_is_1000(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_server_close_default_is_1000(rec, server):
     client = new_ws_client(server)
     client.send("close-default")
-    with pytest.raises(ConnectionClosed) as info:
-        client.recv(timeout=5)
-    assert info.value.rcvd.code == 1000
-    assert info.value.rcvd.reason == ""
+    rcvd = closed_by_server(client)
+    assert rcvd.code == 1000
+    assert rcvd.reason == ""
     assert rec.closes.get(timeout=5) == (1000, "")
 
 
-def test_server_close_from_outside_a_hook(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_server_close_from_outside_a_hook(rec, server):
     client = connect(server)
     peer = rec.peers.get(timeout=5)
     peer.close(4005, "from test thread")
@@ -282,9 +188,8 @@ def test_server_close_from_outside_a_hook(start_server):
     assert rec.closes.get(timeout=5) == (4005, "from test thread")
 
 
-def test_server_close_when_client_never_answers(start_server):
+def test_server_close_when_client_never_answers(start_server, rec):
     """The server hangs up after close_timeout; the details are what it sent."""
-    rec = Recorder()
     server = make_server(start_server, rec, close_timeout=0.5)
     raw = RawClient(server)
     peer = rec.peers.get(timeout=5)
@@ -298,8 +203,7 @@ def test_server_close_when_client_never_answers(start_server):
     raw.close()
 
 
-def test_data_after_server_close_is_not_delivered_to_hooks(start_server):
-    rec = Recorder()
+def test_data_after_server_close_is_not_delivered_to_hooks(start_server, rec):
     seen: list = []
     hooks = rec.hooks()
     inner = hooks["message"]
@@ -319,36 +223,28 @@ def test_data_after_server_close_is_not_delivered_to_hooks(start_server):
     assert seen == ["close:4002:x"]
 
 
-def test_close_all(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_close_all(rec, server):
     clients = [new_ws_client(server) for _ in range(3)]
     for _ in clients:
         rec.peers.get(timeout=5)
     server.close_all(4010, "maintenance")
     for client in clients:
-        with pytest.raises(ConnectionClosed) as info:
-            client.recv(timeout=5)
-        assert (info.value.rcvd.code, info.value.rcvd.reason) == (4010, "maintenance")
+        rcvd = closed_by_server(client)
+        assert (rcvd.code, rcvd.reason) == (4010, "maintenance")
     assert sorted(rec.closes.get(timeout=5) for _ in clients) == [(4010, "maintenance")] * 3
     assert wait_until(lambda: not server.peers)
 
 
-def test_server_stop_closes_peers_with_1001(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_server_stop_closes_peers_with_1001(rec, server):
     client = new_ws_client(server)
     rec.peers.get(timeout=5)
     server.stop(timeout=2)
-    with pytest.raises(ConnectionClosed) as info:
-        client.recv(timeout=5)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    rcvd = closed_by_server(client)
+    assert rcvd is not None and rcvd.code == 1001
     assert rec.closes.get(timeout=5)[0] == 1001
 
 
-def test_send_after_close_is_harmless(start_server):
-    rec = Recorder()
-
+def test_send_after_close_is_harmless(start_server, rec):
     def close(peer, details):
         peer.send("too late")  # the peer is gone: dropped, no exception
         peer.publish("t", "too late")
@@ -365,24 +261,18 @@ def test_send_after_close_is_harmless(start_server):
 # -- terminate ---------------------------------------------------------------
 
 
-def test_terminate_drops_without_close_frame_websockets(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_terminate_drops_without_close_frame_websockets(rec, server):
     client = new_ws_client(server)
     client.send("hi")
     assert client.recv(timeout=5) == "hi"
     client.send("terminate")
-    with pytest.raises(ConnectionClosedError) as info:
-        client.recv(timeout=5)
-    assert info.value.rcvd is None  # no close frame was received
+    assert closed_by_server(client, ConnectionClosedError) is None  # no close frame was received
     assert client.close_code == 1006
     assert rec.closes.get(timeout=5) == (1006, "")
     assert wait_until(lambda: not server.peers)
 
 
-def test_terminate_drops_without_close_frame_raw(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_terminate_drops_without_close_frame_raw(rec, server):
     raw = RawClient(server)
     raw.send_frame(0x1, b"hello")
     assert raw.read_frame() == (0x1, b"hello")
@@ -393,9 +283,7 @@ def test_terminate_drops_without_close_frame_raw(start_server):
     raw.close()
 
 
-def test_terminate_from_another_thread(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_terminate_from_another_thread(rec, server):
     raw = RawClient(server)
     peer = rec.peers.get(timeout=5)
     peer.terminate()
@@ -422,8 +310,7 @@ def _assert_server_still_serves(server, other):
     assert reply.status_code == 200 and reply.text == "ok"
 
 
-def test_open_hook_exception(start_server):
-    rec = Recorder()
+def test_open_hook_exception(start_server, rec):
     boom = Boom("open failed")
     normal_open = rec.hooks()["open"]
 
@@ -444,8 +331,7 @@ def test_open_hook_exception(start_server):
     other.close()
 
 
-def test_message_hook_exception(start_server):
-    rec = Recorder()
+def test_message_hook_exception(start_server, rec):
     boom = Boom("message failed")
     normal_message = rec.hooks()["message"]
     calls: list = []
@@ -476,9 +362,7 @@ def test_message_hook_exception(start_server):
     assert rec.errors.empty()
 
 
-def test_many_failing_peers_do_not_hurt_others(start_server):
-    rec = Recorder()
-
+def test_many_failing_peers_do_not_hurt_others(start_server, rec):
     def message(peer, msg):
         if msg.text() == "explode":
             raise Boom()
@@ -496,8 +380,7 @@ def test_many_failing_peers_do_not_hurt_others(start_server):
     other.close()
 
 
-def test_close_hook_exception_is_reported(start_server):
-    rec = Recorder()
+def test_close_hook_exception_is_reported(start_server, rec):
     boom = Boom("close failed")
 
     def close(peer, details):
@@ -514,9 +397,7 @@ def test_close_hook_exception_is_reported(start_server):
     other.close()
 
 
-def test_error_hook_that_raises_does_not_break_the_server(start_server):
-    rec = Recorder()
-
+def test_error_hook_that_raises_does_not_break_the_server(start_server, rec):
     def error(peer, exc):
         rec.errors.put(exc)
         raise RuntimeError("error hook failed too")
@@ -558,9 +439,7 @@ def test_exception_without_error_hook_still_closes_1011(start_server):
     other.close()
 
 
-def test_protocol_error_reaches_error_hook_and_closes_1002(start_server):
-    rec = Recorder()
-    server = make_server(start_server, rec)
+def test_protocol_error_reaches_error_hook_and_closes_1002(rec, server):
     raw = RawClient(server)
     raw.sock.sendall(b"\x81\x02hi")  # unmasked client frame: a protocol violation
     frame = raw.read_frame()

@@ -11,10 +11,6 @@ would time out and the test would fail.
 
 from __future__ import annotations
 
-import base64
-import os
-import socket
-import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +20,7 @@ import pytest
 from syncws import App, define_websocket_handler
 
 from .conftest import connect, wait_until
+from .support import RawClient
 
 MESSAGE_SIZE = 16 * 1024
 FRAME_OVERHEAD = 4  # 2-byte header + 2-byte extended length for 126..65535 bytes
@@ -79,60 +76,12 @@ def feed_app(state: FeedState) -> App:
     return app
 
 
-class SlowClient:
-    """Handshakes, then never reads; its receive buffer is as small as the kernel allows."""
+def slow_client(server, path: str) -> RawClient:
+    """Handshakes, then never reads; its receive buffer is as small as the kernel allows.
 
-    def __init__(self, server, path: str) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(5)
-        sock.connect(("127.0.0.1", server.port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
-            ).encode()
-        )
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):  # byte by byte: consume nothing past the head
-            byte = sock.recv(1)
-            assert byte, "closed during the handshake"
-            head += byte
-        assert head.startswith(b"HTTP/1.1 101"), head
-        self.sock = sock
-        self.buf = b""
-
-    def read_frame(self):
-        """(opcode, payload) or None on EOF; used only once the test lets it read."""
-        def fill(n):
-            while len(self.buf) < n:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return False
-                self.buf += chunk
-            return True
-
-        if not fill(2):
-            return None
-        b0, b1 = self.buf[0], self.buf[1]
-        n, pos = b1 & 0x7F, 2
-        if n == 126:
-            if not fill(4):
-                return None
-            n, pos = struct.unpack("!H", self.buf[2:4])[0], 4
-        elif n == 127:
-            if not fill(10):
-                return None
-            n, pos = struct.unpack("!Q", self.buf[2:10])[0], 10
-        if not fill(pos + n):
-            return None
-        frame = (b0 & 0x0F, self.buf[pos : pos + n])
-        self.buf = self.buf[pos + n :]
-        return frame
-
-    def close(self) -> None:
-        self.sock.close()
+    The 101 head is read byte by byte so that nothing past it is consumed.
+    """
+    return RawClient(server, path, rcvbuf=4096, head_chunk=1)
 
 
 END = b"end"
@@ -199,7 +148,7 @@ def test_never_reading_subscriber_does_not_delay_fifty_readers(start_server):
     limit = server.options.max_buffer_size
     assert limit == 1024 * 1024 and server.options.overflow == "close"
 
-    slow = SlowClient(server, "/feed?role=slow")
+    slow = slow_client(server, "/feed?role=slow")
     readers = start_readers(server, 50)
     assert wait_until(lambda: len(server.registry.subscribers("feed")) == 51)
     slow_peer = state.slow_peers()[0]
@@ -253,7 +202,7 @@ def test_overflow_drop_keeps_the_slow_peer_and_drops_messages(start_server):
     limit = 256 * 1024
     server = start_server(feed_app(state), overflow="drop", max_buffer_size=limit)
 
-    slow = SlowClient(server, "/feed?role=slow")
+    slow = slow_client(server, "/feed?role=slow")
     readers = start_readers(server, 10)
     assert wait_until(lambda: len(server.registry.subscribers("feed")) == 11)
     slow_peer = state.slow_peers()[0]
@@ -381,7 +330,7 @@ def test_slow_peer_does_not_block_direct_sends_to_others(start_server):
     state = FeedState()
     limit = 128 * 1024
     server = start_server(feed_app(state), overflow="drop", max_buffer_size=limit)
-    slow = SlowClient(server, "/feed?role=slow")
+    slow = slow_client(server, "/feed?role=slow")
     assert wait_until(lambda: state.slow_peers())
     slow_peer = state.slow_peers()[0]
     # Fill the kernel's buffers, then the slow peer's own buffer.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 
 import flask
 import pytest
@@ -13,23 +12,10 @@ import websocket
 from flask import Blueprint, Flask, abort, current_app, g, request
 
 from syncws import define_websocket_handler
+from syncws.protocol import OP_CLOSE, encode_close_payload
 
-from .conftest import connect, raw_request, wait_until
-
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-MASK = b"\x01\x02\x03\x04"
-
-
-def upgrade_request(path: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
-    ).encode("latin-1")
-
-
-def status_of(data: bytes) -> int:
-    return int(data.split(b"\r\n", 1)[0].split()[1])
-
+from .conftest import connect, wait_until
+from .support import RawClient, answered_without_upgrade, assert_nothing_received
 
 @pytest.fixture
 def flask_server(start_server):
@@ -145,19 +131,14 @@ def test_view_returning_a_handler_upgrades(flask_server):
 
 def test_upgrade_to_http_only_flask_route_is_answered_normally(flask_server):
     # Not werkzeug's WebsocketMismatch 400: the route answers, nothing is upgraded.
-    data = raw_request(flask_server, upgrade_request("/"))
-    assert status_of(data) == 200
+    data = answered_without_upgrade(flask_server, "/", 200)
     assert data.endswith(b"flask index")
-    assert b"Sec-WebSocket-Accept" not in data
-    data = raw_request(flask_server, upgrade_request("/rooms/lobby/info"))
-    assert status_of(data) == 200
+    data = answered_without_upgrade(flask_server, "/rooms/lobby/info", 200)
     assert data.endswith(b'{"room":"lobby"}\n')
 
 
 def test_upgrade_to_unknown_flask_path_is_404(flask_server):
-    data = raw_request(flask_server, upgrade_request("/no/such/path"))
-    assert status_of(data) == 404
-    assert b"Sec-WebSocket-Accept" not in data
+    answered_without_upgrade(flask_server, "/no/such/path", 404)
     assert flask_server.peers == frozenset()
 
 
@@ -183,9 +164,7 @@ def test_blueprint_room_namespace_and_isolation(flask_server):
         lobby1.send("second")
         assert lobby2.recv() == "lobby: second"
         for client in (game, lobby1, lobby2):
-            client.settimeout(0.3)
-            with pytest.raises(websocket.WebSocketTimeoutException):
-                client.recv()
+            assert_nothing_received(client)
     finally:
         for c in (lobby1, lobby2, game):
             c.close()
@@ -199,9 +178,7 @@ def test_before_request_abort_refuses_the_upgrade(flask_server):
         connect(flask_server, "/secure/ws?token=wrong")
     assert info.value.status_code == 401
 
-    data = raw_request(flask_server, upgrade_request("/secure/ws"))
-    assert status_of(data) == 401
-    assert b"Sec-WebSocket-Accept" not in data
+    data = answered_without_upgrade(flask_server, "/secure/ws", 401)
     assert b" 101 " not in data
     assert flask_server.events == []
     assert flask_server.peers == frozenset()
@@ -211,8 +188,7 @@ def test_login_required_decorator_refuses_the_upgrade(flask_server):
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         connect(flask_server, "/guarded")
     assert info.value.status_code == 403
-    data = raw_request(flask_server, upgrade_request("/guarded"))
-    assert status_of(data) == 403
+    data = answered_without_upgrade(flask_server, "/guarded", 403)
     assert data.endswith(b"login required")
     assert flask_server.guarded_opened == []
 
@@ -264,23 +240,9 @@ def test_each_connection_gets_its_own_flask_g(flask_server):
 
 
 def test_nothing_written_after_close_frame_through_flask(flask_server):
-    from syncws.protocol import OP_CLOSE, encode_close_payload, encode_frame
-
-    with socket.create_connection(("127.0.0.1", flask_server.port), timeout=5) as sock:
-        sock.sendall(upgrade_request("/_ws"))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            assert chunk
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101 ")
-        sock.sendall(encode_frame(OP_CLOSE, encode_close_payload(1000), mask=MASK))
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            rest += chunk
+    with RawClient(flask_server, "/_ws") as raw:  # asserts the 101
+        raw.send_frame(OP_CLOSE, encode_close_payload(1000))
+        rest = raw.read_to_eof()
     # Flask turns the view's return into a Response that unwinds after the
     # session; none of it may reach the wire.
     assert rest == b"\x88\x02\x03\xe8"

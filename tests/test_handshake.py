@@ -6,13 +6,14 @@ import base64
 
 import pytest
 
-from syncws import App, define_websocket_handler
+from syncws import define_websocket_handler
 from syncws import handshake
 from syncws.handshake import HandshakeError, accept_key, is_upgrade_request, validate
 
 from .conftest import connect, raw_request
+from .support import KEY as RFC_KEY
+from .support import app_with, parse_response, upgrade_request
 
-RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
@@ -139,31 +140,6 @@ def test_offered_protocols():
 # -- real sockets ----------------------------------------------------------------------
 
 
-def split_response(data: bytes):
-    head, sep, body = data.partition(b"\r\n\r\n")
-    assert sep, f"no complete HTTP head in {data!r}"
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
-
-
-def upgrade_bytes(path="/_ws", method="GET", version="13", key=RFC_KEY, proto="HTTP/1.1", extra=""):
-    lines = [f"{method} {path} {proto}", "Host: 127.0.0.1", "Upgrade: websocket", "Connection: Upgrade"]
-    if version is not None:
-        lines.append(f"Sec-WebSocket-Version: {version}")
-    if key is not None:
-        lines.append(f"Sec-WebSocket-Key: {key}")
-    if method != "GET":
-        lines.append("Content-Length: 0")
-    if extra:
-        lines.append(extra)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 @pytest.fixture
 def echo_server(start_server):
     opened = []
@@ -171,9 +147,7 @@ def echo_server(start_server):
     def on_open(peer):
         opened.append(peer)
 
-    app = App()
-    app.get("/_ws", define_websocket_handler(open=on_open, message=lambda peer, msg: peer.send(msg)))
-    server = start_server(app)
+    server = start_server(app_with(open=on_open, message=lambda peer, msg: peer.send(msg)))
     server.opened = opened
     return server
 
@@ -181,7 +155,7 @@ def echo_server(start_server):
 def assert_refused(data: bytes, status: int):
     assert not data.startswith(b"HTTP/1.1 101"), data
     assert b" 101 " not in data.split(b"\r\n", 1)[0]
-    got, headers, body = split_response(data)
+    got, headers, body = parse_response(data)
     assert got == status, data
     assert got != 500
     assert len(body) < 1024
@@ -191,7 +165,7 @@ def assert_refused(data: bytes, status: int):
 
 @pytest.mark.parametrize("key", [None, "", "abc", base64.b64encode(b"y" * 20).decode(), "!!!!!!!!!!!!!!!!!!!!!!=="])
 def test_missing_or_bad_key_gets_400(echo_server, key):
-    data = raw_request(echo_server, upgrade_bytes(key=key))
+    data = raw_request(echo_server, upgrade_request(key=key))
     assert_refused(data, 400)
     assert echo_server.opened == []
     assert echo_server.peers == frozenset()
@@ -199,14 +173,14 @@ def test_missing_or_bad_key_gets_400(echo_server, key):
 
 @pytest.mark.parametrize("version", ["8", "7", None])
 def test_unsupported_version_gets_426_with_version_header(echo_server, version):
-    data = raw_request(echo_server, upgrade_bytes(version=version))
+    data = raw_request(echo_server, upgrade_request(version=version))
     headers, _ = assert_refused(data, 426)
     assert headers["sec-websocket-version"] == "13"
     assert echo_server.opened == []
 
 
 def test_post_upgrade_is_not_upgraded(echo_server):
-    data = raw_request(echo_server, upgrade_bytes(method="POST"))
+    data = raw_request(echo_server, upgrade_request(method="POST"))
     # The route only exists for GET: werkzeug answers 405.
     headers, _ = assert_refused(data, 405)
     assert "GET" in headers["allow"]
@@ -216,19 +190,19 @@ def test_post_upgrade_is_not_upgraded(echo_server):
 def test_post_upgrade_to_a_plain_wsgi_handler_is_not_upgraded(start_server):
     handler = define_websocket_handler(message=lambda peer, msg: peer.send(msg))
     server = start_server(handler)  # the handler itself is the WSGI app: every method reaches it
-    data = raw_request(server, upgrade_bytes(method="POST"))
+    data = raw_request(server, upgrade_request(method="POST"))
     headers, _ = assert_refused(data, 405)
     assert headers["allow"] == "GET"
 
 
 def test_http_1_0_upgrade_is_not_upgraded(echo_server):
-    data = raw_request(echo_server, upgrade_bytes(proto="HTTP/1.0"))
+    data = raw_request(echo_server, upgrade_request(proto="HTTP/1.0"))
     assert_refused(data, 400)
 
 
 def test_valid_raw_handshake_gets_the_rfc_accept_value(echo_server):
-    data = raw_request(echo_server, upgrade_bytes() + bytes([0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2]))
-    status, headers, rest = split_response(data)
+    data = raw_request(echo_server, upgrade_request() + bytes([0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2]))
+    status, headers, rest = parse_response(data)
     assert status == 101
     assert headers["sec-websocket-accept"] == RFC_ACCEPT
     assert headers["upgrade"].lower() == "websocket"
@@ -238,8 +212,8 @@ def test_valid_raw_handshake_gets_the_rfc_accept_value(echo_server):
 
 def test_server_still_upgrades_after_refusals(echo_server):
     for key in (None, "abc"):
-        assert_refused(raw_request(echo_server, upgrade_bytes(key=key)), 400)
-    assert_refused(raw_request(echo_server, upgrade_bytes(version="8")), 426)
+        assert_refused(raw_request(echo_server, upgrade_request(key=key)), 400)
+    assert_refused(raw_request(echo_server, upgrade_request(version="8")), 426)
     client = connect(echo_server)
     try:
         client.send("still alive")

@@ -7,10 +7,6 @@ in the test thread.
 
 from __future__ import annotations
 
-import base64
-import os
-import re
-import socket
 import threading
 
 import gevent
@@ -19,94 +15,16 @@ import websocket
 from werkzeug.exceptions import abort
 from werkzeug.wrappers import Request, Response
 
-from syncws import App, define_websocket_handler
+from syncws import define_websocket_handler
 
 from .conftest import connect, wait_until
-
-UPGRADE_HEADERS = (
-    "Upgrade: websocket\r\n"
-    "Connection: Upgrade\r\n"
-    "Sec-WebSocket-Version: 13\r\n"
-)
+from .support import RawClient, app_with, http_exchange, new_key, parse_response, upgrade_request
 
 
-def upgrade_request(server, path: str = "/_ws", extra: str = "") -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    head = (
-        f"GET {path} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{server.port}\r\n"
-        f"{UPGRADE_HEADERS}"
-        f"Sec-WebSocket-Key: {key}\r\n"
-        f"{extra}"
-        "\r\n"
-    )
-    return http_exchange(server, head.encode("latin-1"))
-
-
-def http_exchange(server, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send a raw request; return the response head and its Content-Length body.
-
-    Falls back to reading until the server closes or idles (conftest's
-    ``raw_request``) when the response has no Content-Length.
-    """
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return buf
-            buf += chunk
-        head, _, body = buf.partition(b"\r\n\r\n")
-        if head.startswith(b"HTTP/1.1 101"):
-            return buf
-        match = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
-        if match is None:
-            sock.settimeout(0.5)
-            try:
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-            except socket.timeout:
-                pass
-            return buf
-        length = int(match.group(1))
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        return head + b"\r\n\r\n" + body
-
-
-def parse_http(raw: bytes) -> tuple[int, dict, bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        decoded = b""
-        rest = body
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            decoded += rest[:size]
-            rest = rest[size + 2 :]
-        body = decoded
-    return status, headers, body
-
-
-def echo_app(**hooks) -> App:
-    app = App()
-    app.get("/_ws", define_websocket_handler(**hooks))
-    return app
+def try_upgrade(server, path: str = "/_ws", extra: str = "") -> bytes:
+    """Send an upgrade request over a fresh socket; return the response (head and body)."""
+    request = upgrade_request(path, key=new_key(), host=f"127.0.0.1:{server.port}", extra=extra)
+    return http_exchange(server, request)
 
 
 # -- order -------------------------------------------------------------------
@@ -132,7 +50,7 @@ def test_hooks_run_in_order_upgrade_open_messages_close(start_server):
             ("close", peer.id, peer in peer.server.peers, peer in peer.peers, details.code, details.reason)
         )
 
-    server = start_server(echo_app(upgrade=upgrade, open=open_, message=message, close=close))
+    server = start_server(app_with(upgrade=upgrade, open=open_, message=message, close=close))
     client = connect(server)
     for text in ("one", "two", "three"):
         client.send(text)
@@ -155,12 +73,12 @@ def test_hooks_run_in_order_upgrade_open_messages_close(start_server):
 
 def test_close_hook_runs_exactly_once(start_server):
     closes: list = []
-    server = start_server(echo_app(close=lambda peer, details: closes.append(peer.id)))
+    server = start_server(app_with(close=lambda peer, details: closes.append(peer.id)))
     client = connect(server)
     client.close()
     assert wait_until(lambda: closes)
     # Give a second (buggy) invocation a chance to show up, bounded by an HTTP round-trip.
-    assert upgrade_request(server, "/missing").startswith(b"HTTP/1.1 404")
+    assert try_upgrade(server, "/missing").startswith(b"HTTP/1.1 404")
     assert len(closes) == 1
     assert not server.peers
 
@@ -182,7 +100,7 @@ def test_hooks_of_one_peer_run_one_at_a_time_in_order(start_server):
         if len(received) == 100:
             peer.send("done")
 
-    server = start_server(echo_app(message=message))
+    server = start_server(app_with(message=message))
     client = connect(server)
     for i in range(100):
         client.send(str(i))
@@ -201,7 +119,7 @@ def test_hooks_of_different_peers_may_interleave_but_each_stays_ordered(start_se
         if len(per_peer[peer.id]) == 50:
             peer.send("done")
 
-    server = start_server(echo_app(message=message))
+    server = start_server(app_with(message=message))
     clients = [connect(server) for _ in range(4)]
 
     def blast(client):
@@ -268,9 +186,7 @@ def test_hook_forms(start_server, form):
         handler = define_websocket_handler(_recording_hooks(events))
     else:
         handler = define_websocket_handler(_HookObject(events))
-    app = App()
-    app.get("/_ws", handler)
-    server = start_server(app)
+    server = start_server(app_with(handler=handler))
     _exercise(server)
     assert wait_until(lambda: len(events) == 3)
     assert events == ["open", "message:hi", "close:4000"]
@@ -298,9 +214,7 @@ def test_hook_class_is_instantiated_by_syncws(start_server):
 
     handler = define_websocket_handler(ChatHooks)
     assert len(seen["instances"]) == 1
-    app = App()
-    app.get("/_ws", handler)
-    server = start_server(app)
+    server = start_server(app_with(handler=handler))
     client = connect(server)
     client.send("x")
     assert client.recv() == "class:x"
@@ -317,7 +231,7 @@ def test_hook_class_is_instantiated_by_syncws(start_server):
 
 
 def test_all_hooks_are_optional(start_server):
-    server = start_server(echo_app())
+    server = start_server(app_with())
     client = connect(server)
     client.send("ignored")
     client.ping(b"p")
@@ -335,9 +249,7 @@ def test_keyword_hooks_override_mapping(start_server):
         message=lambda peer, msg: peer.send("from keyword"),
         open=lambda peer: events.append("open"),
     )
-    app = App()
-    app.get("/_ws", handler)
-    server = start_server(app)
+    server = start_server(app_with(handler=handler))
     client = connect(server)
     client.send("x")
     assert client.recv() == "from keyword"
@@ -387,12 +299,12 @@ def _reject_abort_response(request):
 @pytest.mark.parametrize("upgrade", [_reject_return, _reject_abort_response], ids=["return", "abort-response"])
 def test_upgrade_rejection_sends_that_response(start_server, upgrade):
     opened: list = []
-    server = start_server(echo_app(upgrade=upgrade, open=lambda peer: opened.append(peer)))
+    server = start_server(app_with(upgrade=upgrade, open=lambda peer: opened.append(peer)))
 
-    raw = upgrade_request(server)
+    raw = try_upgrade(server)
     assert not raw.startswith(b"HTTP/1.1 101")
     assert b"101 Switching" not in raw
-    status, headers, body = parse_http(raw)
+    status, headers, body = parse_response(raw)
     assert status == 401
     assert headers.get("x-why") == "token"
     assert body == b"nope"
@@ -415,9 +327,9 @@ def test_upgrade_rejection_with_abort_status(start_server):
         if request.args.get("token") != "secret":
             abort(401)
 
-    server = start_server(echo_app(upgrade=upgrade, open=lambda peer: opened.append(peer)))
-    raw = upgrade_request(server, "/_ws?token=wrong")
-    status, headers, body = parse_http(raw)
+    server = start_server(app_with(upgrade=upgrade, open=lambda peer: opened.append(peer)))
+    raw = try_upgrade(server, "/_ws?token=wrong")
+    status, headers, body = parse_response(raw)
     assert status == 401
     assert b"101 Switching" not in raw
     assert "sec-websocket-accept" not in headers
@@ -440,14 +352,14 @@ def test_upgrade_rejection_with_other_status_and_requests(start_server):
     def upgrade(request):
         return Response("go away", 403, headers={"X-Reason": "banned"})
 
-    server = start_server(echo_app(upgrade=upgrade))
+    server = start_server(app_with(upgrade=upgrade))
     reply = requests.get(
         server.url + "/_ws",
         headers={
             "Upgrade": "websocket",
             "Connection": "Upgrade",
             "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            "Sec-WebSocket-Key": new_key(),
         },
         timeout=5,
     )
@@ -462,14 +374,14 @@ def test_upgrade_hook_exception_answers_500_without_101(start_server):
     def upgrade(request):
         raise RuntimeError("boom")
 
-    server = start_server(echo_app(upgrade=upgrade, open=lambda peer: opened.append(1)))
-    raw = upgrade_request(server)
-    status, headers, _ = parse_http(raw)
+    server = start_server(app_with(upgrade=upgrade, open=lambda peer: opened.append(1)))
+    raw = try_upgrade(server)
+    status, headers, _ = parse_response(raw)
     assert status == 500
     assert b"101 Switching" not in raw
     assert opened == []
     # The server is still fine.
-    assert parse_http(upgrade_request(server, "/nowhere"))[0] == 404
+    assert parse_response(try_upgrade(server, "/nowhere"))[0] == 404
 
 
 # -- upgrade: acceptance options ---------------------------------------------
@@ -484,7 +396,7 @@ def test_upgrade_hook_exception_answers_500_without_101(start_server):
     ids=["dict", "pairs"],
 )
 def test_upgrade_extra_headers_on_101(start_server, headers):
-    server = start_server(echo_app(upgrade=lambda request: {"headers": headers}))
+    server = start_server(app_with(upgrade=lambda request: {"headers": headers}))
     client = connect(server)
     got = {k.lower(): v for k, v in client.getheaders().items()}
     assert client.getstatus() == 101
@@ -492,9 +404,9 @@ def test_upgrade_extra_headers_on_101(start_server, headers):
     assert got["x-second"] == "2"
     client.close()
 
-    raw = upgrade_request(server)
+    raw = try_upgrade(server)
     assert raw.startswith(b"HTTP/1.1 101")
-    status, head, _ = parse_http(raw)
+    status, head, _ = parse_response(raw)
     assert head["x-extra"] == "yes" and head["x-second"] == "2"
 
 
@@ -506,7 +418,7 @@ def test_upgrade_chooses_subprotocol(start_server):
         return {"protocol": "chat.v2"}
 
     server = start_server(
-        echo_app(upgrade=upgrade, open=lambda peer: seen.append(peer.websocket.protocol))
+        app_with(upgrade=upgrade, open=lambda peer: seen.append(peer.websocket.protocol))
     )
     client = connect(server, subprotocols=["chat.v1", "chat.v2"])
     assert client.getsubprotocol() == "chat.v2"
@@ -517,9 +429,9 @@ def test_upgrade_chooses_subprotocol(start_server):
 
 
 def test_without_protocol_choice_no_subprotocol_is_sent(start_server):
-    server = start_server(echo_app())
-    raw = upgrade_request(server, extra="Sec-WebSocket-Protocol: chat.v1\r\n")
-    status, headers, _ = parse_http(raw)
+    server = start_server(app_with())
+    raw = try_upgrade(server, extra="Sec-WebSocket-Protocol: chat.v1\r\n")
+    status, headers, _ = parse_response(raw)
     assert status == 101
     assert "sec-websocket-protocol" not in headers
 
@@ -527,14 +439,14 @@ def test_without_protocol_choice_no_subprotocol_is_sent(start_server):
 def test_upgrade_choosing_a_protocol_not_offered_fails_with_500(start_server):
     opened: list = []
     server = start_server(
-        echo_app(upgrade=lambda request: {"protocol": "chat.v3"}, open=lambda peer: opened.append(1))
+        app_with(upgrade=lambda request: {"protocol": "chat.v3"}, open=lambda peer: opened.append(1))
     )
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         connect(server, subprotocols=["chat.v1", "chat.v2"])
     assert info.value.status_code == 500
 
-    raw = upgrade_request(server, extra="Sec-WebSocket-Protocol: chat.v1\r\n")
-    assert parse_http(raw)[0] == 500
+    raw = try_upgrade(server, extra="Sec-WebSocket-Protocol: chat.v1\r\n")
+    assert parse_response(raw)[0] == 500
     assert b"101 Switching" not in raw
     assert opened == []
 
@@ -553,7 +465,7 @@ def test_upgrade_context_is_merged_into_peer_context(start_server):
         peer.context["count"] += 1
         peer.send(f"{peer.context['user']}:{peer.context['count']}")
 
-    server = start_server(echo_app(upgrade=upgrade, open=open_, message=message))
+    server = start_server(app_with(upgrade=upgrade, open=open_, message=message))
     client = connect(server, "/_ws?user=alice")
     client.send("a")
     assert client.recv() == "alice:1"
@@ -563,34 +475,35 @@ def test_upgrade_context_is_merged_into_peer_context(start_server):
     client.close()
 
 
-def test_default_context_is_an_empty_dict(start_server):
+@pytest.mark.parametrize(
+    "route, path, upgrade, attribute, expected",
+    [
+        pytest.param("/_ws", "/_ws", None, "context", {}, id="default-context-is-an-empty-dict"),
+        pytest.param(
+            "/_ws",
+            "/_ws?x=1",
+            lambda request: {"namespace": "custom"},
+            "namespace",
+            "custom",
+            id="upgrade-namespace-override",
+        ),
+        pytest.param(
+            "/rooms/<room>",
+            "/rooms/game?x=1&y=2",
+            None,
+            "namespace",
+            "/rooms/game",
+            id="default-namespace-is-the-path-without-query",
+        ),
+    ],
+)
+def test_what_the_open_hook_sees(start_server, route, path, upgrade, attribute, expected):
     seen: list = []
-    server = start_server(echo_app(open=lambda peer: seen.append(peer.context)))
-    client = connect(server)
+    hooks = {} if upgrade is None else {"upgrade": upgrade}
+    server = start_server(app_with(route, open=lambda peer: seen.append(getattr(peer, attribute)), **hooks))
+    client = connect(server, path)
     assert wait_until(lambda: seen)
-    assert seen[0] == {} and isinstance(seen[0], dict)
-    client.close()
-
-
-def test_upgrade_namespace_override(start_server):
-    seen: list = []
-    server = start_server(
-        echo_app(upgrade=lambda request: {"namespace": "custom"}, open=lambda peer: seen.append(peer.namespace))
-    )
-    client = connect(server, "/_ws?x=1")
-    assert wait_until(lambda: seen)
-    assert seen == ["custom"]
-    client.close()
-
-
-def test_default_namespace_is_the_path_without_query(start_server):
-    seen: list = []
-    app = App()
-    app.get("/rooms/<room>", define_websocket_handler(open=lambda peer: seen.append(peer.namespace)))
-    server = start_server(app)
-    client = connect(server, "/rooms/game?x=1&y=2")
-    assert wait_until(lambda: seen)
-    assert seen == ["/rooms/game"]
+    assert seen == [expected] and isinstance(seen[0], type(expected))
     client.close()
 
 
@@ -608,7 +521,7 @@ def test_upgrade_request_is_a_werkzeug_request(start_server):
             )
         )
 
-    server = start_server(echo_app(upgrade=upgrade))
+    server = start_server(app_with(upgrade=upgrade))
     client = connect(server, "/_ws?q=42", header=["X-Custom: hello"], cookie="session=abc")
     assert seen == [(True, "/_ws", "42", "hello", "abc")]
     client.close()
@@ -620,39 +533,24 @@ def test_upgrade_request_is_a_werkzeug_request(start_server):
     ids=["unknown-key", "str", "int", "bad-context"],
 )
 def test_upgrade_bad_return_value_rejects_with_500(start_server, decision):
-    server = start_server(echo_app(upgrade=lambda request: decision))
-    raw = upgrade_request(server)
-    assert parse_http(raw)[0] == 500
+    server = start_server(app_with(upgrade=lambda request: decision))
+    raw = try_upgrade(server)
+    assert parse_response(raw)[0] == 500
     assert b"101 Switching" not in raw
     assert not server.peers
 
 
 def test_non_upgrade_request_to_websocket_route_gets_426(start_server):
     opened: list = []
-    server = start_server(echo_app(upgrade=lambda request: opened.append("upgrade"), open=lambda p: opened.append(1)))
+    server = start_server(app_with(upgrade=lambda request: opened.append("upgrade"), open=lambda p: opened.append(1)))
     raw = http_exchange(server, f"GET /_ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: close\r\n\r\n".encode())
-    status, headers, _ = parse_http(raw)
+    status, headers, _ = parse_response(raw)
     assert status == 426
     assert opened == []
 
 
 def test_socket_sees_101_then_frames_only(start_server):
     """After the handshake the socket carries WebSocket frames and nothing else."""
-    server = start_server(echo_app(open=lambda peer: peer.send("hello")))
-    key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(
-            (
-                f"GET /_ws HTTP/1.1\r\nHost: x\r\n{UPGRADE_HEADERS}Sec-WebSocket-Key: {key}\r\n\r\n"
-            ).encode()
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            assert chunk
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101 ")
-        while len(rest) < 7:
-            rest += sock.recv(4096)
-        assert rest[:7] == b"\x81\x05hello"
+    server = start_server(app_with(open=lambda peer: peer.send("hello")))
+    with RawClient(server, host="x") as raw:  # asserts the "HTTP/1.1 101 " head
+        assert raw.read_exactly(7) == b"\x81\x05hello"

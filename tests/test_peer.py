@@ -8,30 +8,15 @@ import threading
 import uuid
 
 import pytest
-import websocket
 from websocket import ABNF
 from werkzeug.wrappers import Request
 
-from syncws import App, Message, define_websocket_handler
+from syncws import Message
 
 from .conftest import connect, wait_until
+from .support import app_with, recv_close
 
-TEXT, BINARY, CLOSE = ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CLOSE
-
-
-def app_with(path: str = "/_ws", **hooks) -> App:
-    app = App()
-    app.get(path, define_websocket_handler(**hooks))
-    return app
-
-
-def recv_close(client: websocket.WebSocket) -> tuple:
-    """Read until the server's close frame; return (code, reason)."""
-    while True:
-        opcode, data = client.recv_data(True)
-        if opcode == CLOSE:
-            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-            return code, data[2:].decode("utf-8")
+TEXT, BINARY = ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY
 
 
 # -- peer members ------------------------------------------------------------
@@ -91,9 +76,7 @@ def test_peer_peers_is_same_namespace_and_includes_itself(start_server):
     def message(peer, msg):
         peer.send(json.dumps({"me": peer.id, "peers": sorted(p.id for p in peer.peers)}))
 
-    app = App()
-    app.get("/rooms/<room>", define_websocket_handler(message=message))
-    server = start_server(app)
+    server = start_server(app_with("/rooms/<room>", message=message))
     game = [connect(server, "/rooms/game") for _ in range(3)]
     lobby = [connect(server, "/rooms/lobby") for _ in range(2)]
     assert wait_until(lambda: len(server.peers) == 5)

@@ -26,12 +26,7 @@ from syncws.protocol import (
     unmask,
 )
 
-MASK = b"\x37\xfa\x21\x3d"
-
-
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = MASK) -> bytes:
-    """A frame as a client sends it: always masked."""
-    return encode_frame(opcode, payload, fin=fin, mask=mask)
+from .support import MASK, client_frame
 
 
 def raw_header(first_byte: int, length: int, mask: bytes | None = MASK) -> bytes:
@@ -63,6 +58,24 @@ class CountingStream:
 
 def reader_for(data: bytes, max_message_size: int | None = 1 << 20) -> FrameReader:
     return FrameReader(io.BytesIO(data).read, max_message_size)
+
+
+def messages_until_eof(data: bytes) -> list[Frame]:
+    """Every message a reader returns from ``data`` before the end of the data (ConnectionClosed)."""
+    reader = reader_for(data)
+    messages = []
+    while True:
+        try:
+            messages.append(reader.read_message())
+        except ConnectionClosed:
+            return messages
+
+
+def violation_code(data: bytes) -> int:
+    """Read one message from ``data``, which must raise ProtocolViolation; return its close code."""
+    with pytest.raises(ProtocolViolation) as info:
+        reader_for(data).read_message()
+    return info.value.code
 
 
 # -- unmask ----------------------------------------------------------------------------
@@ -152,50 +165,39 @@ def test_several_messages_in_one_stream_come_out_in_order():
         + client_frame(OP_PING, b"p")
         + client_frame(OP_TEXT, b"two")
     )
-    reader = reader_for(data)
-    assert reader.read_message() == Frame(True, OP_TEXT, b"one")
-    assert reader.read_message() == Frame(True, OP_BINARY, b"\x00\x01")
-    assert reader.read_message() == Frame(True, OP_PING, b"p")
-    assert reader.read_message() == Frame(True, OP_TEXT, b"two")
-    with pytest.raises(ConnectionClosed):
-        reader.read_message()
+    assert messages_until_eof(data) == [
+        Frame(True, OP_TEXT, b"one"),
+        Frame(True, OP_BINARY, b"\x00\x01"),
+        Frame(True, OP_PING, b"p"),
+        Frame(True, OP_TEXT, b"two"),
+    ]
 
 
 def test_unmasked_client_frame_is_a_protocol_error():
     data = encode_frame(OP_TEXT, b"hello")  # no mask, as a (wrong) client might send
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == ws.CLOSE_PROTOCOL_ERROR == 1002
+    assert violation_code(data) == ws.CLOSE_PROTOCOL_ERROR == 1002
 
 
 @pytest.mark.parametrize("rsv", [0x40, 0x20, 0x10, 0x70])
 def test_reserved_bits_are_a_protocol_error(rsv):
     data = raw_header(0x80 | rsv | OP_TEXT, 2) + unmask(b"hi", MASK)
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == 1002
+    assert violation_code(data) == 1002
 
 
 @pytest.mark.parametrize("opcode", [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF])
 def test_unknown_opcode_is_a_protocol_error(opcode):
     data = raw_header(0x80 | opcode, 1) + unmask(b"x", MASK)
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == 1002
+    assert violation_code(data) == 1002
 
 
 def test_fragmented_control_frame_is_a_protocol_error():
     data = client_frame(OP_PING, b"p", fin=False)
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == 1002
+    assert violation_code(data) == 1002
 
 
 def test_control_frame_longer_than_125_is_a_protocol_error():
     data = raw_header(0x80 | OP_PING, 126) + unmask(b"p" * 126, MASK)
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == 1002
+    assert violation_code(data) == 1002
 
 
 def test_eof_before_a_header_is_connection_closed():
@@ -228,10 +230,7 @@ def test_fragmented_text_message_is_assembled():
         + client_frame(OP_CONTINUATION, b"", fin=False)
         + client_frame(OP_CONTINUATION, b"world")
     )
-    reader = reader_for(data)
-    assert reader.read_message() == Frame(True, OP_TEXT, b"Hello, world")
-    with pytest.raises(ConnectionClosed):
-        reader.read_message()
+    assert messages_until_eof(data) == [Frame(True, OP_TEXT, b"Hello, world")]
 
 
 def test_fragmented_binary_message_keeps_its_opcode():
@@ -247,10 +246,11 @@ def test_reader_is_reset_between_fragmented_messages():
         + client_frame(OP_CONTINUATION, b"d")
         + client_frame(OP_TEXT, b"e")
     )
-    reader = reader_for(data)
-    assert reader.read_message() == Frame(True, OP_BINARY, b"ab")
-    assert reader.read_message() == Frame(True, OP_TEXT, b"cd")
-    assert reader.read_message() == Frame(True, OP_TEXT, b"e")
+    assert messages_until_eof(data) == [
+        Frame(True, OP_BINARY, b"ab"),
+        Frame(True, OP_TEXT, b"cd"),
+        Frame(True, OP_TEXT, b"e"),
+    ]
 
 
 def test_ping_interleaved_in_a_fragmented_message_is_returned_first():
@@ -261,10 +261,11 @@ def test_ping_interleaved_in_a_fragmented_message_is_returned_first():
         + client_frame(OP_PONG, b"")
         + client_frame(OP_CONTINUATION, b" done")
     )
-    reader = reader_for(data)
-    assert reader.read_message() == Frame(True, OP_PING, b"are you there")
-    assert reader.read_message() == Frame(True, OP_PONG, b"")
-    assert reader.read_message() == Frame(True, OP_TEXT, b"first half done")
+    assert messages_until_eof(data) == [
+        Frame(True, OP_PING, b"are you there"),
+        Frame(True, OP_PONG, b""),
+        Frame(True, OP_TEXT, b"first half done"),
+    ]
 
 
 def test_close_in_the_middle_of_a_fragmented_message_is_returned():
@@ -276,9 +277,7 @@ def test_close_in_the_middle_of_a_fragmented_message_is_returned():
 
 def test_continuation_without_a_start_is_a_protocol_error():
     data = client_frame(OP_CONTINUATION, b"orphan")
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == 1002
+    assert violation_code(data) == 1002
 
 
 def test_continuation_after_a_finished_message_is_a_protocol_error():
@@ -292,9 +291,7 @@ def test_continuation_after_a_finished_message_is_a_protocol_error():
 
 def test_new_data_message_before_the_previous_ended_is_a_protocol_error():
     data = client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_BINARY, b"b")
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == 1002
+    assert violation_code(data) == 1002
 
 
 # -- UTF-8 -------------------------------------------------------------------------------
@@ -306,9 +303,7 @@ def test_valid_utf8_text_is_accepted():
 
 
 def test_invalid_utf8_text_is_1007():
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(client_frame(OP_TEXT, b"abc\xff")).read_message()
-    assert info.value.code == ws.CLOSE_INVALID_DATA == 1007
+    assert violation_code(client_frame(OP_TEXT, b"abc\xff")) == ws.CLOSE_INVALID_DATA == 1007
 
 
 def test_invalid_utf8_in_binary_is_fine():
@@ -331,15 +326,11 @@ def test_multibyte_character_split_across_fragments_is_valid():
 def test_truncated_multibyte_character_at_the_end_is_1007():
     euro = "€".encode("utf-8")
     data = client_frame(OP_TEXT, b"a" + euro[:2], fin=False) + client_frame(OP_CONTINUATION, b"")
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
-    assert info.value.code == 1007
+    assert violation_code(data) == 1007
 
 
 def test_truncated_multibyte_character_in_single_frame_is_1007():
-    with pytest.raises(ProtocolViolation) as info:
-        reader_for(client_frame(OP_TEXT, "€".encode("utf-8")[:2])).read_message()
-    assert info.value.code == 1007
+    assert violation_code(client_frame(OP_TEXT, "€".encode("utf-8")[:2])) == 1007
 
 
 def test_invalid_utf8_fails_fast_on_the_bad_fragment():

@@ -60,6 +60,21 @@ def do(client, **cmd):
         return reply
 
 
+def join(server, n: int, path: str = "/rooms/x", topic: str | None = None) -> list:
+    """``n`` connections to ``path``, each then subscribed to ``topic`` when one is given."""
+    clients = [connect(server, path) for _ in range(n)]
+    if topic is not None:
+        for c in clients:
+            do(c, op="sub", topic=topic)
+    return clients
+
+
+def published_to(sender, receiver, data: str, topic: str = "chat") -> None:
+    """``sender`` publishes ``data`` on ``topic``; assert it is ``receiver``'s next message."""
+    do(sender, op="pub", topic=topic, data=data)
+    assert receiver.recv() == data
+
+
 @pytest.fixture
 def rooms(start_server):
     app = App()
@@ -71,29 +86,21 @@ def rooms(start_server):
 
 
 def test_namespace_isolation_by_path(rooms):
-    game_a = connect(rooms, "/rooms/game")
-    game_b = connect(rooms, "/rooms/game")
-    lobby_a = connect(rooms, "/rooms/lobby")
-    lobby_b = connect(rooms, "/rooms/lobby")
+    game_a, game_b = join(rooms, 2, "/rooms/game")
+    lobby_a, lobby_b = join(rooms, 2, "/rooms/lobby")
     for c in (game_a, game_b, lobby_a, lobby_b):
         do(c, op="sub", topic="chat")
 
-    do(lobby_a, op="pub", topic="chat", data="lobby says hi")
-    assert lobby_b.recv() == "lobby says hi"
-    do(game_a, op="pub", topic="chat", data="game says hi")
+    published_to(lobby_a, lobby_b, "lobby says hi")
     # game_b's first message is the game publish: the lobby one never came.
-    assert game_b.recv() == "game says hi"
+    published_to(game_a, game_b, "game says hi")
 
-    do(game_b, op="pub", topic="chat", data="game again")
-    assert game_a.recv() == "game again"
-    do(lobby_b, op="pub", topic="chat", data="lobby again")
-    assert lobby_a.recv() == "lobby again"
+    published_to(game_b, game_a, "game again")
+    published_to(lobby_b, lobby_a, "lobby again")
 
     # And the other way: lobby_b's next message is lobby's, not game's.
-    do(game_a, op="pub", topic="chat", data="game 3")
-    assert game_b.recv() == "game 3"
-    do(lobby_a, op="pub", topic="chat", data="lobby 3")
-    assert lobby_b.recv() == "lobby 3"
+    published_to(game_a, game_b, "game 3")
+    published_to(lobby_a, lobby_b, "lobby 3")
     for c in (game_a, game_b, lobby_a, lobby_b):
         c.close()
 
@@ -124,10 +131,8 @@ def test_namespace_chosen_in_upgrade_from_query_parameter(start_server):
         do(c, op="sub", topic="chat")
     assert sorted(namespaces) == ["chat:blue", "chat:blue", "chat:general", "chat:red", "chat:red"]
 
-    do(red[0], op="pub", topic="chat", data="red 1")
-    assert red[1].recv() == "red 1"
-    do(blue[0], op="pub", topic="chat", data="blue 1")
-    assert blue[1].recv() == "blue 1"
+    published_to(red[0], red[1], "red 1")
+    published_to(blue[0], blue[1], "blue 1")
     # server.publish from a hook, limited to one namespace: the publisher is
     # subscribed, and a server publish (unlike peer.publish) includes it.
     general.send(json.dumps({"op": "server-pub", "topic": "chat", "data": "everyone", "namespace": "chat:general"}))
@@ -164,9 +169,7 @@ def test_same_topic_name_in_two_namespaces_is_two_topics(rooms):
 @pytest.mark.parametrize("sender_subscribed", [True, False], ids=["subscribed", "not-subscribed"])
 def test_peer_publish_excludes_the_sender(rooms, sender_subscribed):
     sender = connect(rooms, "/rooms/x")
-    others = [connect(rooms, "/rooms/x") for _ in range(3)]
-    for c in others:
-        do(c, op="sub", topic="t")
+    others = join(rooms, 3, topic="t")
     if sender_subscribed:
         do(sender, op="sub", topic="t")
 
@@ -187,9 +190,7 @@ def test_peer_publish_excludes_the_sender(rooms, sender_subscribed):
 
 
 def test_publish_reaches_only_subscribers_of_that_topic(rooms):
-    pub = connect(rooms, "/rooms/x")
-    a = connect(rooms, "/rooms/x")
-    b = connect(rooms, "/rooms/x")
+    pub, a, b = join(rooms, 3)
     do(a, op="sub", topic="a")
     do(b, op="sub", topic="b")
     do(pub, op="pub", topic="a", data="for a")
@@ -197,32 +198,26 @@ def test_publish_reaches_only_subscribers_of_that_topic(rooms):
     assert a.recv() == "for a"
     assert b.recv() == "for b"
     do(pub, op="pub", topic="nobody", data="lost")  # no subscriber: no error
-    do(pub, op="pub", topic="a", data="a2")
-    assert a.recv() == "a2"
+    published_to(pub, a, "a2", topic="a")
     for c in (pub, a, b):
         c.close()
 
 
 def test_unsubscribe_stops_delivery(rooms):
-    pub = connect(rooms, "/rooms/x")
-    sub = connect(rooms, "/rooms/x")
+    pub, sub = join(rooms, 2)
     do(sub, op="sub", topic="t")
     do(sub, op="sub", topic="other")
-    do(pub, op="pub", topic="t", data="one")
-    assert sub.recv() == "one"
+    published_to(pub, sub, "one", topic="t")
     do(sub, op="unsub", topic="t")
     do(pub, op="pub", topic="t", data="two")
-    do(pub, op="pub", topic="other", data="marker")
-    assert sub.recv() == "marker"
+    published_to(pub, sub, "marker", topic="other")
     pub.close()
     sub.close()
 
 
 def test_publish_order_is_preserved_per_subscriber(rooms):
     pub = connect(rooms, "/rooms/x")
-    subs = [connect(rooms, "/rooms/x") for _ in range(5)]
-    for c in subs:
-        do(c, op="sub", topic="t")
+    subs = join(rooms, 5, topic="t")
     for i in range(100):
         pub.send(json.dumps({"op": "pub", "topic": "t", "data": i, "ack": False}))
     for c in subs:
@@ -233,15 +228,11 @@ def test_publish_order_is_preserved_per_subscriber(rooms):
 
 def test_closed_peer_is_unsubscribed(rooms):
     pub = connect(rooms, "/rooms/x")
-    gone = connect(rooms, "/rooms/x")
-    stay = connect(rooms, "/rooms/x")
-    do(gone, op="sub", topic="t")
-    do(stay, op="sub", topic="t")
+    gone, stay = join(rooms, 2, topic="t")
     assert len(rooms.registry.subscribers("t", "/rooms/x")) == 2
     gone.close()
     assert wait_until(lambda: len(rooms.registry.subscribers("t", "/rooms/x")) == 1)
-    do(pub, op="pub", topic="t", data="after")
-    assert stay.recv() == "after"
+    published_to(pub, stay, "after", topic="t")
     pub.close()
     stay.close()
 
