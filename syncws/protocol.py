@@ -87,8 +87,10 @@ def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: Optiona
 def encode_close_payload(code: Optional[int], reason: str = "") -> bytes:
     if code is None:
         return b""
-    data = struct.pack("!H", code) + reason.encode("utf-8")
-    return data[:125]
+    # Control frames carry at most 125 bytes: cut the reason on a character
+    # boundary so a long reason never becomes invalid UTF-8.
+    raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + raw
 
 
 def is_valid_close_code(code: int) -> bool:

@@ -454,3 +454,12 @@ def test_close_reason_that_is_not_utf8_is_1007():
     with pytest.raises(ProtocolViolation) as info:
         decode_close_payload(b"\x03\xe8\xff\xfe")
     assert info.value.code == 1007
+
+
+def test_long_close_reason_is_cut_on_a_character_boundary():
+    from syncws.protocol import decode_close_payload, encode_close_payload
+
+    payload = encode_close_payload(4000, "é" * 100)  # 200 bytes of UTF-8
+    assert len(payload) <= 125
+    code, reason = decode_close_payload(payload)  # would raise 1007 on a cut character
+    assert code == 4000 and reason == "é" * 61
