@@ -104,8 +104,12 @@ def decode_envelope(data: bytes) -> tuple[str, Optional[str], str, Outgoing]:
     header = json.loads(head)
     if not isinstance(header, dict) or header.get("v") != 1:
         raise ValueError("unknown relayed message version")
-    namespace, topic = header.get("n"), header.get("t")
+    origin, namespace, topic = header.get("o"), header.get("n"), header.get("t")
+    if not isinstance(origin, str):
+        raise ValueError("relayed message without an origin")
     if not isinstance(topic, str) or not (namespace is None or isinstance(namespace, str)):
         raise ValueError("relayed message with a bad namespace or topic")
     opcode = OP_BINARY if header.get("b") else OP_TEXT
-    return str(header.get("o")), namespace, topic, Outgoing.from_payload(opcode, payload)
+    if opcode == OP_TEXT:
+        payload.decode("utf-8")  # a text frame must be UTF-8: UnicodeDecodeError is a ValueError
+    return origin, namespace, topic, Outgoing.from_payload(opcode, payload)

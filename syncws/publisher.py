@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from .broker import channel_name, encode_envelope, new_origin
 from .payload import Outgoing
-from .redis_broker import _redis
+from .redis_broker import require_redis
 
 
 class Publisher:
@@ -19,7 +19,7 @@ class Publisher:
     def __init__(self, url: str, *, prefix: str = "syncws", **redis_options: Any) -> None:
         redis_options.setdefault("socket_connect_timeout", 5)
         redis_options.setdefault("socket_timeout", 5)
-        self._client = _redis().Redis.from_url(url, **redis_options)
+        self._client = require_redis().Redis.from_url(url, **redis_options)
         self.prefix = prefix
         self.origin = new_origin()
 

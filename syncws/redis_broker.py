@@ -39,12 +39,11 @@ log = logging.getLogger("syncws.broker")
 
 _start_thread = get_original("_thread", "start_new_thread")
 _SimpleQueue = get_original("queue", "SimpleQueue")
-_sleep = get_original("time", "sleep")
 
 _STOP = object()
 
 
-def _redis():
+def require_redis():
     try:
         import redis
     except ImportError:  # pragma: no cover - depends on the install
@@ -63,7 +62,7 @@ class RedisBroker(Broker):
         max_backoff: float = 5.0,
         max_pending: int = 10_000,
     ) -> None:
-        self._redis_module = _redis()
+        self._redis_module = require_redis()
         self.url = url
         self.prefix = prefix
         self.on_broker_error = on_broker_error
@@ -77,6 +76,8 @@ class RedisBroker(Broker):
         self._commands: deque = deque()  # (subscribe?, channel) for the subscriber thread
         self._outbox = _SimpleQueue()
         self._running = False
+        self._stopped = RealLock()  # held until stop(): a backoff wait that stop() cuts short
+        self._stopped.acquire()
         self._relay_down_until = 0.0
         self._relay_failed = False
         self.dropped = 0  # relays dropped while Redis was unreachable
@@ -99,6 +100,7 @@ class RedisBroker(Broker):
         if not self._running:
             return
         self._running = False
+        self._stopped.release()
         self._outbox.put(_STOP)
         for done in self._threads_done:
             if done.acquire(timeout=5):
@@ -185,7 +187,11 @@ class RedisBroker(Broker):
         while self._running:
             pubsub = None
             try:
-                pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+                # A timeout on every socket operation, so a connection that Redis
+                # accepts but never answers cannot hang the handshake forever
+                # (redis-py < 8 has no default); idle reads have their own.
+                timeout = min(5.0, max(1.0, 2 * self.health_check_interval))
+                pubsub = self._client(socket_timeout=timeout).pubsub(ignore_subscribe_messages=True)
                 with self._lock:  # a fresh connection takes the whole current set
                     self._commands.clear()
                     channels = list(self._channels)
@@ -203,7 +209,8 @@ class RedisBroker(Broker):
                 if not reported:
                     self._report(exc, "subscriber")
                     reported = True
-                _sleep(backoff)
+                if self._stopped.acquire(timeout=backoff):  # stop() was called
+                    self._stopped.release()
                 backoff = min(backoff * 2, self.max_backoff)
             finally:
                 self.connected = False
