@@ -45,12 +45,43 @@ def load_app(spec: str) -> Callable[..., Any]:
     raise ImportStringError(f"module {module_name!r} has no attribute {wanted}")
 
 
+WORKERS_ENV_VAR = "SYNCWS_WORKERS"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _worker_count(args: argparse.Namespace) -> int:
+    """--workers, else $SYNCWS_WORKERS, else 1; ValueError with the message to print."""
+    if args.workers is not None:
+        return args.workers
+    text = os.environ.get(WORKERS_ENV_VAR, "").strip()
+    if not text:
+        return 1
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"{WORKERS_ENV_VAR} {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .workers import GRACEFUL_TIMEOUT
 
     parser = argparse.ArgumentParser(
         prog="python -m syncws",
         description="Serve a WSGI app (syncws App, Flask, any callable) with WebSockets and SSE.",
+        epilog="SIGTERM or Ctrl-C closes every WebSocket with 1001 (going away) and exits 0; "
+        "with --workers, the master stops every worker that way (killing any still running after "
+        f"{GRACEFUL_TIMEOUT:g} s, or at once on a second signal).  "
+        "Environment: SYNCWS_BROKER (default for --broker), SYNCWS_WORKERS (default for --workers).",
     )
     parser.add_argument("app", help="import string, 'module:app' or 'module' (uses its app/application)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -60,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("SYNCWS_BROKER") or None,
         help="pub/sub broker URL shared by every process, e.g. redis://localhost:6379/0 "
         "(default: $SYNCWS_BROKER, else in-process pub/sub)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes sharing the listening port (default: $SYNCWS_WORKERS, else 1).  "
+        "More than 1 needs --broker, so that a publish reaches the clients of every worker; "
+        "a worker that dies is replaced",
     )
     parser.add_argument(
         "--no-monkey-patch",
@@ -73,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        workers = _worker_count(args)
+    except ValueError as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        if not args.broker:
+            given = f"--workers {workers}" if args.workers is not None else f"{WORKERS_ENV_VAR}={workers}"
+            print(
+                f"syncws: error: {given} needs a broker: with in-memory pub/sub each worker would "
+                "have its own subscribers, so a publish would reach only the clients of one worker; "
+                "pass --broker redis://HOST:6379/0 (or set SYNCWS_BROKER), or use --workers 1",
+                file=sys.stderr,
+            )
+            return 2
+        from .workers import run_master
+
+        return run_master(args, workers)
     if not args.no_monkey_patch:
         from gevent import monkey
 

@@ -66,6 +66,7 @@ class Server:
         *,
         access_log: bool = True,
         broker: Any = None,
+        listener: Any = None,
         **options: Any,
     ) -> None:
         if not callable(app):
@@ -87,6 +88,9 @@ class Server:
         self._stopped: Optional[Event] = None
         self._stopping = False
         self._thread_done: Optional[Any] = None
+        # An already-bound, listening socket to accept on instead of binding
+        # (host, port); ``python -m syncws --workers N`` shares one this way.
+        self._listener = listener
 
     # -- state ---------------------------------------------------------------
     @property
@@ -150,7 +154,7 @@ class Server:
         global _current
         logger = logging.getLogger("syncws.access") if self.access_log else None
         self._wsgi = WSGIServer(
-            (self.host, self.port),
+            self._listener if self._listener is not None else (self.host, self.port),
             self.app,
             handler_class=ConnectionHandler,
             log=logger,
@@ -173,12 +177,16 @@ class Server:
         log.debug("syncws: serving on %s", self.url)
         return self
 
-    def serve_forever(self) -> None:
-        """Start (if needed) and block until :meth:`stop` or SIGTERM/SIGINT."""
+    def serve_forever(self, *, handle_signals: bool = True) -> None:
+        """Start (if needed) and block until :meth:`stop` or SIGTERM/SIGINT.
+
+        ``handle_signals=False`` installs no signal handlers: the caller does
+        (a ``--workers`` child stops on its master's SIGTERM only).
+        """
         if self._wsgi is None:
             self.start()
         handlers = []
-        if threading.current_thread() is threading.main_thread():
+        if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers.append(gevent.signal_handler(sig, self._on_signal))
         try:
