@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from queue import Empty
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -41,6 +42,7 @@ _start_thread = get_original("_thread", "start_new_thread")
 _SimpleQueue = get_original("queue", "SimpleQueue")
 
 _STOP = object()
+_BATCH = 1000  # relays sent to Redis in one pipelined round trip at most
 
 
 def require_redis():
@@ -152,22 +154,45 @@ class RedisBroker(Broker):
             except Exception:
                 log.exception("syncws: on_broker_error raised")
 
+    def _next_batch(self) -> Optional[list]:
+        """Block for one relay, then take whatever else is already waiting.
+
+        None means stop.  Batching makes a burst one Redis round trip per
+        ``_BATCH`` messages instead of one per message.
+        """
+        first = self._outbox.get()
+        if first is _STOP:
+            return None
+        batch = [first]
+        while len(batch) < _BATCH:
+            try:
+                item = self._outbox.get_nowait()
+            except Empty:
+                break
+            if item is _STOP:
+                self._outbox.put(_STOP)  # seen after this batch is sent
+                break
+            batch.append(item)
+        return batch
+
     def _relay_loop(self) -> None:
         client = self._client(socket_timeout=5)
         errors = (self._redis_module.RedisError, OSError)
         backoff = 0.1
         while True:
-            item = self._outbox.get()
-            if item is _STOP:
+            batch = self._next_batch()
+            if batch is None:
                 break
             if time.monotonic() < self._relay_down_until:
-                self.dropped += 1
+                self.dropped += len(batch)
                 continue
-            channel, data = item
             try:
-                client.publish(channel, data)
+                pipe = client.pipeline(transaction=False)  # in order, one round trip
+                for channel, data in batch:
+                    pipe.publish(channel, data)
+                pipe.execute()
             except errors as exc:
-                self.dropped += 1
+                self.dropped += len(batch)
                 if not self._relay_failed:
                     self._report(exc, "relay")
                 self._relay_failed = True
