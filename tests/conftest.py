@@ -42,14 +42,14 @@ def connect(server: Server, path: str = "/_ws", **kwargs) -> websocket.WebSocket
     return websocket.create_connection(ws_url(server, path), **kwargs)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
-    """Poll ``predicate``; tests bound their waits so a hang fails fast."""
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is truthy; tests bound their waits so a hang fails fast."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(interval)
-    return predicate()
+    return bool(predicate())
 
 
 def raw_request(server: Server, data: bytes, timeout: float = 5.0) -> bytes:

@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: raw WebSocket and HTTP over bare sockets.
+"""Helpers shared by the test modules: raw WebSocket and HTTP over bare sockets,
+and the subprocesses some tests run (``python -m syncws``, a private redis-server).
 
 Fixtures stay in ``conftest.py``; what is here is plain functions and classes.
 """
@@ -7,17 +8,27 @@ from __future__ import annotations
 
 import base64
 import os
+import queue
 import re
+import shutil
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
 
 import pytest
+import redis
 import websocket
 
 from syncws import App, define_websocket_handler
 from syncws.protocol import encode_frame
 
-from .conftest import raw_request
+from .conftest import raw_request, wait_until
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample Sec-WebSocket-Key
 MASK = b"\x37\xfa\x21\x3d"  # RFC 6455's sample masking key (section 5.7)
@@ -273,3 +284,231 @@ def assert_nothing_received(client: websocket.WebSocket, wait: float = 0.3) -> N
     with pytest.raises(websocket.WebSocketTimeoutException):
         client.recv()
     client.settimeout(timeout)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+SYNCWS_BOUND = 15.0  # how long a ``python -m syncws`` may take to start, or to exit when asked to
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(env: dict | None = None) -> dict:
+    """This process's environment without any SYNCWS_* variable, with unbuffered Python output, plus ``env``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SYNCWS_")}
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ.update(env or {})
+    return environ
+
+
+class SyncwsProcess:
+    """A running ``python -m syncws ARGS`` in ``cwd``; threads drain its stdout and stderr.
+
+    Its SYNCWS_* variables come only from ``env`` (see :func:`subprocess_env`).
+    """
+
+    def __init__(self, *args: str, cwd, env: dict | None = None) -> None:
+        self.args = list(args)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncws", *args],
+            cwd=str(cwd),
+            env=subprocess_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: "queue.Queue[str]" = queue.Queue()  # stdout, line by line, as it comes
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr, None), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _drain(stream, into: list, lines) -> None:
+        for line in stream:
+            into.append(line)
+            if lines is not None:
+                lines.put(line)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def out(self) -> str:
+        return "".join(self.stdout)
+
+    @property
+    def err(self) -> str:
+        return "".join(self.stderr)
+
+    def __repr__(self) -> str:
+        return f"<python -m syncws {' '.join(self.args)} (pid {self.pid})>"
+
+    def wait_for_banner(self, timeout: float = SYNCWS_BOUND) -> tuple[str, str]:
+        """(url, the whole banner line) once it says it is serving; if it does not, kill it and fail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = re.search(r"serving .* on (http://\S+)", line)
+            if match:
+                return match.group(1), line
+        self.kill()
+        pytest.fail(f"{self!r} did not start; stdout={self.out!r} stderr={self.err!r}")
+
+    def wait_for_url(self, timeout: float = SYNCWS_BOUND) -> str:
+        """The URL it serves on, once it says so (see :meth:`wait_for_banner`)."""
+        return self.wait_for_banner(timeout)[0]
+
+    def wait(self, timeout: float = SYNCWS_BOUND) -> int:
+        """Its exit status; if it has not exited within ``timeout``, kill it and fail.
+
+        Output may still be arriving (from processes that inherited its pipes): see :meth:`finish`.
+        """
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self!r} did not exit within {timeout} s; stderr={self.err!r}")
+
+    def finish(self, timeout: float = SYNCWS_BOUND) -> int:
+        """:meth:`wait`, then the output is complete: the draining threads are joined."""
+        rc = self.wait(timeout)
+        self.join_output()
+        return rc
+
+    def join_output(self) -> None:
+        for t in self._threads:
+            t.join(5)
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """Teardown that lets it shut down: SIGTERM, then SIGKILL if it is still running after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """Teardown: SIGKILL, whatever state it is in."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class SyncwsRunner:
+    """Starts ``python -m syncws`` processes in ``cwd``, each of ``process_class``; kills them all on exit.
+
+    ``runner(*args, files={name: source}, env={...})`` writes the (dedented)
+    files into ``cwd`` first.
+    """
+
+    def __init__(self, cwd: Path, process_class: type[SyncwsProcess] = SyncwsProcess) -> None:
+        self.cwd = cwd
+        self.process_class = process_class
+        self.started: list[SyncwsProcess] = []
+
+    def __call__(self, *args: str, files: dict | None = None, env: dict | None = None) -> SyncwsProcess:
+        for name, source in (files or {}).items():
+            (self.cwd / name).write_text(textwrap.dedent(source))
+        process = self.process_class(*args, cwd=self.cwd, env=env)
+        self.started.append(process)
+        return process
+
+    def __enter__(self) -> "SyncwsRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.started:
+            process.kill()
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1 that keeps nothing on disk.
+
+    ``with RedisServer() as server:`` starts it on a free port, waits until it
+    answers PING, and stops it.  ``kill()`` is kill -9; ``start()`` brings it
+    back on the same port.  A missing redis-server fails the test, it never
+    skips it (``bash scripts/test`` installs it).
+    """
+
+    def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server is not installed: these tests need it (bash scripts/test installs it)")
+        self.executable = executable
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **options) -> redis.Redis:
+        """A client of this server; replies are decoded to str unless ``options`` say otherwise."""
+        options = {"socket_timeout": 5, "decode_responses": True, **options}
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
+
+    def start(self) -> "RedisServer":
+        """Start it (again, on the same port) and wait until it answers PING; fail if it does not."""
+        args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.workdir is not None:
+            args += ["--dir", str(self.workdir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client(socket_timeout=1, socket_connect_timeout=1)
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)")
+            try:
+                return client.ping()
+            except redis.RedisError:
+                return False
+
+        try:
+            if not wait_until(answers, timeout=10):
+                self.stop()
+                pytest.fail(f"redis-server did not answer PING on port {self.port}")
+        finally:
+            client.close()
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to any client."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -7,10 +7,7 @@ The Redis broker itself, with a real redis-server, is in test_redis_broker.py.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +29,7 @@ from syncws.server import Server
 
 from .apps.broker_app import app as broker_app
 from .conftest import connect, wait_until
+from .support import SyncwsProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,23 +200,27 @@ def test_make_broker_returns_an_instance_as_is(monkeypatch):
     assert make_broker(mine) is mine
 
 
-@pytest.mark.parametrize("url", ["bogus://x", "localhost:6379", "http://127.0.0.1:6379", "REDIS"])
-def test_make_broker_rejects_unknown_urls(url, monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match="broker URL"):
-        make_broker(url)
-
-
-def test_make_broker_rejects_a_bad_url_from_the_environment(monkeypatch):
-    monkeypatch.setenv(ENV_VAR, "bogus://x")
-    with pytest.raises(ValueError, match="bogus://x"):
-        make_broker(None)
-
-
-@pytest.mark.parametrize("spec", [42, b"redis://127.0.0.1:6379/0", object(), ["redis://x"], RedisBroker])
-def test_make_broker_rejects_other_types(spec, monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    with pytest.raises(TypeError, match="broker"):
+@pytest.mark.parametrize(
+    "spec, environment, error, match",
+    [
+        *[
+            pytest.param(url, None, ValueError, "broker URL", id=f"unknown-url-{url}")
+            for url in ["bogus://x", "localhost:6379", "http://127.0.0.1:6379", "REDIS"]
+        ],
+        pytest.param(None, "bogus://x", ValueError, "bogus://x", id="bad-url-from-the-environment"),
+        *[
+            pytest.param(spec, None, TypeError, "broker", id=f"other-type-{type(spec).__name__}")
+            for spec in [42, b"redis://127.0.0.1:6379/0", object(), ["redis://x"], RedisBroker]
+        ],
+    ],
+)
+def test_make_broker_rejects(spec, environment, error, match, monkeypatch):
+    """Unknown URLs, a bad URL in SYNCWS_BROKER, and specs of other types."""
+    if environment is None:
+        monkeypatch.delenv(ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(ENV_VAR, environment)
+    with pytest.raises(error, match=match):
         make_broker(spec)
 
 
@@ -239,43 +241,32 @@ def test_serve_with_a_bad_broker_fails_before_listening(monkeypatch):
         serve(broker_app, port=0, background=True, broker=3)
 
 
-def _cli(*args, env_broker=None):
-    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-    if env_broker is not None:
-        env[ENV_VAR] = env_broker
-    return subprocess.run(
-        [sys.executable, "-m", "syncws", "tests.apps.broker_app:app", "--port", "0", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def _cli(*args: str, env: dict | None = None) -> SyncwsProcess:
+    """``python -m syncws tests.apps.broker_app:app --port 0 ARGS`` from the repository root."""
+    return SyncwsProcess("tests.apps.broker_app:app", "--port", "0", *args, cwd=ROOT, env=env)
 
 
 def test_cli_bogus_broker_exits_2_with_one_clear_line():
     result = _cli("--broker", "bogus://x")
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    assert result.finish() == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
     assert lines[0].startswith("syncws: error: ")
     assert "bogus://x" in lines[0] and "redis://" in lines[0]
-    assert "Traceback" not in result.stderr and "serving" not in result.stdout
+    assert "Traceback" not in result.err and "serving" not in result.out
 
 
 def test_cli_bogus_broker_from_the_environment_exits_2():
-    result = _cli(env_broker="bogus://x")
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("syncws: error: ") and "bogus://x" in lines[0], result.stderr
+    result = _cli(env={ENV_VAR: "bogus://x"})
+    assert result.finish() == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("syncws: error: ") and "bogus://x" in lines[0], result.err
 
 
 def test_cli_help_documents_broker():
-    result = subprocess.run(
-        [sys.executable, "-m", "syncws", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 0
-    assert "--broker" in result.stdout and ENV_VAR in result.stdout
+    result = SyncwsProcess("--help", cwd=ROOT)
+    assert result.finish() == 0
+    assert "--broker" in result.out and ENV_VAR in result.out
 
 
 # -- what a server tells its broker ----------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import threading
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from syncws import serve
 
 from .conftest import wait_until
+from .support import free_port
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (test extra)")
 
@@ -35,12 +35,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 WAIT_MS = 15_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Recorder:

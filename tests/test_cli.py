@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import queue
-import re
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
-import threading
-import time
 
 import pytest
 import requests
 import websocket
 
-from .support import recv_close
-
-STARTUP_TIMEOUT = 15.0
+from .support import SyncwsProcess, SyncwsRunner, free_port, recv_close
 
 SYNCWS_APP = """
 from syncws import App, define_websocket_handler
@@ -74,96 +65,18 @@ def room(room):
 """
 
 
-class CliProcess:
-    """A running ``python -m syncws``; stdout/stderr are drained by threads."""
-
-    def __init__(self, cwd, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncws", *args],
-            cwd=str(cwd),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.stdout_lines: "queue.Queue[str]" = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout, self.stdout_lines), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr, None), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    @staticmethod
-    def _drain(stream, into: list, q) -> None:
-        for line in stream:
-            into.append(line)
-            if q is not None:
-                q.put(line)
-
-    def wait_for_url(self, timeout: float = STARTUP_TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.stdout_lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = re.search(r"serving .* on (http://\S+)", line)
-            if match:
-                return match.group(1)
-        self.kill()
-        pytest.fail(f"server did not start; stdout={''.join(self.stdout)!r} stderr={''.join(self.stderr)!r}")
-
-    def finish(self, timeout: float = 10.0) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail("the CLI did not exit in time")
-        for t in self._threads:
-            t.join(5)
-        return rc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    @property
-    def err(self) -> str:
-        return "".join(self.stderr)
-
-
 @pytest.fixture
 def cli(tmp_path):
-    processes: list[CliProcess] = []
-
-    def run(*args: str, files: dict | None = None) -> CliProcess:
-        for name, source in (files or {}).items():
-            (tmp_path / name).write_text(textwrap.dedent(source))
-        process = CliProcess(tmp_path, *args)
-        processes.append(process)
-        return process
-
-    yield run
-    for process in processes:
-        process.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """``cli(*args, files={name: source})``: ``python -m syncws ARGS`` in ``tmp_path``; all killed at teardown."""
+    with SyncwsRunner(tmp_path) as run:
+        yield run
 
 
 def ws(url: str, path: str) -> websocket.WebSocket:
     return websocket.create_connection(url.replace("http://", "ws://", 1) + path, timeout=5)
 
 
-def stop(process: CliProcess, sig: int = signal.SIGTERM) -> None:
+def stop(process: SyncwsProcess, sig: int = signal.SIGTERM) -> None:
     """Signal the CLI and assert it exits with status 0."""
     process.proc.send_signal(sig)
     assert process.finish() == 0
@@ -181,7 +94,7 @@ def assert_ws_replies(url: str, path: str, sent: str, reply: str, greeting: str 
         client.close()
 
 
-def assert_signal_closes_the_peer(process: CliProcess, url: str, sig: int, echo: str | None = None) -> None:
+def assert_signal_closes_the_peer(process: SyncwsProcess, url: str, sig: int, echo: str | None = None) -> None:
     """``sig`` closes a connected SYNCWS_APP peer (after ``echo``) with 1001; the CLI exits 0 without a traceback."""
     client = ws(url, "/_ws")
     try:
@@ -295,7 +208,7 @@ def test_bad_import_strings(cli, spec, fragment):
     assert lines[0].startswith("syncws: error:")
     assert fragment in lines[0]
     assert "Traceback" not in err
-    assert "serving" not in "".join(process.stdout)
+    assert "serving" not in process.out
 
 
 def test_module_without_app_or_application(cli):
@@ -324,7 +237,7 @@ def test_port_in_use_is_a_one_line_error(cli):
 def test_help(cli, tmp_path):
     process = cli("--help")
     assert process.finish() == 0
-    out = "".join(process.stdout)
+    out = process.out
     assert "usage:" in out
     for option in ("--host", "--port", "app"):
         assert option in out

@@ -18,13 +18,10 @@ tests fail, they are never skipped.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
-import os
 import queue
-import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,32 +30,27 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 import redis
 import requests
 import websocket
 
-from syncws import Publisher, serve
+from syncws import Publisher
 from syncws.broker import ENV_VAR, channel_name
 from syncws.redis_broker import RedisBroker
 
 from .apps.broker_app import app as broker_app
+from .conftest import wait_until
+from .support import RedisServer, SyncwsProcess, free_port, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.broker_app:app"
 PREFIX = "syncws"  # the default prefix, as the subprocess servers use it
-STARTUP_TIMEOUT = 15.0
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def new_topic() -> str:
@@ -67,68 +59,6 @@ def new_topic() -> str:
 
 def ch(namespace: Optional[str], topic: str, prefix: str = PREFIX) -> str:
     return channel_name(prefix, namespace, topic)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-class RedisServer:
-    """A redis-server subprocess on a fixed port: start, kill -9, start again."""
-
-    def __init__(self, workdir: Path, port: Optional[int] = None) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.fail("redis-server is not installed: the broker tests need it (bash scripts/test installs it)")
-        self.port = port or free_port()
-        self.workdir = workdir
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True)
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = self.client()
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)")
-            try:
-                return client.ping()
-            except redis.ConnectionError:
-                return False
-
-        assert wait_until(up, timeout=10), "redis-server did not start"
-        client.close()
-        return self
-
-    def kill(self) -> None:
-        """kill -9: no goodbye to any client."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def numsub(r: redis.Redis, *channels: str) -> dict:
@@ -149,51 +79,23 @@ def pubsub_clients(r: redis.Redis) -> list:
     return r.client_list(_type="pubsub")
 
 
-class ServerProcess:
+class ServerProcess(SyncwsProcess):
     """``python -m syncws tests.apps.broker_app:app --port 0 --broker URL`` in its own process."""
 
-    def __init__(self, name: str, broker_url: Optional[str], *extra: str) -> None:
+    def __init__(self, name: str, broker_url: str) -> None:
         self.name = name
-        env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-        env["PYTHONUNBUFFERED"] = "1"
-        args = [sys.executable, "-m", "syncws", APP, "--port", "0", *extra]
-        if broker_url is not None:
-            args += ["--broker", broker_url]
-        self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        self.lines: list[str] = []
         self.url: Optional[str] = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            match = re.search(r"serving \S+ on (http://\S+)", line)
-            if match and self.url is None:
-                self.url = match.group(1)
-                self._ready.set()
-        self._ready.set()
+        super().__init__(APP, "--port", "0", "--broker", broker_url, cwd=ROOT)
 
     def wait_ready(self) -> "ServerProcess":
-        assert self._ready.wait(STARTUP_TIMEOUT) and self.url, f"{self.name} did not start:\n{self.output()}"
+        self.url = self.wait_for_url()
         return self
 
     def output(self) -> str:
-        return "".join(self.lines)
+        return self.out + self.err
 
     def stats(self) -> dict:
         return requests.get(self.url + "/stats", timeout=5).json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
     def __repr__(self) -> str:
         return f"<{self.name} {self.url}>"
@@ -349,17 +251,15 @@ class SSEClient:
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture
 def own_redis(tmp_path):
     """A redis-server for this test alone (to kill, restart or proxy)."""
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture
@@ -375,7 +275,7 @@ def cluster(redis_server):
     procs = start_processes(redis_server.url, "A", "B")
     yield procs
     for proc in procs:
-        proc.stop()
+        proc.terminate()
 
 
 @pytest.fixture
@@ -394,19 +294,9 @@ def clients():
 
 
 @pytest.fixture
-def local_server():
-    """In-process servers (serve(background=True)), stopped at teardown."""
-    servers: list = []
-
-    def start(**options):
-        options.setdefault("access_log", False)
-        server = serve(broker_app, host="127.0.0.1", port=0, background=True, **options)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop(timeout=2)
+def local_server(start_server):
+    """``local_server(**options)``: the broker app in-process (serve(background=True)), stopped at teardown."""
+    return functools.partial(start_server, broker_app)
 
 
 # -- across processes ---------------------------------------------------------------
@@ -581,10 +471,9 @@ def test_publisher_in_a_plain_process_reaches_clients_on_a_and_b(cluster, client
         }))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     done = subprocess.run(
         [sys.executable, "-c", script, redis_server.url, topic],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=30,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -835,7 +724,7 @@ def test_redis_killed_and_restarted_local_delivery_never_stops_and_relaying_resu
         assert any("subscriber reconnected" in m for m in infos) and any("relay is back" in m for m in infos)
         r.close()
     finally:
-        B.stop()
+        B.terminate()
 
 
 def test_a_server_stops_promptly_while_redis_is_unreachable(local_server):
@@ -939,82 +828,84 @@ class TrackingBroker(RedisBroker):
         self._connected = value
 
 
-def test_a_silently_dead_subscriber_connection_is_detected_and_replaced(redis_server, r, local_server, clients):
+@pytest.fixture
+def proxy(redis_server, local_server, clients):
+    """A StallingProxy to the module's redis-server, closed before the test's servers and clients are."""
     proxy = StallingProxy(redis_server.port)
-    errors: list = []
-    prefix = "hc" + uuid.uuid4().hex[:8]
-    broker = TrackingBroker(proxy.url, prefix=prefix, health_check_interval=0.5, on_broker_error=errors.append)
-    try:
-        server = local_server(broker=broker)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def health_checked_peer(r, local_server, clients):
+    """``health_checked_peer(broker_class, url, interval)``: an in-process server whose broker (of
+    ``broker_class``, a prefix of its own, a health check every ``interval`` s) connects to ``url``, and
+    one peer subscribed to a new topic; returned once Redis shows the subscription as
+    ``(broker, errors, topic, peer)``, ``errors`` being what ``on_broker_error`` got.
+    """
+
+    def start(broker_class: type[RedisBroker], url: str, interval: float) -> tuple:
+        errors: list = []
+        prefix = "hc" + uuid.uuid4().hex[:8]
+        broker = broker_class(url, prefix=prefix, health_check_interval=interval, on_broker_error=errors.append)
         topic = new_topic()
-        peer = clients(Client, server, "/_ws", (topic,))
+        peer = clients(Client, local_server(broker=broker), "/_ws", (topic,))
         wait_numsub(r, {ch(None, topic, prefix): 1})
-        with Publisher(redis_server.url, prefix=prefix) as publisher:
-            publisher.publish(topic, "one")
-            peer.expect("one")
-            assert broker.connected and proxy.accepted == 1
-            assert broker.history == [False, True] and errors == []
+        return broker, errors, topic, peer
 
-            stalled_at = time.monotonic()
-            proxy.stall()  # the connection stays open, but nothing comes back any more
-            assert wait_until(lambda: errors and broker.connected and proxy.accepted >= 2, timeout=6), (
-                errors, broker.connected, proxy.accepted)
-            detected = time.monotonic() - stalled_at
-            assert broker.history == [False, True, False, True]  # connected went False, then True again
-            assert "health check" in str(errors[0])
-            assert detected < 4  # ~2 x interval, plus backoff
-            # the new connection is subscribed (Redis still counts the frozen one too)
-            wait_numsub(r, {ch(None, topic, prefix): 2})
-            publisher.publish(topic, "two")
-            peer.expect("two")  # delivery resumed, exactly once
-            publisher.publish(topic, "three")
-            peer.expect("three")
-            assert peer.pending() == []
-    finally:
-        proxy.close()
+    return start
 
 
-def test_a_reconnection_that_hangs_is_given_up_and_retried(redis_server, r, local_server, clients):
+def test_a_silently_dead_subscriber_connection_is_detected_and_replaced(redis_server, r, proxy, health_checked_peer):
+    broker, errors, topic, peer = health_checked_peer(TrackingBroker, proxy.url, 0.5)
+    with Publisher(redis_server.url, prefix=broker.prefix) as publisher:
+        publisher.publish(topic, "one")
+        peer.expect("one")
+        assert broker.connected and proxy.accepted == 1
+        assert broker.history == [False, True] and errors == []
+
+        stalled_at = time.monotonic()
+        proxy.stall()  # the connection stays open, but nothing comes back any more
+        assert wait_until(lambda: errors and broker.connected and proxy.accepted >= 2, timeout=6), (
+            errors, broker.connected, proxy.accepted)
+        detected = time.monotonic() - stalled_at
+        assert broker.history == [False, True, False, True]  # connected went False, then True again
+        assert "health check" in str(errors[0])
+        assert detected < 4  # ~2 x interval, plus backoff
+        # the new connection is subscribed (Redis still counts the frozen one too)
+        wait_numsub(r, {ch(None, topic, broker.prefix): 2})
+        publisher.publish(topic, "two")
+        peer.expect("two")  # delivery resumed, exactly once
+        publisher.publish(topic, "three")
+        peer.expect("three")
+        assert peer.pending() == []
+
+
+def test_a_reconnection_that_hangs_is_given_up_and_retried(redis_server, r, proxy, health_checked_peer):
     """Redis accepts the TCP connection but never answers: the broker must not wait forever."""
-    proxy = StallingProxy(redis_server.port)
-    errors: list = []
-    prefix = "hang" + uuid.uuid4().hex[:8]
-    broker = TrackingBroker(proxy.url, prefix=prefix, health_check_interval=0.5, on_broker_error=errors.append)
-    try:
-        server = local_server(broker=broker)
-        topic = new_topic()
-        peer = clients(Client, server, "/_ws", (topic,))
-        wait_numsub(r, {ch(None, topic, prefix): 1})
-        proxy.blackhole = True  # from now on, connections are accepted and never answered
-        proxy.stall()
-        assert wait_until(lambda: errors and proxy.accepted >= 2, timeout=5), (errors, proxy.accepted)
-        time.sleep(0.5)  # the reconnection is now stuck in its handshake
-        assert not broker.connected
-        proxy.blackhole = False  # the network heals: new connections get through again
-        healed = time.monotonic()
-        assert wait_until(lambda: broker.connected, timeout=10), f"never reconnected ({proxy.accepted} attempts)"
-        assert time.monotonic() - healed < 5
-        wait_numsub(r, {ch(None, topic, prefix): 2})  # the live one, and the frozen first one
-        with Publisher(redis_server.url, prefix=prefix) as publisher:
-            publisher.publish(topic, "after the hang")
-        peer.expect("after the hang")
-    finally:
-        proxy.close()
+    broker, errors, topic, peer = health_checked_peer(TrackingBroker, proxy.url, 0.5)
+    proxy.blackhole = True  # from now on, connections are accepted and never answered
+    proxy.stall()
+    assert wait_until(lambda: errors and proxy.accepted >= 2, timeout=5), (errors, proxy.accepted)
+    time.sleep(0.5)  # the reconnection is now stuck in its handshake
+    assert not broker.connected
+    proxy.blackhole = False  # the network heals: new connections get through again
+    healed = time.monotonic()
+    assert wait_until(lambda: broker.connected, timeout=10), f"never reconnected ({proxy.accepted} attempts)"
+    assert time.monotonic() - healed < 5
+    wait_numsub(r, {ch(None, topic, broker.prefix): 2})  # the live one, and the frozen first one
+    with Publisher(redis_server.url, prefix=broker.prefix) as publisher:
+        publisher.publish(topic, "after the hang")
+    peer.expect("after the hang")
 
 
-def test_a_subscriber_with_nothing_to_say_is_not_dropped_by_the_health_check(redis_server, r, local_server, clients):
+def test_a_subscriber_with_nothing_to_say_is_not_dropped_by_the_health_check(redis_server, r, health_checked_peer):
     """Idle but alive: pings are answered, the connection is kept."""
-    errors: list = []
-    prefix = "idle" + uuid.uuid4().hex[:8]
-    broker = RedisBroker(redis_server.url, prefix=prefix, health_check_interval=0.2, on_broker_error=errors.append)
-    server = local_server(broker=broker)
-    topic = new_topic()
-    peer = clients(Client, server, "/_ws", (topic,))
-    wait_numsub(r, {ch(None, topic, prefix): 1})
+    broker, errors, topic, peer = health_checked_peer(RedisBroker, redis_server.url, 0.2)
     before = {c["id"] for c in pubsub_clients(r)}
     time.sleep(1.5)  # several health-check intervals with no traffic
     assert errors == [] and broker.connected
     assert {c["id"] for c in pubsub_clients(r)} == before  # the same connection
-    with Publisher(redis_server.url, prefix=prefix) as publisher:
+    with Publisher(redis_server.url, prefix=broker.prefix) as publisher:
         publisher.publish(topic, "still here")
     peer.expect("still here")

@@ -26,8 +26,9 @@ import struct
 import threading
 import time
 import wsgiref.util
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import flask
 import gevent
@@ -204,15 +205,7 @@ class SSEClient:
         return [self.next_event(timeout) for _ in range(count)]
 
     def wait_eof(self, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.eof:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"the stream did not end; got {bytes(self.raw)!r}")
-            try:
-                self._read(remaining)
-            except (socket.timeout, TimeoutError):
-                raise AssertionError(f"the stream did not end; got {bytes(self.raw)!r}") from None
+        self.read_until(lambda: self.eof, timeout, "the end of the stream")
 
     def close(self) -> None:
         try:
@@ -289,6 +282,21 @@ def sse_server(start_server):
         return start_server(app), opened
 
     return start
+
+
+@pytest.fixture
+def sse_stream(sse_server):
+    """``with sse_stream() as (server, client, stream):`` a server from :func:`sse_server` (no keep-alive
+    comments), an :class:`SSEClient` reading its /sse, and the stream that request opened.
+    """
+
+    @contextmanager
+    def open_stream() -> Iterator[tuple]:
+        server, opened = sse_server(keep_alive=None)
+        with SSEClient(server) as client:
+            yield server, client, opened.get(timeout=5)
+
+    return open_stream
 
 
 def subscribe_from_query(stream, request):
@@ -370,10 +378,8 @@ def test_pushes_made_before_the_view_returns_are_delivered_in_order(sse_server):
         )
 
 
-def test_each_event_reaches_the_client_as_it_is_pushed(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_each_event_reaches_the_client_as_it_is_pushed(sse_stream):
+    with sse_stream() as (server, client, stream):
         for n in range(10):
             stream.push(f"event {n}")
             # nothing else is pushed until this one has been read: no buffering anywhere
@@ -406,10 +412,8 @@ def test_a_requests_stream_sees_events_one_by_one(sse_server):
 # -- message kinds and the wire format ------------------------------------------------
 
 
-def test_every_message_kind_exact_bytes_and_as_a_browser_sees_it(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_every_message_kind_exact_bytes_and_as_a_browser_sees_it(sse_stream):
+    with sse_stream() as (server, client, stream):
         stream.push("plain")
         stream.push(["a", "b"])
         stream.push({"data": "d", "id": "7", "event": "e", "retry": 1500})
@@ -454,10 +458,8 @@ FIELD_COMBINATIONS = [
 ]
 
 
-def test_every_field_combination_over_the_wire(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_every_field_combination_over_the_wire(sse_stream):
+    with sse_stream() as (server, client, stream):
         last_id = ""
         for n, fields in enumerate(FIELD_COMBINATIONS):
             message = {k: v for k, v in fields.items() if v is not None}
@@ -481,10 +483,8 @@ def test_every_field_combination_over_the_wire(sse_server):
             assert bytes(client.raw[start:]) == expected.encode()
 
 
-def test_multi_line_data_and_injection_attempts(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_multi_line_data_and_injection_attempts(sse_stream):
+    with sse_stream() as (server, client, stream):
         stream.push("line1\r\nline2\rline3\nline4")
         stream.push("x\n\nevent: evil\nid: 666\nretry: 1\ndata: pwned")
         stream.push({"event": "update\n\ndata: evil", "id": "7\r\nevent: evil", "data": "ok"})
@@ -516,10 +516,8 @@ def test_multi_line_data_and_injection_attempts(sse_server):
         )
 
 
-def test_non_integer_retry_is_not_written(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_non_integer_retry_is_not_written(sse_stream):
+    with sse_stream() as (server, client, stream):
         for retry in (1.5, "3000", True, None):
             stream.push({"data": repr(retry), "retry": retry})
         stream.push({"data": "int", "retry": 0})
@@ -529,10 +527,8 @@ def test_non_integer_retry_is_not_written(sse_server):
         )
 
 
-def test_text_is_utf8_on_the_wire(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_text_is_utf8_on_the_wire(sse_stream):
+    with sse_stream() as (server, client, stream):
         text = "héllo — ✓ 😀 \u2028 still one line"
         stream.push({"data": text, "event": "ünï", "id": "ид"})
         stream.push_comment("ß")
@@ -543,10 +539,8 @@ def test_text_is_utf8_on_the_wire(sse_server):
         assert bytes(client.raw) == expected
 
 
-def test_comments(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_comments(sse_stream):
+    with sse_stream() as (server, client, stream):
         stream.push_comment("hello")
         stream.push_comment("a\nb\r\nc")
         stream.push_comment("")
@@ -668,10 +662,8 @@ def test_invalid_options_and_arguments(start_server):
             create_event_stream(bad)
 
 
-def test_bad_pushes_raise_and_send_nothing(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_bad_pushes_raise_and_send_nothing(sse_stream):
+    with sse_stream() as (server, client, stream):
         with pytest.raises(TypeError):
             stream.push(object())
         with pytest.raises(TypeError):
@@ -692,58 +684,32 @@ def test_bad_pushes_raise_and_send_nothing(sse_server):
 # -- the views that can return a stream -------------------------------------------------
 
 
-def _app_view_returning_stream(opened):
-    app = App()
+def _view(kind: str, send: bool):
+    """``build(opened)`` for ``kind`` "app" (an App), "flask" or "wsgi" (a plain WSGI function): its /sse
+    view opens a stream, pushes "early", puts the stream in ``opened`` and returns it (its send() if ``send``).
+    """
 
-    @app.get("/sse")
-    def sse(request):
-        stream = create_event_stream(request)
-        stream.push("early")
-        opened.put(stream)
-        return stream
-
-    return app
-
-
-def _app_view_returning_send(opened):
-    app = App()
-
-    @app.get("/sse")
-    def sse(request):
-        stream = create_event_stream(request)
-        stream.push("early")
-        opened.put(stream)
-        return stream.send()
-
-    return app
-
-
-def _flask_view(send: bool):
     def build(opened):
-        app = flask.Flask(f"flask_sse_{send}")
-
-        @app.get("/sse")
-        def sse():
-            stream = create_event_stream(flask.request)
+        def early_stream(request):
+            stream = create_event_stream(request)
             stream.push("early")
             opened.put(stream)
             return stream.send() if send else stream
 
-        return app
+        if kind == "app":
+            app = App()
+            app.get("/sse", early_stream)
+            return app
+        if kind == "flask":
+            app = flask.Flask(f"flask_sse_{send}")
+            app.add_url_rule("/sse", "sse", lambda: early_stream(flask.request))
+            return app
 
-    return build
-
-
-def _plain_wsgi(send: bool):
-    def build(opened):
         def application(environ, start_response):
             if environ["PATH_INFO"] != "/sse":
                 start_response("404 Not Found", [("Content-Type", "text/plain")])
                 return [b"not found"]
-            stream = create_event_stream(environ)
-            stream.push("early")
-            opened.put(stream)
-            return (stream.send() if send else stream)(environ, start_response)
+            return early_stream(environ)(environ, start_response)
 
         return application
 
@@ -752,14 +718,7 @@ def _plain_wsgi(send: bool):
 
 @pytest.mark.parametrize(
     "build",
-    [
-        _app_view_returning_stream,
-        _app_view_returning_send,
-        _flask_view(send=False),
-        _flask_view(send=True),
-        _plain_wsgi(send=False),
-        _plain_wsgi(send=True),
-    ],
+    [_view(kind, send) for kind in ("app", "flask", "wsgi") for send in (False, True)],
     ids=["app-stream", "app-send", "flask-stream", "flask-send", "wsgi-stream", "wsgi-send"],
 )
 def test_stream_from_every_kind_of_view(start_server, build):
@@ -793,10 +752,8 @@ def test_stream_from_every_kind_of_view(start_server, build):
 # -- pushing from anywhere --------------------------------------------------------------
 
 
-def test_push_from_plain_threads(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_push_from_plain_threads(sse_stream):
+    with sse_stream() as (server, client, stream):
 
         def pusher(name):
             for n in range(25):
@@ -1031,41 +988,48 @@ def test_a_publish_reaches_20_concurrent_streams(sse_server):
     assert server.registry.counts() == {"peers": 0, "topics": 0, "subscribers": 0}
 
 
-def test_publish_from_every_source(start_server):
-    app = App()
-    opened: queue.Queue = queue.Queue()
+def news_stream_and_publishing_peer(start_server, on_message: Callable, **options):
+    """A server whose /sse streams (``options``, no keep-alive) subscribe to "news", and whose /_ws
+    peers run ``on_message`` and answer "ok"; returns ``(server, opened_streams)``.
+    """
+    app, opened = stream_app(keep_alive=None, setup=lambda stream, request: stream.subscribe("news"), **options)
 
-    def on_message(peer, message):
-        command = message.text()
+    def message(peer, msg):
+        on_message(peer, msg.text())
+        peer.send("ok")
+
+    app.get("/_ws", define_websocket_handler(message=message))
+    return start_server(app), opened
+
+
+def send_command(ws, command: str) -> None:
+    """Send ``command`` to a peer of :func:`news_stream_and_publishing_peer`; return once it has run."""
+    ws.send(command)
+    assert ws.recv() == "ok"
+
+
+def in_a_thread(publish: Callable, *args) -> None:
+    thread = threading.Thread(target=publish, args=args)
+    thread.start()
+    thread.join(5)
+
+
+def test_publish_from_every_source(start_server):
+    def on_message(peer, command):
         if command.startswith("peer:"):
             peer.publish("news", command[5:])
         elif command.startswith("hub:"):
             peer.server.publish("news", command[4:])  # server.publish from a greenlet in the hub
-        peer.send("ok")
 
-    app.get("/_ws", define_websocket_handler(message=on_message))
-
-    @app.get("/sse")
-    def sse(request):
-        stream = create_event_stream(request, namespace="/_ws", keep_alive=None)
-        stream.subscribe("news")
-        opened.put(stream)
-        return stream
-
-    server = start_server(app)
+    server, opened = news_stream_and_publishing_peer(start_server, on_message, namespace="/_ws")
     with SSEClient(server) as client:
         stream = opened.get(timeout=5)
         assert stream.namespace == "/_ws"
-        ws = connect(server, "/_ws")
-        try:
-            ws.send("peer:from a peer")
-            assert ws.recv() == "ok"
+        with closing(connect(server, "/_ws")) as ws:
+            send_command(ws, "peer:from a peer")
             assert client.next_event().data == "from a peer"
-            ws.send("hub:from the hub")
-            assert ws.recv() == "ok"
+            send_command(ws, "hub:from the hub")
             assert client.next_event().data == "from the hub"
-        finally:
-            ws.close()
 
         server.publish("news", "from server.publish")
         assert client.next_event().data == "from server.publish"
@@ -1074,43 +1038,19 @@ def test_publish_from_every_source(start_server):
         syncws.publish("news", "from syncws.publish")
         assert client.next_event().data == "from syncws.publish"
 
-        thread = threading.Thread(target=server.publish, args=("news", "from a thread"))
-        thread.start()
-        thread.join(5)
+        in_a_thread(server.publish, "news", "from a thread")
         assert client.next_event().data == "from a thread"
-        thread = threading.Thread(target=syncws.publish, args=("news", "syncws.publish from a thread"))
-        thread.start()
-        thread.join(5)
+        in_a_thread(syncws.publish, "news", "syncws.publish from a thread")
         assert client.next_event().data == "syncws.publish from a thread"
 
 
 def test_peer_publish_is_namespace_scoped(start_server):
-    app = App()
-    opened: queue.Queue = queue.Queue()
-
-    def on_message(peer, message):
-        peer.publish("news", message.text())
-        peer.send("ok")
-
-    app.get("/_ws", define_websocket_handler(message=on_message))
-
-    @app.get("/sse")
-    def sse(request):
-        stream = create_event_stream(request, keep_alive=None)  # namespace "/sse"
-        stream.subscribe("news")
-        opened.put(stream)
-        return stream
-
-    server = start_server(app)
+    server, opened = news_stream_and_publishing_peer(start_server, lambda peer, text: peer.publish("news", text))
     with SSEClient(server) as client:
         stream = opened.get(timeout=5)
         assert stream.namespace == "/sse"
-        ws = connect(server, "/_ws")
-        try:
-            ws.send("not for /sse")
-            assert ws.recv() == "ok"
-        finally:
-            ws.close()
+        with closing(connect(server, "/_ws")) as ws:
+            send_command(ws, "not for /sse")
         server.publish("news", "marker", namespace="/sse")
         assert client.next_event().data == "marker"
         assert bytes(client.raw) == b"data: marker\n\n"
@@ -1162,10 +1102,8 @@ def test_namespace_defaults_to_the_path_and_can_be_overridden(start_server):
         assert [e.data for e in c.next_events(2)] == ["only room", "everyone"]
 
 
-def test_unsubscribe_stops_delivery(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_unsubscribe_stops_delivery(sse_stream):
+    with sse_stream() as (server, client, stream):
         stream.subscribe("a")
         stream.subscribe("b")
         assert stream.topics == {"a", "b"}
@@ -1183,10 +1121,8 @@ def test_unsubscribe_stops_delivery(sse_server):
     assert wait_until(lambda: server.registry.counts() == {"peers": 0, "topics": 0, "subscribers": 0})
 
 
-def test_subscribe_after_close_registers_nothing(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_subscribe_after_close_registers_nothing(sse_stream):
+    with sse_stream() as (server, client, stream):
         stream.close()
         client.wait_eof()
         stream.subscribe("late")
@@ -1248,10 +1184,8 @@ def test_stop_closes_idle_keep_alive_connections(start_server):
 # -- data types, abandoned streams, clients that stop reading ------------------------
 
 
-def test_non_string_data_follows_the_payload_rules(sse_server):
-    server, opened = sse_server(keep_alive=None)
-    with SSEClient(server) as client:
-        stream = opened.get(timeout=5)
+def test_non_string_data_follows_the_payload_rules(sse_stream):
+    with sse_stream() as (server, client, stream):
         stream.push({"data": {"a": 1, "b": ["é"]}})
         stream.push(EventStreamMessage(data=None, event="empty"))
         stream.push({"data": True})

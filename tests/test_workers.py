@@ -10,15 +10,10 @@ counts as exited.
 from __future__ import annotations
 
 import os
-import queue
 import re
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -28,9 +23,9 @@ import websocket
 
 from syncws.broker import channel_name
 
-from .support import assert_nothing_received, recv_close
-
-BOUND = 15.0  # no wait in this module is longer
+from .conftest import wait_until
+from .support import SYNCWS_BOUND as BOUND  # no wait in this module is longer
+from .support import RedisServer, SyncwsProcess, SyncwsRunner, assert_nothing_received, free_port, recv_close
 
 CHAT_APP = """
 import os
@@ -55,12 +50,6 @@ app.get("/_ws", define_websocket_handler(open=on_open, message=on_message))
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -106,15 +95,6 @@ def syncws_processes_on(port: int) -> set[int]:
     return found
 
 
-def wait_until(predicate, timeout: float = BOUND, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def port_is_free(port: int) -> bool:
     """Nothing listens on ``port`` and it can be bound again."""
     try:
@@ -131,145 +111,35 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-class Syncws:
-    """A running ``python -m syncws``; stdout and stderr are drained by threads."""
-
-    def __init__(self, cwd, args: list[str], env: dict) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncws", *args],
-            cwd=str(cwd),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.port = int(args[args.index("--port") + 1]) if "--port" in args else None
-        self.lines: "queue.Queue[str]" = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout, self.lines), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr, None), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    @staticmethod
-    def _drain(stream, into: list, lines) -> None:
-        for line in stream:
-            into.append(line)
-            if lines is not None:
-                lines.put(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def out(self) -> str:
-        return "".join(self.stdout)
-
-    @property
-    def err(self) -> str:
-        return "".join(self.stderr)
-
-    def wait_for_banner(self) -> tuple[str, str]:
-        """(url, the whole banner line) once the master says it is serving."""
-        deadline = time.monotonic() + BOUND
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = re.search(r"serving .* on (http://\S+)", line)
-            if match:
-                return match.group(1), line
-        self.kill()
-        pytest.fail(f"syncws did not start; stdout={self.out!r} stderr={self.err!r}")
-
-    def finish(self, timeout: float = BOUND) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"syncws did not exit within {timeout} s; stderr={self.err!r}")
-        return rc
-
-    def join_output(self) -> None:
-        for t in self._threads:
-            t.join(5)
+class Master(SyncwsProcess):
+    """A ``python -m syncws ... --port N`` whose kill() also kills every worker it has, or has left, on that port."""
 
     def kill(self) -> None:
-        """Teardown: the master and every worker of this port, whatever state they are in."""
-        pids = {self.proc.pid} | children_of(self.proc.pid)
-        if self.port:
-            pids |= syncws_processes_on(self.port)
-        for pid in pids:
+        workers = children_of(self.pid)  # while they are still its children
+        super().kill()  # the master first: it cannot fork replacements any more
+        port = int(self.args[self.args.index("--port") + 1]) if "--port" in self.args else 0
+        if port:  # a real one: with --port 0 the command line does not tell its processes apart
+            workers |= syncws_processes_on(port)
+        for pid in workers - {self.pid}:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @pytest.fixture
-def redis_url():
+def redis_url(tmp_path):
     """A private redis-server on a free port; missing redis-server is a failure, not a skip."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail("redis-server is required for the --workers tests (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-    def up() -> bool:
-        try:
-            return client.ping()
-        except redis.RedisError:
-            return False
-
-    try:
-        if not wait_until(up, timeout=10):
-            pytest.fail(f"redis-server did not start on port {port}")
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with RedisServer(tmp_path) as server:
+        yield server.url
 
 
 @pytest.fixture
 def run(tmp_path):
     """Start ``python -m syncws`` with the chat app in ``tmp_path``; SYNCWS_* come only from ``env``."""
     (tmp_path / "chat.py").write_text(textwrap.dedent(CHAT_APP))
-    started: list[Syncws] = []
-
-    def start(*args: str, env: dict | None = None, files: dict | None = None) -> Syncws:
-        for name, source in (files or {}).items():
-            (tmp_path / name).write_text(textwrap.dedent(source))
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("SYNCWS_")}
-        environ.update(env or {})
-        process = Syncws(tmp_path, list(args), environ)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+    with SyncwsRunner(tmp_path, Master) as start:
+        yield start
 
 
 # -- clients ------------------------------------------------------------------------------------
@@ -311,10 +181,18 @@ def clients_on_workers(url: str, workers: set[int] | None = None, at_least: int 
     return by_pid
 
 
+def all_clients(by_pid: dict[int, list[Client]]) -> list[Client]:
+    return [client for clients in by_pid.values() for client in clients]
+
+
 def close_all(by_pid: dict[int, list[Client]]) -> None:
-    for clients in by_pid.values():
-        for client in clients:
-            client.close()
+    for client in all_clients(by_pid):
+        client.close()
+
+
+def assert_every_client_is_closed_as_going_away(by_pid: dict[int, list[Client]]) -> None:
+    for client in all_clients(by_pid):
+        assert recv_close(client.ws)[0] == 1001, f"client on worker {client.pid}"
 
 
 CHAT_CHANNEL = channel_name("syncws", "/_ws", "chat")  # where a peer on /_ws publishes to "chat"
@@ -333,7 +211,7 @@ def wait_for_subscribers(url: str, workers: int) -> None:
             ((_, count),) = client.pubsub_numsub(CHAT_CHANNEL)
             return count >= workers
 
-        assert wait_until(subscribed), "the workers did not subscribe to the chat topic in Redis"
+        assert wait_until(subscribed, timeout=BOUND), "the workers did not subscribe to the chat topic in Redis"
     finally:
         client.close()
 
@@ -341,29 +219,33 @@ def wait_for_subscribers(url: str, workers: int) -> None:
 def assert_everyone_else_receives(by_pid: dict[int, list[Client]], sender: Client, text: str) -> None:
     """``text`` from ``sender`` reaches every other client, on every worker, and not the sender."""
     sender.ws.send(text)
-    for clients in by_pid.values():
-        for client in clients:
-            if client is not sender:
-                assert client.ws.recv() == text, f"client on worker {client.pid}"
+    for client in all_clients(by_pid):
+        if client is not sender:
+            assert client.ws.recv() == text, f"client on worker {client.pid}"
     assert_nothing_received(sender.ws, wait=0.5)
 
 
-def assert_worker_pids(process: Syncws, count: int) -> set[int]:
+def assert_worker_pids(process: Master, count: int) -> set[int]:
     workers = children_of(process.pid)
     assert len(workers) == count, f"master {process.pid} has children {workers}"
     return workers
+
+
+def start_two_workers(run, redis_url: str) -> tuple[Master, int, str, set[int]]:
+    """The chat app on a free port with ``--workers 2 --broker redis_url``: (master, port, url, worker pids)."""
+    port = free_port()
+    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
+    url, banner = process.wait_for_banner()
+    assert url == f"http://127.0.0.1:{port}"
+    assert "2 workers" in banner
+    return process, port, url, assert_worker_pids(process, 2)
 
 
 # -- cross-worker pub/sub -------------------------------------------------------------------------
 
 
 def test_clients_on_different_workers_see_each_others_messages(run, redis_url):
-    port = free_port()
-    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
-    url, banner = process.wait_for_banner()
-    assert url == f"http://127.0.0.1:{port}"
-    assert "2 workers" in banner
-    workers = assert_worker_pids(process, 2)
+    process, port, url, workers = start_two_workers(run, redis_url)
 
     by_pid = clients_on_workers(url, at_least=5)
     try:
@@ -373,16 +255,15 @@ def test_clients_on_different_workers_see_each_others_messages(run, redis_url):
         assert_everyone_else_receives(by_pid, by_pid[first][0], "from the first worker")
         assert_everyone_else_receives(by_pid, by_pid[second][0], "from the second worker")
         # Exactly once: nobody has anything left over.
-        for clients in by_pid.values():
-            for client in clients:
-                assert_nothing_received(client.ws, wait=0.2)
+        for client in all_clients(by_pid):
+            assert_nothing_received(client.ws, wait=0.2)
         # Plain HTTP is answered by the workers, never by the master.
         answered = {int(requests.get(url + "/pid", timeout=5).text) for _ in range(10)}
         assert answered <= workers
     finally:
         close_all(by_pid)
     process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
+    assert process.wait() == 0
 
 
 # -- configuration errors -------------------------------------------------------------------------
@@ -400,7 +281,6 @@ def test_more_than_one_worker_without_a_broker_is_refused(run, args, env, named)
     port = free_port()
     process = run("chat:app", "--port", str(port), *args, env=env)
     assert process.finish() == 2
-    process.join_output()
     lines = process.err.strip().splitlines()
     assert len(lines) == 1, process.err
     message = lines[0]
@@ -417,7 +297,6 @@ def test_more_than_one_worker_without_a_broker_is_refused(run, args, env, named)
 def test_a_bad_worker_count_is_a_usage_error(run, value):
     process = run("chat:app", "--port", str(free_port()), "--workers", value)
     assert process.finish() == 2
-    process.join_output()
     assert "usage:" in process.err
     assert "--workers" in process.err and "positive integer" in process.err
     assert "Traceback" not in process.err
@@ -426,7 +305,6 @@ def test_a_bad_worker_count_is_a_usage_error(run, value):
 def test_a_bad_syncws_workers_is_a_one_line_error(run, redis_url):
     process = run("chat:app", "--port", str(free_port()), env={"SYNCWS_WORKERS": "many", "SYNCWS_BROKER": redis_url})
     assert process.finish() == 2
-    process.join_output()
     lines = process.err.strip().splitlines()
     assert lines == ["syncws: error: SYNCWS_WORKERS must be a positive integer, got 'many'"]
 
@@ -439,14 +317,14 @@ def test_one_worker_stays_a_single_process_without_a_broker(run):
     assert int(requests.get(url + "/pid", timeout=5).text) == process.pid
     assert children_of(process.pid) == set()
     process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
+    assert process.wait() == 0
 
 
 def test_an_app_that_cannot_be_imported_fails_fast(run, redis_url):
     port = free_port()
     started = time.monotonic()
     process = run("nosuchmodule:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
-    assert process.finish() == 2
+    assert process.wait() == 2
     assert time.monotonic() - started < BOUND
     process.join_output()
     lines = process.err.strip().splitlines()
@@ -461,7 +339,6 @@ def test_an_app_that_raises_on_import_shows_the_workers_error(run, redis_url):
     files = {"broken.py": "raise RuntimeError('boom at import')\n"}
     process = run("broken:app", "--port", str(port), "--workers", "2", "--broker", redis_url, files=files)
     assert process.finish() == 1
-    process.join_output()
     assert "RuntimeError: boom at import" in process.err  # the worker's own traceback
     assert process.err.count("RuntimeError: boom at import") == 1  # one worker tried, not every one
     assert re.search(r"syncws: error: worker \d+ failed to start \(exit status 1\)", process.err)
@@ -476,7 +353,6 @@ def test_port_in_use_is_a_one_line_error_from_the_master(run, redis_url):
         port = taken.getsockname()[1]
         process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
         assert process.finish() == 1
-    process.join_output()
     lines = process.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"syncws: error: cannot listen on 127.0.0.1:{port}")
     assert children_of(process.pid) == set()
@@ -485,7 +361,6 @@ def test_port_in_use_is_a_one_line_error_from_the_master(run, redis_url):
 def test_help_describes_workers(run):
     process = run("--help")
     assert process.finish() == 0
-    process.join_output()
     out = " ".join(process.out.split())
     assert "--workers N" in out
     assert "SYNCWS_WORKERS" in out
@@ -497,18 +372,13 @@ def test_help_describes_workers(run):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_master_stops_every_worker(run, redis_url, sig):
-    port = free_port()
-    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
-    url, _ = process.wait_for_banner()
-    workers = assert_worker_pids(process, 2)
+    process, port, url, workers = start_two_workers(run, redis_url)
     by_pid = clients_on_workers(url, workers)
     try:
         started = time.monotonic()
         process.proc.send_signal(sig)
-        for clients in by_pid.values():
-            for client in clients:
-                assert recv_close(client.ws)[0] == 1001, f"client on worker {client.pid}"
-        assert process.finish() == 0
+        assert_every_client_is_closed_as_going_away(by_pid)
+        assert process.wait() == 0
         assert time.monotonic() - started < BOUND
     finally:
         close_all(by_pid)
@@ -521,10 +391,7 @@ def test_a_signal_to_the_master_stops_every_worker(run, redis_url, sig):
 
 
 def test_a_second_signal_kills_workers_that_are_still_draining(run, redis_url):
-    port = free_port()
-    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
-    url, _ = process.wait_for_banner()
-    workers = assert_worker_pids(process, 2)
+    process, port, url, workers = start_two_workers(run, redis_url)
     # Clients that never read: their workers wait for close answers that never come.
     by_pid = clients_on_workers(url, workers, at_least=2)
     try:
@@ -533,7 +400,7 @@ def test_a_second_signal_kills_workers_that_are_still_draining(run, redis_url):
         assert process.proc.poll() is None, "the master did not wait for its draining workers"
         second = time.monotonic()
         process.proc.send_signal(signal.SIGTERM)
-        assert process.finish() == 0
+        assert process.wait() == 0
         assert time.monotonic() - second < 3.0
     finally:
         close_all(by_pid)
@@ -544,17 +411,12 @@ def test_a_second_signal_kills_workers_that_are_still_draining(run, redis_url):
 
 
 def test_workers_stop_by_themselves_when_the_master_is_killed(run, redis_url):
-    port = free_port()
-    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
-    url, _ = process.wait_for_banner()
-    workers = assert_worker_pids(process, 2)
+    process, port, url, workers = start_two_workers(run, redis_url)
     by_pid = clients_on_workers(url, workers, at_least=2)
     try:
         process.proc.kill()
         process.proc.wait(5)
-        for clients in by_pid.values():
-            for client in clients:
-                assert recv_close(client.ws)[0] == 1001
+        assert_every_client_is_closed_as_going_away(by_pid)
         assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10)
     finally:
         close_all(by_pid)
@@ -580,7 +442,7 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(run, redis_
         new = current - {survivor}
         return new.pop() if survivor in current and len(new) == 1 else None
 
-    assert wait_until(lambda: replacement_pid() is not None), f"no replacement; stderr={process.err!r}"
+    assert wait_until(lambda: replacement_pid() is not None, timeout=BOUND), f"no replacement; stderr={process.err!r}"
     replacement = replacement_pid()
     assert replacement is not None and not alive(victim)
     assert wait_until(lambda: f"worker {victim} died unexpectedly (killed by SIGKILL)" in process.err, timeout=5)
@@ -598,27 +460,26 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(run, redis_
     finally:
         close_all(by_pid)
     process.proc.send_signal(signal.SIGTERM)
-    assert process.finish() == 0
+    assert process.wait() == 0
     assert syncws_processes_on(port) == set()
 
 
 def test_the_master_gives_up_when_workers_keep_dying(run, redis_url):
     from syncws.workers import MAX_RESTARTS
 
-    port = free_port()
-    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
-    process.wait_for_banner()
+    process, port, _, _ = start_two_workers(run, redis_url)
     killed: set[int] = set()
     deadline = time.monotonic() + BOUND
     for _ in range(MAX_RESTARTS + 1):
-        assert wait_until(lambda: len(children_of(process.pid) - killed) == 2 or process.proc.poll() is not None)
+        assert wait_until(
+            lambda: len(children_of(process.pid) - killed) == 2 or process.proc.poll() is not None, timeout=BOUND
+        )
         assert process.proc.poll() is None, "the master gave up too early"
         victim = min(children_of(process.pid) - killed)
         killed.add(victim)
         os.kill(victim, signal.SIGKILL)
         assert time.monotonic() < deadline
     assert process.finish() == 1
-    process.join_output()
     assert re.search(r"syncws: error: worker \d+ died \(killed by SIGKILL\).*giving up", process.err)
     assert syncws_processes_on(port) == set()
     assert port_is_free(port)
