@@ -15,6 +15,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
             "flask>=3.0",
             "requests>=2.31",
             "websocket-client>=1.7",

@@ -71,6 +71,130 @@ def _worker_count(args: argparse.Namespace) -> int:
         raise ValueError(f"{WORKERS_ENV_VAR} {exc}") from None
 
 
+# -- limits: flags, SYNCWS_* environment variables, Server options ----------------------
+
+_NONE_WORDS = ("none", "off", "unlimited")
+_SIZE_UNITS = {"": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+
+
+def _size(text: str, *, nullable: bool) -> Optional[int]:
+    value = text.strip().lower()
+    if nullable and value in _NONE_WORDS:
+        return None
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(number):].strip()
+    try:
+        size = int(number.strip()) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        size = 0
+    if size < 1:
+        extra = ", or 'none'" if nullable else ""
+        raise argparse.ArgumentTypeError(f"must be a positive size in bytes (e.g. 65536, 64KiB, 1MiB{extra}), got {text!r}")
+    return size
+
+
+def _seconds(text: str, *, nullable: bool) -> Optional[float]:
+    value = text.strip().lower()
+    if nullable and value in _NONE_WORDS:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        extra = ", or 'none'" if nullable else ""
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds{extra}, got {text!r}")
+    return seconds
+
+
+def _overflow(text: str) -> str:
+    from .outbox import OVERFLOW_POLICIES
+
+    value = text.strip().lower()
+    if value not in OVERFLOW_POLICIES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(OVERFLOW_POLICIES)}, got {text!r}")
+    return value
+
+
+def _origins(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of origins or '*', got {text!r}")
+    return items
+
+
+#: (option name, converter, metavar, help).  The flag is --option-name, the
+#: environment variable SYNCWS_OPTION_NAME; the flag wins over the variable,
+#: the variable over the built-in default (see ServerOptions).
+LIMIT_OPTIONS: tuple = (
+    ("max_message_size", lambda t: _size(t, nullable=True), "BYTES",
+     "largest incoming WebSocket message, e.g. 1MiB, or 'none' (default 1MiB; over it: close 1009)"),
+    ("max_buffer_size", lambda t: _size(t, nullable=True), "BYTES",
+     "per-peer outbound buffer, or 'none' (default 1MiB)"),
+    ("overflow", _overflow, "POLICY",
+     "when a peer's outbound buffer is full: 'close' it with 1008, or 'drop' the message (default close)"),
+    ("close_timeout", lambda t: _seconds(t, nullable=False), "SECONDS",
+     "how long a closing peer has to answer our close frame (default 5)"),
+    ("max_request_line", lambda t: _size(t, nullable=False), "BYTES",
+     "longest HTTP request line (default 8192; over it: 414)"),
+    ("max_header_size", lambda t: _size(t, nullable=False), "BYTES",
+     "largest HTTP request header block (default 16KiB; over it: 431)"),
+    ("max_header_count", _positive_int, "N",
+     "most HTTP request header lines (default 100; over it: 431)"),
+    ("handshake_timeout", lambda t: _seconds(t, nullable=True), "SECONDS",
+     "time to receive a request line and headers, or 'none' (default 10; over it: 408 and close)"),
+    ("ping_interval", lambda t: _seconds(t, nullable=True), "SECONDS",
+     "ping a WebSocket peer after this much silence, or 'none' (default 20)"),
+    ("ping_timeout", lambda t: _seconds(t, nullable=True), "SECONDS",
+     "close a peer with 1011 when nothing answers a ping within this, or 'none' (default 20)"),
+    ("allowed_origins", _origins, "ORIGINS",
+     "comma-separated origins allowed to open WebSockets, e.g. https://example.com, or '*' "
+     "(default: any; requests without an Origin header are always allowed; others get 403)"),
+    ("shutdown_timeout", lambda t: _seconds(t, nullable=False), "SECONDS",
+     "on SIGTERM/SIGINT, how long peers get to answer the 1001 close before exit (default 5)"),
+)
+
+
+def env_var(name: str) -> str:
+    return "SYNCWS_" + name.upper()
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "limits", "each also read from the environment variable SYNCWS_<NAME> (e.g. SYNCWS_PING_INTERVAL)"
+    )
+    for name, convert, metavar, help_text in LIMIT_OPTIONS:
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=convert,
+            default=argparse.SUPPRESS,  # absent: fall back to the environment, then the default
+            metavar=metavar,
+            help=help_text,
+        )
+
+
+def server_options(args: argparse.Namespace, environ: Optional[Any] = None) -> dict:
+    """The limit options for :class:`~syncws.server.Server`: flags, else $SYNCWS_*.
+
+    Raises ValueError with the message to print for a bad environment value.
+    """
+    environ = os.environ if environ is None else environ
+    options: dict = {}
+    for name, convert, _metavar, _help in LIMIT_OPTIONS:
+        if hasattr(args, name):
+            options[name] = getattr(args, name)
+            continue
+        text = environ.get(env_var(name), "").strip()
+        if not text:
+            continue
+        try:
+            options[name] = convert(text)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{env_var(name)} {exc}") from None
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .workers import GRACEFUL_TIMEOUT
@@ -78,10 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m syncws",
         description="Serve a WSGI app (syncws App, Flask, any callable) with WebSockets and SSE.",
-        epilog="SIGTERM or Ctrl-C closes every WebSocket with 1001 (going away) and exits 0; "
+        epilog="SIGTERM or Ctrl-C closes every WebSocket with 1001 (going away), ends every event "
+        "stream and exits 0 once they are closed (at most --shutdown-timeout seconds; a second "
+        "signal exits at once); "
         "with --workers, the master stops every worker that way (killing any still running after "
         f"{GRACEFUL_TIMEOUT:g} s, or at once on a second signal).  "
-        "Environment: SYNCWS_BROKER (default for --broker), SYNCWS_WORKERS (default for --workers).",
+        "Environment: SYNCWS_BROKER (default for --broker), SYNCWS_WORKERS (default for --workers), "
+        "SYNCWS_<LIMIT> for each limit below.",
     )
     parser.add_argument("app", help="import string, 'module:app' or 'module' (uses its app/application)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -107,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not gevent-monkey-patch the standard library (patched by default so blocking I/O "
         "in views and hooks yields to other connections)",
     )
+    add_limit_arguments(parser)
     parser.add_argument("--version", action="version", version=f"syncws {__version__}")
     return parser
 
@@ -115,6 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         workers = _worker_count(args)
+        server_options(args)  # a bad SYNCWS_* value fails here, before any fork
     except ValueError as exc:
         print(f"syncws: error: {exc}", file=sys.stderr)
         return 2
@@ -144,7 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .server import Server
 
     try:
-        server = Server(app, args.host, args.port, broker=args.broker)
+        server = Server(app, args.host, args.port, broker=args.broker, **server_options(args))
     except (ValueError, RuntimeError) as exc:
         print(f"syncws: error: {exc}", file=sys.stderr)
         return 2

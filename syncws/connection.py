@@ -6,19 +6,62 @@ the application can take the socket over (and an event stream can watch it),
 an empty chunk flushes the response head, and nothing at all is written once a
 connection has been upgraded (the WSGI response that unwinds through Flask or
 middleware after the session ends is discarded).
+
+It also guards the request head (the request line and headers), which gevent
+reads without an overall deadline and with fixed limits:
+
+* ``max_request_line`` bytes for the request line, else **414**;
+* ``max_header_size`` bytes and ``max_header_count`` lines of headers, else
+  **431** (gevent would parse up to 100 lines of 64 KiB each and print a
+  traceback for the 101st);
+* ``handshake_timeout`` seconds to receive the whole head, else **408** (a
+  slowloris client trickling bytes is cut off; a keep-alive connection on
+  which no new request has begun is closed quietly after the same time);
+* any other malformed head gets **400**.
+
+Each answer is a short ``text/plain`` body with ``Connection: close``; the
+connection is then closed after a brief "lingering close" (our side shut for
+writing, the client's remaining bytes read and discarded for at most a
+second) so that the client reads the answer instead of a connection reset.
 """
 
 from __future__ import annotations
 
+import email.parser
 import logging
 import socket
+import time
 from typing import Any, Optional
 
-from gevent.pywsgi import WSGIHandler
+import gevent
+from gevent.pywsgi import OldMessage, WSGIHandler
 
 from .websocket import TRANSPORT_KEY
 
 log = logging.getLogger("syncws")
+
+LINGER_TIME = 1.0  # seconds to read and discard a rejected client's leftover bytes
+LINGER_BYTES = 256 * 1024  # ... and at most this many
+
+
+class _HeadRejected(ValueError):
+    """The request head breaks a limit; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _short_response(status: str, text: str) -> bytes:
+    body = (text + "\n").encode("utf-8")
+    head = (
+        f"HTTP/1.1 {status}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 class Transport:
@@ -74,6 +117,158 @@ class ConnectionHandler(WSGIHandler):
         except OSError:
             pass  # not TCP (unix socket) or already closed
         super().handle()
+
+    # -- the request head ---------------------------------------------------
+    def handle_one_request(self) -> Any:
+        """gevent's, with limits and a deadline on reading the request head."""
+        if self.rfile.closed:
+            return None
+        options = self.server.syncws.options
+        self._head_started = False
+        self.response_length = 0
+        timer = gevent.Timeout(options.handshake_timeout)  # None: never fires
+        timer.start()
+        try:
+            try:
+                outcome = self._read_head(options)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+                outcome = self._head_timed_out(options.handshake_timeout)
+        finally:
+            timer.close()
+        if isinstance(outcome, tuple):
+            self._reject(*outcome)  # outside the deadline: it must not cut the answer
+            return None
+        if not outcome:
+            return None  # nothing to answer: close the connection
+        self.environ = self.get_environ()
+        self.application = self.server.application
+        server = self.server.syncws
+        server.requests_in_flight += 1  # a stop waits for these (within its timeout)
+        try:
+            self.handle_one_response()
+        finally:
+            server.requests_in_flight -= 1
+        if self.close_connection or self.rfile.closed:
+            return None
+        return True  # keep-alive: read the next request
+
+    def _read_head(self, options: Any) -> Any:
+        """Read and parse the request line and headers.
+
+        True: a request to serve; False: the client is gone, close quietly;
+        ``(status, text)``: answer that and close.
+        """
+        rfile = self.rfile
+        limit = options.max_request_line
+        try:
+            if not rfile.peek(1):
+                return False  # the client closed between requests
+            self._head_started = True
+            raw = rfile.readline(limit + 2)  # + room for CRLF
+        except (OSError, ValueError):
+            return False
+        if not raw:
+            return False
+        line = raw.rstrip(b"\r\n")
+        if len(line) > limit:
+            self.requestline = line[:64].decode("latin-1") + "..."
+            return ("414 URI Too Long", f"Request line longer than {limit} bytes")
+        if not raw.endswith(b"\n"):
+            return False  # EOF in the middle of the request line
+        self.requestline = line.decode("latin-1")
+        try:
+            # gevent's parsing; it reads the headers through MessageClass below.
+            if not self.read_request(self.requestline):
+                return ("400 Bad Request", "Bad request")
+        except _HeadRejected as exc:
+            return (exc.status, exc.message)
+        except (ConnectionError, TimeoutError, EOFError):
+            return False
+        except Exception as exc:  # gevent's _InvalidClientRequest, a bad Content-Length, ...
+            log.info("syncws: bad request from %s: %s", self._client_ip(), exc)
+            return ("400 Bad Request", "Bad request")
+        return True
+
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - gevent's name
+        """The headers, read within ``max_header_size`` bytes and ``max_header_count`` lines."""
+        options = self.server.syncws.options
+        max_size, max_count = options.max_header_size, options.max_header_count
+        lines = []
+        size = 0
+        while True:
+            line = fp.readline(max_size - size + 3)  # room for the blank line's CRLF
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line:
+                raise EOFError("connection closed in the request headers")
+            size += len(line)
+            if size > max_size:
+                raise _HeadRejected("431 Request Header Fields Too Large", f"Request headers larger than {max_size} bytes")
+            if not line.endswith(b"\n"):
+                raise EOFError("connection closed in the request headers")
+            lines.append(line)
+            if len(lines) > max_count:
+                raise _HeadRejected("431 Request Header Fields Too Large", f"More than {max_count} request headers")
+        # As http.client.parse_headers does, into the class gevent expects.
+        return email.parser.Parser(_class=OldMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+    def _head_timed_out(self, timeout: float) -> Any:
+        if not self._head_started:
+            return False  # an idle keep-alive connection: nothing to answer
+        if not getattr(self, "requestline", None):
+            self.requestline = "-"
+        return ("408 Request Timeout", f"Request head not received within {timeout:g} s")
+
+    def _reject(self, status: str, text: str) -> None:
+        """Answer a broken request head with ``status``; the caller then closes."""
+        log.info("syncws: %s from %s: %s", status.split()[0], self._client_ip(), text)
+        response = _short_response(status, text)
+        self.status = status.encode("latin-1")
+        self._orig_status = status
+        self.response_length = len(response)
+        self.close_connection = True
+        try:
+            self.socket.sendall(response)
+        except OSError:
+            return
+        self.time_finish = time.time()
+        self.log_request()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Shut our side, then swallow what the client still sends (bounded).
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy our answer before the client has read it.
+        """
+        sock = self.socket
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        received = 0
+        with gevent.Timeout(LINGER_TIME, False):
+            try:
+                while received < LINGER_BYTES:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+            except OSError:
+                pass
+
+    def _client_ip(self) -> str:
+        address = self.client_address
+        return str(address[0] if isinstance(address, tuple) else address or "-")
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        server = self.server.syncws
+        if server.stopping and not any(name.lower() == "connection" for name, _ in headers):
+            # Draining: answer, then close, so the client does not reuse the connection.
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
 
     def get_environ(self) -> dict:
         environ = super().get_environ()

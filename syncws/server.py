@@ -24,6 +24,9 @@ from .bridge import HubBridge, RealLock
 from .broker import make_broker
 from .connection import ConnectionHandler
 from .flask_compat import route_upgrades_as_http
+from .keepalive import Keepalive
+from .limits import check_positive_int, check_seconds, normalize_origins
+from .listener import ResilientWSGIServer
 from .outbox import OVERFLOW_POLICIES, Flusher
 from .payload import Outgoing
 from .pubsub import Registry, fan_out
@@ -39,22 +42,36 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Connection limits; see the README's options table for why each default."""
+    """Connection limits; see the README's "Limits and security" for why each default."""
 
+    # WebSocket messages and buffers
     max_message_size: Optional[int] = MiB
     max_buffer_size: Optional[int] = MiB
     overflow: str = "close"
     close_timeout: float = 5.0
+    # The HTTP request head (every request, upgrades included)
+    max_request_line: int = 8192  # bytes, else 414
+    max_header_size: int = 16 * 1024  # bytes of all header lines together, else 431
+    max_header_count: int = 100  # else 431
+    handshake_timeout: Optional[float] = 10.0  # to receive a whole request head, else 408
+    # Keepalive
+    ping_interval: Optional[float] = 20.0  # ping a peer after this much silence
+    ping_timeout: Optional[float] = 20.0  # ... and close it with 1011 if still silent after this
+    # Origins allowed to open WebSockets (None: any); requests without Origin always pass
+    allowed_origins: Any = None  # None, a list of origins, or a callable(origin) -> bool
+    # SIGTERM/SIGINT: how long peers get to answer the 1001 close before the server exits
+    shutdown_timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("max_message_size", "max_buffer_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive int or None, not {value!r}")
+        for name in ("max_message_size", "max_buffer_size", "max_request_line", "max_header_size", "max_header_count"):
+            check_positive_int(name, getattr(self, name), optional=name in ("max_message_size", "max_buffer_size"))
         if self.overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {self.overflow!r}")
-        if self.close_timeout <= 0:
-            raise ValueError("close_timeout must be positive")
+        check_seconds("close_timeout", self.close_timeout, optional=False)
+        check_seconds("shutdown_timeout", self.shutdown_timeout, optional=False)
+        for name in ("handshake_timeout", "ping_interval", "ping_timeout"):
+            check_seconds(name, getattr(self, name))
+        object.__setattr__(self, "allowed_origins", normalize_origins(self.allowed_origins))
 
 
 class Server:
@@ -82,11 +99,14 @@ class Server:
         self.registry.on_interest = self.broker.interest
         self.sessions: set = set()
         self.streams: set = set()  # open SSE streams
+        self.requests_in_flight = 0  # requests being answered (sessions and streams included)
         self.bridge: Optional[HubBridge] = None
         self.flusher: Optional[Flusher] = None
+        self.keepalive: Optional[Keepalive] = None
         self._wsgi: Optional[WSGIServer] = None
         self._stopped: Optional[Event] = None
         self._stopping = False
+        self._finished = False
         self._thread_done: Optional[Any] = None
         # An already-bound, listening socket to accept on instead of binding
         # (host, port); ``python -m syncws --workers N`` shares one this way.
@@ -153,7 +173,7 @@ class Server:
         """Bind and start accepting in the current thread's hub (non-blocking)."""
         global _current
         logger = logging.getLogger("syncws.access") if self.access_log else None
-        self._wsgi = WSGIServer(
+        self._wsgi = ResilientWSGIServer(  # survives EMFILE; see listener.py
             self._listener if self._listener is not None else (self.host, self.port),
             self.app,
             handler_class=ConnectionHandler,
@@ -170,6 +190,7 @@ class Server:
         self.port = self._wsgi.server_port
         self.bridge = HubBridge(gevent.get_hub())
         self.flusher = Flusher(gevent.get_hub())
+        self.keepalive = Keepalive(self)
         self.broker.start(self)
         self._stopped = Event()
         with _current_lock:
@@ -200,15 +221,25 @@ class Server:
             log.warning("syncws: second signal, exiting now")
             self._finish()
             return
-        log.info("syncws: shutting down")
-        self._begin_stop(5.0)
+        timeout = self.options.shutdown_timeout
+        log.info("syncws: shutting down (peers have %g s to close; a second signal exits at once)", timeout)
+        self._begin_stop(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    @property
+    def stopping(self) -> bool:
+        """True once a stop has begun: new upgrades are answered 503."""
+        return self._stopping
+
+    def stop(self, timeout: Optional[float] = None) -> None:
         """Close every peer with 1001, stop accepting and end the server.
 
-        From another thread this waits (up to ``timeout`` plus a margin) for the
-        server's thread to finish.
+        Peers get ``timeout`` seconds (default: the ``shutdown_timeout``
+        option, 5 s) to answer the close; meanwhile new upgrade requests on
+        connections that are still open get 503.  From another thread this
+        waits (up to ``timeout`` plus a margin) for the server's thread to finish.
         """
+        if timeout is None:
+            timeout = self.options.shutdown_timeout
         if self.bridge is None:
             return
         if self.bridge.in_hub_thread():
@@ -231,12 +262,20 @@ class Server:
 
     def _drain(self, timeout: float) -> None:
         with gevent.Timeout(timeout, False):
-            while self.sessions or self.streams:
+            while self.sessions or self.streams or self.requests_in_flight:
+                # A stream whose view was still running when the stop began.
+                for stream in list(self.streams):
+                    stream.close()
                 gevent.sleep(0.02)
         self._finish()
 
     def _finish(self) -> None:
         global _current
+        if self._finished:
+            return
+        self._finished = True
+        if self.keepalive is not None:
+            self.keepalive.stop()
         self.broker.stop()
         if self._wsgi is not None:
             self._wsgi.stop(timeout=0)
@@ -298,8 +337,12 @@ def serve(
 
     ``background=True`` starts the server in its own thread and returns the
     running :class:`Server` at once; otherwise this blocks until stopped.
-    Options: ``max_message_size``, ``max_buffer_size``, ``overflow``,
-    ``close_timeout``, ``access_log``.
+    Options (see :class:`ServerOptions` and the README's "Limits and
+    security"): ``max_message_size``, ``max_buffer_size``, ``overflow``,
+    ``close_timeout``, ``max_request_line``, ``max_header_size``,
+    ``max_header_count``, ``handshake_timeout``, ``ping_interval``,
+    ``ping_timeout``, ``allowed_origins``, ``shutdown_timeout``; and
+    ``access_log``, ``broker``.
     """
     server = Server(app, host, port, **options)
     if background:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, Optional
+import time
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import gevent
 
@@ -27,6 +28,12 @@ log = logging.getLogger("syncws")
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 
+#: Settings a handler may override (``define_websocket_handler(..., ping_interval=...)``).
+OVERRIDABLE = ("max_message_size", "ping_interval", "ping_timeout", "allowed_origins")
+
+_PING = ws.encode_frame(ws.OP_PING, b"")
+_EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
+
 
 class Session:
     def __init__(
@@ -40,8 +47,16 @@ class Session:
         context: dict,
         protocol: Optional[str],
         remote_address: Optional[str],
+        overrides: Optional[Mapping[str, Any]] = None,
     ) -> None:
         options = server.options
+        overrides = overrides or {}
+        self.max_message_size = overrides.get("max_message_size", options.max_message_size)
+        self.ping_interval = overrides.get("ping_interval", options.ping_interval)
+        self.ping_timeout = overrides.get("ping_timeout", options.ping_timeout)
+        self.last_seen = time.monotonic()  # when the peer last sent us anything
+        self._ping_sent_at: Optional[float] = None
+        self._rfile = rfile
         self.server = server
         self.socket = sock
         self.protocol = protocol
@@ -50,7 +65,7 @@ class Session:
         self.close_timeout = options.close_timeout
         self._details: Optional[CloseDetails] = None
         self._abort_timer: Optional[gevent.Greenlet] = None
-        self.reader = ws.FrameReader(rfile.read, options.max_message_size)
+        self.reader = ws.FrameReader(self._read, self.max_message_size, read_some=self._read_some)
         self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow, server.flusher)
         self.peer = Peer(self, request, namespace, context, remote_address)
 
@@ -63,6 +78,12 @@ class Session:
         registry = self.server.registry
         registry.add_peer(self.peer)
         self.server.sessions.add(self)
+        if self.server.stopping:
+            # Accepted while the server began to stop: it would miss the 1001.
+            self.close(ws.CLOSE_GOING_AWAY, "going away")
+        keepalive = self.server.keepalive
+        if keepalive is not None:
+            keepalive.watch(self.ping_interval, self.ping_timeout)
         try:
             self._call("open", self.peer)
             self._read_loop()
@@ -76,6 +97,18 @@ class Session:
             self._close_socket()
             details = self._details or CloseDetails(ws.CLOSE_ABNORMAL, "")
             self._call("close", self.peer, details)
+
+    def _read(self, n: int) -> bytes:
+        """The reader's ``read`` (headers, small payloads): notes the arrival for the keepalive."""
+        data = self._rfile.read(n)
+        self.last_seen = time.monotonic()
+        return data
+
+    def _read_some(self, n: int) -> bytes:
+        """The reader's ``read_some`` (payloads): what one socket read brings, 1 to n bytes."""
+        data = self._rfile.read1(n)
+        self.last_seen = time.monotonic()
+        return data
 
     def _read_loop(self) -> None:
         reader = self.reader
@@ -119,6 +152,48 @@ class Session:
             hook(self.peer, error)
         except Exception:
             log.exception("syncws: error hook raised for peer %s", self.peer.id)
+
+    # -- keepalive ---------------------------------------------------------
+    def keepalive(self, now: float) -> None:
+        """One keepalive tick (hub thread; see :mod:`syncws.keepalive`).
+
+        After ``ping_interval`` seconds without a byte from the peer, send a
+        ping.  If nothing at all (pong or any other frame) arrives within
+        ``ping_timeout`` seconds of that ping, close the peer with 1011.  With
+        ``ping_timeout=None`` pings are sent every ``ping_interval`` of silence
+        and never time out (keeps NAT/proxy mappings alive).
+        """
+        interval = self.ping_interval
+        if interval is None or self.state != OPEN:
+            return
+        sent = self._ping_sent_at
+        if sent is not None and self.last_seen < sent:  # our last ping is unanswered
+            if self.ping_timeout is not None:
+                if now - sent >= self.ping_timeout:
+                    self._expire()
+                return
+            since = sent
+        else:
+            since = self.last_seen
+        if now - since >= interval:
+            self._ping_sent_at = now
+            self.outbox.put(_PING)
+
+    def _expire(self) -> None:
+        log.info(
+            "syncws: peer %s did not answer a ping within %g s; closing it with 1011",
+            self.peer.id, self.ping_timeout,
+        )
+        self.close(ws.CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+        # It did not answer a ping, so waiting close_timeout for its close frame
+        # is pointless: hang up as soon as our close frame is out (or after 1 s).
+        if self._abort_timer is not None:
+            self._abort_timer.kill(block=False)
+        self._abort_timer = gevent.spawn(self._abort_when_flushed, min(_EXPIRED_FLUSH, self.close_timeout))
+
+    def _abort_when_flushed(self, timeout: float) -> None:
+        self.outbox.wait_flushed(timeout)
+        self.abort()
 
     # -- closing -----------------------------------------------------------
     def close(self, code: int = ws.CLOSE_NORMAL, reason: str = "") -> None:

@@ -18,7 +18,8 @@ from werkzeug.wrappers import Request, Response
 
 from . import handshake
 from .hooks import Hooks
-from .session import Session
+from .limits import check_positive_int, check_seconds, normalize_origins, origin_allowed
+from .session import OVERRIDABLE, Session
 
 log = logging.getLogger("syncws")
 
@@ -27,6 +28,8 @@ TRANSPORT_KEY = "syncws.transport"
 
 _UPGRADE_KEYS = {"headers", "namespace", "context", "protocol"}
 _warned_no_transport = False
+_UNSET: Any = object()  # "use the server's setting"; None means "disabled"
+RETRY_AFTER = 5  # seconds, on the 503 that answers upgrades while the server stops
 
 
 def _text_response(status: int, text: str, headers: Optional[list] = None) -> Response:
@@ -36,8 +39,10 @@ def _text_response(status: int, text: str, headers: Optional[list] = None) -> Re
 class WebSocketHandler:
     """A set of hooks, callable as a WSGI application."""
 
-    def __init__(self, hooks: Hooks) -> None:
+    def __init__(self, hooks: Hooks, overrides: Optional[Mapping[str, Any]] = None) -> None:
         self.hooks = hooks
+        #: Settings that replace the server's for this handler's connections.
+        self.overrides: dict[str, Any] = dict(overrides or {})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         response = self._handshake(environ)
@@ -61,6 +66,15 @@ class WebSocketHandler:
             key = handshake.validate(environ)
         except handshake.HandshakeError as exc:
             return _text_response(exc.status, exc.message, exc.headers)
+        server = transport.server
+        if server.stopping:
+            return _shutting_down(transport)
+        policy = self.overrides.get("allowed_origins", server.options.allowed_origins)
+        origin = environ.get("HTTP_ORIGIN")
+        if not origin_allowed(policy, origin):
+            log.info("syncws: WebSocket upgrade from origin %r refused (allowed_origins)", origin)
+            transport.reusable = False
+            return _text_response(403, "Origin not allowed")
 
         request = environ.get("werkzeug.request")
         if not isinstance(request, Request):
@@ -76,6 +90,8 @@ class WebSocketHandler:
             log.exception("syncws: upgrade hook failed for %s", request.path)
             return _text_response(500, "Internal Server Error")
 
+        if server.stopping:  # the stop began while the upgrade hook ran
+            return _shutting_down(transport)
         try:
             transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
         except OSError:
@@ -90,6 +106,7 @@ class WebSocketHandler:
             accepted.context,
             accepted.protocol,
             transport.remote_address,
+            self.overrides,
         )
         session.run()
         return None
@@ -107,6 +124,16 @@ class WebSocketHandler:
 
     def __repr__(self) -> str:
         return f"<WebSocketHandler {self.hooks!r}>"
+
+
+def _shutting_down(transport: Any) -> Response:
+    # Retry-After: the client should reconnect, to a restarted or another instance.
+    transport.reusable = False
+    return _text_response(
+        503,
+        "Server shutting down; retry shortly",
+        [("Retry-After", str(RETRY_AFTER)), ("Connection", "close")],
+    )
 
 
 class _Acceptance:
@@ -137,11 +164,36 @@ class _Acceptance:
         self.protocol = protocol
 
 
-def define_websocket_handler(hooks: Any = None, /, **kwargs: Callable[..., Any]) -> WebSocketHandler:
+def define_websocket_handler(
+    hooks: Any = None,
+    /,
+    *,
+    max_message_size: Optional[int] = _UNSET,
+    ping_interval: Optional[float] = _UNSET,
+    ping_timeout: Optional[float] = _UNSET,
+    allowed_origins: Any = _UNSET,
+    **kwargs: Callable[..., Any],
+) -> WebSocketHandler:
     """Build a WebSocket handler from keyword hooks, a mapping, or an object/class.
 
     The result can be registered on a syncws ``App`` route, returned from a
     Flask view, or called as a WSGI app by any framework running on the
     syncws server.
+
+    ``max_message_size``, ``ping_interval``, ``ping_timeout`` and
+    ``allowed_origins``, when given, replace the server's options of the same
+    name for this handler's connections (``None`` disables the limit or check
+    for this handler, as it does on the server).
     """
-    return WebSocketHandler(Hooks(hooks, **kwargs))
+    overrides: dict[str, Any] = {}
+    if max_message_size is not _UNSET:
+        check_positive_int("max_message_size", max_message_size)
+        overrides["max_message_size"] = max_message_size
+    for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
+        if value is not _UNSET:
+            check_seconds(name, value)
+            overrides[name] = value
+    if allowed_origins is not _UNSET:
+        overrides["allowed_origins"] = normalize_origins(allowed_origins)
+    assert set(overrides) <= set(OVERRIDABLE)
+    return WebSocketHandler(Hooks(hooks, **kwargs), overrides)

@@ -202,7 +202,12 @@ class Master:
     # -- stopping --------------------------------------------------------------------------
     def _stop_workers(self, code: int) -> int:
         self._kill_all(signal.SIGTERM)
-        deadline = time.monotonic() + GRACEFUL_TIMEOUT
+        # Room for the workers' own drain (--shutdown-timeout) plus a margin.
+        from .cli import server_options
+
+        drain = server_options(self.args).get("shutdown_timeout", WORKER_DRAIN)
+        graceful = max(GRACEFUL_TIMEOUT, drain + WORKER_DRAIN)
+        deadline = time.monotonic() + graceful
         kill_deadline: Optional[float] = None
         while self.workers:
             now = time.monotonic()
@@ -214,7 +219,7 @@ class Master:
                         "syncws: worker%s %s did not stop within %g s; killing",
                         "s" if len(self.workers) > 1 else "",
                         ", ".join(map(str, self.workers)),
-                        GRACEFUL_TIMEOUT,
+                        graceful,
                     )
                 self._signals.clear()
                 self._kill_all(signal.SIGKILL)
@@ -350,7 +355,7 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
         from gevent import monkey
 
         monkey.patch_all()
-    from .cli import ImportStringError, load_app
+    from .cli import ImportStringError, load_app, server_options
 
     try:
         app = load_app(args.app)
@@ -362,7 +367,7 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
     from .server import Server
 
     try:
-        server = Server(app, args.host, args.port, broker=args.broker, listener=listener)
+        server = Server(app, args.host, args.port, broker=args.broker, listener=listener, **server_options(args))
     except (ValueError, RuntimeError) as exc:
         print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -373,7 +378,7 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
         # Repeats are ignored: the master enforces its own deadline with SIGKILL.
         if not server._stopping:
             log.info("syncws: worker %d shutting down", pid)
-        server.stop(WORKER_DRAIN)
+        server.stop()  # the shutdown_timeout option (WORKER_DRAIN by default)
 
     def announce_ready() -> None:
         # From the hub, so the SIGTERM handler is in place by the time the master knows.
@@ -386,7 +391,7 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
         while os.getppid() == master_pid:
             gevent.sleep(PARENT_CHECK_INTERVAL)
         log.warning("syncws: worker %d lost its master; shutting down", pid)
-        server.stop(WORKER_DRAIN)
+        server.stop()  # the shutdown_timeout option (WORKER_DRAIN by default)
 
     handler = gevent.signal_handler(signal.SIGTERM, on_sigterm)
     gevent.spawn(announce_ready)

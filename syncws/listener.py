@@ -1,0 +1,71 @@
+"""gevent's WSGI server with an accept loop that survives running out of descriptors.
+
+On ``EMFILE`` (and the other out-of-resources errors) gevent prints a full
+traceback for every retry, forever, while the limit lasts.  Here the listener
+pauses for :data:`RETRY_DELAY` seconds per failed ``accept`` (the pending
+connection keeps the socket readable, so not pausing would spin the CPU), logs
+one error line per :data:`LOG_INTERVAL` and one line when it accepts again.
+The network errors accept(2) says to treat like ``EAGAIN`` are skipped quietly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import Any, Optional
+
+from gevent.pywsgi import WSGIServer
+
+log = logging.getLogger("syncws")
+
+#: accept() failed for want of resources: wait for some to be freed.
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() failed for this one connection only (see accept(2)): take the next.
+TRANSIENT_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in ("ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+                 "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
+    if hasattr(errno, name)
+)
+RETRY_DELAY = 0.1
+LOG_INTERVAL = 60.0
+
+
+class ResilientWSGIServer(WSGIServer):
+    """gevent's ``WSGIServer``; only a failing ``accept`` is handled differently."""
+
+    _failures = 0
+    _logged_at: Optional[float] = None
+    _logged_failure = False  # an error line went out since the last recovery line
+
+    def do_read(self) -> Any:
+        try:
+            args = super().do_read()
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRORS:
+                return None
+            if exc.errno not in RESOURCE_ERRORS:
+                raise
+            self._out_of_resources(exc)
+            return None
+        if args and self._failures:
+            if self._logged_failure:
+                log.warning("syncws: accepting connections again (%d accept attempts failed)", self._failures)
+            self._failures = 0
+            self._logged_failure = False
+        return args
+
+    def _out_of_resources(self, exc: OSError) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= LOG_INTERVAL:
+            self._logged_at = now
+            self._logged_failure = True
+            log.error(
+                "syncws: cannot accept connections on port %s: %s; retrying every %g s until some are closed",
+                self.server_port, exc.strerror or exc, RETRY_DELAY,
+            )
+        self.stop_accepting()
+        self._timer = self.loop.timer(RETRY_DELAY)
+        self._timer.start(self._start_accepting_if_started)
