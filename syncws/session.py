@@ -120,7 +120,13 @@ class Session:
                 self._fail(exc.code, exc.reason)
                 return
             except (ws.ConnectionClosed, OSError, ValueError):
-                return  # dropped: details stay 1006 unless a close was already sent
+                # Dropped: details stay 1006 unless a close was already sent.  A
+                # client that only half-closed can still read: give what its
+                # hooks queued a short, bounded chance to go out.
+                if self.state == OPEN and self.outbox.buffered:
+                    self.outbox.put_final(b"")
+                    self.outbox.wait_flushed(min(self.close_timeout, 1.0))
+                return
             opcode = frame.opcode
             if opcode == ws.OP_CLOSE:
                 self._on_close_frame(frame.payload)
@@ -139,7 +145,9 @@ class Session:
             return
         try:
             hook(*args)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a sys.exit() in one hook must not end the
+            # server's thread for every other peer.
             log.exception("syncws: %s hook raised for peer %s", name, self.peer.id)
             self._report(exc)
             self.close(ws.CLOSE_INTERNAL_ERROR, "internal error")

@@ -495,3 +495,51 @@ def test_exception_in_an_http_view_does_not_stop_the_server(start_server, caplog
     chatters.finish(server)
     records = error_records(caplog)
     assert len(records) == 3 and all("/broken" in r.getMessage() for r in records)
+
+
+def test_sys_exit_in_a_hook_is_an_error_not_the_end_of_the_server(start_server):
+    import sys as _sys
+
+    from syncws import App, define_websocket_handler
+
+    from .conftest import connect
+    from .support import recv_close
+
+    app = App()
+
+    def message(peer, msg):
+        if msg.text() == "exit":
+            _sys.exit(3)
+        peer.send(msg)
+
+    app.get("/_ws", define_websocket_handler(message=message))
+    server = start_server(app)
+    other = connect(server)
+    victim = connect(server)
+    victim.send("exit")
+    assert recv_close(victim)[0] == 1011
+    other.send("still here")
+    assert other.recv() == "still here"
+    fresh = connect(server)  # and the server still accepts
+    fresh.send("hi")
+    assert fresh.recv() == "hi"
+    for client in (other, fresh):
+        client.close()
+
+
+def test_a_half_closed_client_still_gets_what_its_message_queued(start_server):
+    import socket as _socket
+
+    from syncws import App, define_websocket_handler
+    from syncws.protocol import OP_TEXT
+
+    from .support import RawClient
+
+    app = App()
+    app.get("/_ws", define_websocket_handler(message=lambda peer, msg: peer.send(msg)))
+    server = start_server(app)
+    with RawClient(server, "/_ws") as client:
+        client.send_frame(OP_TEXT, b"last words")
+        client.sock.shutdown(_socket.SHUT_WR)
+        frames = client.read_all_frames()
+    assert frames and frames[0] == (OP_TEXT, b"last words")
