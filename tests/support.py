@@ -512,3 +512,15 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def read_messages(reader) -> list:
+    """Every message a syncws FrameReader returns before its input ends."""
+    from syncws.protocol import ConnectionClosed
+
+    messages = []
+    while True:
+        try:
+            messages.append(reader.read_message())
+        except ConnectionClosed:
+            return messages

@@ -26,7 +26,7 @@ from syncws.protocol import (
     unmask,
 )
 
-from .support import MASK, client_frame
+from .support import MASK, client_frame, read_messages
 
 
 def raw_header(first_byte: int, length: int, mask: bytes | None = MASK) -> bytes:
@@ -62,13 +62,7 @@ def reader_for(data: bytes, max_message_size: int | None = 1 << 20) -> FrameRead
 
 def messages_until_eof(data: bytes) -> list[Frame]:
     """Every message a reader returns from ``data`` before the end of the data (ConnectionClosed)."""
-    reader = reader_for(data)
-    messages = []
-    while True:
-        try:
-            messages.append(reader.read_message())
-        except ConnectionClosed:
-            return messages
+    return read_messages(reader_for(data))
 
 
 def violation_code(data: bytes) -> int:

@@ -25,7 +25,7 @@ from syncws.protocol import (
     unmask,
 )
 
-from .support import RawClient, app_with, parse_frames
+from .support import RawClient, app_with, parse_frames, read_messages
 
 MASK = b"\x37\xfa\x21\x3d"
 
@@ -55,13 +55,6 @@ class Stream:
         return self._buf.read(self._random.randint(1, n))
 
 
-def all_messages(reader: FrameReader) -> list[Frame]:
-    messages = []
-    while True:
-        try:
-            messages.append(reader.read_message())
-        except ConnectionClosed:
-            return messages
 
 
 # -- unmask ------------------------------------------------------------------------------
@@ -110,9 +103,9 @@ def mixed_stream(seed: int) -> tuple[bytes, list[Frame]]:
 @pytest.mark.parametrize("seed", range(8))
 def test_read_some_in_random_pieces_gives_the_same_messages(seed):
     data, expected = mixed_stream(seed)
-    assert all_messages(FrameReader(io.BytesIO(data).read, None)) == expected
+    assert read_messages(FrameReader(io.BytesIO(data).read, None)) == expected
     stream = Stream(data, seed)
-    assert all_messages(FrameReader(stream.read, None, read_some=stream.read_some)) == expected
+    assert read_messages(FrameReader(stream.read, None, read_some=stream.read_some)) == expected
 
 
 def test_control_frame_payload_in_one_byte_pieces():
