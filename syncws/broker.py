@@ -102,7 +102,7 @@ def decode_envelope(data: bytes) -> tuple[str, Optional[str], str, Outgoing]:
     if not sep:
         raise ValueError("relayed message without a header")
     header = json.loads(head)
-    if not isinstance(header, dict) or header.get("v") != 1:
+    if not isinstance(header, dict) or header.get("v") != 1 or isinstance(header.get("v"), bool):
         raise ValueError("unknown relayed message version")
     origin, namespace, topic = header.get("o"), header.get("n"), header.get("t")
     if not isinstance(origin, str):

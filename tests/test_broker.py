@@ -138,6 +138,7 @@ def _header(**fields) -> bytes:
         b"null\n",
         b'"v"\n',
         _header(v=2) + b"\npayload",  # unknown version
+        _header(v=True) + b"\npayload",  # true == 1 in Python, but it is not version 1
         _header(v=_MISSING) + b"\npayload",
         _header(t=_MISSING) + b"\npayload",
         _header(t=5) + b"\npayload",
