@@ -4,6 +4,7 @@ from .app import App
 from .hooks import CloseDetails, Hooks
 from .broker import Broker
 from .message import Message
+from .mount import mount
 from .peer import Peer
 from .publisher import Publisher
 from .sse import EventStream, create_event_stream
@@ -28,6 +29,7 @@ __all__ = [
     "create_event_stream",
     "current_server",
     "define_websocket_handler",
+    "mount",
     "publish",
     "serve",
     "__version__",

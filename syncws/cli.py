@@ -123,6 +123,20 @@ def _origins(text: str) -> list[str]:
     return items
 
 
+def _threads(text: str) -> Any:
+    value = text.strip().lower()
+    if value in ("on", "true", "yes"):
+        return True
+    if value in ("off", "false", "no", "none", "0"):
+        return False
+    try:
+        return _positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'on' (10 threads), 'off' or a positive number of threads, got {text!r}"
+        ) from None
+
+
 #: (option name, converter, metavar, help).  The flag is --option-name, the
 #: environment variable SYNCWS_OPTION_NAME; the flag wins over the variable,
 #: the variable over the built-in default (see ServerOptions).
@@ -152,6 +166,9 @@ LIMIT_OPTIONS: tuple = (
      "(default: any; requests without an Origin header are always allowed; others get 403)"),
     ("shutdown_timeout", lambda t: _seconds(t, nullable=False), "SECONDS",
      "on SIGTERM/SIGINT, how long peers get to answer the 1001 close before exit (default 5)"),
+    ("hooks_in_threads", _threads, "N",
+     "run WebSocket hooks in a pool of N OS threads ('on': 10, 'off'), for hooks that block "
+     "without yielding to gevent (un-patched I/O, C drivers) (default off)"),
 )
 
 
@@ -195,6 +212,74 @@ def server_options(args: argparse.Namespace, environ: Optional[Any] = None) -> d
     return options
 
 
+# -- general options: flags, SYNCWS_* environment variables --------------------------------
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return value
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE_WORDS:
+        return True
+    if value in _FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"must be one of {'/'.join(_TRUE_WORDS + _FALSE_WORDS)}, got {text!r}")
+
+
+#: (dest, environment variable, converter, default) of the options that take
+#: their default from the environment: the flag wins over the variable, the
+#: variable over the default.  (--broker and --workers: SYNCWS_BROKER and
+#: SYNCWS_WORKERS, handled on their own.)
+GENERAL_OPTIONS: tuple = (
+    ("host", "SYNCWS_HOST", str, DEFAULT_HOST),
+    ("port", "SYNCWS_PORT", _port, DEFAULT_PORT),
+    ("log_level", "SYNCWS_LOG_LEVEL", _log_level, "info"),
+    ("access_log", "SYNCWS_ACCESS_LOG", _boolean, True),
+    ("reload", "SYNCWS_RELOAD", _boolean, False),
+    ("no_monkey_patch", "SYNCWS_NO_MONKEY_PATCH", _boolean, False),
+)
+
+
+def resolve_general_options(args: argparse.Namespace, environ: Optional[Any] = None) -> None:
+    """Fill in every general option left unset by a flag: $SYNCWS_*, else the default.
+
+    Raises ValueError with the message to print for a bad environment value.
+    """
+    environ = os.environ if environ is None else environ
+    for dest, variable, convert, default in GENERAL_OPTIONS:
+        if getattr(args, dest, None) is not None:
+            continue
+        text = environ.get(variable, "").strip()
+        if not text:
+            setattr(args, dest, default)
+            continue
+        try:
+            setattr(args, dest, convert(text))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{variable} {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .workers import GRACEFUL_TIMEOUT
@@ -207,12 +292,44 @@ def build_parser() -> argparse.ArgumentParser:
         "signal exits at once); "
         "with --workers, the master stops every worker that way (killing any still running after "
         f"{GRACEFUL_TIMEOUT:g} s, or at once on a second signal).  "
-        "Environment: SYNCWS_BROKER (default for --broker), SYNCWS_WORKERS (default for --workers), "
-        "SYNCWS_<LIMIT> for each limit below.",
+        "Environment: every option has a variable, SYNCWS_<OPTION> (SYNCWS_HOST, SYNCWS_PORT, "
+        "SYNCWS_LOG_LEVEL, SYNCWS_ACCESS_LOG, SYNCWS_RELOAD, SYNCWS_NO_MONKEY_PATCH, SYNCWS_BROKER, "
+        "SYNCWS_WORKERS, and SYNCWS_<LIMIT> for each limit below); a flag wins over its variable.  "
+        "Boolean variables take 1/true/yes/on or 0/false/no/off.",
     )
     parser.add_argument("app", help="import string, 'module:app' or 'module' (uses its app/application)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=3000, help="port to bind, 0 for any (default 3000)")
+    parser.add_argument(
+        "--host", default=None, help=f"interface to bind (default: $SYNCWS_HOST, else {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help=f"port to bind, 0 for any (default: $SYNCWS_PORT, else {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=None,
+        metavar="LEVEL",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default: $SYNCWS_LOG_LEVEL, else info; "
+        "the access log is logged at info)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log one line per HTTP request to the 'syncws.access' logger "
+        "(default: $SYNCWS_ACCESS_LOG, else on)",
+    )
+    parser.add_argument(
+        "--reload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="development: restart the server when a Python file of the app changes "
+        "(werkzeug's stat reloader; the listening socket is kept across restarts; "
+        "default: $SYNCWS_RELOAD, else off; not with --workers)",
+    )
     parser.add_argument(
         "--broker",
         default=os.environ.get("SYNCWS_BROKER") or None,
@@ -230,22 +347,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-monkey-patch",
-        action="store_true",
+        action="store_const",
+        const=True,
+        default=None,
         help="do not gevent-monkey-patch the standard library (patched by default so blocking I/O "
-        "in views and hooks yields to other connections)",
+        "in views and hooks yields to other connections; $SYNCWS_NO_MONKEY_PATCH=1 does the same)",
     )
     add_limit_arguments(parser)
     parser.add_argument("--version", action="version", version=f"syncws {__version__}")
     return parser
 
 
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(message)s")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        resolve_general_options(args)
         workers = _worker_count(args)
         server_options(args)  # a bad SYNCWS_* value fails here, before any fork
     except ValueError as exc:
         print(f"syncws: error: {exc}", file=sys.stderr)
+        return 2
+    if args.reload and workers > 1:
+        print(
+            "syncws: error: --reload restarts a single development server; it cannot be combined "
+            f"with {workers} workers: drop --reload, or use --workers 1",
+            file=sys.stderr,
+        )
         return 2
     if workers > 1:
         if not args.broker:
@@ -259,12 +390,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         from .workers import run_master
 
+        configure_logging(args.log_level)
         return run_master(args, workers)
+    if args.reload:
+        from . import reloader
+
+        if reloader.CHILD_FD_ENV in os.environ:
+            return reloader.run_child(args, run_server)
+        configure_logging(args.log_level)
+        return reloader.run_parent(args)
+    return run_server(args)
+
+
+def run_server(
+    args: argparse.Namespace,
+    listener: Any = None,
+    on_started: Optional[Callable[[Any], None]] = None,
+    banner_suffix: str = "",
+) -> int:
+    """Serve ``args.app`` in this process until stopped; the CLI's exit status.
+
+    ``listener``: an already-listening socket to accept on (the reloader's);
+    ``on_started(server)`` runs in the hub once the server is serving.
+    """
     if not args.no_monkey_patch:
         from gevent import monkey
 
         monkey.patch_all()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(args.log_level)
     try:
         app = load_app(args.app)
     except ImportStringError as exc:
@@ -273,7 +426,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .server import Server
 
     try:
-        server = Server(app, args.host, args.port, broker=args.broker, **server_options(args))
+        server = Server(
+            app,
+            args.host,
+            args.port,
+            broker=args.broker,
+            access_log=args.access_log,
+            listener=listener,
+            **server_options(args),
+        )
     except (ValueError, RuntimeError) as exc:
         print(f"syncws: error: {exc}", file=sys.stderr)
         return 2
@@ -287,7 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Announce readiness from the hub, i.e. once serve_forever() has installed
     # its SIGTERM/SIGINT handlers: a supervisor that signals as soon as it sees
     # this line must get a clean shutdown, not the default "killed by signal".
-    message = f"syncws: serving {args.app} on {server.url} (Ctrl-C to stop)"
+    message = f"syncws: serving {args.app} on {server.url} (Ctrl-C to stop{banner_suffix})"
     gevent.spawn(print, message, flush=True)
+    if on_started is not None:
+        gevent.spawn(on_started, server)
     server.serve_forever()
     return 0

@@ -8,6 +8,7 @@ that hub; other threads reach it through :class:`~syncws.bridge.HubBridge`.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import signal
 import threading
@@ -19,6 +20,7 @@ from gevent.event import Event
 from gevent.monkey import get_original
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
+from gevent.threadpool import ThreadPool
 
 from .bridge import HubBridge, RealLock
 from .broker import make_broker
@@ -38,6 +40,7 @@ _current: Optional["Server"] = None
 _current_lock = RealLock()
 
 MiB = 1024 * 1024
+DEFAULT_HOOK_THREADS = 10  # pool size for hooks_in_threads=True
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class ServerOptions:
     allowed_origins: Any = None  # None, a list of origins, or a callable(origin) -> bool
     # SIGTERM/SIGINT: how long peers get to answer the 1001 close before the server exits
     shutdown_timeout: float = 5.0
+    # Run hooks in a pool of OS threads (True: 10 threads; an int: that many);
+    # for hooks that block without yielding to gevent (un-patched I/O, C drivers)
+    hooks_in_threads: Any = False
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_buffer_size", "max_request_line", "max_header_size", "max_header_count"):
@@ -72,6 +78,9 @@ class ServerOptions:
         for name in ("handshake_timeout", "ping_interval", "ping_timeout"):
             check_seconds(name, getattr(self, name))
         object.__setattr__(self, "allowed_origins", normalize_origins(self.allowed_origins))
+        threads = self.hooks_in_threads
+        if not isinstance(threads, bool):
+            check_positive_int("hooks_in_threads", threads)
 
 
 class Server:
@@ -84,11 +93,17 @@ class Server:
         access_log: bool = True,
         broker: Any = None,
         listener: Any = None,
+        gevent_websocket: bool = False,
         **options: Any,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
         route_upgrades_as_http(app)  # Flask: match upgrades as HTTP, the view decides
+        if gevent_websocket:
+            # An app written for gevent-websocket: upgrade before calling it.
+            from .compat import gevent_websocket as upgrade_first
+
+            app = upgrade_first(app)
         self.app = app
         self.host = host
         self.port = port
@@ -108,6 +123,7 @@ class Server:
         self._stopping = False
         self._finished = False
         self._thread_done: Optional[Any] = None
+        self._hook_pool: Optional[ThreadPool] = None
         # An already-bound, listening socket to accept on instead of binding
         # (host, port); ``python -m syncws --workers N`` shares one this way.
         self._listener = listener
@@ -132,6 +148,27 @@ class Server:
         bridge = self.bridge
         if bridge is not None:
             bridge.call(fn, *args)
+
+    def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the hook thread pool; block only the calling greenlet.
+
+        Hub thread only (the session's read loop calls it for hooks when
+        ``hooks_in_threads`` is on).  The caller's context variables go along
+        (a Flask app or request context, for instance); the result is
+        returned and an exception, ``SystemExit`` included, re-raised here.
+        """
+        if self._finished:
+            return fn(*args)  # the pool is gone; a last close hook runs here
+        pool = self._hook_pool
+        if pool is None:
+            size = self.options.hooks_in_threads
+            if isinstance(size, bool) or not size:
+                size = DEFAULT_HOOK_THREADS
+            pool = self._hook_pool = ThreadPool(size, hub=gevent.get_hub())
+        ok, value = pool.apply(_run_captured, (contextvars.copy_context(), fn, args))
+        if ok:
+            return value
+        raise value
 
     # -- pub/sub -------------------------------------------------------------
     def publish(self, topic: str, data: Any, *, namespace: Optional[str] = None) -> None:
@@ -276,6 +313,10 @@ class Server:
         self._finished = True
         if self.keepalive is not None:
             self.keepalive.stop()
+        if self._hook_pool is not None:
+            # Idle threads exit; a hook still running finishes in its thread.
+            pool, self._hook_pool = self._hook_pool, None
+            pool.kill()
         self.broker.stop()
         if self._wsgi is not None:
             self._wsgi.stop(timeout=0)
@@ -325,6 +366,15 @@ class Server:
         return f"<syncws.Server {self.url}>"
 
 
+def _run_captured(context: contextvars.Context, fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
+    # In a pool thread: hand back (ok, result or exception) so that any
+    # exception, SystemExit included, reaches the hook's caller in the hub.
+    try:
+        return True, context.run(fn, *args)
+    except BaseException as exc:  # noqa: BLE001 - re-raised by run_in_thread
+        return False, exc
+
+
 def serve(
     app: Callable,
     host: str = "127.0.0.1",
@@ -341,8 +391,9 @@ def serve(
     security"): ``max_message_size``, ``max_buffer_size``, ``overflow``,
     ``close_timeout``, ``max_request_line``, ``max_header_size``,
     ``max_header_count``, ``handshake_timeout``, ``ping_interval``,
-    ``ping_timeout``, ``allowed_origins``, ``shutdown_timeout``; and
-    ``access_log``, ``broker``.
+    ``ping_timeout``, ``allowed_origins``, ``shutdown_timeout``,
+    ``hooks_in_threads``; and ``access_log``, ``broker``, ``gevent_websocket``
+    (serve an app written for gevent-websocket: see :mod:`syncws.compat`).
     """
     server = Server(app, host, port, **options)
     if background:

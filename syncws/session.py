@@ -29,7 +29,7 @@ log = logging.getLogger("syncws")
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 
 #: Settings a handler may override (``define_websocket_handler(..., ping_interval=...)``).
-OVERRIDABLE = ("max_message_size", "ping_interval", "ping_timeout", "allowed_origins")
+OVERRIDABLE = ("max_message_size", "ping_interval", "ping_timeout", "allowed_origins", "hooks_in_threads")
 
 _PING = ws.encode_frame(ws.OP_PING, b"")
 _EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
@@ -54,6 +54,9 @@ class Session:
         self.max_message_size = overrides.get("max_message_size", options.max_message_size)
         self.ping_interval = overrides.get("ping_interval", options.ping_interval)
         self.ping_timeout = overrides.get("ping_timeout", options.ping_timeout)
+        #: Run hooks in the server's thread pool (a blocking hook then blocks
+        #: only this peer); the read loop waits for each, so order is kept.
+        self.hooks_in_threads = bool(overrides.get("hooks_in_threads", options.hooks_in_threads))
         self.last_seen = time.monotonic()  # when the peer last sent us anything
         self._ping_sent_at: Optional[float] = None
         self._rfile = rfile
@@ -144,7 +147,7 @@ class Session:
         if hook is None:
             return
         try:
-            hook(*args)
+            self._invoke(hook, *args)
         except (Exception, SystemExit) as exc:
             # SystemExit too: a sys.exit() in one hook must not end the
             # server's thread for every other peer.
@@ -152,12 +155,17 @@ class Session:
             self._report(exc)
             self.close(ws.CLOSE_INTERNAL_ERROR, "internal error")
 
+    def _invoke(self, hook: Any, *args: Any) -> Any:
+        if self.hooks_in_threads:
+            return self.server.run_in_thread(hook, *args)
+        return hook(*args)
+
     def _report(self, error: BaseException) -> None:
         hook = self.hooks.error
         if hook is None:
             return
         try:
-            hook(self.peer, error)
+            self._invoke(hook, self.peer, error)
         except Exception:
             log.exception("syncws: error hook raised for peer %s", self.peer.id)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import gevent
 from gevent.event import Event
+from werkzeug.exceptions import InternalServerError
 
 from .bridge import RealLock
 from .sse_format import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
@@ -25,6 +26,31 @@ from .websocket import TRANSPORT_KEY
 log = logging.getLogger("syncws")
 
 __all__ = ["EventStream", "EventStreamMessage", "create_event_stream"]
+
+
+class NoTransportError(InternalServerError, RuntimeError):
+    """``create_event_stream`` under a server that is not syncws (``flask run``, wsgiref...).
+
+    An ``HTTPException``, so that the view's answer is a 500 that says what to
+    do (syncws ``App`` and Flask render it; neither logs a traceback), and a
+    ``RuntimeError`` for callers that catch that.  Logged once per process.
+    """
+
+    MESSAGE = "event streams need the syncws server; run the app with: python -m syncws module:app"
+
+    def __init__(self, environ: Optional[dict] = None) -> None:
+        global _warned_no_transport
+        super().__init__(self.MESSAGE)
+        if not _warned_no_transport:
+            _warned_no_transport = True
+            server = (environ or {}).get("SERVER_SOFTWARE", "unknown")
+            log.error("syncws: %s (server: %s)", self.MESSAGE, server)
+
+    def __str__(self) -> str:
+        return self.MESSAGE
+
+
+_warned_no_transport = False
 
 
 class EventStream:
@@ -40,9 +66,7 @@ class EventStream:
     ) -> None:
         transport = environ.get(TRANSPORT_KEY)
         if transport is None:
-            raise RuntimeError(
-                "event streams need the syncws server; run the app with: python -m syncws module:app"
-            )
+            raise NoTransportError(environ)
         if keep_alive is not None and (
             not isinstance(keep_alive, (int, float)) or isinstance(keep_alive, bool)
             or not 0 < keep_alive < float("inf")  # also refuses NaN, which would wait forever

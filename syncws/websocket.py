@@ -53,6 +53,19 @@ class WebSocketHandler:
 
     def _handshake(self, environ: dict) -> Optional[Response]:
         """Run the whole connection; return a Response when nothing was upgraded."""
+        outcome = self.accept(environ)
+        if isinstance(outcome, Session):
+            outcome.run()
+            return None
+        return outcome
+
+    def accept(self, environ: dict) -> Any:
+        """Validate, run the ``upgrade`` hook and write the ``101``.
+
+        Returns the :class:`Session` to run when the connection was upgraded,
+        a ``Response`` when it was not, or None when the client left during
+        the handshake.  (``syncws.compat`` runs the session itself.)
+        """
         if not handshake.is_upgrade_request(environ):
             return _text_response(
                 426,
@@ -80,7 +93,12 @@ class WebSocketHandler:
         if not isinstance(request, Request):
             request = Request(environ)
         try:
-            decision = self.hooks.upgrade(request) if self.hooks.upgrade else None
+            decision = None
+            if self.hooks.upgrade is not None:
+                if self.overrides.get("hooks_in_threads", server.options.hooks_in_threads):
+                    decision = server.run_in_thread(self.hooks.upgrade, request)
+                else:
+                    decision = self.hooks.upgrade(request)
             if isinstance(decision, Response):
                 return decision
             accepted = _Acceptance(decision, request, environ)
@@ -108,8 +126,7 @@ class WebSocketHandler:
             transport.remote_address,
             self.overrides,
         )
-        session.run()
-        return None
+        return session
 
     def _no_transport(self, environ: dict) -> Response:
         global _warned_no_transport
@@ -172,6 +189,7 @@ def define_websocket_handler(
     ping_interval: Optional[float] = _UNSET,
     ping_timeout: Optional[float] = _UNSET,
     allowed_origins: Any = _UNSET,
+    hooks_in_threads: Optional[bool] = _UNSET,
     **kwargs: Callable[..., Any],
 ) -> WebSocketHandler:
     """Build a WebSocket handler from keyword hooks, a mapping, or an object/class.
@@ -183,7 +201,9 @@ def define_websocket_handler(
     ``max_message_size``, ``ping_interval``, ``ping_timeout`` and
     ``allowed_origins``, when given, replace the server's options of the same
     name for this handler's connections (``None`` disables the limit or check
-    for this handler, as it does on the server).
+    for this handler, as it does on the server).  ``hooks_in_threads=True``
+    runs this handler's hooks in the server's thread pool (see the server
+    option of the same name); False keeps them in the connection's greenlet.
     """
     overrides: dict[str, Any] = {}
     if max_message_size is not _UNSET:
@@ -195,5 +215,7 @@ def define_websocket_handler(
             overrides[name] = value
     if allowed_origins is not _UNSET:
         overrides["allowed_origins"] = normalize_origins(allowed_origins)
+    if hooks_in_threads is not _UNSET:
+        overrides["hooks_in_threads"] = bool(hooks_in_threads)
     assert set(overrides) <= set(OVERRIDABLE)
     return WebSocketHandler(Hooks(hooks, **kwargs), overrides)

@@ -367,7 +367,15 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
     from .server import Server
 
     try:
-        server = Server(app, args.host, args.port, broker=args.broker, listener=listener, **server_options(args))
+        server = Server(
+            app,
+            args.host,
+            args.port,
+            broker=args.broker,
+            listener=listener,
+            access_log=getattr(args, "access_log", True),
+            **server_options(args),
+        )
     except (ValueError, RuntimeError) as exc:
         print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -140,3 +140,65 @@ def test_event_source_receives_both_streams_and_reconnects_after_a_restart(brows
     finally:
         for server in servers:
             server.stop(timeout=5)
+
+
+def log_texts(page) -> list:
+    """The chat log's lines, without their time stamps."""
+    return page.eval_on_selector_all("#log li", "els => els.map(e => e.lastChild.textContent)")
+
+
+def test_chat_example_two_pages_see_each_others_messages(browser):
+    from examples import chat as example
+
+    server = serve(example.app, host="127.0.0.1", port=0, background=True, access_log=False)
+    base = server.url
+    try:
+        context_one, context_two = browser.new_context(), browser.new_context()
+        one, two = context_one.new_page(), context_two.new_page()
+        errors: list = []
+        requested: list = []
+        for page in (one, two):
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda request: requested.append(request.url))
+
+        one.goto(base + "/", timeout=WAIT_MS)
+        one.wait_for_function("() => document.getElementById('state').textContent === 'open'", timeout=WAIT_MS)
+        two.goto(base + "/", timeout=WAIT_MS)
+        two.wait_for_function("() => document.getElementById('state').textContent === 'open'", timeout=WAIT_MS)
+
+        def wait_for_line(page, pattern: str) -> None:
+            page.wait_for_function(
+                "(pattern) => [...document.querySelectorAll('#log li')]"
+                ".some(li => new RegExp(pattern).test(li.lastChild.textContent))",
+                arg=pattern, timeout=WAIT_MS, polling=50,
+            )
+
+        wait_for_line(one, r"^Welcome to the server!$")
+        wait_for_line(one, r"^\[system\] .+ joined!$")  # the second page arrived
+
+        # Typed and sent with Enter in one page, shown in the other (and echoed in the first)
+        two.fill("#input", "hello from two")
+        two.press("#input", "Enter")
+        wait_for_line(one, r"^\[.+\] hello from two$")
+        wait_for_line(two, r"^> hello from two$")
+        wait_for_line(two, r"^hello from two$")  # the server's echo
+
+        one.fill("#input", "and hello from one")
+        one.click("#send")
+        wait_for_line(two, r"^\[.+\] and hello from one$")
+
+        # ping is answered to its sender only
+        one.click("#ping")
+        wait_for_line(one, r"^pong$")
+        assert not any(text == "pong" or text.endswith("] ping") for text in log_texts(two))
+
+        # Closing one page tells the other
+        context_one.close()
+        wait_for_line(two, r"^\[system\] .+ has left the chat!$")
+        context_two.close()
+
+        assert errors == []
+        assert all(url.startswith(base + "/") or url.startswith(base.replace("http", "ws") + "/")
+                   for url in requested), requested
+    finally:
+        server.stop(timeout=5)

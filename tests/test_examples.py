@@ -1,0 +1,231 @@
+"""Every example's app, served for real (start_server) and driven over real sockets."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+from .conftest import connect, ws_url
+from .support import assert_nothing_received
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def handshake_status(url: str, **kwargs) -> int:
+    """The HTTP status a refused upgrade gets (websocket-client raises with it)."""
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url, timeout=5, **kwargs)
+    return refused.value.status_code
+
+
+@pytest.mark.parametrize(
+    "name", ["chat", "sse", "flask_login", "token_auth", "rooms", "channel"]
+)
+def test_each_example_says_how_to_run_it_and_imports(name):
+    source = (EXAMPLES / f"{name}.py").read_text()
+    first, second = source.splitlines()[:2]
+    assert first.startswith(f"# Run:  python examples/{name}.py")
+    assert f"python -m syncws examples.{name}:app" in second
+    result = subprocess.run(
+        [sys.executable, "-c", f"import examples.{name} as m; assert callable(m.app)"],
+        cwd=EXAMPLES.parent, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_snippet_proxies_websockets_and_sse():
+    conf = (EXAMPLES / "deploy" / "nginx.conf").read_text()
+    for directive in (
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_buffering off;",
+        "proxy_read_timeout",
+    ):
+        assert directive in conf
+    assert conf.count("{") == conf.count("}")
+
+
+# -- flask_login ---------------------------------------------------------------------------
+
+
+def test_flask_login_protects_the_websocket(start_server):
+    from examples import flask_login as example
+
+    server = start_server(example.app)
+    base = server.url
+    url = ws_url(server, "/ws")
+
+    # Anonymous: the upgrade is refused with 401, pages redirect to the login form
+    assert handshake_status(url) == 401
+    page = requests.get(base + "/", timeout=5, allow_redirects=False)
+    assert page.status_code == 302 and "/login" in page.headers["Location"]
+
+    # A wrong password does not log in
+    browser = requests.Session()
+    refused = browser.post(base + "/login", data={"user": "alice", "password": "nope"}, timeout=5)
+    assert refused.status_code == 401 and "wrong name or password" in refused.text
+    assert "session" not in browser.cookies
+
+    # Log in through the form: the session cookie opens the WebSocket
+    page = browser.post(base + "/login", data={"user": "alice", "password": "secret"}, timeout=5)
+    assert page.status_code == 200 and "Logged in as <b>alice</b>" in page.text
+    cookie = "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+    alice = websocket.create_connection(url, timeout=5, cookie=cookie)
+    assert alice.recv() == "Welcome, alice!"
+
+    bob_session = requests.Session()
+    bob_session.post(base + "/login", data={"user": "bob", "password": "secret"}, timeout=5)
+    bob_cookie = "; ".join(f"{name}={value}" for name, value in bob_session.cookies.items())
+    bob = websocket.create_connection(url, timeout=5, cookie=bob_cookie)
+    assert bob.recv() == "Welcome, bob!"
+    assert alice.recv() == "[system] bob joined"
+
+    bob.send("hi alice")
+    assert bob.recv() == "you: hi alice"
+    assert alice.recv() == "bob: hi alice"
+
+    # A forged cookie is no login
+    assert handshake_status(url, cookie="session=forged") == 401
+
+    # After logout the same browser is anonymous again
+    browser.post(base + "/logout", timeout=5)
+    cookie = "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+    assert handshake_status(url, cookie=cookie) == 401
+    alice.close()
+    bob.close()
+
+
+# -- token_auth ----------------------------------------------------------------------------
+
+
+def test_token_auth_accepts_known_tokens_and_refuses_others(start_server):
+    from examples import token_auth as example
+
+    server = start_server(example.app)
+    assert "alice-token" in requests.get(server.url + "/", timeout=5).text
+
+    alice = connect(server, "/_ws?token=alice-token", timeout=5)
+    assert alice.recv() == "Welcome, alice!"
+    bob = connect(server, "/_ws", timeout=5, header=["Authorization: Bearer bob-token"])
+    assert bob.recv() == "Welcome, bob!"
+    assert alice.recv() == "[system] bob joined"
+    alice.send("hello")
+    assert alice.recv() == "you: hello"
+    assert bob.recv() == "alice: hello"
+
+    for query, headers in (("", []), ("?token=wrong", []), ("", ["Authorization: Bearer nope"])):
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            connect(server, "/_ws" + query, timeout=5, header=headers)
+        assert refused.value.status_code == 401
+        assert refused.value.resp_headers.get("www-authenticate") == "Bearer"
+    assert_nothing_received(alice)
+    assert {peer.context.get("user_id") for peer in server.peers} == {"alice", "bob"}
+    alice.close()
+    bob.close()
+
+
+# -- rooms -----------------------------------------------------------------------------------
+
+
+def test_rooms_are_isolated(start_server):
+    from examples import rooms as example
+
+    server = start_server(example.app)
+    lobby_page = requests.get(server.url + "/rooms/lobby", timeout=5)
+    assert lobby_page.status_code == 200 and "Room lobby" in lobby_page.text
+    assert requests.get(server.url + "/rooms/Bad_Name", timeout=5).status_code == 404
+    assert "no one is chatting" in requests.get(server.url + "/", timeout=5).text
+
+    ann = connect(server, "/rooms/lobby/ws", timeout=5)
+    assert ann.recv().startswith("[system] welcome to lobby; here: nobody yet")
+    ben = connect(server, "/rooms/lobby/ws", timeout=5)
+    assert ben.recv().startswith("[system] welcome to lobby; here: ")
+    assert ann.recv().endswith(" joined")
+    gus = connect(server, "/rooms/games/ws", timeout=5)
+    assert gus.recv() == "[system] welcome to games; here: nobody yet"
+
+    ann.send("lobby news")
+    assert ann.recv() == "[you] lobby news"
+    assert re.fullmatch(r"\[.+\] lobby news", ben.recv())
+    gus.send("games news")
+    assert gus.recv() == "[you] games news"
+    assert_nothing_received(ann)
+    assert_nothing_received(ben)
+
+    assert requests.get(server.url + "/rooms.json", timeout=5).json() == {"games": 1, "lobby": 2}
+    index = requests.get(server.url + "/", timeout=5).text
+    assert 'href="/rooms/lobby"' in index and "(2)" in index
+
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server, "/rooms/NOPE/ws", timeout=5)
+    assert refused.value.status_code == 404
+
+    ben.close()
+    assert ann.recv().endswith(" left")
+    for client in (ann, gus):
+        client.close()
+
+
+# -- channel ---------------------------------------------------------------------------------
+
+
+def test_channels_are_isolated(start_server):
+    from examples import channel as example
+
+    server = start_server(example.app)
+    assert "?channel=" in requests.get(server.url + "/", timeout=5).text
+
+    a1 = connect(server, "/_ws?channel=a", timeout=5)
+    assert a1.recv() == "joined channel a (1 here)"
+    a2 = connect(server, "/_ws?channel=a", timeout=5)
+    assert a2.recv() == "joined channel a (2 here)"
+    assert a1.recv().endswith(" joined")
+    b1 = connect(server, "/_ws?channel=b", timeout=5)
+    assert b1.recv() == "joined channel b (1 here)"
+    general = connect(server, "/_ws", timeout=5)
+    assert general.recv() == "joined channel general (1 here)"
+
+    a1.send("for a")
+    assert a1.recv() == "for a"
+    assert a2.recv().endswith("] for a")
+    b1.send("for b")
+    assert b1.recv() == "for b"
+    for client in (a1, a2, general):
+        assert_nothing_received(client)
+    assert_nothing_received(b1)
+    assert {peer.namespace for peer in server.peers} == {"chat:a", "chat:b", "chat:general"}
+
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server, "/_ws?channel=../../etc", timeout=5)
+    assert refused.value.status_code == 400
+    for client in (a1, a2, b1, general):
+        client.close()
+
+
+# -- chat and sse (the examples that were there before) ---------------------------------------
+
+
+def test_chat_example_over_real_sockets(start_server):
+    from examples import chat as example
+
+    server = start_server(example.app)
+    assert "syncws chat" in requests.get(server.url + "/", timeout=5).text
+    one = connect(server, "/_ws", timeout=5)
+    assert one.recv() == "Welcome to the server!"
+    two = connect(server, "/_ws", timeout=5)
+    assert two.recv() == "Welcome to the server!"
+    assert one.recv().endswith(" joined!")
+    one.send("ping")
+    assert one.recv() == "pong"
+    one.send("hello")
+    assert one.recv() == "hello"
+    assert two.recv().endswith("] hello")
+    one.close()
+    two.close()

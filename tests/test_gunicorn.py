@@ -1,0 +1,310 @@
+"""``gunicorn -k syncws.gunicorn.Worker``: a real gunicorn, real sockets, a real Redis.
+
+gunicorn runs as a subprocess in a temporary directory holding a small chat
+app; a worker is ready once it logs "syncws: worker <pid> serving on ...".
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import redis
+import requests
+import websocket
+
+pytest.importorskip("gunicorn")
+
+from syncws.broker import channel_name
+
+from .conftest import wait_until
+from .support import RedisServer, assert_nothing_received, free_port, recv_close, subprocess_env
+
+BOUND = 15.0  # no wait in this module is longer
+
+APP = """
+import os
+
+from syncws import App, create_event_stream, define_websocket_handler
+
+app = App()
+app.get("/pid", lambda request: str(os.getpid()))
+
+
+def on_open(peer):
+    peer.subscribe("chat")
+    peer.send("pid:%d" % os.getpid())
+
+
+def on_message(peer, message):
+    if message.text() == "ping":
+        peer.send("pong")
+        return
+    peer.publish("chat", message.text())
+
+
+app.get("/_ws", define_websocket_handler(open=on_open, message=on_message))
+
+
+@app.get("/sse")
+def sse(request):
+    stream = create_event_stream(request)
+    stream.push("hello from %d" % os.getpid())
+    return stream.send()
+"""
+
+CHAT_CHANNEL = channel_name("syncws", "/_ws", "chat")
+
+
+def _control_socket_args() -> list[str]:
+    """gunicorn >= 24 opens a control socket in ~/.gunicorn by default: not for tests running side by side."""
+    from gunicorn.config import Config
+
+    return ["--no-control-socket"] if "control_socket_disable" in Config().settings else []
+
+
+class Gunicorn:
+    """``gunicorn -k syncws.gunicorn.Worker ARGS chat:app`` in ``cwd``; threads drain its output."""
+
+    def __init__(self, cwd, *args: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "gunicorn", "-k", "syncws.gunicorn.Worker",
+            "-b", f"127.0.0.1:{self.port}", *_control_socket_args(), *args, "chat:app",
+        ]
+        self.proc = subprocess.Popen(
+            command, cwd=str(cwd), env=subprocess_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.output: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _drain(self, stream) -> None:
+        for line in stream:
+            self.output.append(line)
+            self.lines.put(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def wait_for_workers(self, count: int) -> set[int]:
+        """The pids of the first ``count`` workers to say they are serving; fail if they do not."""
+        pids: set[int] = set()
+        deadline = time.monotonic() + BOUND
+        while len(pids) < count and time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = re.search(r"syncws: worker (\d+) serving on (\S+)", line)
+            if match:
+                assert match.group(2) == self.url, line
+                pids.add(int(match.group(1)))
+        if len(pids) < count:
+            self.kill()
+            pytest.fail(f"gunicorn did not start {count} workers; output:\n{self.log}")
+        return pids
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = BOUND) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"gunicorn did not exit within {timeout} s; output:\n{self.log}")
+        for t in self._threads:
+            t.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Start gunicorn with the chat app in ``tmp_path``; every one started is killed at the end."""
+    (tmp_path / "chat.py").write_text(textwrap.dedent(APP))
+    started: list[Gunicorn] = []
+
+    def start(*args: str, env: dict | None = None) -> Gunicorn:
+        process = Gunicorn(tmp_path, *args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+class Client:
+    def __init__(self, url: str) -> None:
+        self.ws = websocket.create_connection(url.replace("http://", "ws://", 1) + "/_ws", timeout=5)
+        greeting = self.ws.recv()
+        assert greeting.startswith("pid:"), greeting
+        self.pid = int(greeting[4:])
+
+    def close(self) -> None:
+        try:
+            self.ws.close(timeout=1)
+        except Exception:
+            pass
+
+
+def first_event(url: str) -> tuple[requests.Response, str]:
+    """Open ``/sse`` and read its first ``data:`` line; the response stays open."""
+    response = requests.get(url + "/sse", stream=True, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    lines = response.iter_lines(decode_unicode=True)
+    for line in lines:
+        if line.startswith("data:"):
+            return response, line[len("data:"):].strip()
+    pytest.fail("the event stream ended before its first event")
+
+
+def stream_ends(response: requests.Response) -> bool:
+    """Read the rest of an open event stream; True if the server ends it (within the read timeout)."""
+    try:
+        for _ in response.iter_content(chunk_size=None):
+            pass
+    except requests.exceptions.RequestException:
+        return False
+    return True
+
+
+def wait_for_subscribers(redis_url: str, count: int) -> None:
+    """Until ``count`` workers' brokers subscribe to the chat channel (each does so in its own thread)."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    try:
+
+        def subscribed() -> bool:
+            ((_, number),) = client.pubsub_numsub(CHAT_CHANNEL)
+            return number >= count
+
+        assert wait_until(subscribed, timeout=BOUND), "the workers did not subscribe to the chat topic in Redis"
+    finally:
+        client.close()
+
+
+# -- one worker ------------------------------------------------------------------------------------
+
+
+def test_one_worker_chats_streams_outlives_the_timeout_and_stops_with_1001(gunicorn):
+    # --timeout 2: gunicorn would kill a worker that has not checked in for 2 s.
+    process = gunicorn("-w", "1", "--timeout", "2", "--graceful-timeout", "10")
+    (worker,) = process.wait_for_workers(1)
+    assert requests.get(process.url + "/pid", timeout=5).text == str(worker)
+
+    first, second = Client(process.url), Client(process.url)
+    assert first.pid == second.pid == worker
+    first.ws.send("hello")
+    assert second.ws.recv() == "hello"
+    assert_nothing_received(first.ws)  # a peer's publish skips the peer itself
+    second.ws.send("hi back")
+    assert first.ws.recv() == "hi back"
+
+    stream, data = first_event(process.url)
+    assert data == f"hello from {worker}"
+
+    # Long-lived: more than twice --timeout with nothing sent, and the worker is the same one.
+    time.sleep(5)
+    first.ws.send("ping")
+    assert first.ws.recv() == "pong"
+    second.ws.send("still here")
+    assert first.ws.recv() == "still here"
+    assert requests.get(process.url + "/pid", timeout=5).text == str(worker)
+    assert "WORKER TIMEOUT" not in process.log
+
+    process.send_signal(signal.SIGTERM)
+    assert recv_close(first.ws)[0] == 1001
+    assert recv_close(second.ws)[0] == 1001
+    assert stream_ends(stream), "the event stream was not ended"
+    first.close()
+    second.close()
+    assert process.wait() == 0
+    assert "Traceback" not in process.log, process.log
+
+
+def test_sigint_is_a_quick_stop_that_still_says_going_away(gunicorn):
+    process = gunicorn("-w", "1", "--graceful-timeout", "10")
+    process.wait_for_workers(1)
+    client = Client(process.url)
+    process.send_signal(signal.SIGINT)
+    assert recv_close(client.ws)[0] == 1001
+    client.close()
+    assert process.wait() == 0
+
+
+# -- two workers and Redis -----------------------------------------------------------------------
+
+
+def clients_on_workers(url: str, workers: set[int], at_least: int = 4) -> dict[int, list[Client]]:
+    """Connect until clients sit on every worker of ``workers``: pid -> that worker's clients."""
+    by_pid: dict[int, list[Client]] = {}
+    deadline = time.monotonic() + BOUND
+    count = 0
+    while not (set(by_pid) >= workers and count >= at_least):
+        assert time.monotonic() < deadline and count < 100, f"clients landed only on {sorted(by_pid)}"
+        client = Client(url)
+        by_pid.setdefault(client.pid, []).append(client)
+        count += 1
+    assert set(by_pid) == workers
+    return by_pid
+
+
+@pytest.mark.parametrize("how", ["environment", "gunicorn -e"])
+def test_two_workers_with_redis_share_pub_sub_and_stop_with_1001(gunicorn, tmp_path, how):
+    with RedisServer(tmp_path) as redis_server:
+        if how == "environment":
+            process = gunicorn("-w", "2", "--timeout", "2", env={"SYNCWS_BROKER": redis_server.url})
+        else:
+            process = gunicorn("-w", "2", "--timeout", "2", "-e", f"SYNCWS_BROKER={redis_server.url}")
+        workers = process.wait_for_workers(2)
+        by_pid = clients_on_workers(process.url, workers)
+        clients = [client for group in by_pid.values() for client in group]
+        try:
+            wait_for_subscribers(redis_server.url, 2)
+            for pid in sorted(by_pid):
+                sender = by_pid[pid][0]
+                text = f"from worker {pid}"
+                sender.ws.send(text)
+                for client in clients:
+                    if client is not sender:
+                        assert client.ws.recv() == text, f"client on worker {client.pid}"
+                assert_nothing_received(sender.ws, wait=0.3)
+            for client in clients:  # exactly once
+                assert_nothing_received(client.ws, wait=0.1)
+            answered = {int(requests.get(process.url + "/pid", timeout=5).text) for _ in range(6)}
+            assert answered <= workers
+
+            process.send_signal(signal.SIGTERM)
+            for client in clients:
+                assert recv_close(client.ws)[0] == 1001, f"client on worker {client.pid}"
+        finally:
+            for client in clients:
+                client.close()
+        assert process.wait() == 0
+        assert "Traceback" not in process.log, process.log
