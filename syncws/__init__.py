@@ -34,3 +34,7 @@ __all__ = [
     "serve",
     "__version__",
 ]
+
+from .flask_compat import patch_flask as _patch_flask  # noqa: E402
+
+_patch_flask()  # when Flask is already imported; define_websocket_handler() covers the rest

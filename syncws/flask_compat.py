@@ -3,37 +3,48 @@
 werkzeug's ``Map.bind_to_environ`` turns an upgrade request into a ``ws://``
 bind, and such a bind only matches rules declared with ``websocket=True``:
 every ordinary Flask view then answers werkzeug's ``WebsocketMismatch`` 400
-before it can run.  On syncws the *view* decides the upgrade (it returns a
+before it can run.  With syncws the *view* decides the upgrade (it returns a
 WebSocket handler), so the request must be matched as HTTP, exactly as the
 syncws ``App`` does with ``match(websocket=False)`` (SPEC §8 "Routing").
+
+The fix is made once on the ``Flask`` class, so it holds for every app,
+however it is wrapped or served.  It changes only requests that werkzeug
+would refuse anyway: upgrade requests on the syncws server, and upgrade
+requests to apps that declare no ``websocket=True`` rule at all (under
+``flask run`` those now reach the view, whose handler answers with a clear
+"use python -m syncws" error instead of a bare 400).  Apps that do declare
+WebSocket rules (Flask-Sockets style) keep werkzeug's routing elsewhere.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .websocket import TRANSPORT_KEY
 
+_MARK = "_syncws_routes_upgrades"
 
-def route_upgrades_as_http(app: Any) -> None:
-    """Patch a Flask(-like) app instance so its URL adapter matches upgrades as HTTP.
 
-    Only requests served by the syncws server (those carrying its transport in
-    the environ) are affected; anything without ``create_url_adapter`` and
-    ``url_map`` is left alone.
-    """
-    original = getattr(app, "create_url_adapter", None)
-    if original is None or not hasattr(app, "url_map") or getattr(original, "_syncws", False):
+def _has_websocket_rules(url_map: Any) -> bool:
+    return any(getattr(rule, "websocket", False) for rule in url_map.iter_rules())
+
+
+def patch_flask() -> None:
+    """Patch ``flask.Flask`` once, if Flask has been imported (never imports it)."""
+    flask = sys.modules.get("flask")
+    cls = getattr(flask, "Flask", None)
+    if cls is None or getattr(cls.create_url_adapter, _MARK, False):
         return
+    original = cls.create_url_adapter
 
-    def create_url_adapter(request: Any) -> Any:
-        adapter = original(request)
-        if adapter is not None and request is not None and TRANSPORT_KEY in request.environ:
-            adapter.websocket = False
+    def create_url_adapter(self: Any, request: Any) -> Any:
+        adapter = original(self, request)
+        if adapter is not None and request is not None and getattr(adapter, "websocket", False):
+            if TRANSPORT_KEY in request.environ or not _has_websocket_rules(self.url_map):
+                adapter.websocket = False
         return adapter
 
-    create_url_adapter._syncws = True  # type: ignore[attr-defined]
-    try:
-        app.create_url_adapter = create_url_adapter
-    except (AttributeError, TypeError):
-        pass  # a slotted or frozen object: nothing we can do
+    setattr(create_url_adapter, _MARK, True)
+    create_url_adapter.__doc__ = original.__doc__
+    cls.create_url_adapter = create_url_adapter

@@ -25,7 +25,7 @@ from gevent.threadpool import ThreadPool
 from .bridge import HubBridge, RealLock
 from .broker import make_broker
 from .connection import ConnectionHandler
-from .flask_compat import route_upgrades_as_http
+from .flask_compat import patch_flask
 from .keepalive import Keepalive
 from .limits import check_positive_int, check_seconds, normalize_origins
 from .listener import ResilientWSGIServer
@@ -98,7 +98,7 @@ class Server:
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
-        route_upgrades_as_http(app)  # Flask: match upgrades as HTTP, the view decides
+        patch_flask()  # Flask: match upgrades as HTTP, the view decides
         if gevent_websocket:
             # An app written for gevent-websocket: upgrade before calling it.
             from .compat import gevent_websocket as upgrade_first

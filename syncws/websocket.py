@@ -218,4 +218,7 @@ def define_websocket_handler(
     if hooks_in_threads is not _UNSET:
         overrides["hooks_in_threads"] = bool(hooks_in_threads)
     assert set(overrides) <= set(OVERRIDABLE)
+    from .flask_compat import patch_flask  # a Flask app defining handlers: route upgrades to its views
+
+    patch_flask()
     return WebSocketHandler(Hooks(hooks, **kwargs), overrides)

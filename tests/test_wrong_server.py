@@ -168,12 +168,6 @@ def test_flask_event_stream_under_the_development_server(caplog, capfd):
     assert_no_traceback(caplog, capfd)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="werkzeug routes an upgrade request only to websocket=True rules, so under `flask run` "
-    "Flask answers its generic 400 (WebsocketMismatch) before the view can return the handler; "
-    "syncws only re-routes upgrades as HTTP on its own server (flask_compat.route_upgrades_as_http)",
-)
 def test_flask_websocket_route_under_the_development_server(caplog, capfd):
     port, stop = start("werkzeug", flask_app())
     try:
@@ -185,3 +179,31 @@ def test_flask_websocket_route_under_the_development_server(caplog, capfd):
         assert COMMAND in answer.decode()
     assert len(no_transport_records(caplog, "WebSocket upgrade needs the syncws server")) == 1
     assert_no_traceback(caplog, capfd)
+
+
+def test_the_flask_routing_fix_leaves_apps_with_websocket_rules_alone():
+    """Only upgrades werkzeug would refuse anyway change: a Flask-Sockets-style app keeps its routing."""
+    app = Flask("with_ws_rules")
+    app.add_url_rule("/ws", "ws", lambda: "websocket rule", websocket=True)
+    app.add_url_rule("/page", "page", lambda: "page")
+    define_websocket_handler()  # what a syncws user's module does: patches Flask once
+    port, stop = start("werkzeug", app)
+    try:
+        page = exchange(port, upgrade_request("/page", extra="Connection: close\r\n"))
+        plain = exchange(port, b"GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        stop()
+    assert status_of(page) == 400  # werkzeug's WebsocketMismatch, as without syncws
+    assert status_of(plain) == 200
+
+
+def test_an_upgrade_to_an_ordinary_flask_view_gets_the_view_under_the_development_server():
+    app = Flask("plain_views")
+    app.add_url_rule("/page", "page", lambda: "just a page")
+    define_websocket_handler()
+    port, stop = start("werkzeug", app)
+    try:
+        answer = exchange(port, upgrade_request("/page", extra="Connection: close\r\n"))
+    finally:
+        stop()
+    assert status_of(answer) == 200 and b"just a page" in answer  # answered like any request, never 101
