@@ -402,6 +402,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_server(args)
 
 
+def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
+    """Patch (unless told not to), import the app and build its Server from ``args``.
+
+    Shared by the single-process CLI, the reloader's child and ``--workers``
+    children.  Returns the Server, or the exit status (2) after printing the
+    one-line error for a bad import string or bad options.
+    """
+    if not args.no_monkey_patch:
+        from gevent import monkey
+
+        monkey.patch_all()
+    try:
+        app = load_app(args.app)
+    except ImportStringError as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    from .server import Server
+
+    try:
+        return Server(
+            app,
+            args.host,
+            args.port,
+            broker=args.broker,
+            access_log=getattr(args, "access_log", True),
+            listener=listener,
+            **server_options(args),
+        )
+    except (ValueError, RuntimeError) as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
 def run_server(
     args: argparse.Namespace,
     listener: Any = None,
@@ -413,31 +446,10 @@ def run_server(
     ``listener``: an already-listening socket to accept on (the reloader's);
     ``on_started(server)`` runs in the hub once the server is serving.
     """
-    if not args.no_monkey_patch:
-        from gevent import monkey
-
-        monkey.patch_all()
     configure_logging(args.log_level)
-    try:
-        app = load_app(args.app)
-    except ImportStringError as exc:
-        print(f"syncws: error: {exc}", file=sys.stderr)
-        return 2
-    from .server import Server
-
-    try:
-        server = Server(
-            app,
-            args.host,
-            args.port,
-            broker=args.broker,
-            access_log=args.access_log,
-            listener=listener,
-            **server_options(args),
-        )
-    except (ValueError, RuntimeError) as exc:
-        print(f"syncws: error: {exc}", file=sys.stderr)
-        return 2
+    server = build_server(args, listener)
+    if isinstance(server, int):
+        return server
     try:
         server.start()
     except OSError as exc:

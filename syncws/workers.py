@@ -351,34 +351,13 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
     Returns the process's exit status: 0 after a stop, 2 when the app or the
     options are unusable (the one-line error is printed here).
     """
-    if not args.no_monkey_patch:
-        from gevent import monkey
+    from .cli import build_server
 
-        monkey.patch_all()
-    from .cli import ImportStringError, load_app, server_options
-
-    try:
-        app = load_app(args.app)
-    except ImportStringError as exc:
-        print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+    server = build_server(args, listener)
+    if isinstance(server, int):
+        return server
     import gevent
 
-    from .server import Server
-
-    try:
-        server = Server(
-            app,
-            args.host,
-            args.port,
-            broker=args.broker,
-            listener=listener,
-            access_log=getattr(args, "access_log", True),
-            **server_options(args),
-        )
-    except (ValueError, RuntimeError) as exc:
-        print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
-        return 2
     server.start()
     pid = os.getpid()
 
