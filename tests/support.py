@@ -307,28 +307,33 @@ def subprocess_env(env: dict | None = None) -> dict:
     return environ
 
 
-class SyncwsProcess:
-    """A running ``python -m syncws ARGS`` in ``cwd``; threads drain its stdout and stderr.
+class ServerProcess:
+    """A running server command in ``cwd``; threads drain its stdout and stderr.
 
-    Its SYNCWS_* variables come only from ``env`` (see :func:`subprocess_env`).
+    ``self.lines`` gets the lines of the streams named in ``line_streams`` as
+    they come.  Its SYNCWS_* variables come only from ``env`` (see
+    :func:`subprocess_env`).
     """
 
-    def __init__(self, *args: str, cwd, env: dict | None = None) -> None:
-        self.args = list(args)
+    line_streams: tuple = ("stdout",)
+
+    def __init__(self, command: list, *, cwd, env: dict | None = None) -> None:
+        self.command = list(command)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncws", *args],
+            self.command,
             cwd=str(cwd),
             env=subprocess_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.lines: "queue.Queue[str]" = queue.Queue()  # stdout, line by line, as it comes
+        self.lines: "queue.Queue[str]" = queue.Queue()  # selected streams, line by line, as they come
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._threads = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout, self.lines), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr, None), daemon=True),
+            threading.Thread(target=self._drain, args=(stream, into, self.lines if name in self.line_streams else None),
+                             daemon=True)
+            for name, stream, into in (("stdout", self.proc.stdout, self.stdout), ("stderr", self.proc.stderr, self.stderr))
         ]
         for t in self._threads:
             t.start()
@@ -339,6 +344,20 @@ class SyncwsProcess:
             into.append(line)
             if lines is not None:
                 lines.put(line)
+
+    def next_match(self, pattern: str, deadline: float):
+        """The next line of :attr:`lines` matching ``pattern`` before ``deadline``; None if it ends or time runs out."""
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    return None
+                continue
+            match = re.search(pattern, line)
+            if match:
+                return match
+        return None
 
     @property
     def pid(self) -> int:
@@ -351,29 +370,6 @@ class SyncwsProcess:
     @property
     def err(self) -> str:
         return "".join(self.stderr)
-
-    def __repr__(self) -> str:
-        return f"<python -m syncws {' '.join(self.args)} (pid {self.pid})>"
-
-    def wait_for_banner(self, timeout: float = SYNCWS_BOUND) -> tuple[str, str]:
-        """(url, the whole banner line) once it says it is serving; if it does not, kill it and fail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = re.search(r"serving .* on (http://\S+)", line)
-            if match:
-                return match.group(1), line
-        self.kill()
-        pytest.fail(f"{self!r} did not start; stdout={self.out!r} stderr={self.err!r}")
-
-    def wait_for_url(self, timeout: float = SYNCWS_BOUND) -> str:
-        """The URL it serves on, once it says so (see :meth:`wait_for_banner`)."""
-        return self.wait_for_banner(timeout)[0]
 
     def wait(self, timeout: float = SYNCWS_BOUND) -> int:
         """Its exit status; if it has not exited within ``timeout``, kill it and fail.
@@ -413,6 +409,29 @@ class SyncwsProcess:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
+
+
+class SyncwsProcess(ServerProcess):
+    """A running ``python -m syncws ARGS`` in ``cwd``."""
+
+    def __init__(self, *args: str, cwd, env: dict | None = None) -> None:
+        self.args = list(args)
+        super().__init__([sys.executable, "-m", "syncws", *args], cwd=cwd, env=env)
+
+    def __repr__(self) -> str:
+        return f"<python -m syncws {' '.join(self.args)} (pid {self.pid})>"
+
+    def wait_for_banner(self, timeout: float = SYNCWS_BOUND) -> tuple[str, str]:
+        """(url, the whole banner line) once it says it is serving; if it does not, kill it and fail."""
+        match = self.next_match(r"serving .* on (http://\S+)", time.monotonic() + timeout)
+        if match:
+            return match.group(1), match.string
+        self.kill()
+        pytest.fail(f"{self!r} did not start; stdout={self.out!r} stderr={self.err!r}")
+
+    def wait_for_url(self, timeout: float = SYNCWS_BOUND) -> str:
+        """The URL it serves on, once it says so (see :meth:`wait_for_banner`)."""
+        return self.wait_for_banner(timeout)[0]
 
 
 class SyncwsRunner:

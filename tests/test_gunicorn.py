@@ -6,13 +6,9 @@ app; a worker is ready once it logs "syncws: worker <pid> serving on ...".
 
 from __future__ import annotations
 
-import queue
-import re
 import signal
-import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -25,7 +21,7 @@ pytest.importorskip("gunicorn")
 from syncws.broker import channel_name
 
 from .conftest import wait_until
-from .support import RedisServer, assert_nothing_received, free_port, recv_close, subprocess_env
+from .support import RedisServer, ServerProcess, assert_nothing_received, free_port, recv_close
 
 BOUND = 15.0  # no wait in this module is longer
 
@@ -70,8 +66,10 @@ def _control_socket_args() -> list[str]:
     return ["--no-control-socket"] if "control_socket_disable" in Config().settings else []
 
 
-class Gunicorn:
-    """``gunicorn -k syncws.gunicorn.Worker ARGS chat:app`` in ``cwd``; threads drain its output."""
+class Gunicorn(ServerProcess):
+    """``gunicorn -k syncws.gunicorn.Worker ARGS chat:app`` in ``cwd``; gunicorn logs to stderr."""
+
+    line_streams = ("stdout", "stderr")
 
     def __init__(self, cwd, *args: str, env: dict | None = None) -> None:
         self.port = free_port()
@@ -80,67 +78,30 @@ class Gunicorn:
             sys.executable, "-m", "gunicorn", "-k", "syncws.gunicorn.Worker",
             "-b", f"127.0.0.1:{self.port}", *_control_socket_args(), *args, "chat:app",
         ]
-        self.proc = subprocess.Popen(
-            command, cwd=str(cwd), env=subprocess_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: "queue.Queue[str]" = queue.Queue()
-        self.output: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _drain(self, stream) -> None:
-        for line in stream:
-            self.output.append(line)
-            self.lines.put(line)
+        super().__init__(command, cwd=cwd, env=env)
 
     @property
     def log(self) -> str:
-        return "".join(self.output)
+        return self.out + self.err
+
+    def __repr__(self) -> str:
+        return f"<gunicorn on {self.url} (pid {self.pid}); output:\n{self.log}>"
 
     def wait_for_workers(self, count: int) -> set[int]:
         """The pids of the first ``count`` workers to say they are serving; fail if they do not."""
         pids: set[int] = set()
         deadline = time.monotonic() + BOUND
-        while len(pids) < count and time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = re.search(r"syncws: worker (\d+) serving on (\S+)", line)
-            if match:
-                assert match.group(2) == self.url, line
-                pids.add(int(match.group(1)))
-        if len(pids) < count:
-            self.kill()
-            pytest.fail(f"gunicorn did not start {count} workers; output:\n{self.log}")
+        while len(pids) < count:
+            match = self.next_match(r"syncws: worker (\d+) serving on (\S+)", deadline)
+            if match is None:
+                self.kill()
+                pytest.fail(f"gunicorn did not start {count} workers; output:\n{self.log}")
+            assert match.group(2) == self.url, match.string
+            pids.add(int(match.group(1)))
         return pids
 
     def send_signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = BOUND) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"gunicorn did not exit within {timeout} s; output:\n{self.log}")
-        for t in self._threads:
-            t.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @pytest.fixture
@@ -244,7 +205,7 @@ def test_one_worker_chats_streams_outlives_the_timeout_and_stops_with_1001(gunic
     assert stream_ends(stream), "the event stream was not ended"
     first.close()
     second.close()
-    assert process.wait() == 0
+    assert process.finish() == 0
     assert "Traceback" not in process.log, process.log
 
 
@@ -255,7 +216,7 @@ def test_sigint_is_a_quick_stop_that_still_says_going_away(gunicorn):
     process.send_signal(signal.SIGINT)
     assert recv_close(client.ws)[0] == 1001
     client.close()
-    assert process.wait() == 0
+    assert process.finish() == 0
 
 
 # -- two workers and Redis -----------------------------------------------------------------------
@@ -306,5 +267,5 @@ def test_two_workers_with_redis_share_pub_sub_and_stop_with_1001(gunicorn, tmp_p
         finally:
             for client in clients:
                 client.close()
-        assert process.wait() == 0
+        assert process.finish() == 0
         assert "Traceback" not in process.log, process.log
