@@ -22,6 +22,8 @@ log = logging.getLogger("syncws")
 #: shared between OS threads and is never held across a greenlet switch.
 RealLock = get_original("_thread", "allocate_lock")
 
+_DRAIN_BATCH = 256  # calls run per wake-up of the hub
+
 
 class HubBridge:
     def __init__(self, hub: Any) -> None:
@@ -45,16 +47,24 @@ class HubBridge:
         self._watcher.send()
 
     def _drain(self) -> None:
+        # At most _DRAIN_BATCH calls per wake-up: threads that queue calls
+        # faster than the hub runs them must not keep it from its sockets.
+        # The rest wait for the next loop iteration (the watcher is re-armed).
         calls = self._calls
-        while calls:
+        for _ in range(_DRAIN_BATCH):
+            if not calls:
+                return
             fn, args = calls.popleft()
             try:
                 fn(*args)
             except Exception:  # one bad call must not stop the others
                 log.exception("syncws: error in a call handed to the server hub")
+        if calls and not self._closed:
+            self._watcher.send()
 
     def close(self) -> None:
         self._closed = True
-        self._drain()
+        while self._calls:
+            self._drain()
         self._watcher.stop()
         self._watcher.close()

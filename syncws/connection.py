@@ -208,6 +208,12 @@ class ConnectionHandler(WSGIHandler):
                 raise _HeadRejected("431 Request Header Fields Too Large", f"Request headers larger than {max_size} bytes")
             if not line.endswith(b"\n"):
                 raise EOFError("connection closed in the request headers")
+            if line[:1] not in (b" ", b"\t"):
+                name = line.partition(b":")[0]
+                if name != name.rstrip(b" \t"):
+                    # RFC 7230 §3.2.4: MUST be refused with 400; proxies disagree
+                    # on such a name, which is what smuggling attacks use.
+                    raise _HeadRejected("400 Bad Request", "Whitespace between a header name and its colon")
             lines.append(line)
             if len(lines) > max_count:
                 raise _HeadRejected("431 Request Header Fields Too Large", f"More than {max_count} request headers")

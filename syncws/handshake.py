@@ -39,11 +39,27 @@ def is_upgrade_request(environ: Mapping[str, object]) -> bool:
 
 
 def validate(environ: Mapping[str, object]) -> str:
-    """Check an upgrade request and return its ``Sec-WebSocket-Key``."""
+    """Check an upgrade request and return its ``Sec-WebSocket-Key``.
+
+    Refused (with the status in the :class:`HandshakeError`): not GET (405),
+    not HTTP/1.1 or no ``Host`` (400), any body, announced by
+    ``Content-Length`` above 0 or by ``Transfer-Encoding`` (400), a version
+    other than 13 (426), a missing or malformed key (400).
+    """
     if environ.get("REQUEST_METHOD") != "GET":
         raise HandshakeError(405, "WebSocket upgrades must use GET", [("Allow", "GET")])
     if environ.get("SERVER_PROTOCOL") not in ("HTTP/1.1",):
         raise HandshakeError(400, "WebSocket upgrades need HTTP/1.1")
+    if not str(environ.get("HTTP_HOST", "")).strip():
+        raise HandshakeError(400, "missing Host header")  # RFC 7230 §5.4
+    # After the 101 the connection carries frames: bytes a body announced would
+    # be read as frames that a proxy inspecting the HTTP request never saw
+    # (request smuggling).  So an upgrade may not have a body at all.
+    if "HTTP_TRANSFER_ENCODING" in environ:
+        raise HandshakeError(400, "a WebSocket upgrade request must not have a body (Transfer-Encoding)")
+    length = str(environ.get("CONTENT_LENGTH") or "0").strip()
+    if length != "0" and length.lstrip("0") != "":
+        raise HandshakeError(400, "a WebSocket upgrade request must not have a body (Content-Length)")
     version = str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip()
     if version != SUPPORTED_VERSION:
         raise HandshakeError(

@@ -41,6 +41,7 @@ log = logging.getLogger("syncws")
 
 OVERFLOW_POLICIES = ("close", "drop")
 _BATCH = 256 * 1024  # join small frames into one send up to this size
+_FLUSH_BATCH = 1024  # outboxes written per hub callback
 
 
 class Flusher:
@@ -61,8 +62,16 @@ class Flusher:
             self._loop.run_callback(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
+        dirty = self._dirty
+        if len(dirty) > _FLUSH_BATCH:
+            # Fairness: a very wide fan-out is written in slices, each its own
+            # hub callback, so gevent can poll for I/O between them (it checks
+            # its switch interval between callbacks, never inside one).
+            dirty, self._dirty = dirty[:_FLUSH_BATCH], dirty[_FLUSH_BATCH:]
+            self._loop.run_callback(self._flush)
+        else:
+            self._scheduled = False
+            self._dirty = []
         for outbox in dirty:
             outbox._dirty = False
             try:
@@ -71,7 +80,10 @@ class Flusher:
                 log.exception("syncws: error while flushing a peer's buffer")
 
 
-def _take(queue: deque, limit: int = _BATCH) -> bytes:
+def _take(outbox: "Outbox", limit: int = _BATCH) -> bytes:
+    outbox._urgent = None  # from here on it is being written: no longer replaceable
+    outbox._partial = False
+    queue = outbox._queue
     chunks = [queue.popleft()]
     size = len(chunks[0])
     while queue and size < limit:
@@ -104,6 +116,8 @@ class Outbox:
         self._wake = Event()
         self._flushed = Event()
         self._final = False  # a last frame (close) is queued: accept nothing more
+        self._urgent: Optional[bytes] = None  # one control frame that jumps the queue
+        self._partial = False  # the queue starts with the rest of a partly written chunk
         self.dropped = 0
         self.failed = False
         self._writer = gevent.spawn(self._run)
@@ -124,6 +138,7 @@ class Outbox:
                 return False
             self._queue.clear()
             self._queued = 0
+            self._urgent = None
             self.dropped += 1
             if self._on_overflow is not None:
                 self._on_overflow()
@@ -135,6 +150,29 @@ class Outbox:
         else:
             self._wake.set()
         return True
+
+    def put_urgent(self, frame: bytes) -> None:
+        """Queue a control frame ahead of everything else, replacing one not yet taken.
+
+        For the pong owed to a client that pings faster than it reads: only
+        the answer to its most recent ping is kept (RFC 6455 §5.5.3), so what
+        such a client costs us stays one frame.
+        """
+        if self._final or self.failed:
+            return
+        # Front of the queue, but behind the rest of a frame already partly
+        # written: frames must never interleave.
+        at = 1 if self._partial else 0
+        if self._urgent is not None:
+            self._queued -= len(self._urgent)
+            del self._queue[at]
+        self._urgent = frame
+        self._queue.insert(at, frame)
+        self._queued += len(frame)
+        if self._flusher is not None and not self._in_flight:
+            self._flusher.mark(self)
+        else:
+            self._wake.set()
 
     def put_final(self, frame: bytes) -> None:
         """Queue the last frame (the close frame); the writer stops after it."""
@@ -152,7 +190,7 @@ class Outbox:
         """Write what the socket takes now; hand any rest to the writer."""
         queue = self._queue
         while queue and not self._in_flight and not self.failed:
-            data = _take(queue)
+            data = _take(self)
             try:
                 sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0 never waits
             except BlockingIOError:
@@ -163,6 +201,7 @@ class Outbox:
             self._queued -= sent
             if sent < len(data):
                 queue.appendleft(data[sent:])
+                self._partial = True
                 self._wake.set()
                 return
 
@@ -176,7 +215,7 @@ class Outbox:
                     self._wake.clear()
                     self._wake.wait()
                     continue
-                data = _take(queue)
+                data = _take(self)
                 self._queued -= len(data)
                 self._in_flight = len(data)
                 self._sock.sendall(data)
@@ -189,6 +228,7 @@ class Outbox:
 
     def _fail(self) -> None:
         self.failed = True
+        self._urgent = None
         self._queue.clear()
         self._queued = self._in_flight = 0
         self._wake.set()

@@ -1,12 +1,11 @@
-"""RFC 6455 framing behind one small interface of our own.
+"""RFC 6455 framing, without I/O.
 
 Everything above this module speaks in terms of :class:`Frame`,
-:func:`encode_frame` and :class:`FrameReader`; only this module knows that the
-header codec comes from gevent-websocket.  Swapping the codec (for wsproto, or a
-C extension) touches this file alone.
-
-The reader never buffers a payload before it has checked the announced length
-against the limit, so a header that claims 2**63 bytes costs nothing.
+:func:`encode_frame` and :class:`FrameParser`.  The parser is fed the bytes a
+socket returned and hands back frames; it never reads a socket itself, so the
+session that drives it decides how much work to do before yielding to other
+connections, and these rules are tested with plain bytes.  Only
+:func:`encode_frame` still borrows gevent-websocket's header encoder.
 """
 
 from __future__ import annotations
@@ -15,10 +14,8 @@ import codecs
 import functools
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from geventwebsocket.exceptions import ProtocolError as _GWSProtocolError
-from geventwebsocket.exceptions import WebSocketError as _GWSError
 from geventwebsocket.websocket import Header
 
 OP_CONTINUATION = 0x0
@@ -145,146 +142,236 @@ def decode_close_payload(payload: bytes) -> tuple[Optional[int], Optional[str]]:
 
 
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
-_CHUNK = 64 * 1024  # large payloads are read, unmasked and validated in pieces this size
+
+#: ``max_message_size`` also bounds the number of frames in one message: a
+#: limit of L bytes admits at most ``16 + L // BYTES_PER_FRAGMENT`` frames
+#: (16,400 under the 1 MiB default), else 1009.  Each header costs the server
+#: work while an empty continuation frame adds nothing to the size, so without
+#: this a message of empty fragments could go on for ever.
+BYTES_PER_FRAGMENT = 64
 
 
-class FrameReader:
-    """Reads frames from a blocking ``read(n)`` callable and assembles messages.
+def max_frames(max_message_size: int) -> int:
+    """How many frames one message may have under this size limit."""
+    return 16 + max_message_size // BYTES_PER_FRAGMENT
 
-    ``read_message`` returns control frames as they come and data messages once
-    complete, so the caller can answer pings in the middle of a fragmented
-    message.
+_HEADER, _PAYLOAD = 0, 1  # what the parser is waiting for
+_COMPACT = 64 * 1024  # drop consumed input once this much has piled up in front
 
-    A payload is read, unmasked and (for text) UTF-8 validated in pieces of at
-    most 64 KiB as it arrives, and a message's pieces are joined once at its
-    end, so a 16 MiB message costs a few C-speed passes over it and no per-byte
-    Python loop.  ``read_some(n)``, when given, returns whatever is available
-    (1 to ``n`` bytes, ``b""`` at EOF; e.g. ``BufferedReader.read1``): text is
-    then validated per network read, so invalid UTF-8 in the middle of a frame
-    fails the connection (1007) before the rest of that frame arrives.
-    Without it, ``read(n)`` is called for pieces of up to 64 KiB.
+
+class FrameParser:
+    """Sans-I/O RFC 6455 parser for the server side: bytes in, frames out.
+
+    :meth:`feed` hands it whatever the socket returned; :meth:`next_frame`
+    returns the next control frame or complete data message, or None when it
+    needs more bytes.  It never blocks and never reads a socket, so the
+    caller decides how much work to do between yields, and it is tested with
+    plain bytes.
+
+    Costs are bounded by what has arrived, not by what a header announces:
+
+    * a header whose length would take the message over ``max_message_size``
+      fails with 1009 before one payload byte is needed (a header claiming
+      2**63 bytes costs nothing);
+    * payloads are unmasked and (for text) UTF-8 validated piece by piece as
+      they arrive, so invalid text fails with 1007 before the rest of its
+      frame arrives;
+    * a fragmented message is assembled in one ``bytearray``: it costs about
+      its size whatever the fragment sizes, and the limit also bounds its
+      number of frames (:data:`BYTES_PER_FRAGMENT`);
+    * consumed input is dropped as parsing goes on, so the buffer holds at
+      most one network read plus an unfinished header.
+
+    Control frames come out as soon as they are whole, also in the middle of
+    a fragmented message, so the caller can answer a ping at once.
     """
 
-    def __init__(
-        self,
-        read: Callable[[int], bytes],
-        max_message_size: Optional[int],
-        read_some: Optional[Callable[[int], bytes]] = None,
-    ) -> None:
-        self._read = read
-        self._read_some = read_some
+    def __init__(self, max_message_size: Optional[int]) -> None:
         self.max_message_size = max_message_size
-        self._fragments: list[bytes] = []
-        self._fragment_opcode: Optional[int] = None
-        self._fragment_size = 0
+        self._buf = bytearray()
+        self._pos = 0
+        self._state = _HEADER
+        # the frame being read
+        self._fin = False
+        self._opcode = 0
+        self._mask = b""
+        self._remaining = 0
+        self._offset = 0  # payload bytes of this frame already consumed (mask phase)
+        # the data message being assembled
+        self._message_opcode: Optional[int] = None
+        self._message = bytearray()
+        self._size = 0  # payload bytes announced so far
+        self._frames = 0
         self._utf8: Any = None
 
-    def _read_exact(self, n: int) -> bytes:
-        data = self._read(n)
-        if len(data) != n:
-            raise ConnectionClosed("connection closed in the middle of a frame")
-        return data
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet consumed."""
+        return len(self._buf) - self._pos
 
-    # Header.decode_header calls ``stream.read``; EOF must surface as a short read.
-    def read(self, n: int) -> bytes:
-        return self._read(n)
+    @property
+    def in_frame(self) -> bool:
+        """True in the middle of a frame: the input must not end here."""
+        return self._state == _PAYLOAD or self.buffered > 0
 
-    def _read_header(self) -> Header:
-        """Read and check one frame header (everything but message sequencing)."""
-        try:
-            header = Header.decode_header(self)  # also rejects fragmented or >125-byte control frames
-        except ConnectionClosed:
-            raise
-        except _GWSProtocolError as exc:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, str(exc)) from None
-        except _GWSError as exc:
-            raise ConnectionClosed(str(exc)) from None
-        if header.flags:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
-        if header.opcode not in DATA_OPCODES + CONTROL_OPCODES + (OP_CONTINUATION,):
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {header.opcode}")
-        if not header.mask:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
-        limit = self.max_message_size
-        if limit is not None and header.opcode not in CONTROL_OPCODES:
-            if self._fragment_size + header.length > limit:
-                raise ProtocolViolation(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
-        return header
+    @property
+    def in_message(self) -> bool:
+        """True between the first and the last frame of a fragmented message."""
+        return self._message_opcode is not None
 
-    def _read_payload(self, length: int, mask: bytes, parts: list, utf8: Any, final: bool = False) -> None:
-        """Read ``length`` payload bytes, unmasked, onto ``parts``; feed text to ``utf8``.
+    def feed(self, data: bytes) -> None:
+        if self._pos >= _COMPACT or (self._pos and self._pos == len(self._buf)):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
 
-        ``final``: these are the last bytes of a text message, so a character
-        cut short at their end is invalid too.
-        """
-        read_some = self._read_some
-        if (read_some is None and length <= _CHUNK) or length == 0:
-            data = unmask(self._read_exact(length), mask) if length else b""
-            if utf8 is not None:
-                self._validate(utf8, data, final)
-            parts.append(data)
-            return
-        done = 0
-        while done < length:
-            want = min(length - done, _CHUNK)
-            if read_some is not None:
-                data = read_some(want)
-                if not data:
-                    raise ConnectionClosed("connection closed in the middle of a frame")
-            else:
-                data = self._read_exact(want)
-            shift = done % 4  # keep the mask aligned with the payload offset
-            data = unmask(data, mask[shift:] + mask[:shift] if shift else mask)
-            done += len(data)
-            if utf8 is not None:
-                self._validate(utf8, data, final and done == length)
-            parts.append(data)
+    def next_frame(self) -> Optional[Frame]:
+        """The next control frame or whole data message; None: feed more bytes."""
+        while True:
+            if self._state == _HEADER:
+                if not self._read_header():
+                    return None
+                if self._opcode >= OP_CLOSE:
+                    # Control frames are at most 125 bytes: wait for all of it.
+                    if self.buffered < self._remaining:
+                        self._state = _PAYLOAD
+                        return None
+                    return self._control_frame()
+                self._state = _PAYLOAD
+            elif self._opcode >= OP_CLOSE:
+                if self.buffered < self._remaining:
+                    return None
+                self._state = _HEADER
+                return self._control_frame()
+            frame = self._read_payload()
+            if frame is not None or self._state == _PAYLOAD:
+                return frame
+
+    # -- headers ---------------------------------------------------------------
+    def _read_header(self) -> bool:
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < 2:
+            return False
+        first, second = buf[pos], buf[pos + 1]
+        length = second & 0x7F
+        size = 2
+        if length == 126:
+            size = 4
+        elif length == 127:
+            size = 10
+        if available < size + 4:
+            # Check what can be checked already, so a bad frame fails at once.
+            self._check_first_byte(first, second)
+            return False
+        if size == 4:
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+        elif size == 10:
+            (length,) = struct.unpack_from("!Q", buf, pos + 2)
+            if length >> 63:
+                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "frame length with the top bit set")
+        opcode = self._check_first_byte(first, second)
+        fin = bool(first & 0x80)
+        if opcode >= OP_CLOSE:
+            if not fin:
+                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            if length > 125:
+                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "control frame longer than 125 bytes")
+        else:
+            self._check_sequence(opcode, length)
+        self._mask = bytes(buf[pos + size : pos + size + 4])
+        self._pos = pos + size + 4
+        self._fin = fin
+        self._opcode = opcode
+        self._remaining = length
+        self._offset = 0
+        return True
 
     @staticmethod
-    def _validate(utf8: Any, data: bytes, final: bool = False) -> None:
-        try:
-            utf8.decode(data, final)
-        except UnicodeDecodeError:
-            raise ProtocolViolation(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+    def _check_first_byte(first: int, second: int) -> int:
+        if first & 0x70:
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+        opcode = first & 0x0F
+        if opcode not in _KNOWN_OPCODES:
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if not second & 0x80:
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+        return opcode
 
-    def read_frame(self) -> Frame:
-        """Read one checked, unmasked frame (no message-level checks)."""
-        header = self._read_header()
-        parts: list[bytes] = []
-        self._read_payload(header.length, header.mask, parts, None)
-        return Frame(bool(header.fin), header.opcode, parts[0] if len(parts) == 1 else b"".join(parts))
-
-    def read_message(self) -> Frame:
-        """Return the next control frame or complete data message."""
-        while True:
-            header = self._read_header()
-            opcode = header.opcode
-            if opcode in CONTROL_OPCODES:
-                parts: list[bytes] = []
-                self._read_payload(header.length, header.mask, parts, None)
-                return Frame(True, opcode, parts[0] if len(parts) == 1 else b"".join(parts))
-            # Sequencing is checked before the payload is read: fail fast.
-            if opcode == OP_CONTINUATION:
-                if self._fragment_opcode is None:
-                    raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
-            elif self._fragment_opcode is not None:
+    def _check_sequence(self, opcode: int, length: int) -> None:
+        """Message-level checks of a data frame's header, before its payload."""
+        if opcode == OP_CONTINUATION:
+            if self._message_opcode is None:
+                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
+            size, frames = self._size + length, self._frames + 1
+        else:
+            if self._message_opcode is not None:
                 raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "new message before the previous one ended")
-            else:
-                self._fragment_opcode = opcode
-                if opcode == OP_TEXT:
-                    self._utf8 = _Utf8Decoder()
-            # Text is validated as it arrives, so bad text fails fast.
-            self._read_payload(header.length, header.mask, self._fragments, self._utf8, header.fin)
-            self._fragment_size += header.length
-            if header.fin:
-                fragments = self._fragments
-                payload = fragments[0] if len(fragments) == 1 else b"".join(fragments)
-                opcode = self._fragment_opcode
-                self._reset()
-                return Frame(True, opcode, payload)
+            size, frames = length, 1
+        limit = self.max_message_size
+        if limit is not None:
+            if size > limit:
+                raise ProtocolViolation(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
+            if frames > max_frames(limit):
+                raise ProtocolViolation(CLOSE_TOO_BIG, f"message in more than {max_frames(limit)} frames")
+        self._size, self._frames = size, frames
+        if opcode != OP_CONTINUATION:
+            self._message_opcode = opcode
+            self._utf8 = _Utf8Decoder() if opcode == OP_TEXT else None
 
-    def _reset(self) -> None:
-        self._fragments = []
-        self._fragment_opcode = None
-        self._fragment_size = 0
+    # -- payloads --------------------------------------------------------------
+    def _take(self, n: int) -> bytes:
+        """Consume ``n`` buffered payload bytes of the current frame, unmasked."""
+        pos = self._pos
+        data = memoryview(self._buf)[pos : pos + n]
+        try:
+            shift = self._offset % 4  # keep the mask aligned with the payload offset
+            mask = self._mask[shift:] + self._mask[:shift] if shift else self._mask
+            result = unmask(data, mask)
+        finally:
+            data.release()
+        self._pos = pos + n
+        self._offset += n
+        self._remaining -= n
+        return result
+
+    def _control_frame(self) -> Frame:
+        payload = self._take(self._remaining)
+        self._state = _HEADER
+        return Frame(True, self._opcode, payload)
+
+    def _read_payload(self) -> Optional[Frame]:
+        """Consume what has arrived of a data frame; the message once it is whole."""
+        n = min(self.buffered, self._remaining)
+        if n == 0 and self._remaining:
+            return None
+        single = self._fin and self._offset == 0 and n == self._remaining and not self._message
+        data = self._take(n) if n else b""
+        done = self._remaining == 0
+        if self._utf8 is not None:
+            try:
+                self._utf8.decode(data, self._fin and done)
+            except UnicodeDecodeError:
+                raise ProtocolViolation(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+        if not done:
+            self._message += data
+            return None
+        self._state = _HEADER
+        if not self._fin:
+            self._message += data
+            return None
+        opcode = self._message_opcode
+        assert opcode is not None
+        if single:
+            payload = data
+        else:
+            self._message += data
+            payload = bytes(self._message)
+        self._message = bytearray()
+        self._message_opcode = None
         self._utf8 = None
+        self._size = self._frames = 0
+        return Frame(True, opcode, payload)
+
+
+_KNOWN_OPCODES = frozenset(DATA_OPCODES + CONTROL_OPCODES + (OP_CONTINUATION,))

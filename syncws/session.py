@@ -33,6 +33,9 @@ OVERRIDABLE = ("max_message_size", "ping_interval", "ping_timeout", "allowed_ori
 
 _PING = ws.encode_frame(ws.OP_PING, b"")
 _EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
+_READ_SIZE = 64 * 1024  # one socket read takes up to this much
+_FAIR_BUDGET = 64  # frames handled or reads made between checks that the hub still runs
+_MAX_QUEUED_PONGS = 16  # then only the most recent ping is answered (RFC 6455 §5.5.3)
 
 
 class Session:
@@ -68,7 +71,8 @@ class Session:
         self.close_timeout = options.close_timeout
         self._details: Optional[CloseDetails] = None
         self._abort_timer: Optional[gevent.Greenlet] = None
-        self.reader = ws.FrameReader(self._read, self.max_message_size, read_some=self._read_some)
+        self.parser = ws.FrameParser(self.max_message_size)
+        self._queued_pongs = 0
         self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow, server.flusher)
         self.peer = Peer(self, request, namespace, context, remote_address)
 
@@ -101,45 +105,86 @@ class Session:
             details = self._details or CloseDetails(ws.CLOSE_ABNORMAL, "")
             self._call("close", self.peer, details)
 
-    def _read(self, n: int) -> bytes:
-        """The reader's ``read`` (headers, small payloads): notes the arrival for the keepalive."""
-        data = self._rfile.read(n)
-        self.last_seen = time.monotonic()
-        return data
-
-    def _read_some(self, n: int) -> bytes:
-        """The reader's ``read_some`` (payloads): what one socket read brings, 1 to n bytes."""
-        data = self._rfile.read1(n)
-        self.last_seen = time.monotonic()
-        return data
-
     def _read_loop(self) -> None:
-        reader = self.reader
+        """Read, parse and dispatch until the connection ends.
+
+        One read takes what the socket has (up to 64 KiB); the parser turns it
+        into frames.  Fairness: a flooding client always has bytes ready, so
+        neither the read nor the parsing would ever give the hub back.  Every
+        :data:`_FAIR_BUDGET` steps (frames handled or reads made) the loop
+        checks whether the hub has run since the last check and, if not,
+        yields with ``gevent.sleep(0)``, which gevent bounds to its switch
+        interval (5 ms): other peers' reads and every pending write (pongs,
+        close frames, the flusher) go on while one client floods.
+        """
+        parser = self.parser
+        read1 = self._rfile.read1
+        loop = gevent.get_hub().loop
+        seen = loop.iteration
+        budget = _FAIR_BUDGET
         while True:
+            budget -= 1
+            if not budget:
+                budget = _FAIR_BUDGET
+                if loop.iteration == seen:
+                    gevent.sleep(0)
+                seen = loop.iteration
             try:
-                frame = reader.read_message()
+                frame = parser.next_frame()
             except ws.ProtocolViolation as exc:
                 self._report(exc)
                 self._fail(exc.code, exc.reason)
                 return
-            except (ws.ConnectionClosed, OSError, ValueError):
-                # Dropped: details stay 1006 unless a close was already sent.  A
-                # client that only half-closed can still read: give what its
-                # hooks queued a short, bounded chance to go out.
-                if self.state == OPEN and self.outbox.buffered:
-                    self.outbox.put_final(b"")
-                    self.outbox.wait_flushed(min(self.close_timeout, 1.0))
-                return
+            if frame is None:
+                try:
+                    data = read1(_READ_SIZE)
+                except (OSError, ValueError):
+                    data = b""
+                if not data:
+                    self._on_eof()
+                    return
+                self.last_seen = time.monotonic()
+                parser.feed(data)
+                continue
             opcode = frame.opcode
             if opcode == ws.OP_CLOSE:
                 self._on_close_frame(frame.payload)
                 return
             if opcode == ws.OP_PING:
-                self.outbox.put(ws.encode_frame(ws.OP_PONG, frame.payload))
+                self._pong(frame.payload)
             elif opcode == ws.OP_PONG:
                 pass
             elif self.state == OPEN:  # data after we sent a close is discarded
                 self._call("message", self.peer, Message(frame.payload, opcode == ws.OP_BINARY))
+
+    def _on_eof(self) -> None:
+        """The stream ended (EOF or reset) without a close frame.
+
+        Details stay 1006 unless a close was already sent.  A client that only
+        half-closed can still read: give what its hooks queued a short,
+        bounded chance to go out.
+        """
+        if self.state == OPEN and self.outbox.buffered:
+            self.outbox.put_final(b"")
+            self.outbox.wait_flushed(min(self.close_timeout, 1.0))
+
+    def _pong(self, payload: bytes) -> None:
+        """Answer a ping, keeping what is owed to a client that pings faster than it reads bounded.
+
+        Up to :data:`_MAX_QUEUED_PONGS` pongs queue in order behind other
+        frames.  Past that (the client is not reading what we send), RFC 6455
+        §5.5.3 lets us answer only the most recent ping: its pong takes the
+        outbox's single urgent slot, replacing an older one not yet written.
+        """
+        outbox = self.outbox
+        if not outbox.buffered:
+            self._queued_pongs = 0
+        frame = ws.encode_frame(ws.OP_PONG, payload)
+        if self._queued_pongs < _MAX_QUEUED_PONGS:
+            self._queued_pongs += 1
+            outbox.put(frame)
+        else:
+            outbox.put_urgent(frame)
 
     # -- hooks -------------------------------------------------------------
     def _call(self, name: str, *args: Any) -> None:

@@ -83,7 +83,8 @@ class EventStream:
         self.namespace: str = namespace if namespace is not None else environ.get("PATH_INFO", "/") or "/"
         self.last_event_id: Optional[str] = environ.get("HTTP_LAST_EVENT_ID")
         self._queue: deque[bytes] = deque()
-        self._queued = 0  # bytes pushed but not yet handed to the socket
+        self._queued = 0  # bytes pushed and still in the queue
+        self._in_flight = 0  # bytes handed to a write that has not returned yet
         self.limit = transport.server.options.max_buffer_size
         self._started = False
         self._wake = Event()
@@ -118,18 +119,26 @@ class EventStream:
     def _append(self, chunk: bytes) -> None:
         if self._ending:
             return  # pushes after close are ignored, as documented
-        if self.limit is not None and self._queued and self._queued + len(chunk) > self.limit:
-            self._overflow()
+        buffered = self._queued + self._in_flight
+        if self.limit is not None and buffered and buffered + len(chunk) > self.limit:
+            self._overflow(buffered)
             return
         self._queue.append(chunk)
         self._queued += len(chunk)
         self._wake.set()
 
-    def _overflow(self) -> None:
+    @property
+    def buffered(self) -> int:
+        """Bytes pushed that the socket has not taken yet (queued or in a blocked write)."""
+        return self._queued + self._in_flight
+
+    def _overflow(self, buffered: int) -> None:
         # The client stopped reading and the body is stuck in a write: like a
         # WebSocket peer, the stream is ended rather than buffered without
         # bound.  EventSource reconnects with Last-Event-ID.
-        log.warning("syncws: event stream %s is not reading; ending it", self.namespace)
+        log.warning(
+            "syncws: event stream %s is not reading (%d bytes unsent); ending it", self.namespace, buffered
+        )
         self._closed = self._ending = True
         self._queue.clear()
         self._queued = 0
@@ -202,8 +211,12 @@ class EventStream:
                     chunks = []
                     while queue:
                         chunks.append(queue.popleft())
+                    chunk = b"".join(chunks)
+                    # Until the write returns, these bytes still count against the limit.
                     self._queued = 0
-                    yield b"".join(chunks)
+                    self._in_flight = len(chunk)
+                    yield chunk
+                    self._in_flight = 0
                     continue
                 if self._ending:
                     break

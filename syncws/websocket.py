@@ -78,6 +78,8 @@ class WebSocketHandler:
         try:
             key = handshake.validate(environ)
         except handshake.HandshakeError as exc:
+            # Close after the answer: a refused upgrade may carry a body we never read.
+            transport.reusable = False
             return _text_response(exc.status, exc.message, exc.headers)
         server = transport.server
         if server.stopping:

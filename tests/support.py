@@ -533,10 +533,38 @@ class RedisServer:
         self.stop()
 
 
-def read_messages(reader) -> list:
-    """Every message a syncws FrameReader returns before its input ends."""
-    from syncws.protocol import ConnectionClosed
+class BlockingReader:
+    """Drives a sans-I/O :class:`syncws.protocol.FrameParser` from a blocking ``read(n)``.
 
+    ``read_some(n)``, when given, is used instead (1 to n bytes per call), as
+    the server's socket reads are.  EOF in the middle of a frame, or before
+    any frame, raises ``ConnectionClosed`` (a test-side exception).
+    """
+
+    def __init__(self, read, max_message_size, read_some=None, chunk: int = 65536) -> None:
+        from syncws.protocol import FrameParser
+
+        self.parser = FrameParser(max_message_size)
+        self._read = read_some or read
+        self._chunk = chunk
+
+    def read_message(self):
+        while True:
+            frame = self.parser.next_frame()
+            if frame is not None:
+                return frame
+            data = self._read(self._chunk)
+            if not data:
+                raise ConnectionClosed("input ended" + (" in a frame" if self.parser.in_frame else ""))
+            self.parser.feed(data)
+
+
+class ConnectionClosed(Exception):
+    """The input of a :class:`BlockingReader` ended."""
+
+
+def read_messages(reader) -> list:
+    """Every message a BlockingReader returns before its input ends."""
     messages = []
     while True:
         try:

@@ -21,6 +21,7 @@ def upgrade_environ(**overrides):
     environ = {
         "REQUEST_METHOD": "GET",
         "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "example.com",
         "HTTP_UPGRADE": "websocket",
         "HTTP_CONNECTION": "Upgrade",
         "HTTP_SEC_WEBSOCKET_VERSION": "13",
@@ -104,6 +105,30 @@ def test_validate_rejects_http_1_0():
     with pytest.raises(HandshakeError) as info:
         validate(upgrade_environ(SERVER_PROTOCOL="HTTP/1.0"))
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize("host", [None, "", "  "])
+def test_validate_rejects_a_missing_or_empty_host(host):
+    with pytest.raises(HandshakeError) as info:
+        validate(upgrade_environ(HTTP_HOST=host))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"CONTENT_LENGTH": "10"}, {"CONTENT_LENGTH": "01"}, {"HTTP_TRANSFER_ENCODING": "chunked"},
+     {"HTTP_TRANSFER_ENCODING": "identity"}],
+)
+def test_validate_rejects_any_body(body):
+    with pytest.raises(HandshakeError) as info:
+        validate(upgrade_environ(**body))
+    assert info.value.status == 400
+    assert "body" in info.value.message
+
+
+@pytest.mark.parametrize("length", ["0", "00", "", None])
+def test_validate_accepts_an_empty_body(length):
+    assert validate(upgrade_environ(CONTENT_LENGTH=length)) == RFC_KEY
 
 
 def test_response_101_head():

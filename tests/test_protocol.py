@@ -15,9 +15,10 @@ from syncws.protocol import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    ConnectionClosed,
     Frame,
-    FrameReader,
+    FrameParser,
+    BYTES_PER_FRAGMENT,
+    max_frames,
     ProtocolViolation,
     decode_close_payload,
     encode_close_payload,
@@ -26,7 +27,7 @@ from syncws.protocol import (
     unmask,
 )
 
-from .support import MASK, client_frame, read_messages
+from .support import MASK, BlockingReader, ConnectionClosed, client_frame, read_messages
 
 
 def raw_header(first_byte: int, length: int, mask: bytes | None = MASK) -> bytes:
@@ -41,23 +42,8 @@ def raw_header(first_byte: int, length: int, mask: bytes | None = MASK) -> bytes
     return head + (mask or b"")
 
 
-class CountingStream:
-    """A ``read(n)`` callable over bytes that records how much was consumed."""
-
-    def __init__(self, data: bytes) -> None:
-        self._buf = io.BytesIO(data)
-        self.consumed = 0
-        self.requests: list[int] = []
-
-    def read(self, n: int) -> bytes:
-        self.requests.append(n)
-        data = self._buf.read(n)
-        self.consumed += len(data)
-        return data
-
-
-def reader_for(data: bytes, max_message_size: int | None = 1 << 20) -> FrameReader:
-    return FrameReader(io.BytesIO(data).read, max_message_size)
+def reader_for(data: bytes, max_message_size: int | None = 1 << 20) -> BlockingReader:
+    return BlockingReader(io.BytesIO(data).read, max_message_size)
 
 
 def messages_until_eof(data: bytes) -> list[Frame]:
@@ -329,9 +315,10 @@ def test_truncated_multibyte_character_in_single_frame_is_1007():
 
 def test_invalid_utf8_fails_fast_on_the_bad_fragment():
     # The bad bytes are in the first fragment; the rest of the message never arrives.
-    stream = CountingStream(client_frame(OP_TEXT, b"ok\xc0\xaf", fin=False))
+    parser = FrameParser(None)
+    parser.feed(client_frame(OP_TEXT, b"ok\xc0\xaf", fin=False))
     with pytest.raises(ProtocolViolation) as info:
-        FrameReader(stream.read, None).read_message()
+        parser.next_frame()
     assert info.value.code == 1007
 
 
@@ -343,38 +330,116 @@ def test_message_at_the_limit_is_accepted():
     assert reader.read_message().payload == b"x" * 100
 
 
-def test_oversized_frame_is_1009_before_its_payload_is_read():
+def test_oversized_frame_is_1009_from_its_header_alone():
     limit = 1024
-    length = 10 * 1024 * 1024
-    header = raw_header(0x80 | OP_BINARY, length)
-    # Only the header is real; a reader that read the payload would need 10 MiB.
-    stream = CountingStream(header + b"\x00" * 64)
-    reader = FrameReader(stream.read, limit)
+    header = raw_header(0x80 | OP_BINARY, 10 * 1024 * 1024)
+    # Only the header is fed; a parser that wanted the payload would return None.
+    parser = FrameParser(limit)
+    parser.feed(header)
     with pytest.raises(ProtocolViolation) as info:
-        reader.read_message()
+        parser.next_frame()
     assert info.value.code == ws.CLOSE_TOO_BIG == 1009
-    assert stream.consumed == len(header)  # 2 + 8 + 4 bytes: not one payload byte
-    assert max(stream.requests) <= 8
 
 
 def test_header_claiming_2_to_the_63_bytes_costs_nothing():
-    header = raw_header(0x80 | OP_TEXT, 2**63 - 1)
-    stream = CountingStream(header)
+    parser = FrameParser(1 << 20)
+    parser.feed(raw_header(0x80 | OP_TEXT, 2**63 - 1))
     with pytest.raises(ProtocolViolation) as info:
-        FrameReader(stream.read, 1 << 20).read_message()
+        parser.next_frame()
     assert info.value.code == 1009
-    assert stream.consumed == len(header)
 
 
-def test_oversized_fragmented_message_is_1009_at_the_fragment_that_crosses_the_limit():
+def test_length_with_the_top_bit_set_is_a_protocol_error_even_without_a_limit():
+    header = bytes([0x82, 0xFF]) + struct.pack("!Q", 2**63) + MASK
+    parser = FrameParser(None)
+    parser.feed(header)
+    with pytest.raises(ProtocolViolation) as info:
+        parser.next_frame()
+    assert info.value.code == 1002
+
+
+def test_oversized_fragmented_message_is_1009_at_the_header_that_crosses_the_limit():
     limit = 100
-    first = client_frame(OP_TEXT, b"a" * 60, fin=False)
-    second_header = raw_header(OP_CONTINUATION, 60)
-    stream = CountingStream(first + second_header + b"b" * 60)
+    parser = FrameParser(limit)
+    parser.feed(client_frame(OP_TEXT, b"a" * 60, fin=False))
+    assert parser.next_frame() is None
+    parser.feed(raw_header(OP_CONTINUATION, 60))  # its payload never arrives
     with pytest.raises(ProtocolViolation) as info:
-        FrameReader(stream.read, limit).read_message()
+        parser.next_frame()
     assert info.value.code == 1009
-    assert stream.consumed == len(first) + len(second_header)
+
+
+def test_bad_first_byte_fails_before_the_rest_of_the_header_arrives():
+    parser = FrameParser(None)
+    parser.feed(bytes([0x80 | 0x40 | OP_TEXT, 0x80 | 127]))  # RSV1; 8-byte length still to come
+    with pytest.raises(ProtocolViolation) as info:
+        parser.next_frame()
+    assert info.value.code == 1002
+
+
+# -- fragment costs --------------------------------------------------------------------
+
+
+def test_the_limit_bounds_the_number_of_frames_in_a_message():
+    limit = 1000
+    allowed = max_frames(limit)
+    assert allowed == 16 + limit // BYTES_PER_FRAGMENT == 31
+    frames = [client_frame(OP_BINARY, b"x", fin=False)]
+    frames += [client_frame(OP_CONTINUATION, b"", fin=False) for _ in range(allowed - 2)]
+    frames.append(client_frame(OP_CONTINUATION, b"y"))
+    parser = FrameParser(limit)
+    parser.feed(b"".join(frames))
+    assert len(frames) == allowed
+    assert parser.next_frame() == Frame(True, OP_BINARY, b"xy")
+
+    parser = FrameParser(limit)  # one empty continuation more: over the limit
+    parser.feed(b"".join(frames[:-1]) + client_frame(OP_CONTINUATION, b"", fin=False) + frames[-1])
+    with pytest.raises(ProtocolViolation) as info:
+        parser.next_frame()
+    assert info.value.code == 1009
+
+
+def test_empty_continuations_are_bounded_under_the_default_limit():
+    parser = FrameParser(1 << 20)
+    parser.feed(client_frame(OP_TEXT, b"", fin=False))
+    empty = client_frame(OP_CONTINUATION, b"", fin=False)
+    with pytest.raises(ProtocolViolation) as info:
+        for _ in range(1_000_000):
+            parser.feed(empty)
+            assert parser.next_frame() is None
+    assert info.value.code == 1009
+    assert parser.buffered < 64
+
+
+def test_a_message_of_one_byte_fragments_costs_about_its_size():
+    import tracemalloc
+
+    size = 16 * 1024
+    frames = [client_frame(OP_BINARY, b"a", fin=False)]
+    frames += [client_frame(OP_CONTINUATION, b"b", fin=False) for _ in range(size - 2)]
+    parser = FrameParser(None)
+    tracemalloc.start()
+    try:
+        for frame in frames:
+            parser.feed(frame)
+            assert parser.next_frame() is None
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The payload so far is 16 KiB; a list of per-fragment objects would hold ~50x that.
+    assert held < 4 * size
+    parser.feed(client_frame(OP_CONTINUATION, b"c"))
+    frame = parser.next_frame()
+    assert frame.payload == b"a" + b"b" * (size - 2) + b"c"
+
+
+def test_consumed_input_is_dropped_as_parsing_goes_on():
+    parser = FrameParser(None)
+    frame = client_frame(OP_BINARY, b"z" * 1000)
+    for _ in range(500):
+        parser.feed(frame)
+        assert parser.next_frame() == Frame(True, OP_BINARY, b"z" * 1000)
+    assert len(parser._buf) <= 64 * 1024 + len(frame)
 
 
 def test_fragments_summing_to_the_limit_are_accepted():

@@ -17,15 +17,13 @@ from syncws.protocol import (
     OP_CONTINUATION,
     OP_PING,
     OP_TEXT,
-    ConnectionClosed,
     Frame,
-    FrameReader,
     ProtocolViolation,
     encode_frame,
     unmask,
 )
 
-from .support import RawClient, app_with, parse_frames, read_messages
+from .support import BlockingReader, ConnectionClosed, RawClient, app_with, parse_frames, read_messages
 
 MASK = b"\x37\xfa\x21\x3d"
 
@@ -103,14 +101,14 @@ def mixed_stream(seed: int) -> tuple[bytes, list[Frame]]:
 @pytest.mark.parametrize("seed", range(8))
 def test_read_some_in_random_pieces_gives_the_same_messages(seed):
     data, expected = mixed_stream(seed)
-    assert read_messages(FrameReader(io.BytesIO(data).read, None)) == expected
+    assert read_messages(BlockingReader(io.BytesIO(data).read, None)) == expected
     stream = Stream(data, seed)
-    assert read_messages(FrameReader(stream.read, None, read_some=stream.read_some)) == expected
+    assert read_messages(BlockingReader(stream.read, None, read_some=stream.read_some)) == expected
 
 
 def test_control_frame_payload_in_one_byte_pieces():
     stream = Stream(client_frame(OP_PING, b"are you there"), largest=1)
-    assert FrameReader(stream.read, None, read_some=stream.read_some).read_message() == Frame(
+    assert BlockingReader(stream.read, None, read_some=stream.read_some).read_message() == Frame(
         True, OP_PING, b"are you there"
     )
 
@@ -118,13 +116,13 @@ def test_control_frame_payload_in_one_byte_pieces():
 def test_eof_inside_a_payload_with_read_some_is_connection_closed():
     stream = Stream(client_frame(OP_BINARY, b"x" * 1000)[:-10])
     with pytest.raises(ConnectionClosed):
-        FrameReader(stream.read, None, read_some=stream.read_some).read_message()
+        BlockingReader(stream.read, None, read_some=stream.read_some).read_message()
 
 
 def test_characters_split_between_reads_are_valid():
     text = "€😀é".encode("utf-8") * 1000
     stream = Stream(client_frame(OP_TEXT, text), largest=3)
-    assert FrameReader(stream.read, None, read_some=stream.read_some).read_message().payload == text
+    assert BlockingReader(stream.read, None, read_some=stream.read_some).read_message().payload == text
 
 
 # -- UTF-8 fails fast in the middle of a frame -------------------------------------------------
@@ -143,10 +141,11 @@ def test_invalid_utf8_fails_before_the_rest_of_the_frame_arrives(bad):
     partial = client_frame(OP_TEXT, payload)[: 2 + 2 + 4 + len(b"valid " + bad)]
     stream = Stream(partial, largest=8)
     with pytest.raises(ProtocolViolation) as info:
-        FrameReader(stream.read, None, read_some=stream.read_some).read_message()
+        BlockingReader(stream.read, None, read_some=stream.read_some).read_message()
     assert info.value.code == ws.CLOSE_INVALID_DATA
-    with pytest.raises(ConnectionClosed):  # without read_some: whole 64 KiB pieces
-        FrameReader(io.BytesIO(partial).read, None).read_message()
+    with pytest.raises(ProtocolViolation) as info:  # all of it in one piece: the same
+        BlockingReader(io.BytesIO(partial).read, None).read_message()
+    assert info.value.code == ws.CLOSE_INVALID_DATA
 
 
 def test_server_fails_invalid_utf8_mid_frame_without_waiting_for_the_rest(start_server):
