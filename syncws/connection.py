@@ -67,7 +67,7 @@ def _short_response(status: str, text: str) -> bytes:
 class Transport:
     """What a WebSocket handler needs from the server to take a connection over."""
 
-    __slots__ = ("socket", "rfile", "server", "remote_address", "upgraded", "reusable", "_at_end")
+    __slots__ = ("socket", "rfile", "server", "remote_address", "upgraded", "reusable", "aborted", "_at_end")
 
     def __init__(self, sock: socket.socket, rfile: Any, server: Any, remote_address: Optional[str]) -> None:
         self.socket = sock
@@ -76,6 +76,7 @@ class Transport:
         self.remote_address = remote_address
         self.upgraded = False
         self.reusable = True  # False: close the connection after this response
+        self.aborted = False  # abort() was called: errors on this socket are expected
         self._at_end: list = []
 
     def at_end(self, callback: Any) -> None:
@@ -89,6 +90,21 @@ class Transport:
                 callback()
             except Exception:
                 log.exception("syncws: error in end-of-request cleanup")
+
+    def abort(self) -> None:
+        """Close the connection now, even under a write blocked on a client that stopped reading.
+
+        ``shutdown`` alone does not wake such a write (the kernel keeps the
+        unsent bytes and waits for the client's window); closing the socket
+        does, with an error that the handler then ends quietly.
+        """
+        self.aborted = True
+        self.reusable = False
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.socket.close()
 
     def accept(self, head: bytes) -> None:
         """Write the ``101`` head; from now on the socket belongs to the session."""
@@ -298,7 +314,13 @@ class ConnectionHandler(WSGIHandler):
                 self.status = "101 Switching Protocols"
                 self._orig_status = self.status
                 return
-            self.process_result()
+            try:
+                self.process_result()
+            except OSError:
+                if not transport.aborted:
+                    raise
+                self.close_connection = True  # we hung up on purpose (abort); nothing to report
+                return
             if not transport.reusable:
                 self.close_connection = True
         finally:

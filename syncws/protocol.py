@@ -203,6 +203,8 @@ class FrameParser:
         self._size = 0  # payload bytes announced so far
         self._frames = 0
         self._utf8: Any = None
+        self._starved = True  # next_frame() found too few bytes to go on
+        self._frame_done = False  # ... or it finished a frame that ends no message
 
     @property
     def buffered(self) -> int:
@@ -220,32 +222,46 @@ class FrameParser:
         return self._message_opcode is not None
 
     def feed(self, data: bytes) -> None:
+        self._starved = False
         if self._pos >= _COMPACT or (self._pos and self._pos == len(self._buf)):
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
 
+    @property
+    def needs_data(self) -> bool:
+        """True when :meth:`next_frame` returned None for want of bytes: feed more."""
+        return self._starved
+
     def next_frame(self) -> Optional[Frame]:
-        """The next control frame or whole data message; None: feed more bytes."""
-        while True:
-            if self._state == _HEADER:
-                if not self._read_header():
-                    return None
-                if self._opcode >= OP_CLOSE:
-                    # Control frames are at most 125 bytes: wait for all of it.
-                    if self.buffered < self._remaining:
-                        self._state = _PAYLOAD
-                        return None
-                    return self._control_frame()
+        """The next control frame or whole data message, or None.
+
+        None either because more bytes are needed (:attr:`needs_data`) or
+        because one frame of a fragmented message was consumed: the parser
+        handles at most one frame per call, so the caller can bound how much
+        work one client gets before others are served.
+        """
+        frame = self._next_frame()
+        self._starved = frame is None and not self._frame_done
+        self._frame_done = False
+        return frame
+
+    def _next_frame(self) -> Optional[Frame]:
+        if self._state == _HEADER:
+            if not self._read_header():
+                return None
+            if self._opcode >= OP_CLOSE:
+                # Control frames are at most 125 bytes: wait for all of it.
                 self._state = _PAYLOAD
-            elif self._opcode >= OP_CLOSE:
                 if self.buffered < self._remaining:
                     return None
-                self._state = _HEADER
                 return self._control_frame()
-            frame = self._read_payload()
-            if frame is not None or self._state == _PAYLOAD:
-                return frame
+            self._state = _PAYLOAD
+        elif self._opcode >= OP_CLOSE:
+            if self.buffered < self._remaining:
+                return None
+            return self._control_frame()
+        return self._read_payload()
 
     # -- headers ---------------------------------------------------------------
     def _read_header(self) -> bool:
@@ -359,6 +375,7 @@ class FrameParser:
         self._state = _HEADER
         if not self._fin:
             self._message += data
+            self._frame_done = True
             return None
         opcode = self._message_opcode
         assert opcode is not None

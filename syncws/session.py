@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import gevent
@@ -34,7 +35,9 @@ OVERRIDABLE = ("max_message_size", "ping_interval", "ping_timeout", "allowed_ori
 _PING = ws.encode_frame(ws.OP_PING, b"")
 _EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
 _READ_SIZE = 64 * 1024  # one socket read takes up to this much
-_FAIR_BUDGET = 64  # frames handled or reads made between checks that the hub still runs
+_FAIR_BUDGET = 16  # units of work (a frame, a read, 4 KiB read) between fairness checks
+_FAIR_SLICE = 0.002  # seconds one connection may hold the hub before it yields
+_YIELD = 0.0001  # a timer, not sleep(0): gevent runs callbacks 50 at a time before it checks the clock
 _MAX_QUEUED_PONGS = 16  # then only the most recent ping is answered (RFC 6455 §5.5.3)
 
 
@@ -109,26 +112,31 @@ class Session:
         """Read, parse and dispatch until the connection ends.
 
         One read takes what the socket has (up to 64 KiB); the parser turns it
-        into frames.  Fairness: a flooding client always has bytes ready, so
-        neither the read nor the parsing would ever give the hub back.  Every
-        :data:`_FAIR_BUDGET` steps (frames handled or reads made) the loop
-        checks whether the hub has run since the last check and, if not,
-        yields with ``gevent.sleep(0)``, which gevent bounds to its switch
-        interval (5 ms): other peers' reads and every pending write (pongs,
-        close frames, the flusher) go on while one client floods.
+        into frames, one per call.  Fairness: a flooding client always has
+        bytes ready, so neither the read nor the parsing would ever give the
+        hub back.  Every :data:`_FAIR_BUDGET` units of work the loop checks
+        whether the hub has run since the last check; if it has not for
+        :data:`_FAIR_SLICE` seconds, the loop sleeps on a tiny timer, which
+        resumes it only after the hub has polled for I/O: other peers' reads
+        and every pending write (pongs, close frames, the flusher) go on while
+        one client floods.  A connection that blocks on its socket now and
+        then never pays for this.
         """
         parser = self.parser
         read1 = self._rfile.read1
         loop = gevent.get_hub().loop
         seen = loop.iteration
+        since = perf_counter()
         budget = _FAIR_BUDGET
         while True:
-            budget -= 1
-            if not budget:
+            if budget <= 0:
                 budget = _FAIR_BUDGET
-                if loop.iteration == seen:
-                    gevent.sleep(0)
-                seen = loop.iteration
+                if loop.iteration != seen:  # the hub ran (we blocked): a new slice begins
+                    seen, since = loop.iteration, perf_counter()
+                elif perf_counter() - since >= _FAIR_SLICE:
+                    gevent.sleep(_YIELD)  # a timer: runs us again only after the hub polled for I/O
+                    seen, since = loop.iteration, perf_counter()
+            budget -= 1
             try:
                 frame = parser.next_frame()
             except ws.ProtocolViolation as exc:
@@ -136,6 +144,8 @@ class Session:
                 self._fail(exc.code, exc.reason)
                 return
             if frame is None:
+                if not parser.needs_data:
+                    continue  # one frame of a fragmented message: count it, go on
                 try:
                     data = read1(_READ_SIZE)
                 except (OSError, ValueError):
@@ -145,6 +155,7 @@ class Session:
                     return
                 self.last_seen = time.monotonic()
                 parser.feed(data)
+                budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
                 continue
             opcode = frame.opcode
             if opcode == ws.OP_CLOSE:

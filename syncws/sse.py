@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import socket
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -142,10 +141,7 @@ class EventStream:
         self._closed = self._ending = True
         self._queue.clear()
         self._queued = 0
-        try:
-            self._transport.socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._transport.abort()  # also ends a write blocked on the stalled client
         self._wake.set()
 
     def deliver(self, outgoing: Any) -> None:

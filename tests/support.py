@@ -553,6 +553,8 @@ class BlockingReader:
             frame = self.parser.next_frame()
             if frame is not None:
                 return frame
+            if not self.parser.needs_data:
+                continue
             data = self._read(self._chunk)
             if not data:
                 raise ConnectionClosed("input ended" + (" in a frame" if self.parser.in_frame else ""))

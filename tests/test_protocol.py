@@ -46,9 +46,9 @@ def reader_for(data: bytes, max_message_size: int | None = 1 << 20) -> BlockingR
     return BlockingReader(io.BytesIO(data).read, max_message_size)
 
 
-def messages_until_eof(data: bytes) -> list[Frame]:
+def messages_until_eof(data: bytes, max_message_size: int | None = 1 << 20) -> list[Frame]:
     """Every message a reader returns from ``data`` before the end of the data (ConnectionClosed)."""
-    return read_messages(reader_for(data))
+    return read_messages(reader_for(data, max_message_size))
 
 
 def violation_code(data: bytes) -> int:
@@ -387,16 +387,22 @@ def test_the_limit_bounds_the_number_of_frames_in_a_message():
     frames = [client_frame(OP_BINARY, b"x", fin=False)]
     frames += [client_frame(OP_CONTINUATION, b"", fin=False) for _ in range(allowed - 2)]
     frames.append(client_frame(OP_CONTINUATION, b"y"))
-    parser = FrameParser(limit)
-    parser.feed(b"".join(frames))
     assert len(frames) == allowed
-    assert parser.next_frame() == Frame(True, OP_BINARY, b"xy")
-
-    parser = FrameParser(limit)  # one empty continuation more: over the limit
-    parser.feed(b"".join(frames[:-1]) + client_frame(OP_CONTINUATION, b"", fin=False) + frames[-1])
+    assert messages_until_eof(b"".join(frames), max_message_size=limit) == [Frame(True, OP_BINARY, b"xy")]
+    one_more = b"".join(frames[:-1]) + client_frame(OP_CONTINUATION, b"", fin=False) + frames[-1]
     with pytest.raises(ProtocolViolation) as info:
-        parser.next_frame()
+        messages_until_eof(one_more, max_message_size=limit)
     assert info.value.code == 1009
+
+
+def test_the_parser_handles_one_frame_per_call():
+    parser = FrameParser(None)
+    parser.feed(client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_CONTINUATION, b"b", fin=False)
+                + client_frame(OP_CONTINUATION, b"c"))
+    assert parser.next_frame() is None and not parser.needs_data
+    assert parser.next_frame() is None and not parser.needs_data
+    assert parser.next_frame() == Frame(True, OP_TEXT, b"abc")
+    assert parser.next_frame() is None and parser.needs_data
 
 
 def test_empty_continuations_are_bounded_under_the_default_limit():
