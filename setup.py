@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["syncws", "syncws.*"]),
-    python_requires=">=3.11",
+    python_requires=">=3.11",  # tested on 3.11, 3.12 and 3.13 (noxfile.py SUPPORTED)
     install_requires=["gevent>=23.9", "gevent-websocket>=0.10.1", "werkzeug>=3.0"],
     extras_require={
         "flask": ["flask>=3.0"],
@@ -25,11 +25,16 @@ setup(
             "redis>=5.0",
             "hiredis>=2.0",
             "gunicorn>=21",
+            "nox>=2024.3",
         ],
     },
     entry_points={"console_scripts": ["syncws=syncws.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Framework :: Flask",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Server",
     ],

@@ -132,7 +132,19 @@ class ConnectionHandler(WSGIHandler):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (unix socket) or already closed
-        super().handle()
+        rfile = self.rfile
+        try:
+            super().handle()
+        finally:
+            # gevent drops its buffered reader without closing it, and the
+            # socket's real close waits for that reader.  Left to the garbage
+            # collector, both would be closed later, maybe after the hub that
+            # owns their watchers is gone ("operation on destroyed loop").
+            # Close them here, in the connection's own greenlet.
+            try:
+                rfile.close()
+            except (OSError, ValueError):
+                pass
 
     # -- the request head ---------------------------------------------------
     def handle_one_request(self) -> Any:

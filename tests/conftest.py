@@ -17,6 +17,34 @@ from syncws import serve
 from syncws.server import Server
 
 
+_create_connection = websocket.create_connection
+_opened: list = []
+
+
+def _tracked_create_connection(*args, **kwargs) -> websocket.WebSocket:
+    client = _create_connection(*args, **kwargs)
+    _opened.append(client)
+    return client
+
+
+# Every websocket-client connection a test opens is closed after it, even when
+# the server closed it first (websocket-client then keeps its socket): the
+# suite fails on unclosed sockets (ResourceWarning is an error in pytest.ini).
+websocket.create_connection = _tracked_create_connection
+
+
+@pytest.fixture(autouse=True)
+def _close_websocket_clients() -> Iterator[None]:
+    from .support import OPEN_RAW_CLIENTS  # support imports this module
+
+    mark, raw_mark = len(_opened), len(OPEN_RAW_CLIENTS)  # wider-scoped fixtures' stay open
+    yield
+    while len(_opened) > mark:
+        _opened.pop().shutdown()
+    while len(OPEN_RAW_CLIENTS) > raw_mark:
+        OPEN_RAW_CLIENTS.pop().close()
+
+
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., Server]]:
     """Start ``app`` on a free port; every server is stopped at teardown."""

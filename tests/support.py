@@ -188,6 +188,9 @@ def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, mask: b
     return encode_frame(opcode, payload, fin=fin, mask=mask)
 
 
+OPEN_RAW_CLIENTS: list = []
+
+
 class RawClient:
     """A WebSocket client on a bare socket: handshakes (asserting 101), sends masked frames, reads raw ones."""
 
@@ -203,6 +206,7 @@ class RawClient:
     ) -> None:
         """``rcvbuf`` shrinks the receive buffer; ``head_chunk=1`` reads nothing past the 101 head."""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        OPEN_RAW_CLIENTS.append(self)  # conftest closes whatever a test left open
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
@@ -340,10 +344,13 @@ class ServerProcess:
 
     @staticmethod
     def _drain(stream, into: list, lines) -> None:
-        for line in stream:
-            into.append(line)
-            if lines is not None:
-                lines.put(line)
+        try:
+            for line in stream:
+                into.append(line)
+                if lines is not None:
+                    lines.put(line)
+        finally:
+            stream.close()  # at EOF: the pipe is ours to close (leaks fail the tests)
 
     def next_match(self, pattern: str, deadline: float):
         """The next line of :attr:`lines` matching ``pattern`` before ``deadline``; None if it ends or time runs out."""

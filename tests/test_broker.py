@@ -31,6 +31,8 @@ from .apps.broker_app import app as broker_app
 from .conftest import connect, wait_until
 from .support import SyncwsProcess
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -22,6 +22,8 @@ from syncws import serve
 from .conftest import wait_until
 from .support import free_port
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (test extra)")
 
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")

@@ -11,6 +11,8 @@ import websocket
 
 from .support import SyncwsProcess, SyncwsRunner, free_port, recv_close
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 SYNCWS_APP = """
 from syncws import App, define_websocket_handler
 

@@ -14,6 +14,8 @@ from syncws.server import ServerOptions
 
 from .support import RawClient, SyncwsRunner, http_exchange, parse_response, recv_close, upgrade_request
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 APP = """
     from syncws import App, define_websocket_handler
 

@@ -22,8 +22,11 @@ from syncws.cli import GENERAL_OPTIONS, build_parser, resolve_general_options
 from .conftest import wait_until
 from .support import SyncwsProcess, SyncwsRunner, free_port, recv_close, subprocess_env
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 APP = """
 from syncws import App, define_websocket_handler
+
 
 app = App()
 app.get("/", lambda request: "version 1")

@@ -14,6 +14,8 @@ import websocket
 from .conftest import connect, ws_url
 from .support import assert_nothing_received
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -41,6 +41,8 @@ from syncws.protocol import is_valid_close_code
 from .conftest import ws_url
 from .support import app_with, new_key, split_frame, upgrade_request
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 LIMIT = 4096  # the server's max_message_size: big enough to echo, small enough to exceed cheaply
 READ_TIMEOUT = 5.0
 

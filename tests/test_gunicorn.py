@@ -23,12 +23,15 @@ from syncws.broker import channel_name
 from .conftest import wait_until
 from .support import RedisServer, ServerProcess, assert_nothing_received, free_port, recv_close
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 BOUND = 15.0  # no wait in this module is longer
 
 APP = """
 import os
 
 from syncws import App, create_event_stream, define_websocket_handler
+
 
 app = App()
 app.get("/pid", lambda request: str(os.getpid()))

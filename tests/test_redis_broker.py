@@ -45,6 +45,8 @@ from .apps.broker_app import app as broker_app
 from .conftest import wait_until
 from .support import RedisServer, SyncwsProcess, free_port, subprocess_env
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.broker_app:app"
 PREFIX = "syncws"  # the default prefix, as the subprocess servers use it

@@ -35,6 +35,8 @@ from syncws.session import Session
 from .conftest import wait_until
 from .support import RawClient, app_with, new_key, read_head, upgrade_request
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 # -- EMFILE -----------------------------------------------------------------------------
 
 FD_LIMIT = 64
@@ -42,6 +44,7 @@ STARTUP_TIMEOUT = 15.0
 
 EMFILE_APP = """
 from syncws import App, define_websocket_handler
+
 
 app = App()
 app.get("/", lambda request: "ok")
@@ -100,8 +103,9 @@ class LimitedServer:
 
     @staticmethod
     def _pump(stream, put) -> None:
-        for raw in iter(stream.readline, b""):
-            put(raw.decode("utf-8", "replace"))
+        with stream:  # closed at EOF: leaks fail the tests
+            for raw in iter(stream.readline, b""):
+                put(raw.decode("utf-8", "replace"))
 
     def lines(self, text: str) -> list[str]:
         return [line for line in list(self.stderr) if text in line]

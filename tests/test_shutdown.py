@@ -23,6 +23,8 @@ from syncws.protocol import OP_CLOSE, OP_TEXT
 from .conftest import connect, wait_until
 from .support import RawClient, SyncwsRunner, parse_response, read_head, recv_close, upgrade_request
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 APP = """
     import sys
     from syncws import App, create_event_stream, define_websocket_handler

@@ -27,10 +27,13 @@ from .conftest import wait_until
 from .support import SYNCWS_BOUND as BOUND  # no wait in this module is longer
 from .support import RedisServer, SyncwsProcess, SyncwsRunner, assert_nothing_received, free_port, recv_close
 
+pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
+
 CHAT_APP = """
 import os
 
 from syncws import App, define_websocket_handler
+
 
 app = App()
 app.get("/pid", lambda request: str(os.getpid()))
