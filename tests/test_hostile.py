@@ -260,14 +260,17 @@ def test_one_byte_fragments_cost_about_their_payload(start_server):
         raw.send_frame(OP_BINARY, b"a", fin=False)
         raw.sock.sendall(first)
         time.sleep(0.5)
-        tracemalloc.start()
+        tracing = tracemalloc.is_tracing()  # PYTHONTRACEMALLOC may have started it already
+        if not tracing:
+            tracemalloc.start()
         try:
             before, _ = tracemalloc.get_traced_memory()
             raw.sock.sendall(measured)
             time.sleep(1.5)
             after, _ = tracemalloc.get_traced_memory()
         finally:
-            tracemalloc.stop()
+            if not tracing:
+                tracemalloc.stop()
         raw.send_frame(OP_CONTINUATION, b"c")
         assert raw.read_frame() == (OP_TEXT, b"110001")
     per_byte = (after - before) / 100_000
