@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import time
 from typing import Any, Optional
 
 from gevent.pywsgi import WSGIServer
+from gevent.socket import socket as GeventSocket
 
 log = logging.getLogger("syncws")
 
@@ -33,7 +35,31 @@ LOG_INTERVAL = 60.0
 
 
 class ResilientWSGIServer(WSGIServer):
-    """gevent's ``WSGIServer``; only a failing ``accept`` is handled differently."""
+    """gevent's ``WSGIServer``; a failing ``accept`` and a failing ``bind`` are handled differently."""
+
+    @classmethod
+    def get_listener(cls, address: Any, backlog: Optional[int] = None, family: Optional[int] = None) -> Any:
+        """gevent's listener, closed again when it cannot bind (port in use, say).
+
+        gevent leaves that socket to the garbage collector, which may close it
+        after the hub that owns it is gone.
+        """
+        sock = GeventSocket(family=family if family is not None else socket.AF_INET)
+        try:
+            if cls.reuse_addr is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, cls.reuse_addr)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.strerror is not None:
+                    exc.strerror = f"{exc.strerror}: {address!r}"  # as gevent says it
+                raise
+            sock.listen(backlog if backlog is not None else cls.backlog)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
 
     _failures = 0
     _logged_at: Optional[float] = None
