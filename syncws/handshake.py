@@ -57,8 +57,7 @@ def validate(environ: Mapping[str, object]) -> str:
     # (request smuggling).  So an upgrade may not have a body at all.
     if "HTTP_TRANSFER_ENCODING" in environ:
         raise HandshakeError(400, "a WebSocket upgrade request must not have a body (Transfer-Encoding)")
-    length = str(environ.get("CONTENT_LENGTH") or "0").strip()
-    if length != "0" and length.lstrip("0") != "":
+    if str(environ.get("CONTENT_LENGTH") or "").strip().lstrip("0"):  # "", "0", "00": no body
         raise HandshakeError(400, "a WebSocket upgrade request must not have a body (Content-Length)")
     version = str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip()
     if version != SUPPORTED_VERSION:

@@ -145,10 +145,7 @@ class Outbox:
             return False
         self._queue.append(frame)
         self._queued += size
-        if self._flusher is not None and not self._in_flight:
-            self._flusher.mark(self)
-        else:
-            self._wake.set()
+        self._schedule()
         return True
 
     def put_urgent(self, frame: bytes) -> None:
@@ -169,6 +166,10 @@ class Outbox:
         self._urgent = frame
         self._queue.insert(at, frame)
         self._queued += len(frame)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Have new frames written: by the flusher, or by the writer while it is busy."""
         if self._flusher is not None and not self._in_flight:
             self._flusher.mark(self)
         else:

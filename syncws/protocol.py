@@ -216,11 +216,6 @@ class FrameParser:
         """True in the middle of a frame: the input must not end here."""
         return self._state == _PAYLOAD or self.buffered > 0
 
-    @property
-    def in_message(self) -> bool:
-        """True between the first and the last frame of a fragmented message."""
-        return self._message_opcode is not None
-
     def feed(self, data: bytes) -> None:
         self._starved = False
         if self._pos >= _COMPACT or (self._pos and self._pos == len(self._buf)):
@@ -250,14 +245,9 @@ class FrameParser:
         if self._state == _HEADER:
             if not self._read_header():
                 return None
-            if self._opcode >= OP_CLOSE:
-                # Control frames are at most 125 bytes: wait for all of it.
-                self._state = _PAYLOAD
-                if self.buffered < self._remaining:
-                    return None
-                return self._control_frame()
             self._state = _PAYLOAD
-        elif self._opcode >= OP_CLOSE:
+        if self._opcode >= OP_CLOSE:
+            # Control frames are at most 125 bytes: wait for all of it.
             if self.buffered < self._remaining:
                 return None
             return self._control_frame()
@@ -362,7 +352,7 @@ class FrameParser:
         if n == 0 and self._remaining:
             return None
         single = self._fin and self._offset == 0 and n == self._remaining and not self._message
-        data = self._take(n) if n else b""
+        data = self._take(n)
         done = self._remaining == 0
         if self._utf8 is not None:
             try:

@@ -319,17 +319,7 @@ class Server:
             pool.kill()
         self.broker.stop()
         if self._wsgi is not None:
-            pool = self._wsgi.pool
-            pending = list(pool) if pool is not None else []
             self._wsgi.stop(timeout=0)
-            # A connection accepted but not yet served when the pool was
-            # killed never ran its handler, which is what closes its socket:
-            # close it here rather than leave it to the garbage collector.
-            for greenlet in pending:
-                for arg in greenlet.args:
-                    close = getattr(arg, "close", None)
-                    if close is not None and hasattr(arg, "fileno"):
-                        close()
         with _current_lock:
             if _current is self:
                 _current = None

@@ -9,7 +9,6 @@ away is noticed at once, even when nothing is being pushed.
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -118,7 +117,7 @@ class EventStream:
     def _append(self, chunk: bytes) -> None:
         if self._ending:
             return  # pushes after close are ignored, as documented
-        buffered = self._queued + self._in_flight
+        buffered = self.buffered
         if self.limit is not None and buffered and buffered + len(chunk) > self.limit:
             self._overflow(buffered)
             return
