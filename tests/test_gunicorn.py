@@ -21,7 +21,18 @@ pytest.importorskip("gunicorn")
 from syncws.broker import channel_name
 
 from .conftest import wait_until
-from .support import RedisServer, ServerProcess, assert_nothing_received, free_port, recv_close
+from .support import (
+    RedisServer,
+    ServerProcess,
+    assert_nothing_received,
+    client_frame,
+    free_port,
+    http_exchange,
+    new_key,
+    parse_response,
+    recv_close,
+    upgrade_request,
+)
 
 pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
 
@@ -220,6 +231,26 @@ def test_sigint_is_a_quick_stop_that_still_says_going_away(gunicorn):
     assert recv_close(client.ws)[0] == 1001
     client.close()
     assert process.finish() == 0
+
+
+def test_the_worker_refuses_smuggled_upgrades_and_stops_leaving_nothing(gunicorn):
+    # -X dev in the worker: a socket or file left to the garbage collector is printed on stderr.
+    process = gunicorn("-w", "1", env={"PYTHONDEVMODE": "1"})
+    process.wait_for_workers(1)
+    smuggled = upgrade_request(key=new_key(), extra="Content-Length: 10\r\n") + client_frame(0x1, b"smug")
+    assert parse_response(http_exchange(process, smuggled))[0] == 400
+    chunked = upgrade_request(key=new_key(), extra="Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n"
+    assert parse_response(http_exchange(process, chunked))[0] == 400
+    no_host = upgrade_request(key=new_key()).replace(b"Host: 127.0.0.1\r\n", b"")
+    assert parse_response(http_exchange(process, no_host))[0] == 400
+    spaced = upgrade_request(key=new_key()).replace(b"Upgrade: websocket", b"Upgrade : websocket")
+    assert parse_response(http_exchange(process, spaced))[0] == 400
+    client = Client(process.url)  # a well-formed upgrade still works
+    process.send_signal(signal.SIGTERM)
+    assert recv_close(client.ws)[0] == 1001
+    client.close()
+    assert process.finish() == 0
+    assert not any(sign in process.err for sign in ("Exception ignored", "ResourceWarning")), process.err
 
 
 # -- two workers and Redis -----------------------------------------------------------------------

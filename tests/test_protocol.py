@@ -51,10 +51,14 @@ def messages_until_eof(data: bytes, max_message_size: int | None = 1 << 20) -> l
     return read_messages(reader_for(data, max_message_size))
 
 
-def violation_code(data: bytes) -> int:
-    """Read one message from ``data``, which must raise ProtocolViolation; return its close code."""
+def violation_code(data: bytes, max_message_size: int | None = 1 << 20) -> int:
+    """Read one message from ``data``, which must raise ProtocolViolation; return its close code.
+
+    The reader gets ``data`` and nothing more: a parser that wanted more bytes
+    before deciding would end in ConnectionClosed instead, and fail the test.
+    """
     with pytest.raises(ProtocolViolation) as info:
-        reader_for(data).read_message()
+        reader_for(data, max_message_size).read_message()
     return info.value.code
 
 
@@ -315,11 +319,7 @@ def test_truncated_multibyte_character_in_single_frame_is_1007():
 
 def test_invalid_utf8_fails_fast_on_the_bad_fragment():
     # The bad bytes are in the first fragment; the rest of the message never arrives.
-    parser = FrameParser(None)
-    parser.feed(client_frame(OP_TEXT, b"ok\xc0\xaf", fin=False))
-    with pytest.raises(ProtocolViolation) as info:
-        parser.next_frame()
-    assert info.value.code == 1007
+    assert violation_code(client_frame(OP_TEXT, b"ok\xc0\xaf", fin=False), max_message_size=None) == 1007
 
 
 # -- size limit --------------------------------------------------------------------------
@@ -331,50 +331,29 @@ def test_message_at_the_limit_is_accepted():
 
 
 def test_oversized_frame_is_1009_from_its_header_alone():
-    limit = 1024
+    # Only the header is there; a parser that wanted the payload would end in ConnectionClosed.
     header = raw_header(0x80 | OP_BINARY, 10 * 1024 * 1024)
-    # Only the header is fed; a parser that wanted the payload would return None.
-    parser = FrameParser(limit)
-    parser.feed(header)
-    with pytest.raises(ProtocolViolation) as info:
-        parser.next_frame()
-    assert info.value.code == ws.CLOSE_TOO_BIG == 1009
+    assert violation_code(header, max_message_size=1024) == ws.CLOSE_TOO_BIG == 1009
 
 
 def test_header_claiming_2_to_the_63_bytes_costs_nothing():
-    parser = FrameParser(1 << 20)
-    parser.feed(raw_header(0x80 | OP_TEXT, 2**63 - 1))
-    with pytest.raises(ProtocolViolation) as info:
-        parser.next_frame()
-    assert info.value.code == 1009
+    assert violation_code(raw_header(0x80 | OP_TEXT, 2**63 - 1)) == 1009
 
 
 def test_length_with_the_top_bit_set_is_a_protocol_error_even_without_a_limit():
     header = bytes([0x82, 0xFF]) + struct.pack("!Q", 2**63) + MASK
-    parser = FrameParser(None)
-    parser.feed(header)
-    with pytest.raises(ProtocolViolation) as info:
-        parser.next_frame()
-    assert info.value.code == 1002
+    assert violation_code(header, max_message_size=None) == 1002
 
 
 def test_oversized_fragmented_message_is_1009_at_the_header_that_crosses_the_limit():
-    limit = 100
-    parser = FrameParser(limit)
-    parser.feed(client_frame(OP_TEXT, b"a" * 60, fin=False))
-    assert parser.next_frame() is None
-    parser.feed(raw_header(OP_CONTINUATION, 60))  # its payload never arrives
-    with pytest.raises(ProtocolViolation) as info:
-        parser.next_frame()
-    assert info.value.code == 1009
+    # The second header's payload never arrives.
+    data = client_frame(OP_TEXT, b"a" * 60, fin=False) + raw_header(OP_CONTINUATION, 60)
+    assert violation_code(data, max_message_size=100) == 1009
 
 
 def test_bad_first_byte_fails_before_the_rest_of_the_header_arrives():
-    parser = FrameParser(None)
-    parser.feed(bytes([0x80 | 0x40 | OP_TEXT, 0x80 | 127]))  # RSV1; 8-byte length still to come
-    with pytest.raises(ProtocolViolation) as info:
-        parser.next_frame()
-    assert info.value.code == 1002
+    # RSV1 set; the 8-byte length is still to come.
+    assert violation_code(bytes([0x80 | 0x40 | OP_TEXT, 0x80 | 127]), max_message_size=None) == 1002
 
 
 # -- fragment costs --------------------------------------------------------------------

@@ -235,9 +235,13 @@ def assert_worker_pids(process: Master, count: int) -> set[int]:
 
 
 def start_two_workers(run, redis_url: str) -> tuple[Master, int, str, set[int]]:
-    """The chat app on a free port with ``--workers 2 --broker redis_url``: (master, port, url, worker pids)."""
+    """The chat app on a free port with ``--workers 2 --broker redis_url``: (master, port, url, worker pids).
+
+    In Python's dev mode, so that a socket or file left to the garbage collector shows on stderr.
+    """
     port = free_port()
-    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url)
+    process = run("chat:app", "--port", str(port), "--workers", "2", "--broker", redis_url,
+                  env={"PYTHONDEVMODE": "1"})
     url, banner = process.wait_for_banner()
     assert url == f"http://127.0.0.1:{port}"
     assert "2 workers" in banner
@@ -391,6 +395,7 @@ def test_a_signal_to_the_master_stops_every_worker(run, redis_url, sig):
     assert port_is_free(port)
     assert "Traceback" not in process.err
     assert "KeyboardInterrupt" not in process.err
+    assert "Exception ignored" not in process.err and "ResourceWarning" not in process.err
 
 
 def test_a_second_signal_kills_workers_that_are_still_draining(run, redis_url):
