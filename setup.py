@@ -28,7 +28,7 @@ setup(
             "nox>=2024.3",
         ],
     },
-    entry_points={"console_scripts": ["syncws=syncws.cli:main"]},
+    entry_points={"console_scripts": ["syncws=syncws.cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",

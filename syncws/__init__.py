@@ -1,40 +1,71 @@
-"""syncws: hook-based WebSockets, pub/sub and Server-Sent Events for sync Python."""
+"""syncws: hook-based WebSockets, pub/sub and Server-Sent Events for sync Python.
 
-from .app import App
-from .hooks import CloseDetails, Hooks
-from .broker import Broker
-from .message import Message
-from .mount import mount
-from .peer import Peer
-from .publisher import Publisher
-from .sse import EventStream, create_event_stream
-from .sse_format import EventStreamMessage
-from .server import Server, current_server, publish, serve
-from .websocket import WebSocketHandler, define_websocket_handler
+This module is the public face: everything a user imports comes from here.
+The layers underneath (see ``docs/architecture.md``) are, bottom to top,
+:mod:`syncws.base`, :mod:`syncws.protocol`, :mod:`syncws.pubsub`,
+:mod:`syncws.server`, :mod:`syncws.web`, :mod:`syncws.integrations` and
+:mod:`syncws.cli`; each imports only from the ones below it.
+"""
 
-__version__ = "0.1.0"
+from .base.errors import (
+    ConfigurationError,
+    DependencyMissing,
+    HandshakeError,
+    HTTPError,
+    ImportStringError,
+    ListenError,
+    ProtocolError,
+    RequestHeadError,
+    ServerNotRunning,
+    SyncwsError,
+)
+from .base.options import ServerOptions
+from .base.version import __version__
+
+# Importing the integrations registers them with the server layer (the Flask
+# preparer, the gevent-websocket app wrapper); it patches nothing by itself.
+from .integrations import flask as _flask_integration  # noqa: F401
+from .integrations import gevent_websocket as _gevent_websocket_integration  # noqa: F401
+from .protocol.message import Message
+from .protocol.sse import EventStreamMessage
+from .pubsub.broker import Broker
+from .pubsub.publisher import Publisher
+from .server.handler import WebSocketHandler, define_websocket_handler
+from .server.hooks import CloseDetails, Hooks
+from .server.peer import Peer
+from .server.server import Server, current_server, publish, serve
+from .server.streams import EventStream, create_event_stream
+from .web.app import App
+from .web.mount import mount
 
 __all__ = [
     "App",
     "Broker",
     "CloseDetails",
+    "ConfigurationError",
+    "DependencyMissing",
     "EventStream",
     "EventStreamMessage",
+    "HTTPError",
+    "HandshakeError",
     "Hooks",
+    "ImportStringError",
+    "ListenError",
     "Message",
     "Peer",
+    "ProtocolError",
     "Publisher",
+    "RequestHeadError",
     "Server",
+    "ServerNotRunning",
+    "ServerOptions",
+    "SyncwsError",
     "WebSocketHandler",
+    "__version__",
     "create_event_stream",
     "current_server",
     "define_websocket_handler",
     "mount",
     "publish",
     "serve",
-    "__version__",
 ]
-
-from .flask_compat import patch_flask as _patch_flask  # noqa: E402
-
-_patch_flask()  # when Flask is already imported; define_websocket_handler() covers the rest

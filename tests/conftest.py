@@ -14,7 +14,7 @@ import pytest
 import websocket
 
 from syncws import serve
-from syncws.server import Server
+from syncws.server.server import Server
 
 
 _create_connection = websocket.create_connection

@@ -13,19 +13,22 @@ from pathlib import Path
 import pytest
 
 from syncws import Broker, serve
-from syncws.broker import (
-    ENV_VAR,
+from syncws.base.options import BY_NAME
+from syncws.pubsub.broker import (
     LocalBroker,
     channel_name,
     decode_envelope,
     encode_envelope,
-    make_broker,
     new_origin,
 )
-from syncws.payload import Outgoing
+from syncws.pubsub.factory import make_broker
+from syncws.protocol.payload import Outgoing
 from syncws.protocol import OP_BINARY, OP_TEXT
-from syncws.redis_broker import RedisBroker
-from syncws.server import Server
+from syncws.pubsub.redis_broker import RedisBroker
+from syncws.server.server import Server
+
+ENV_VAR = BY_NAME["broker"].env_var
+assert ENV_VAR == "SYNCWS_BROKER"
 
 from .apps.broker_app import app as broker_app
 from .conftest import connect, wait_until
@@ -280,10 +283,11 @@ class RecordingBroker(Broker):
 
     def __init__(self, events: list | None = None) -> None:
         self.events = events if events is not None else []
-        self.server = None
+        self.deliver = None
 
-    def start(self, server):
-        self.server = server
+    def start(self, deliver, interests):
+        self.deliver = deliver
+        self.started_with = interests()
         self.events.append(("start",))
 
     def stop(self):
@@ -350,7 +354,8 @@ def test_start_and_stop_reach_the_broker(start_server):
     broker = RecordingBroker()
     server = start_server(broker_app, broker=broker)
     assert server.broker is broker
-    assert broker.server is server
+    assert broker.deliver == server.runtime.deliver_relayed  # a callback, not the server
+    assert broker.started_with == []
     assert broker.events == [("start",)]
     server.stop(timeout=2)
     assert broker.events == [("start",), ("stop",)]
@@ -416,10 +421,10 @@ def test_relayed_messages_are_delivered_locally_and_never_relayed_again(start_se
     del broker.events[:]
 
     # a relayed publish from a peer of /rooms/a elsewhere: only /rooms/a here
-    server.deliver_relayed("/rooms/a", "t", Outgoing("from elsewhere"))
+    broker.deliver("/rooms/a", "t", Outgoing("from elsewhere"))
     assert in_a.recv() == "from elsewhere"
     # namespace None: every namespace
-    server.deliver_relayed(None, "t", Outgoing(b"\x07"))
+    broker.deliver(None, "t", Outgoing(b"\x07"))
     assert in_a.recv() == b"\x07"
     assert in_b.recv() == b"\x07"  # and nothing before it: /rooms/a's message did not leak here
     assert wait_until(lambda: len(broker.events) == 2)

@@ -8,9 +8,11 @@ import struct
 import pytest
 import websocket
 
-from syncws.cli import LIMIT_OPTIONS, build_parser, env_var, server_options
+from syncws.base.options import BY_NAME, LIMITS
+from syncws.cli.main import build_parser
+from syncws.cli.options import server_options
 from syncws.protocol import OP_BINARY, OP_CLOSE, OP_PING
-from syncws.server import ServerOptions
+from syncws.base.options import ServerOptions
 
 from .support import RawClient, SyncwsRunner, http_exchange, parse_response, recv_close, upgrade_request
 
@@ -30,7 +32,7 @@ def options_for(*argv: str, env: dict | None = None) -> dict:
 
 
 def test_every_server_option_has_a_flag_and_a_variable():
-    names = {name for name, *_ in LIMIT_OPTIONS}
+    names = {option.name for option in LIMITS}
     assert names == set(ServerOptions.__dataclass_fields__)
     help_text = build_parser().format_help()
     for name in names:
@@ -83,7 +85,7 @@ def test_environment_variables_and_flags_win():
     }
     assert options_for(env=env) == {"max_message_size": 2 * 1024 * 1024, "ping_interval": None, "allowed_origins": ["*"]}
     assert options_for("--ping-interval", "5", env=env)["ping_interval"] == 5.0
-    assert [env_var(name) for name, *_ in LIMIT_OPTIONS][:2] == ["SYNCWS_MAX_MESSAGE_SIZE", "SYNCWS_MAX_BUFFER_SIZE"]
+    assert [option.env_var for option in LIMITS][:2] == ["SYNCWS_MAX_MESSAGE_SIZE", "SYNCWS_MAX_BUFFER_SIZE"]
 
 
 @pytest.mark.parametrize(
@@ -98,8 +100,8 @@ def test_bad_values_are_refused(name, value, capsys):
     with pytest.raises(SystemExit) as info:
         options_for("--" + name.replace("_", "-"), value)
     assert info.value.code == 2
-    with pytest.raises(ValueError, match=env_var(name)):
-        options_for(env={env_var(name): value})
+    with pytest.raises(ValueError, match=BY_NAME[name].env_var):
+        options_for(env={BY_NAME[name].env_var: value})
 
 
 @pytest.fixture

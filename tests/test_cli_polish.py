@@ -17,7 +17,9 @@ import requests
 import websocket
 
 import syncws
-from syncws.cli import GENERAL_OPTIONS, build_parser, resolve_general_options
+from syncws.base.options import OPTIONS, Scope
+from syncws.cli.main import build_parser
+from syncws.cli.options import resolve_options
 
 from .conftest import wait_until
 from .support import SyncwsProcess, SyncwsRunner, free_port, recv_close, subprocess_env
@@ -44,7 +46,7 @@ def cli(tmp_path):
 
 def parse(*argv: str, env: dict | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(["mod:app", *argv])
-    resolve_general_options(args, env or {})
+    resolve_options(args, env or {})
     return args
 
 
@@ -87,8 +89,8 @@ def test_every_general_option_has_a_variable_and_the_flag_wins():
     assert parse("--no-access-log").access_log is False
     assert parse("--no-monkey-patch").no_monkey_patch is True
     help_text = " ".join(build_parser().format_help().split())
-    for _dest, variable, *_ in GENERAL_OPTIONS:
-        assert variable in help_text
+    for option in OPTIONS:
+        assert option.env_var in help_text or option.scope is Scope.LIMIT
     for flag in ("--reload", "--log-level", "--no-access-log", "--version", "--host", "--port"):
         assert flag in help_text
 

@@ -161,7 +161,7 @@ def live():
     trouble = Trouble()
     logger = logging.getLogger("syncws")
     logger.addHandler(trouble)
-    hub = server.bridge.hub
+    hub = server.runtime.bridge.hub
     hub_errors: list = []
     original = hub.handle_error
 
@@ -538,4 +538,4 @@ def test_the_server_is_still_fine_after_the_fuzzing(live):
     client.close()
     live.assert_healthy(live.watchdog.count - 1)
     assert live.watchdog.count > 100
-    assert {"ProtocolViolation"} >= set(live.errors_seen)
+    assert {"ProtocolError"} >= set(live.errors_seen)

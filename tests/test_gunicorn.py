@@ -18,7 +18,7 @@ import websocket
 
 pytest.importorskip("gunicorn")
 
-from syncws.broker import channel_name
+from syncws.pubsub.broker import channel_name
 
 from .conftest import wait_until
 from .support import (

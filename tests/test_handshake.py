@@ -7,8 +7,8 @@ import base64
 import pytest
 
 from syncws import define_websocket_handler
-from syncws import handshake
-from syncws.handshake import HandshakeError, accept_key, is_upgrade_request, validate
+from syncws.protocol import handshake
+from syncws.protocol.handshake import HandshakeError, accept_key, is_upgrade_request, validate
 
 from .conftest import connect, raw_request
 from .support import KEY as RFC_KEY

@@ -163,7 +163,7 @@ def watch_hub(server) -> list:
 
     gevent prints those to stderr, where caplog cannot see them.
     """
-    hub = server.bridge.hub
+    hub = server.runtime.bridge.hub
     seen: list = []
     original = hub.handle_error
 

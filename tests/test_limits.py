@@ -156,7 +156,7 @@ def test_bad_limit_values_are_refused():
     ],
 )
 def test_bad_server_options_are_refused(options):
-    from syncws.server import ServerOptions
+    from syncws.base.options import ServerOptions
 
     with pytest.raises(ValueError):
         ServerOptions(**options)

@@ -22,7 +22,7 @@ from werkzeug.test import EnvironBuilder
 
 import syncws
 from syncws import mount, serve
-from syncws.mount import Mount
+from syncws.web.mount import Mount
 
 from .conftest import connect, raw_request
 from .support import SyncwsRunner, free_port, parse_response, upgrade_request
@@ -199,7 +199,7 @@ def test_a_failing_view_is_a_500_and_an_http_exception_its_own_answer(caplog):
     list(mounted(_environ("/boom"), lambda s, h: statuses.append(s)))
     list(mounted(_environ("/no"), lambda s, h: statuses.append(s)))
     assert statuses == ["500 INTERNAL SERVER ERROR", "403 FORBIDDEN"]
-    assert "mounted view for GET /boom failed" in caplog.text
+    assert "view for GET /boom failed" in caplog.text
 
 
 def test_bad_arguments_are_refused_at_once():

@@ -19,7 +19,7 @@ from syncws.protocol import (
     FrameParser,
     BYTES_PER_FRAGMENT,
     max_frames,
-    ProtocolViolation,
+    ProtocolError,
     decode_close_payload,
     encode_close_payload,
     encode_frame,
@@ -52,12 +52,12 @@ def messages_until_eof(data: bytes, max_message_size: int | None = 1 << 20) -> l
 
 
 def violation_code(data: bytes, max_message_size: int | None = 1 << 20) -> int:
-    """Read one message from ``data``, which must raise ProtocolViolation; return its close code.
+    """Read one message from ``data``, which must raise ProtocolError; return its close code.
 
     The reader gets ``data`` and nothing more: a parser that wanted more bytes
     before deciding would end in ConnectionClosed instead, and fail the test.
     """
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         reader_for(data, max_message_size).read_message()
     return info.value.code
 
@@ -268,7 +268,7 @@ def test_continuation_after_a_finished_message_is_a_protocol_error():
     data = client_frame(OP_TEXT, b"done") + client_frame(OP_CONTINUATION, b"late")
     reader = reader_for(data)
     assert reader.read_message() == Frame(True, OP_TEXT, b"done")
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         reader.read_message()
     assert info.value.code == 1002
 
@@ -369,7 +369,7 @@ def test_the_limit_bounds_the_number_of_frames_in_a_message():
     assert len(frames) == allowed
     assert messages_until_eof(b"".join(frames), max_message_size=limit) == [Frame(True, OP_BINARY, b"xy")]
     one_more = b"".join(frames[:-1]) + client_frame(OP_CONTINUATION, b"", fin=False) + frames[-1]
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         messages_until_eof(one_more, max_message_size=limit)
     assert info.value.code == 1009
 
@@ -388,7 +388,7 @@ def test_empty_continuations_are_bounded_under_the_default_limit():
     parser = FrameParser(1 << 20)
     parser.feed(client_frame(OP_TEXT, b"", fin=False))
     empty = client_frame(OP_CONTINUATION, b"", fin=False)
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         for _ in range(1_000_000):
             parser.feed(empty)
             assert parser.next_frame() is None
@@ -479,7 +479,7 @@ def test_close_payload_is_capped_at_125_bytes():
 
 
 def test_one_byte_close_payload_is_1002():
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         decode_close_payload(b"\x03")
     assert info.value.code == 1002
 
@@ -487,7 +487,7 @@ def test_one_byte_close_payload_is_1002():
 @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535])
 def test_invalid_close_codes_are_1002(code):
     assert not is_valid_close_code(code)
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         decode_close_payload(struct.pack("!H", code))
     assert info.value.code == 1002
 
@@ -499,7 +499,7 @@ def test_valid_close_codes(code):
 
 
 def test_close_reason_that_is_not_utf8_is_1007():
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         decode_close_payload(b"\x03\xe8\xff\xfe")
     assert info.value.code == 1007
 

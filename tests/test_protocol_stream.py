@@ -18,7 +18,7 @@ from syncws.protocol import (
     OP_PING,
     OP_TEXT,
     Frame,
-    ProtocolViolation,
+    ProtocolError,
     encode_frame,
     unmask,
 )
@@ -140,10 +140,10 @@ def test_invalid_utf8_fails_before_the_rest_of_the_frame_arrives(bad):
     payload = (b"valid " + bad).ljust(1000, b"x")
     partial = client_frame(OP_TEXT, payload)[: 2 + 2 + 4 + len(b"valid " + bad)]
     stream = Stream(partial, largest=8)
-    with pytest.raises(ProtocolViolation) as info:
+    with pytest.raises(ProtocolError) as info:
         BlockingReader(stream.read, None, read_some=stream.read_some).read_message()
     assert info.value.code == ws.CLOSE_INVALID_DATA
-    with pytest.raises(ProtocolViolation) as info:  # all of it in one piece: the same
+    with pytest.raises(ProtocolError) as info:  # all of it in one piece: the same
         BlockingReader(io.BytesIO(partial).read, None).read_message()
     assert info.value.code == ws.CLOSE_INVALID_DATA
 

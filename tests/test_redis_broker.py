@@ -38,12 +38,15 @@ import requests
 import websocket
 
 from syncws import Publisher
-from syncws.broker import ENV_VAR, channel_name
-from syncws.redis_broker import RedisBroker
+from syncws.base.options import BY_NAME
+from syncws.pubsub.broker import channel_name
+from syncws.pubsub.redis_broker import RedisBroker
 
 from .apps.broker_app import app as broker_app
 from .conftest import wait_until
 from .support import RedisServer, SyncwsProcess, free_port, subprocess_env
+
+ENV_VAR = BY_NAME["broker"].env_var
 
 pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
 

@@ -27,10 +27,10 @@ import gevent
 import pytest
 import websocket
 
-from syncws.outbox import Outbox
-from syncws.peer import Peer
+from syncws.server.outbox import Outbox
+from syncws.server.peer import Peer
 from syncws.protocol import OP_BINARY, OP_TEXT, encode_frame
-from syncws.session import Session
+from syncws.server.session import Session
 
 from .conftest import wait_until
 from .support import RawClient, app_with, new_key, read_head, upgrade_request
@@ -238,7 +238,7 @@ def rss_mib() -> float:
 
 def live_greenlets(server) -> list:
     """gevent greenlets of the server's hub that are not dead (started or pending)."""
-    hub = server.bridge.hub
+    hub = server.runtime.bridge.hub
     return [obj for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and obj.parent is hub and not obj.dead]
 
 
@@ -247,9 +247,11 @@ def survivors(server) -> list:
     gc.collect()
     found = []
     for obj in gc.get_objects():
-        if isinstance(obj, (Session, Peer)) and obj.server is server:
+        if isinstance(obj, Session) and obj.runtime is server.runtime:
             found.append(obj)
-        elif isinstance(obj, Outbox) and obj._flusher is server.flusher:
+        elif isinstance(obj, Peer) and obj.server is server:
+            found.append(obj)
+        elif isinstance(obj, Outbox) and obj._flusher is server.runtime.flusher:
             found.append(obj)
     return found
 

@@ -36,8 +36,9 @@ import pytest
 import requests
 
 import syncws
+from syncws import ConfigurationError
 from syncws import App, EventStream, EventStreamMessage, create_event_stream, define_websocket_handler
-from syncws.sse_format import HEADERS
+from syncws.protocol.sse import HEADERS
 
 from .conftest import connect, wait_until
 
@@ -306,7 +307,7 @@ def subscribe_from_query(stream, request):
 
 def live_greenlets(server) -> list:
     """gevent greenlets of the server's hub that are not dead (started or pending)."""
-    hub = server.bridge.hub
+    hub = server.runtime.bridge.hub
     return [
         obj
         for obj in gc.get_objects()
@@ -647,6 +648,7 @@ def test_invalid_options_and_arguments(start_server):
                 results.append((repr(options), type(exc)))
             else:
                 results.append((repr(options), None))
+        # A bad value is a ConfigurationError, which is also a ValueError.
         try:
             create_event_stream(request, keepalive=1)  # misspelt option
         except TypeError:
@@ -655,7 +657,8 @@ def test_invalid_options_and_arguments(start_server):
 
     server = start_server(app)
     assert requests.get(server.url + "/check", timeout=5).text == "done"
-    assert results == [(repr(options), ValueError) for options in BAD_OPTIONS] + [("unknown option", TypeError)]
+    assert results == [(repr(options), ConfigurationError) for options in BAD_OPTIONS] + [("unknown option", TypeError)]
+    assert issubclass(ConfigurationError, ValueError)
     assert not server.streams
     for bad in (123, "GET /", None, b"environ"):
         with pytest.raises(TypeError):
@@ -912,7 +915,7 @@ def test_500_connect_disconnect_cycles_leave_nothing_behind(sse_server):
         stream.on_closed(on_closed)
 
     server, opened = sse_server(keep_alive=None, setup=setup, retry=1000)
-    assert wait_until(lambda: server.bridge is not None)
+    assert wait_until(lambda: server.runtime.bridge is not None)
     gc.collect()
     before = len(live_greenlets(server))
     for n in range(500):

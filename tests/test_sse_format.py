@@ -13,7 +13,7 @@ from types import MappingProxyType
 import pytest
 
 import syncws
-from syncws.sse_format import (
+from syncws.protocol.sse import (
     HEADERS,
     EventStreamMessage,
     format_comment,

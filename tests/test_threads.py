@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from syncws import App, create_event_stream, define_websocket_handler
-from syncws.server import ServerOptions
+from syncws.base.options import ServerOptions
 
 from .conftest import connect, wait_until
 from .support import recv_close

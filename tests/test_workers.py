@@ -21,7 +21,7 @@ import redis
 import requests
 import websocket
 
-from syncws.broker import channel_name
+from syncws.pubsub.broker import channel_name
 
 from .conftest import wait_until
 from .support import SYNCWS_BOUND as BOUND  # no wait in this module is longer
@@ -473,7 +473,7 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(run, redis_
 
 
 def test_the_master_gives_up_when_workers_keep_dying(run, redis_url):
-    from syncws.workers import MAX_RESTARTS
+    from syncws.cli.workers import MAX_RESTARTS
 
     process, port, _, _ = start_two_workers(run, redis_url)
     killed: set[int] = set()

@@ -14,8 +14,8 @@ import pytest
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-import syncws.sse
-import syncws.websocket
+import syncws.server.streams
+import syncws.server.handler
 from syncws import App, create_event_stream, define_websocket_handler
 
 from .support import upgrade_request
@@ -31,8 +31,8 @@ class QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch, caplog):
     """Each test starts as a new process would: nothing warned yet."""
-    monkeypatch.setattr(syncws.websocket, "_warned_no_transport", False)
-    monkeypatch.setattr(syncws.sse, "_warned_no_transport", False)
+    monkeypatch.setattr(syncws.server.handler, "_warned_no_transport", False)
+    monkeypatch.setattr(syncws.server.streams, "_warned_no_transport", False)
     caplog.set_level(logging.INFO)
 
 

@@ -1,0 +1,92 @@
+"""Every exception syncws raises on purpose, under one base class.
+
+::
+
+    SyncwsError
+    ├── ConfigurationError (also ValueError)   an option or argument has a bad value
+    ├── ServerNotRunning (also RuntimeError)   publish()/close_all() with no server running
+    ├── DependencyMissing (also RuntimeError)  an optional extra is not installed
+    ├── ImportStringError                      ``module:app`` names no WSGI callable
+    ├── ListenError (also OSError)             the address cannot be bound (in use, no permission)
+    ├── ProtocolError                          the peer broke RFC 6455; ``code`` is the close code
+    └── HTTPError                              a request is refused; ``status``, ``message``, ``headers``
+        ├── HandshakeError                     a malformed WebSocket upgrade request
+        └── RequestHeadError                   a request head over the limits or malformed
+
+Two classes outside this module join the family: ``NoTransportError`` (an
+event stream under a server that is not syncws; also werkzeug's
+``InternalServerError`` so frameworks render it as a 500) and the
+gevent-websocket compatibility layer's ``WebSocketError`` (also
+gevent-websocket's own class, which such apps catch).
+
+Why the double bases: code that predates the hierarchy, and callers who know
+only the standard library, catch ``ValueError`` or ``RuntimeError``; those
+keep working, while ``except SyncwsError`` catches everything syncws means.
+Bad types (a hook that is not callable, an app that is not a WSGI callable)
+stay plain ``TypeError``, as Python itself raises them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SyncwsError(Exception):
+    """Base class of every exception syncws raises on purpose."""
+
+
+class ConfigurationError(SyncwsError, ValueError):
+    """An option or argument has a value syncws cannot use."""
+
+
+class ServerNotRunning(SyncwsError, RuntimeError):
+    """An operation needs a running server and there is none."""
+
+
+class DependencyMissing(SyncwsError, RuntimeError):
+    """An optional dependency (an extra such as ``syncws[redis]``) is not installed."""
+
+
+class ImportStringError(SyncwsError):
+    """The ``module:app`` string does not name a WSGI callable."""
+
+
+class ListenError(SyncwsError, OSError):
+    """The server cannot listen on its address; the message says which and why."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {cause.strerror or cause}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ProtocolError(SyncwsError):
+    """The peer broke RFC 6455; ``code`` is the close code to answer with."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class HTTPError(SyncwsError):
+    """A request the server refuses before the application runs.
+
+    ``status`` is the HTTP status code, ``message`` the short text body,
+    ``headers`` extra response headers (``Allow`` on a 405, for instance).
+    """
+
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+class HandshakeError(HTTPError):
+    """A malformed WebSocket upgrade request (RFC 6455 §4.2.1)."""
+
+
+class RequestHeadError(HTTPError):
+    """A request line or header block over the server's limits, or malformed."""

@@ -1,0 +1,413 @@
+"""The option table: every setting of syncws, described once.
+
+Each :class:`Option` row gives a setting's name, default, kind (which says how
+text from a flag or an environment variable is parsed and how a Python value
+is checked), where it applies and a one-line help.  Everything else is derived
+from :data:`OPTIONS`:
+
+* :class:`ServerOptions`, the validated settings a running server reads;
+* the ``python -m syncws`` flags (``--max-message-size``) and their help;
+* the ``SYNCWS_*`` environment variables (``SYNCWS_MAX_MESSAGE_SIZE``), read
+  by the CLI, ``--workers`` children and the gunicorn worker alike;
+* the per-handler overrides of ``define_websocket_handler`` (rows with
+  ``per_handler=True``);
+* the options table of ``docs/reference/options.md`` (a test fails when the
+  page and this table disagree).
+
+Precedence: a flag wins over its variable, a variable over the default; a
+keyword given to ``serve()``/``Server()`` is taken as it is.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Optional, Union
+
+from .errors import ConfigurationError
+
+log = logging.getLogger("syncws")
+
+MiB = 1024 * 1024
+
+#: What ``allowed_origins`` becomes once normalised: None (no check), a
+#: callable(origin) -> bool, or a frozenset of lower-cased origins ("*": any).
+OriginPolicy = Union[None, Callable[[str], Any], frozenset[str]]
+
+OVERFLOW_POLICIES = ("close", "drop")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_HOOK_THREADS = 10  # pool size for hooks_in_threads=True
+
+_NONE_WORDS = ("none", "off", "unlimited")
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
+_SIZE_UNITS = {"": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": MiB, "mb": MiB, "mib": MiB}
+
+
+class Kind(enum.Enum):
+    """How an option's text is parsed and its value checked."""
+
+    SIZE = "size"  # bytes: 65536, 64KiB, 1MiB
+    COUNT = "count"  # a positive integer
+    SECONDS = "seconds"  # a positive, finite number
+    CHOICE = "choice"  # one of ``choices``
+    ORIGINS = "origins"  # comma-separated origins, '*', or (in Python) a callable
+    THREADS = "threads"  # on/off or a number of threads
+    BOOL = "bool"  # 1/true/yes/on or 0/false/no/off
+    FLAG = "flag"  # a flag without a value (true when given)
+    TEXT = "text"  # any non-empty string
+    PORT = "port"  # 0 to 65535
+
+
+class Scope(enum.Enum):
+    """Where an option is given."""
+
+    LIMIT = "limit"  # a keyword of serve()/Server(), a field of ServerOptions
+    SERVER = "server"  # an argument of serve()/Server() kept on the Server itself
+    CLI = "cli"  # the command line (and its variable) only
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the option table."""
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    scope: Scope = Scope.LIMIT
+    nullable: bool = False  # None (``none`` on the command line) disables it
+    per_handler: bool = False  # define_websocket_handler(..., name=...) overrides it
+    choices: tuple[str, ...] = ()
+    metavar: str = ""
+    shown_default: str = ""  # the default as the docs show it, when repr() is not right
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return "SYNCWS_" + self.name.upper()
+
+    @property
+    def default_text(self) -> str:
+        return self.shown_default or repr(self.default)
+
+    # -- text (a flag or an environment variable) ---------------------------------
+    def parse(self, text: str) -> Any:
+        """The value of a flag or variable; ConfigurationError saying what was expected."""
+        value = text.strip()
+        lower = value.lower()
+        if self.nullable and lower in _NONE_WORDS:
+            return None
+        parser = _PARSERS[self.kind]
+        try:
+            result = parser(self, value)
+        except ConfigurationError:
+            raise
+        except (ValueError, KeyError, OverflowError):
+            result = _INVALID
+        if result is _INVALID:
+            extra = ", or 'none'" if self.nullable else ""
+            raise ConfigurationError(f"must be {self.expected}{extra}, got {text!r}")
+        return result
+
+    @property
+    def expected(self) -> str:
+        """What a valid value looks like, for error messages."""
+        return _EXPECTED[self.kind].format(choices=", ".join(self.choices))
+
+    # -- Python values -------------------------------------------------------------
+    def validate(self, value: Any) -> Any:
+        """Check a Python value; return it normalised.  ConfigurationError if unusable."""
+        if value is None and self.nullable:
+            return None
+        kind = self.kind
+        if kind in (Kind.SIZE, Kind.COUNT):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        elif kind is Kind.SECONDS:
+            # ``0 < value < inf`` also refuses NaN, which would never expire.
+            if _is_number(value) and 0 < value < math.inf:
+                return value
+        elif kind is Kind.CHOICE:
+            if value in self.choices:
+                return value
+        elif kind is Kind.ORIGINS:
+            return normalize_origins(value)
+        elif kind is Kind.THREADS:
+            if isinstance(value, bool) or (isinstance(value, int) and value > 0):
+                return value
+        elif kind in (Kind.BOOL, Kind.FLAG):
+            return bool(value)
+        elif kind is Kind.TEXT:
+            if isinstance(value, str) and value:
+                return value
+        elif kind is Kind.PORT:
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+                return value
+        none = " or None" if self.nullable else ""
+        raise ConfigurationError(f"{self.name} must be {self.expected}{none}, not {value!r}")
+
+
+_INVALID: Any = object()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_size(option: Option, text: str) -> Any:
+    lower = text.lower()
+    number = lower.rstrip("abcdefghijklmnopqrstuvwxyz")
+    size = int(number.strip()) * _SIZE_UNITS[lower[len(number) :].strip()]
+    return size if size >= 1 else _INVALID
+
+
+def _parse_count(option: Option, text: str) -> Any:
+    value = int(text)
+    return value if value >= 1 else _INVALID
+
+
+def _parse_seconds(option: Option, text: str) -> Any:
+    value = float(text)
+    return value if 0 < value < math.inf else _INVALID
+
+
+def _parse_choice(option: Option, text: str) -> Any:
+    lower = text.lower()
+    return lower if lower in option.choices else _INVALID
+
+
+def _parse_origins(option: Option, text: str) -> Any:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    return items if items else _INVALID
+
+
+def _parse_threads(option: Option, text: str) -> Any:
+    lower = text.lower()
+    if lower in ("on", "true", "yes"):
+        return True
+    if lower in ("off", "false", "no", "none", "0"):
+        return False
+    return _parse_count(option, text)
+
+
+def _parse_bool(option: Option, text: str) -> Any:
+    lower = text.lower()
+    if lower in _TRUE_WORDS:
+        return True
+    if lower in _FALSE_WORDS:
+        return False
+    return _INVALID
+
+
+def _parse_text(option: Option, text: str) -> Any:
+    return text if text else _INVALID
+
+
+def _parse_port(option: Option, text: str) -> Any:
+    value = int(text)
+    return value if 0 <= value <= 65535 else _INVALID
+
+
+_PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
+    Kind.SIZE: _parse_size,
+    Kind.COUNT: _parse_count,
+    Kind.SECONDS: _parse_seconds,
+    Kind.CHOICE: _parse_choice,
+    Kind.ORIGINS: _parse_origins,
+    Kind.THREADS: _parse_threads,
+    Kind.BOOL: _parse_bool,
+    Kind.FLAG: _parse_bool,
+    Kind.TEXT: _parse_text,
+    Kind.PORT: _parse_port,
+}
+
+_EXPECTED = {
+    Kind.SIZE: "a positive size in bytes (e.g. 65536, 64KiB, 1MiB)",
+    Kind.COUNT: "a positive integer",
+    Kind.SECONDS: "a positive number of seconds",
+    Kind.CHOICE: "one of {choices}",
+    Kind.ORIGINS: "a comma-separated list of origins or '*'",
+    Kind.THREADS: "'on' (10 threads), 'off' or a positive number of threads",
+    Kind.BOOL: "one of " + "/".join(_TRUE_WORDS + _FALSE_WORDS),
+    Kind.FLAG: "one of " + "/".join(_TRUE_WORDS + _FALSE_WORDS),
+    Kind.TEXT: "a non-empty string",
+    Kind.PORT: "a port number from 0 to 65535",
+}
+
+_METAVARS = {Kind.SIZE: "BYTES", Kind.COUNT: "N", Kind.SECONDS: "SECONDS", Kind.ORIGINS: "ORIGINS", Kind.THREADS: "N"}
+
+
+def normalize_origins(value: Any) -> OriginPolicy:
+    """None, a callable, or a frozenset of lower-cased origins ("*" allows any)."""
+    if value is None or callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str):
+        value = [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise ConfigurationError(
+            f"allowed_origins must be None, a list of origins or a callable, not {type(value).__name__}"
+        ) from None
+    origins = set()
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigurationError(f"allowed_origins entries must be non-empty strings, not {item!r}")
+        origins.add(item.strip().rstrip("/").lower())
+    return frozenset(origins)
+
+
+def origin_allowed(policy: OriginPolicy, origin: Optional[str]) -> bool:
+    """Whether a WebSocket upgrade with this ``Origin`` header may proceed.
+
+    No policy, or no ``Origin`` header at all, passes: browsers always send
+    one on a WebSocket handshake, so a request without it comes from a
+    non-browser client (a script, a server, a CLI tool) that could forge any
+    Origin anyway; the check exists to stop *other web sites* from opening
+    sockets with a visitor's cookies (cross-site WebSocket hijacking).
+    A list matches the serialised origin (``scheme://host[:port]``) exactly,
+    case-insensitively; ``"*"`` matches anything.  A callable that raises
+    rejects (fail closed) and the exception is logged.
+    """
+    if policy is None or origin is None:
+        return True
+    if callable(policy):
+        try:
+            return bool(policy(origin))
+        except Exception:
+            log.exception("syncws: allowed_origins callable raised for Origin %r; rejecting", origin)
+            return False
+    return "*" in policy or origin.strip().rstrip("/").lower() in policy
+
+
+# -- the table ---------------------------------------------------------------------------
+
+OPTIONS: tuple[Option, ...] = (
+    # WebSocket messages and buffers
+    Option("max_message_size", Kind.SIZE, MiB, nullable=True, per_handler=True, shown_default="1 MiB",
+           help="largest incoming WebSocket message; over it the peer is closed with 1009"),
+    Option("max_buffer_size", Kind.SIZE, MiB, nullable=True, shown_default="1 MiB",
+           help="bytes queued for one peer or event stream and not yet written; over it the overflow policy applies"),
+    Option("overflow", Kind.CHOICE, "close", choices=OVERFLOW_POLICIES, metavar="POLICY",
+           help="a full outbound buffer: 'close' the peer with 1008 (an event stream ends), or 'drop' the new message"),
+    Option("close_timeout", Kind.SECONDS, 5.0, shown_default="5 s",
+           help="how long a closing peer has to answer our close frame before the connection is dropped"),
+    # The HTTP request head (every request, upgrades included)
+    Option("max_request_line", Kind.SIZE, 8192, shown_default="8192 bytes",
+           help="longest HTTP request line; over it: 414 and close"),
+    Option("max_header_size", Kind.SIZE, 16 * 1024, shown_default="16 KiB",
+           help="largest HTTP request header block; over it: 431 and close"),
+    Option("max_header_count", Kind.COUNT, 100, help="most HTTP request header lines; over it: 431 and close"),
+    Option("handshake_timeout", Kind.SECONDS, 10.0, nullable=True, shown_default="10 s",
+           help="time to receive a request line and headers; over it: 408 and close"),
+    # Keepalive
+    Option("ping_interval", Kind.SECONDS, 20.0, nullable=True, per_handler=True, shown_default="20 s",
+           help="ping a WebSocket peer after this much silence"),
+    Option("ping_timeout", Kind.SECONDS, 20.0, nullable=True, per_handler=True, shown_default="20 s",
+           help="close a peer with 1011 when nothing answers a ping within this; None: never time out"),
+    # Who may connect
+    Option("allowed_origins", Kind.ORIGINS, None, nullable=True, per_handler=True, shown_default="None (any)",
+           help="origins allowed to open WebSockets ('*': any; a callable in Python); others get 403; "
+           "requests without an Origin header always pass"),
+    # Stopping
+    Option("shutdown_timeout", Kind.SECONDS, 5.0, shown_default="5 s",
+           help="on SIGTERM/SIGINT or stop(), how long peers get to answer the 1001 close"),
+    # Hooks that block without yielding to gevent
+    Option("hooks_in_threads", Kind.THREADS, False, per_handler=True, shown_default="off",
+           help="run hooks in a pool of OS threads (on: 10, or a number), for hooks that block without "
+           "yielding to gevent (un-patched I/O, C drivers)"),
+    # The server itself
+    Option("host", Kind.TEXT, "127.0.0.1", scope=Scope.SERVER, metavar="HOST", help="interface to bind"),
+    Option("port", Kind.PORT, 3000, scope=Scope.SERVER, metavar="PORT", help="port to bind, 0 for any free port"),
+    Option("access_log", Kind.BOOL, True, scope=Scope.SERVER, shown_default="on",
+           help="log one line per HTTP request to the 'syncws.access' logger"),
+    Option("broker", Kind.TEXT, None, scope=Scope.SERVER, metavar="URL",
+           shown_default="in-process",
+           help="pub/sub broker shared by every process: a redis:// URL (or a Broker object in Python)"),
+    # The command line only
+    Option("workers", Kind.COUNT, 1, scope=Scope.CLI,
+           help="worker processes sharing the listening port; more than 1 needs --broker"),
+    Option("log_level", Kind.CHOICE, "info", scope=Scope.CLI, choices=LOG_LEVELS, metavar="LEVEL",
+           help="logging level (the access log is logged at info)"),
+    Option("reload", Kind.BOOL, False, scope=Scope.CLI, shown_default="off",
+           help="development: restart when a Python file of the app changes (not with --workers)"),
+    Option("no_monkey_patch", Kind.FLAG, False, scope=Scope.CLI, shown_default="off",
+           help="do not gevent-monkey-patch the standard library (patched by default so that blocking "
+           "I/O in views and hooks yields to other connections)"),
+)
+
+BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+LIMITS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.scope is Scope.LIMIT)
+PER_HANDLER: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.per_handler)
+
+
+def metavar(option: Option) -> str:
+    return option.metavar or _METAVARS.get(option.kind, option.name.upper())
+
+
+def from_environ(environ: Mapping[str, str], names: Any = None) -> dict[str, Any]:
+    """The options set through ``SYNCWS_*`` variables (all rows, or those in ``names``).
+
+    Empty variables count as unset.  A bad value raises ConfigurationError
+    naming the variable.
+    """
+    found: dict[str, Any] = {}
+    for option in OPTIONS:
+        if names is not None and option.name not in names:
+            continue
+        text = environ.get(option.env_var, "").strip()
+        if not text:
+            continue
+        try:
+            found[option.name] = option.parse(text)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{option.env_var} {exc}") from None
+    return found
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate per-handler overrides; TypeError for a name that is not one."""
+    unknown = set(overrides) - set(PER_HANDLER)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s): {', '.join(sorted(unknown))}; a handler may override {', '.join(PER_HANDLER)}"
+        )
+    return {name: BY_NAME[name].validate(value) for name, value in overrides.items()}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The validated limits a server runs with (one field per LIMIT row of the table)."""
+
+    max_message_size: Optional[int] = MiB
+    max_buffer_size: Optional[int] = MiB
+    overflow: str = "close"
+    close_timeout: float = 5.0
+    max_request_line: int = 8192
+    max_header_size: int = 16 * 1024
+    max_header_count: int = 100
+    handshake_timeout: Optional[float] = 10.0
+    ping_interval: Optional[float] = 20.0
+    ping_timeout: Optional[float] = 20.0
+    allowed_origins: OriginPolicy = None
+    shutdown_timeout: float = 5.0
+    hooks_in_threads: Union[bool, int] = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, BY_NAME[f.name].validate(getattr(self, f.name)))
+
+    @property
+    def hook_threads(self) -> int:
+        """The size of the hook thread pool."""
+        threads = self.hooks_in_threads
+        if isinstance(threads, bool) or not threads:
+            return DEFAULT_HOOK_THREADS
+        return threads

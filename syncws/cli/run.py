@@ -1,0 +1,119 @@
+"""Running one server process from parsed command-line arguments.
+
+Shared by the single-process CLI, the ``--reload`` child and the
+``--workers`` children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Optional
+
+import gevent
+
+from ..base.errors import ImportStringError, ListenError, SyncwsError
+from ..server.server import Server
+from .options import server_options
+
+
+def load_app(spec: str) -> Callable[..., Any]:
+    """Import ``module:attr`` (or ``module``, which must have ``app``/``application``)."""
+    module_name, _, attr = spec.partition(":")
+    def dotted(name: str) -> bool:
+        return all(part.isidentifier() for part in name.split("."))
+
+    if not dotted(module_name) or (":" in spec and not dotted(attr)):
+        raise ImportStringError(f"expected 'module:app', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ImportStringError(f"cannot import module {module_name!r}: no such module") from None
+        raise
+    names = [attr] if attr else ["app", "application"]
+    for name in names:
+        obj: Any = module
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if not callable(obj):
+            raise ImportStringError(f"{module_name}:{name} is not a WSGI callable ({type(obj).__name__})")
+        return obj
+    wanted = attr or "'app' or 'application'"
+    raise ImportStringError(f"module {module_name!r} has no attribute {wanted}")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(message)s")
+
+
+def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
+    """Patch (unless told not to), import the app and build its Server from ``args``.
+
+    Shared by the single-process CLI, the reloader's child and ``--workers``
+    children.  Returns the Server, or the exit status (2) after printing the
+    one-line error for a bad import string or bad options.
+    """
+    if not args.no_monkey_patch:
+        from gevent import monkey
+
+        monkey.patch_all()
+    try:
+        app = load_app(args.app)
+    except ImportStringError as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        return Server(
+            app,
+            args.host,
+            args.port,
+            broker=args.broker,
+            access_log=getattr(args, "access_log", True),
+            listener=listener,
+            **server_options(args),
+        )
+    except SyncwsError as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def run_server(
+    args: argparse.Namespace,
+    listener: Any = None,
+    on_started: Optional[Callable[[Any], None]] = None,
+    banner_suffix: str = "",
+) -> int:
+    """Serve ``args.app`` in this process until stopped; the CLI's exit status.
+
+    ``listener``: an already-listening socket to accept on (the reloader's);
+    ``on_started(server)`` runs in the hub once the server is serving.
+    """
+    configure_logging(args.log_level)
+    server = build_server(args, listener)
+    if isinstance(server, int):
+        return server
+    try:
+        server.start()
+    except ListenError as exc:
+        print(f"syncws: error: {exc}", file=sys.stderr)
+        return 1
+
+    # Announce readiness from the hub, i.e. once serve_forever() has installed
+    # its SIGTERM/SIGINT handlers: a supervisor that signals as soon as it sees
+    # this line must get a clean shutdown, not the default "killed by signal".
+    message = f"syncws: serving {args.app} on {server.url} (Ctrl-C to stop{banner_suffix})"
+    gevent.spawn(print, message, flush=True)
+    if on_started is not None:
+        gevent.spawn(on_started, server)
+    server.serve_forever()
+    return 0

@@ -1,0 +1,189 @@
+"""A gunicorn worker class that serves an app with the syncws server.
+
+::
+
+    gunicorn -k syncws.gunicorn.Worker -b 127.0.0.1:8000 app:app
+    SYNCWS_BROKER=redis://127.0.0.1:6379/0 gunicorn -k syncws.gunicorn.Worker -w 4 app:app
+
+Each gunicorn worker process monkey-patches with gevent (as gunicorn's own
+gevent worker does, before the app is loaded), then runs one
+:class:`~syncws.server.Server` on the sockets gunicorn bound, so WebSockets,
+Server-Sent Events, pub/sub, the limits and the graceful shutdown behave
+exactly as under ``python -m syncws``:
+
+* **Timeout.**  gunicorn's ``--timeout`` is a worker heartbeat: the arbiter
+  kills a worker that has not checked in for that long.  This worker checks
+  in from its own greenlet several times per ``--timeout``, whatever its
+  connections are doing, so a WebSocket or an event stream may stay open for
+  hours.  (A worker whose hub is blocked, e.g. by an un-patched blocking
+  call, still gets killed: that is what the timeout is for.)
+* **Pub/sub across workers** needs a broker, as with ``--workers``: the
+  ``SYNCWS_BROKER`` environment variable (``redis://host:port/db``), which
+  may also be given as ``gunicorn -e SYNCWS_BROKER=...`` or ``raw_env`` in a
+  gunicorn config file.  Without one, a publish reaches only the clients of
+  the worker it was made on (a warning is logged when ``-w`` is above 1).
+* **Graceful shutdown.**  On SIGTERM (``gunicorn``'s graceful stop, also
+  used for ``HUP`` reloads and ``TTOU``) the worker stops accepting, closes
+  every WebSocket with 1001 (going away), ends every event stream and exits
+  once they are closed, at most ``SYNCWS_SHUTDOWN_TIMEOUT`` seconds (5 by
+  default, capped at gunicorn's ``--graceful-timeout``).  On SIGINT/SIGQUIT
+  (gunicorn's quick stop, Ctrl-C) it sends the 1001 closes and exits at once.
+* **Limits** come from the ``SYNCWS_<LIMIT>`` environment variables, as for
+  ``python -m syncws`` (``SYNCWS_MAX_MESSAGE_SIZE``, ``SYNCWS_PING_INTERVAL``,
+  ...).
+* **Logging** goes to gunicorn's logs: syncws messages to the error log, one
+  line per request to the access log when ``--access-logfile`` is given.
+
+Not supported: gunicorn's own TLS (``--certfile``/``--keyfile``; terminate
+TLS in a proxy in front), ``--worker-connections`` and ``--max-requests``.
+With ``--preload`` the app is imported in the arbiter, before any monkey
+patching: avoid it, as with gunicorn's gevent worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as stdlib_socket
+from typing import Any, Optional
+
+import gevent
+from gevent import hub, monkey
+from gunicorn.workers.base import Worker as BaseWorker
+
+from ..base.errors import ConfigurationError
+from ..base.options import LIMITS, from_environ
+from ..pubsub.broker import Broker
+from ..server.listener import url_for
+from ..server.server import Server
+
+log = logging.getLogger("syncws")
+
+#: How often, at most, the worker checks in with the arbiter and looks at its state.
+TICK = 0.5
+#: Extra time given to the server to finish after its shutdown timeout.
+FINISH_MARGIN = 1.0
+
+
+class Worker(BaseWorker):
+    """``gunicorn -k syncws.gunicorn.Worker``: one syncws server per worker process."""
+
+    server: Optional[Any] = None
+
+    # -- process set-up (in the worker, after the fork) -----------------------------
+    def init_process(self) -> None:
+        if self.cfg.is_ssl:
+            # Fails the boot with a clear message rather than serving plain text on an https port.
+            raise ConfigurationError(
+                "syncws.gunicorn.Worker does not support gunicorn's TLS options; terminate TLS in a proxy"
+            )
+        monkey.patch_all()
+        from gevent import socket
+
+        # gunicorn's listeners as gevent sockets (as gunicorn's gevent worker does).
+        self.sockets = [socket.socket(s.FAMILY, stdlib_socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets]
+        hub.reinit()
+        super().init_process()  # loads the app (self.wsgi), installs signals, calls run()
+
+    def _route_logs(self) -> None:
+        """syncws's loggers write to gunicorn's error and access logs."""
+        error_log = getattr(self.log, "error_log", None)
+        if isinstance(error_log, logging.Logger) and not log.handlers:
+            for handler in error_log.handlers:
+                log.addHandler(handler)
+            log.setLevel(error_log.level or logging.INFO)
+            log.propagate = False
+        access = logging.getLogger("syncws.access")
+        access_log = getattr(self.log, "access_log", None)
+        access.propagate = False  # never into the error log
+        if isinstance(access_log, logging.Logger) and not access.handlers:
+            for handler in access_log.handlers:
+                access.addHandler(handler)
+            access.setLevel(logging.INFO)
+
+    def _server_options(self) -> dict[str, Any]:
+        options = from_environ(os.environ, {option.name for option in LIMITS})  # SYNCWS_<LIMIT> variables
+        graceful = float(self.cfg.graceful_timeout)
+        # Leave the arbiter's SIGKILL (after --graceful-timeout) out of the drain.
+        drain = options.get("shutdown_timeout", 5.0)
+        options["shutdown_timeout"] = max(0.0, min(drain, graceful - FINISH_MARGIN))
+        return options
+
+    # -- the main loop --------------------------------------------------------------------
+    def run(self) -> None:
+        self._route_logs()
+        first, *others = self.sockets
+        address = first.getsockname()
+        host, port = (address[0], address[1]) if isinstance(address, tuple) else ("127.0.0.1", 0)
+        for sock in self.sockets:
+            sock.setblocking(1)
+        server = Server(  # its broker: SYNCWS_BROKER, else in-process
+            self.wsgi,
+            host,
+            port,
+            listener=first,
+            access_log=bool(self.cfg.accesslog),
+            **self._server_options(),
+        )
+        if type(server.broker) is Broker and self.cfg.workers > 1:
+            log.warning(
+                "syncws: %d gunicorn workers without SYNCWS_BROKER: a publish reaches only the clients "
+                "of the worker it is made on",
+                self.cfg.workers,
+            )
+        self.server = server
+        server.start()
+        # More than one -b: the same server (registry, sessions, drain) accepts on each.
+        for sock in others:
+            server.add_listener(sock)
+        log.info("syncws: worker %d serving on %s", self.pid, ", ".join(self._describe(s) for s in self.sockets))
+
+        try:
+            # The heartbeat: gunicorn's --timeout never applies to long-lived connections.
+            tick = max(0.05, min(TICK, float(self.timeout) / 4)) if self.timeout else TICK
+            while self.alive and not server.finished:
+                self.notify()
+                if self.ppid != os.getppid():
+                    log.info("syncws: worker %d lost its arbiter; shutting down", self.pid)
+                    break
+                gevent.sleep(tick)
+            if not server.stopping:
+                log.info("syncws: worker %d shutting down", self.pid)
+            server.stop()  # 1001 to every peer, end every stream, drain (shutdown_timeout)
+            deadline = server.options.shutdown_timeout + FINISH_MARGIN
+            with gevent.Timeout(deadline, False):
+                while not server.finished:
+                    self.notify()
+                    gevent.sleep(min(tick, 0.1))
+        finally:
+            server.finish()
+
+    @staticmethod
+    def _describe(sock: Any) -> str:
+        address = sock.getsockname()
+        if isinstance(address, tuple):
+            return url_for(address[0], address[1])
+        return f"unix:{address}"
+
+    # -- signals ----------------------------------------------------------------------------
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        # gunicorn's quick stop (SIGINT, SIGQUIT): goodbye frames, then exit at once.
+        # Out of the signal handler, as gunicorn's gevent worker does (blocking calls).
+        self.alive = False
+        gevent.spawn(self._quit, sig, frame)
+
+    def _quit(self, sig: int, frame: Any) -> None:
+        server = self.server
+        if server is not None and not server.finished:
+            try:
+                server.close_all(1001, "going away")
+                gevent.sleep(0.1)  # let the close frames go out
+            except Exception:  # pragma: no cover - best effort
+                log.exception("syncws: error while closing peers")
+        BaseWorker.handle_quit(self, sig, frame)
+
+    def handle_usr1(self, sig: int, frame: Any) -> None:
+        gevent.spawn(BaseWorker.handle_usr1, self, sig, frame)
+
+
+__all__ = ["Worker"]

@@ -1,0 +1,247 @@
+"""The server side of one WebSocket connection, as a state machine without I/O.
+
+A :class:`Connection` is fed the bytes a socket returned
+(:meth:`~Connection.receive_data`) and hands back events, one per call of
+:meth:`~Connection.next_event`: a :class:`~syncws.protocol.message.Message`,
+:class:`PingReceived`, :class:`PongReceived`, :class:`CloseReceived` or
+:class:`Failed`.  Events that need an answer carry the bytes to send
+(``pong``, ``reply``); the connection itself never writes, sleeps or reads a
+clock.  Keepalive decisions take the current time as an argument, so every
+rule below is tested with a fake clock and plain bytes
+(``tests/protocol/test_connection.py``); the gevent driver
+(:mod:`syncws.server.session`) only moves bytes and runs hooks.
+
+The close handshake (RFC 6455 §5.5.1, §7):
+
+* :meth:`~Connection.close` while :attr:`State.OPEN` returns our close frame
+  and moves to :attr:`State.LOCAL_CLOSING`; data frames that still arrive are
+  discarded (their hooks would see a peer that is already closing); the
+  peer's close frame ends the handshake.
+* A close frame from the peer while open moves to :attr:`State.REMOTE_CLOSING`
+  and the event carries our answer, which echoes the peer's code (RFC 6455
+  §5.5.1: "typically echoing the status code it received").
+* A protocol violation produces :class:`Failed` with the close frame to send
+  (1002, 1007 or 1009); nothing more can be read from the stream.
+* :meth:`~Connection.connection_lost` ends in :attr:`State.CLOSED` whatever
+  came before.  :attr:`~Connection.close_code` and
+  :attr:`~Connection.close_reason` are what the ``close`` hook receives: the
+  peer's when it started, ours when we did, 1006 and "" when the connection
+  dropped without either.
+
+Keepalive (:meth:`~Connection.keepalive`): after ``ping_interval`` seconds
+without a byte from the peer, ping; if nothing at all (a pong or any other
+byte) arrives within ``ping_timeout`` seconds of that ping, the answer is
+:attr:`KeepaliveAction.EXPIRE` and the driver closes with 1011.  With
+``ping_timeout=None`` pings go out every ``ping_interval`` of silence and
+never expire (it keeps NAT and proxy mappings alive).  Any byte counts as an
+answer, not only the matching pong: a peer that is busy sending is alive.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from ..base.errors import ConfigurationError, ProtocolError
+from .frames import (
+    CLOSE_ABNORMAL,
+    CLOSE_NORMAL,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    FrameParser,
+    decode_close_payload,
+    encode_close_payload,
+    encode_frame,
+    is_valid_close_code,
+)
+from .message import Message
+
+PING = encode_frame(OP_PING, b"")  # the keepalive ping: empty, the same bytes every time
+
+
+class State(enum.Enum):
+    """Where a connection is; the closing states record who started the close."""
+
+    OPEN = "open"
+    LOCAL_CLOSING = "local closing"  # we sent a close frame and wait for the peer's
+    REMOTE_CLOSING = "remote closing"  # the peer sent one first and we answered
+    CLOSED = "closed"  # the transport is gone
+
+
+class KeepaliveAction(enum.Enum):
+    """What :meth:`Connection.keepalive` asks the driver to do."""
+
+    NONE = "none"
+    PING = "ping"  # send :data:`PING`
+    EXPIRE = "expire"  # the peer did not answer a ping in time: close with 1011
+
+
+@dataclass(frozen=True)
+class PingReceived:
+    payload: bytes
+    pong: bytes  # the pong frame that answers it
+
+
+@dataclass(frozen=True)
+class PongReceived:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class CloseReceived:
+    code: Optional[int]  # None: the close frame had no payload
+    reason: Optional[str]
+    reply: Optional[bytes]  # our close frame; None when we had sent ours first
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The peer broke the protocol: send ``reply`` and read no further."""
+
+    error: ProtocolError
+    reply: Optional[bytes]  # None when our close frame was already sent
+
+
+Event = Union[Message, PingReceived, PongReceived, CloseReceived, Failed]
+
+
+class Connection:
+    """One WebSocket connection, server side, after the 101 (see the module docstring)."""
+
+    __slots__ = (
+        "parser",
+        "state",
+        "close_code",
+        "close_reason",
+        "ping_interval",
+        "ping_timeout",
+        "last_seen",
+        "_ping_sent_at",
+        "_input_done",
+    )
+
+    def __init__(
+        self,
+        max_message_size: Optional[int] = None,
+        *,
+        ping_interval: Optional[float] = None,
+        ping_timeout: Optional[float] = None,
+        now: float = 0.0,
+    ) -> None:
+        self.parser = FrameParser(max_message_size)
+        self.state = State.OPEN
+        self.close_code: Optional[int] = None
+        self.close_reason: Optional[str] = None
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.last_seen = now  # when the peer last sent us anything
+        self._ping_sent_at: Optional[float] = None
+        self._input_done = False  # a close frame or a violation ended what we read
+
+    @property
+    def open(self) -> bool:
+        return self.state is State.OPEN
+
+    @property
+    def needs_data(self) -> bool:
+        """True when :meth:`next_event` returned None for want of bytes.
+
+        Also true once the peer's close frame or a violation has ended the
+        input: no event will come any more, whatever is fed.
+        """
+        return self._input_done or self.parser.needs_data
+
+    # -- receiving -----------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the peer, received at ``now`` (any clock, as long as it is one clock)."""
+        self.last_seen = now
+        if not self._input_done:
+            self.parser.feed(data)
+
+    def next_event(self) -> Optional[Event]:
+        """The next event, or None (more bytes are needed, or a fragment was consumed).
+
+        At most one frame is parsed per call, so the driver bounds the work
+        one client gets before others are served.  Data messages that arrive
+        after our close frame are discarded (None).
+        """
+        if self._input_done:
+            return None
+        try:
+            frame = self.parser.next_frame()
+        except ProtocolError as exc:
+            return self._fail(exc)
+        if frame is None:
+            return None
+        opcode = frame.opcode
+        if opcode == OP_PING:
+            return PingReceived(frame.payload, encode_frame(OP_PONG, frame.payload))
+        if opcode == OP_PONG:
+            return PongReceived(frame.payload)
+        if opcode == OP_CLOSE:
+            return self._close_received(frame.payload)
+        if self.state is not State.OPEN:
+            return None
+        return Message(frame.payload, opcode == OP_BINARY)
+
+    def _close_received(self, payload: bytes) -> Event:
+        try:
+            code, reason = decode_close_payload(payload)
+        except ProtocolError as exc:
+            return self._fail(exc)
+        self._input_done = True  # RFC 6455 §5.5.1: nothing follows a close frame
+        if self.state is State.OPEN:
+            self.state = State.REMOTE_CLOSING
+            self.close_code, self.close_reason = code, reason
+            return CloseReceived(code, reason, encode_frame(OP_CLOSE, encode_close_payload(code)))
+        return CloseReceived(code, reason, None)
+
+    def _fail(self, error: ProtocolError) -> Failed:
+        self._input_done = True  # the stream cannot be parsed any further
+        return Failed(error, self.close(error.code, error.reason))
+
+    # -- closing ---------------------------------------------------------------------
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> Optional[bytes]:
+        """Start the close handshake: our close frame, or None when it has begun already.
+
+        ConfigurationError (a ValueError) for a code that may not be sent.
+        """
+        if self.state is not State.OPEN:
+            return None
+        if not isinstance(code, int) or isinstance(code, bool) or not is_valid_close_code(code):
+            raise ConfigurationError(f"invalid close code {code!r}")
+        self.state = State.LOCAL_CLOSING
+        self.close_code, self.close_reason = code, reason
+        return encode_frame(OP_CLOSE, encode_close_payload(code, reason))
+
+    def connection_lost(self) -> None:
+        """The transport is gone (EOF, reset, or we hung up)."""
+        if self.close_code is None and self.state is State.OPEN:
+            self.close_code, self.close_reason = CLOSE_ABNORMAL, ""
+        self.state = State.CLOSED
+
+    # -- keepalive -------------------------------------------------------------------
+    def keepalive(self, now: float) -> KeepaliveAction:
+        """Whether to ping, or give up on the peer, at time ``now``."""
+        interval = self.ping_interval
+        if interval is None or self.state is not State.OPEN:
+            return KeepaliveAction.NONE
+        sent = self._ping_sent_at
+        if sent is not None and self.last_seen < sent:  # our last ping is unanswered
+            if self.ping_timeout is not None:
+                if now - sent >= self.ping_timeout:
+                    return KeepaliveAction.EXPIRE
+                return KeepaliveAction.NONE
+            since = sent
+        else:
+            since = self.last_seen
+        if now - since >= interval:
+            self._ping_sent_at = now
+            return KeepaliveAction.PING
+        return KeepaliveAction.NONE
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.state.value}>"

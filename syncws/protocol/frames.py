@@ -1,0 +1,448 @@
+"""RFC 6455 framing, without I/O.
+
+Everything above this module speaks in terms of :class:`Frame`,
+:func:`encode_frame` and :class:`FrameParser`.  The parser is fed the bytes a
+socket returned and hands back frames; it never reads a socket itself, so the
+connection that drives it decides how much work to do before yielding to other
+connections, and these rules are tested with plain bytes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import functools
+import struct
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..base.errors import ProtocolError
+
+__all__ = [
+    "BYTES_PER_FRAGMENT",
+    "CLOSE_ABNORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_INVALID_DATA",
+    "CLOSE_NORMAL",
+    "CLOSE_NO_STATUS",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_TOO_BIG",
+    "CONTROL_OPCODES",
+    "CloseCode",
+    "DATA_OPCODES",
+    "Frame",
+    "FrameParser",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONTINUATION",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "Opcode",
+    "ProtocolError",
+    "decode_close_payload",
+    "encode_close_payload",
+    "encode_frame",
+    "encode_header",
+    "is_valid_close_code",
+    "max_frames",
+    "unmask",
+]
+
+
+class Opcode(enum.IntEnum):
+    """Frame opcodes (RFC 6455 §5.2)."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class CloseCode(enum.IntEnum):
+    """Close codes (RFC 6455 §7.4.1 and the IANA registry)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005  # never sent: "the close frame had no code"
+    ABNORMAL = 1006  # never sent: "the connection dropped without a close frame"
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+
+
+# Short names for the members the rest of the package uses most.
+OP_CONTINUATION = Opcode.CONTINUATION
+OP_TEXT = Opcode.TEXT
+OP_BINARY = Opcode.BINARY
+OP_CLOSE = Opcode.CLOSE
+OP_PING = Opcode.PING
+OP_PONG = Opcode.PONG
+
+DATA_OPCODES = (OP_TEXT, OP_BINARY)
+CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
+
+CLOSE_NORMAL = CloseCode.NORMAL
+CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
+CLOSE_PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+CLOSE_NO_STATUS = CloseCode.NO_STATUS
+CLOSE_ABNORMAL = CloseCode.ABNORMAL
+CLOSE_INVALID_DATA = CloseCode.INVALID_DATA
+CLOSE_POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
+CLOSE_TOO_BIG = CloseCode.TOO_BIG
+CLOSE_INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
+
+
+@dataclass(frozen=True)
+class Frame:
+    fin: bool
+    opcode: int
+    payload: bytes
+
+
+_BLOCK = 64 * 1024  # unmask in blocks this size: cache-friendly, one key for all blocks
+
+
+@functools.lru_cache(maxsize=16)
+def _block_key(mask: bytes) -> int:
+    return int.from_bytes(mask * (_BLOCK // 4), "little")
+
+
+def _xor(payload: Any, mask: bytes, n: int) -> bytes:
+    key = (mask * (n // 4 + 1))[:n]
+    value = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
+    return value.to_bytes(n, "little")
+
+
+def unmask(payload: Any, mask: bytes) -> bytes:
+    """XOR a payload (any bytes-like object) with the 4-byte mask, at C speed.
+
+    gevent-websocket unmasks byte by byte in Python.  Here the payload becomes
+    one big integer XORed with the repeated mask: every step (``from_bytes``,
+    ``^``, ``to_bytes``) runs in C.  Large payloads go in 64 KiB blocks that
+    share one cached key, about twice as fast as one huge integer (16 MiB:
+    ~650 MiB/s against ~280 MiB/s on the reference machine).
+    """
+    n = len(payload)
+    if n == 0:
+        return b""
+    if n <= _BLOCK:
+        return _xor(payload, mask, n)
+    key = _block_key(bytes(mask))
+    view = memoryview(payload)
+    full = n - n % _BLOCK
+    parts = []
+    for i in range(0, full, _BLOCK):
+        parts.append((int.from_bytes(view[i : i + _BLOCK], "little") ^ key).to_bytes(_BLOCK, "little"))
+    if full < n:
+        parts.append(_xor(view[full:], mask, n - full))
+    return b"".join(parts)
+
+
+def encode_header(fin: bool, opcode: int, length: int, mask: Optional[bytes] = None) -> bytes:
+    """A frame header: 2, 4 or 10 bytes, plus the 4-byte mask when one is given."""
+    first = opcode | 0x80 if fin else opcode
+    masked = 0x80 if mask else 0
+    if length < 126:
+        header = struct.pack("!BB", first, masked | length)
+    elif length < 0x10000:
+        header = struct.pack("!BBH", first, masked | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, masked | 127, length)
+    return header + mask if mask else header
+
+
+def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: Optional[bytes] = None) -> bytes:
+    """Return one complete frame.  Servers send unmasked; clients pass a mask."""
+    header = encode_header(fin, opcode, len(payload), mask)
+    if mask is None:
+        return header + payload
+    return header + unmask(payload, mask)
+
+
+def encode_close_payload(code: Optional[int], reason: str = "") -> bytes:
+    if code is None:
+        return b""
+    # Control frames carry at most 125 bytes: cut the reason on a character
+    # boundary so a long reason never becomes invalid UTF-8.
+    raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + raw
+
+
+def is_valid_close_code(code: int) -> bool:
+    if 1000 <= code <= 1014:
+        return code not in (1004, 1005, 1006)
+    return 3000 <= code <= 4999
+
+
+def decode_close_payload(payload: bytes) -> tuple[Optional[int], Optional[str]]:
+    """Parse a received close payload into ``(code, reason)``.
+
+    An empty payload means "no status": both are None.
+    """
+    if not payload:
+        return None, None
+    if len(payload) == 1:
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    (code,) = struct.unpack("!H", payload[:2])
+    if not is_valid_close_code(code):
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(CLOSE_INVALID_DATA, "close reason is not valid UTF-8") from None
+    return code, reason
+
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+#: ``max_message_size`` also bounds the number of frames in one message: a
+#: limit of L bytes admits at most ``16 + L // BYTES_PER_FRAGMENT`` frames
+#: (16,400 under the 1 MiB default), else 1009.  Each header costs the server
+#: work while an empty continuation frame adds nothing to the size, so without
+#: this a message of empty fragments could go on for ever.
+BYTES_PER_FRAGMENT = 64
+
+
+def max_frames(max_message_size: int) -> int:
+    """How many frames one message may have under this size limit."""
+    return 16 + max_message_size // BYTES_PER_FRAGMENT
+
+_HEADER, _PAYLOAD = 0, 1  # what the parser is waiting for
+_COMPACT = 64 * 1024  # drop consumed input once this much has piled up in front
+
+
+class FrameParser:
+    """Sans-I/O RFC 6455 parser for the server side: bytes in, frames out.
+
+    :meth:`feed` hands it whatever the socket returned; :meth:`next_frame`
+    returns the next control frame or complete data message, or None when it
+    needs more bytes.  It never blocks and never reads a socket, so the
+    caller decides how much work to do between yields, and it is tested with
+    plain bytes.
+
+    Costs are bounded by what has arrived, not by what a header announces:
+
+    * a header whose length would take the message over ``max_message_size``
+      fails with 1009 before one payload byte is needed (a header claiming
+      2**63 bytes costs nothing);
+    * payloads are unmasked and (for text) UTF-8 validated piece by piece as
+      they arrive, so invalid text fails with 1007 before the rest of its
+      frame arrives;
+    * a fragmented message is assembled in one ``bytearray``: it costs about
+      its size whatever the fragment sizes, and the limit also bounds its
+      number of frames (:data:`BYTES_PER_FRAGMENT`);
+    * consumed input is dropped as parsing goes on, so the buffer holds at
+      most one network read plus an unfinished header.
+
+    Control frames come out as soon as they are whole, also in the middle of
+    a fragmented message, so the caller can answer a ping at once.
+    """
+
+    def __init__(self, max_message_size: Optional[int]) -> None:
+        self.max_message_size = max_message_size
+        self._buf = bytearray()
+        self._pos = 0
+        self._state = _HEADER
+        # the frame being read
+        self._fin = False
+        self._opcode = 0
+        self._mask = b""
+        self._remaining = 0
+        self._offset = 0  # payload bytes of this frame already consumed (mask phase)
+        # the data message being assembled
+        self._message_opcode: Optional[int] = None
+        self._message = bytearray()
+        self._size = 0  # payload bytes announced so far
+        self._frames = 0
+        self._utf8: Any = None
+        self._starved = True  # next_frame() found too few bytes to go on
+        self._frame_done = False  # ... or it finished a frame that ends no message
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet consumed."""
+        return len(self._buf) - self._pos
+
+    @property
+    def in_frame(self) -> bool:
+        """True in the middle of a frame: the input must not end here."""
+        return self._state == _PAYLOAD or self.buffered > 0
+
+    def feed(self, data: bytes) -> None:
+        self._starved = False
+        if self._pos >= _COMPACT or (self._pos and self._pos == len(self._buf)):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def needs_data(self) -> bool:
+        """True when :meth:`next_frame` returned None for want of bytes: feed more."""
+        return self._starved
+
+    def next_frame(self) -> Optional[Frame]:
+        """The next control frame or whole data message, or None.
+
+        None either because more bytes are needed (:attr:`needs_data`) or
+        because one frame of a fragmented message was consumed: the parser
+        handles at most one frame per call, so the caller can bound how much
+        work one client gets before others are served.
+        """
+        frame = self._next_frame()
+        self._starved = frame is None and not self._frame_done
+        self._frame_done = False
+        return frame
+
+    def _next_frame(self) -> Optional[Frame]:
+        if self._state == _HEADER:
+            if not self._read_header():
+                return None
+            self._state = _PAYLOAD
+        if self._opcode >= OP_CLOSE:
+            # Control frames are at most 125 bytes: wait for all of it.
+            if self.buffered < self._remaining:
+                return None
+            return self._control_frame()
+        return self._read_payload()
+
+    # -- headers ---------------------------------------------------------------
+    def _read_header(self) -> bool:
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < 2:
+            return False
+        first, second = buf[pos], buf[pos + 1]
+        length = second & 0x7F
+        size = 2
+        if length == 126:
+            size = 4
+        elif length == 127:
+            size = 10
+        if available < size + 4:
+            # Check what can be checked already, so a bad frame fails at once.
+            self._check_first_byte(first, second)
+            return False
+        if size == 4:
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+        elif size == 10:
+            (length,) = struct.unpack_from("!Q", buf, pos + 2)
+            if length >> 63:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "frame length with the top bit set")
+        opcode = self._check_first_byte(first, second)
+        fin = bool(first & 0x80)
+        if opcode >= OP_CLOSE:
+            if not fin:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            if length > 125:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame longer than 125 bytes")
+        else:
+            self._check_sequence(opcode, length)
+        self._mask = bytes(buf[pos + size : pos + size + 4])
+        self._pos = pos + size + 4
+        self._fin = fin
+        self._opcode = opcode
+        self._remaining = length
+        self._offset = 0
+        return True
+
+    @staticmethod
+    def _check_first_byte(first: int, second: int) -> int:
+        if first & 0x70:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+        opcode = first & 0x0F
+        if opcode not in _KNOWN_OPCODES:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if not second & 0x80:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+        return opcode
+
+    def _check_sequence(self, opcode: int, length: int) -> None:
+        """Message-level checks of a data frame's header, before its payload."""
+        if opcode == OP_CONTINUATION:
+            if self._message_opcode is None:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
+            size, frames = self._size + length, self._frames + 1
+        else:
+            if self._message_opcode is not None:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "new message before the previous one ended")
+            size, frames = length, 1
+        limit = self.max_message_size
+        if limit is not None:
+            if size > limit:
+                raise ProtocolError(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
+            if frames > max_frames(limit):
+                raise ProtocolError(CLOSE_TOO_BIG, f"message in more than {max_frames(limit)} frames")
+        self._size, self._frames = size, frames
+        if opcode != OP_CONTINUATION:
+            self._message_opcode = opcode
+            self._utf8 = _Utf8Decoder() if opcode == OP_TEXT else None
+
+    # -- payloads --------------------------------------------------------------
+    def _take(self, n: int) -> bytes:
+        """Consume ``n`` buffered payload bytes of the current frame, unmasked."""
+        pos = self._pos
+        data = memoryview(self._buf)[pos : pos + n]
+        try:
+            shift = self._offset % 4  # keep the mask aligned with the payload offset
+            mask = self._mask[shift:] + self._mask[:shift] if shift else self._mask
+            result = unmask(data, mask)
+        finally:
+            data.release()
+        self._pos = pos + n
+        self._offset += n
+        self._remaining -= n
+        return result
+
+    def _control_frame(self) -> Frame:
+        payload = self._take(self._remaining)
+        self._state = _HEADER
+        return Frame(True, self._opcode, payload)
+
+    def _read_payload(self) -> Optional[Frame]:
+        """Consume what has arrived of a data frame; the message once it is whole."""
+        n = min(self.buffered, self._remaining)
+        if n == 0 and self._remaining:
+            return None
+        single = self._fin and self._offset == 0 and n == self._remaining and not self._message
+        data = self._take(n)
+        done = self._remaining == 0
+        if self._utf8 is not None:
+            try:
+                self._utf8.decode(data, self._fin and done)
+            except UnicodeDecodeError:
+                raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+        if not done:
+            self._message += data
+            return None
+        self._state = _HEADER
+        if not self._fin:
+            self._message += data
+            self._frame_done = True
+            return None
+        opcode = self._message_opcode
+        assert opcode is not None
+        if single:
+            payload = data
+        else:
+            self._message += data
+            payload = bytes(self._message)
+        self._message = bytearray()
+        self._message_opcode = None
+        self._utf8 = None
+        self._size = self._frames = 0
+        return Frame(True, opcode, payload)
+
+
+_KNOWN_OPCODES = frozenset(DATA_OPCODES + CONTROL_OPCODES + (OP_CONTINUATION,))

@@ -1,0 +1,99 @@
+"""How Python values become WebSocket payloads (SPEC §3 "Payloads").
+
+Kept in one place so a peer's ``send``, a topic ``publish`` and the SSE bridge
+serialise identically, and so a publish serialises exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Callable
+
+from .frames import OP_BINARY, OP_TEXT, encode_frame
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON, as JavaScript's ``JSON.stringify`` writes it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(data: Any) -> tuple[int, bytes]:
+    """Return ``(opcode, payload bytes)`` for a value a user wants to send."""
+    raw = getattr(data, "__syncws_payload__", None)
+    if raw is not None:  # a received Message: echo it with its own type
+        return raw()
+    if isinstance(data, str):
+        return OP_TEXT, data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return OP_BINARY, bytes(data)
+    if data is None:
+        return OP_TEXT, b""
+    if isinstance(data, (dict, list, tuple, bool, int, float)):
+        return OP_TEXT, to_json(data).encode("utf-8")
+    raise TypeError(
+        f"cannot send {type(data).__name__}: use str, bytes, dict, list, int, float, bool or None"
+    )
+
+
+class Outgoing:
+    """One serialised message, framed lazily and at most once.
+
+    A publish builds one of these and hands the same object to every
+    recipient, so 1,000 subscribers cost one serialisation and one frame.
+    """
+
+    __slots__ = ("opcode", "payload", "_frame", "_memo")
+
+    def __init__(self, data: Any) -> None:
+        self.opcode, self.payload = encode(data)
+        self._frame: bytes | None = None
+        self._memo: dict[str, Any] | None = None
+
+    @classmethod
+    def from_payload(cls, opcode: int, payload: bytes) -> "Outgoing":
+        """An already-serialised payload (a message relayed from another process)."""
+        self = cls.__new__(cls)
+        self.opcode, self.payload = opcode, payload
+        self._frame = None
+        self._memo = None
+        return self
+
+    @property
+    def is_binary(self) -> bool:
+        return self.opcode == OP_BINARY
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = encode_frame(self.opcode, self.payload)
+        return self._frame
+
+    @property
+    def text(self) -> str:
+        """The payload as text: decoded UTF-8, or base64 for a binary payload."""
+        return _as_text(self.opcode, self.payload)
+
+    def memo(self, key: str, build: Callable[["Outgoing"], Any]) -> Any:
+        """Build another wire form of this message once (e.g. an SSE event)."""
+        if self._memo is None:
+            self._memo = {}
+        if key not in self._memo:
+            self._memo[key] = build(self)
+        return self._memo[key]
+
+
+def _as_text(opcode: int, payload: bytes) -> str:
+    if opcode == OP_BINARY:
+        return base64.b64encode(payload).decode("ascii")
+    return payload.decode("utf-8")
+
+
+def as_text(data: Any) -> str:
+    """A value as text by the payload rules; binary values become base64.
+
+    Used where only text can travel (SSE ``data``).
+    """
+    if isinstance(data, str):
+        return data
+    return _as_text(*encode(data))

@@ -1,0 +1,30 @@
+"""Which broker a server gets: ``serve(broker=...)``, else ``$SYNCWS_BROKER``, else in-process."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..base.errors import ConfigurationError
+from ..base.options import BY_NAME
+from .broker import Broker, LocalBroker
+from .redis_broker import RedisBroker
+
+
+def make_broker(spec: Any) -> Broker:
+    """A broker from ``serve(broker=...)``: None, a URL or a Broker instance.
+
+    None falls back to the ``SYNCWS_BROKER`` environment variable, then to
+    in-process pub/sub.
+    """
+    if spec is None:
+        spec = os.environ.get(BY_NAME["broker"].env_var) or None
+    if spec is None:
+        return LocalBroker()
+    if isinstance(spec, Broker):
+        return spec
+    if isinstance(spec, str):
+        if spec.startswith(("redis://", "rediss://", "unix://")):
+            return RedisBroker(spec)
+        raise ConfigurationError(f"unsupported broker URL {spec!r}: expected redis://host:port/db")
+    raise TypeError(f"broker must be a URL string or a Broker, not {type(spec).__name__}")

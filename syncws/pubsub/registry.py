@@ -1,0 +1,140 @@
+"""The in-memory registry of peers and topic subscriptions.
+
+One registry per server.  It is read from hooks (hub thread) and from
+``server.publish`` in any OS thread, so every access takes a real lock; the
+lock is held only for dictionary work, never for I/O, and callers get
+snapshots they can iterate without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+from ..base.locks import RealLock
+
+
+class Subscriber(Protocol):
+    """Anything that can receive a publish: a WebSocket peer, an SSE stream."""
+
+    namespace: str
+
+    def deliver(self, outgoing: Any) -> None: ...
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._lock = RealLock()
+        self._peers: dict[str, set] = {}
+        self._topics: dict[tuple[str, str], set] = {}
+        self._subscriptions: dict[Any, set[str]] = {}
+        # topic -> namespaces that have subscribers to it, for namespace-less publishes
+        self._namespaces: dict[str, set[str]] = {}
+        #: Told when (namespace, topic) gets its first local subscriber or loses
+        #: its last one (namespace None: the topic in any namespace).  Runs
+        #: under the lock, so it must only record (a broker queues a command).
+        self.on_interest: Optional[Callable[[Optional[str], str, bool], None]] = None
+
+    def _interest(self, namespace: Optional[str], topic: str, present: bool) -> None:
+        if self.on_interest is not None:
+            self.on_interest(namespace, topic, present)
+
+    # -- peers -------------------------------------------------------------
+    def add_peer(self, peer: Subscriber) -> None:
+        with self._lock:
+            self._peers.setdefault(peer.namespace, set()).add(peer)
+
+    def remove(self, sub: Subscriber) -> None:
+        """Forget a peer or stream entirely: namespace membership and topics."""
+        with self._lock:
+            members = self._peers.get(sub.namespace)
+            if members is not None:
+                members.discard(sub)
+                if not members:
+                    del self._peers[sub.namespace]
+            for topic in self._subscriptions.pop(sub, ()):
+                self._discard(sub, topic)
+
+    def peers(self, namespace: Optional[str] = None) -> frozenset:
+        with self._lock:
+            if namespace is not None:
+                return frozenset(self._peers.get(namespace, ()))
+            return frozenset(p for members in self._peers.values() for p in members)
+
+    # -- topics ------------------------------------------------------------
+    def subscribe(self, sub: Subscriber, topic: str) -> None:
+        if not isinstance(topic, str) or not topic:
+            raise ValueError("a topic is a non-empty string")
+        with self._lock:
+            key = (sub.namespace, topic)
+            members = self._topics.get(key)
+            if members is None:
+                members = self._topics[key] = set()
+                spaces = self._namespaces.get(topic)
+                if spaces is None:
+                    spaces = self._namespaces[topic] = set()
+                    self._interest(None, topic, True)
+                spaces.add(sub.namespace)
+                self._interest(sub.namespace, topic, True)
+            members.add(sub)
+            self._subscriptions.setdefault(sub, set()).add(topic)
+
+    def unsubscribe(self, sub: Subscriber, topic: str) -> None:
+        with self._lock:
+            topics = self._subscriptions.get(sub)
+            if topics is None or topic not in topics:
+                return
+            topics.discard(topic)
+            if not topics:
+                del self._subscriptions[sub]
+            self._discard(sub, topic)
+
+    def _discard(self, sub: Subscriber, topic: str) -> None:
+        key = (sub.namespace, topic)
+        members = self._topics.get(key)
+        if members is not None:
+            members.discard(sub)
+            if not members:
+                del self._topics[key]
+                self._interest(sub.namespace, topic, False)
+                spaces = self._namespaces[topic]
+                spaces.discard(sub.namespace)
+                if not spaces:
+                    del self._namespaces[topic]
+                    self._interest(None, topic, False)
+
+    def topics_of(self, sub: Subscriber) -> frozenset:
+        with self._lock:
+            return frozenset(self._subscriptions.get(sub, ()))
+
+    def subscribers(self, topic: str, namespace: Optional[str] = None) -> list:
+        """Snapshot of the subscribers of ``topic`` (in every namespace when None)."""
+        with self._lock:
+            if namespace is not None:
+                return list(self._topics.get((namespace, topic), ()))
+            found: list = []
+            for ns in self._namespaces.get(topic, ()):
+                found.extend(self._topics[(ns, topic)])
+            return found
+
+    def interests(self) -> list[tuple[Optional[str], str]]:
+        """Every (namespace, topic) with local subscribers, plus (None, topic) per topic."""
+        with self._lock:
+            return list(self._topics) + [(None, topic) for topic in self._namespaces]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "peers": sum(len(m) for m in self._peers.values()),
+                "topics": len(self._topics),
+                "subscribers": len(self._subscriptions),
+            }
+
+
+def fan_out(subscribers: Iterable[Subscriber], outgoing: Any, exclude: Any = None) -> int:
+    """Deliver one already-serialised message; returns how many received it."""
+    count = 0
+    for sub in subscribers:
+        if sub is not exclude:
+            sub.deliver(outgoing)
+            count += 1
+    return count

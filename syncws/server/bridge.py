@@ -1,0 +1,65 @@
+"""Hand work to the server's gevent hub from any greenlet or OS thread.
+
+gevent objects (events, sockets, greenlets) belong to the hub of the thread
+that created them and must not be touched from another OS thread.  Callers in
+the hub's own thread run the function at once; others queue it and wake the
+hub through a loop ``async`` watcher, which is the one thread-safe entry point
+libev/libuv offer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Callable
+
+from gevent._hub_local import get_hub_if_exists
+
+log = logging.getLogger("syncws")
+
+_DRAIN_BATCH = 256  # calls run per wake-up of the hub
+
+
+class HubBridge:
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self._calls: deque = deque()
+        self._watcher = hub.loop.async_()
+        self._watcher.start(self._drain)
+        self._closed = False
+
+    def in_hub_thread(self) -> bool:
+        return get_hub_if_exists() is self.hub
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the hub's thread: now if we are there, soon otherwise."""
+        if self.in_hub_thread():
+            fn(*args)
+            return
+        if self._closed:
+            return
+        self._calls.append((fn, args))  # deque.append is atomic across threads
+        self._watcher.send()
+
+    def _drain(self) -> None:
+        # At most _DRAIN_BATCH calls per wake-up: threads that queue calls
+        # faster than the hub runs them must not keep it from its sockets.
+        # The rest wait for the next loop iteration (the watcher is re-armed).
+        calls = self._calls
+        for _ in range(_DRAIN_BATCH):
+            if not calls:
+                return
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:  # one bad call must not stop the others
+                log.exception("syncws: error in a call handed to the server hub")
+        if calls and not self._closed:
+            self._watcher.send()
+
+    def close(self) -> None:
+        self._closed = True
+        while self._calls:
+            self._drain()
+        self._watcher.stop()
+        self._watcher.close()

@@ -1,0 +1,218 @@
+"""``define_websocket_handler`` and the WSGI callable it returns.
+
+The handler *is* a WSGI application.  That is what lets the application decide
+the upgrade: a syncws ``App`` route, a Flask view (Flask turns a returned WSGI
+callable into a response by calling it inside its request context) or a plain
+WSGI function calls it, it runs the ``upgrade`` hook, and only when that hook
+accepts does it write the ``101`` through the transport the syncws server put
+in the environ.  Otherwise it answers like any WSGI app: nothing was upgraded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from ..base.errors import HandshakeError
+from ..base.options import PER_HANDLER, check_overrides, origin_allowed
+from ..protocol import handshake
+from .hooks import HOOK_NAMES, Hooks
+from .http import TRANSPORT_KEY, Transport
+from .session import Session
+
+log = logging.getLogger("syncws")
+
+_UPGRADE_KEYS = {"headers", "namespace", "context", "protocol"}
+_warned_no_transport = False
+
+#: Run before the first handler is defined and when a server is built.
+#: Integrations register here (the Flask one teaches Flask to route upgrade
+#: requests as plain GETs), so this layer never imports them and nothing is
+#: patched merely by importing syncws.
+FRAMEWORK_PREPARERS: list[Callable[[], None]] = []
+
+
+def prepare_frameworks() -> None:
+    for prepare in FRAMEWORK_PREPARERS:
+        prepare()
+
+RETRY_AFTER = 5  # seconds, on the 503 that answers upgrades while the server stops
+
+
+def _text_response(status: int, text: str, headers: Optional[list] = None) -> Response:
+    return Response(text + "\n", status=status, headers=headers or [], mimetype="text/plain")
+
+
+class WebSocketHandler:
+    """A set of hooks, callable as a WSGI application."""
+
+    def __init__(self, hooks: Hooks, overrides: Optional[Mapping[str, Any]] = None) -> None:
+        self.hooks = hooks
+        #: Settings that replace the server's for this handler's connections.
+        self.overrides: dict[str, Any] = dict(overrides or {})
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        response = self._handshake(environ)
+        if response is not None:
+            return response(environ, start_response)
+        start_response("101 Switching Protocols", [])
+        return []
+
+    def _handshake(self, environ: dict) -> Optional[Response]:
+        """Run the whole connection; return a Response when nothing was upgraded."""
+        outcome = self.accept(environ)
+        if isinstance(outcome, Session):
+            outcome.run()
+            return None
+        return outcome
+
+    def accept(self, environ: dict) -> Any:
+        """Validate, run the ``upgrade`` hook and write the ``101``.
+
+        Returns the :class:`Session` to run when the connection was upgraded,
+        a ``Response`` when it was not, or None when the client left during
+        the handshake.  (``syncws.compat`` runs the session itself.)
+        """
+        if not handshake.is_upgrade_request(environ):
+            return _text_response(
+                426,
+                "This endpoint speaks WebSocket: connect with a WebSocket client.",
+                [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            )
+        transport = environ.get(TRANSPORT_KEY)
+        if transport is None:
+            return self._no_transport(environ)
+        try:
+            key = handshake.validate(environ)
+        except HandshakeError as exc:
+            # Close after the answer: a refused upgrade may carry a body we never read.
+            transport.reusable = False
+            return _text_response(exc.status, exc.message, exc.headers)
+        runtime = transport.runtime
+        if runtime.stopping:
+            return _shutting_down(transport)
+        policy = self.overrides.get("allowed_origins", runtime.options.allowed_origins)
+        origin = environ.get("HTTP_ORIGIN")
+        if not origin_allowed(policy, origin):
+            log.info("syncws: WebSocket upgrade from origin %r refused (allowed_origins)", origin)
+            transport.reusable = False
+            return _text_response(403, "Origin not allowed")
+
+        request = environ.get("werkzeug.request")
+        if not isinstance(request, Request):
+            request = Request(environ)
+        try:
+            decision = None
+            if self.hooks.upgrade is not None:
+                if self.overrides.get("hooks_in_threads", runtime.options.hooks_in_threads):
+                    decision = runtime.run_in_thread(self.hooks.upgrade, request)
+                else:
+                    decision = self.hooks.upgrade(request)
+            if isinstance(decision, Response):
+                return decision
+            accepted = _Acceptance(decision, request, environ)
+        except HTTPException as exc:
+            return exc.get_response(environ)
+        except Exception:
+            log.exception("syncws: upgrade hook failed for %s", request.path)
+            return _text_response(500, "Internal Server Error")
+
+        if runtime.stopping:  # the stop began while the upgrade hook ran
+            return _shutting_down(transport)
+        try:
+            transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
+        except OSError:
+            return None  # the client left during the handshake; nothing more to say
+        session = Session(
+            runtime,
+            transport.socket,
+            transport.rfile,
+            self.hooks,
+            request,
+            accepted.namespace,
+            accepted.context,
+            accepted.protocol,
+            transport.remote_address,
+            self.overrides,
+        )
+        return session
+
+    def _no_transport(self, environ: dict) -> Response:
+        global _warned_no_transport
+        message = (
+            "WebSocket upgrade needs the syncws server; this server cannot upgrade. "
+            "Run the app with: python -m syncws module:app"
+        )
+        if not _warned_no_transport:
+            _warned_no_transport = True
+            log.error("syncws: %s (server: %s)", message, environ.get("SERVER_SOFTWARE", "unknown"))
+        return _text_response(500, message)
+
+    def __repr__(self) -> str:
+        return f"<WebSocketHandler {self.hooks!r}>"
+
+
+def _shutting_down(transport: Transport) -> Response:
+    # Retry-After: the client should reconnect, to a restarted or another instance.
+    transport.reusable = False
+    return _text_response(
+        503,
+        "Server shutting down; retry shortly",
+        [("Retry-After", str(RETRY_AFTER)), ("Connection", "close")],
+    )
+
+
+class _Acceptance:
+    """The validated result of an ``upgrade`` hook that accepted."""
+
+    def __init__(self, decision: Any, request: Request, environ: Mapping[str, Any]) -> None:
+        if decision is None:
+            decision = {}
+        if not isinstance(decision, Mapping):
+            raise TypeError(
+                f"upgrade hook must return None, a dict or a Response, not {type(decision).__name__}"
+            )
+        unknown = set(decision) - _UPGRADE_KEYS
+        if unknown:
+            raise TypeError(f"upgrade hook returned unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+        self.headers = handshake.normalize_headers(decision.get("headers"))
+        namespace = decision.get("namespace")
+        self.namespace = request.path if namespace is None else str(namespace)
+        context = decision.get("context") or {}
+        if not isinstance(context, Mapping):
+            raise TypeError("upgrade hook 'context' must be a dict")
+        self.context = dict(context)
+        protocol = decision.get("protocol")
+        if protocol is not None:
+            offered = handshake.offered_protocols(environ)
+            if protocol not in offered:
+                raise ValueError(f"upgrade hook chose protocol {protocol!r}, the client offered {offered}")
+        self.protocol = protocol
+
+
+def define_websocket_handler(hooks: Any = None, /, **kwargs: Any) -> WebSocketHandler:
+    """Build a WebSocket handler from keyword hooks, a mapping, or an object/class.
+
+    The result can be registered on a syncws ``App`` route, returned from a
+    Flask view, or called as a WSGI app by any framework running on the
+    syncws server.
+
+    Besides hooks (``upgrade``, ``open``, ``message``, ``close``, ``error``),
+    the keywords may be the per-handler options of the option table
+    (``max_message_size``, ``ping_interval``, ``ping_timeout``,
+    ``allowed_origins``, ``hooks_in_threads``): given, they replace the
+    server's value for this handler's connections (``None`` disables the
+    limit or check for this handler, as it does on the server).
+    """
+    unknown = sorted(k for k in kwargs if k not in HOOK_NAMES and k not in PER_HANDLER)
+    if unknown:
+        raise TypeError(
+            f"unknown hook or option name(s): {', '.join(unknown)}; hooks: {', '.join(HOOK_NAMES)}; "
+            f"options: {', '.join(PER_HANDLER)}"
+        )
+    overrides = check_overrides({k: kwargs.pop(k) for k in list(kwargs) if k in PER_HANDLER})
+    prepare_frameworks()
+    return WebSocketHandler(Hooks(hooks, **kwargs), overrides)

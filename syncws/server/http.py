@@ -1,0 +1,343 @@
+"""The per-connection HTTP handler of the syncws server.
+
+It is gevent's WSGI handler with three changes: ``TCP_NODELAY`` on every
+connection, a :class:`Transport` in the environ so a WebSocket handler deep in
+the application can take the socket over (and an event stream can watch it),
+an empty chunk flushes the response head, and nothing at all is written once a
+connection has been upgraded (the WSGI response that unwinds through Flask or
+middleware after the session ends is discarded).
+
+It also guards the request head (the request line and headers), which gevent
+reads without an overall deadline and with fixed limits:
+
+* ``max_request_line`` bytes for the request line, else **414**;
+* ``max_header_size`` bytes and ``max_header_count`` lines of headers, else
+  **431** (gevent would parse up to 100 lines of 64 KiB each and print a
+  traceback for the 101st);
+* ``handshake_timeout`` seconds to receive the whole head, else **408** (a
+  slowloris client trickling bytes is cut off; a keep-alive connection on
+  which no new request has begun is closed quietly after the same time);
+* any other malformed head gets **400**.
+
+Each answer is a short ``text/plain`` body with ``Connection: close``; the
+connection is then closed after a brief "lingering close" (our side shut for
+writing, the client's remaining bytes read and discarded for at most a
+second) so that the client reads the answer instead of a connection reset.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import logging
+import socket
+import time
+from http import HTTPStatus
+from typing import Any, Optional
+
+import gevent
+from gevent.pywsgi import OldMessage, WSGIHandler
+
+from ..base.errors import RequestHeadError
+from .runtime import Runtime
+
+log = logging.getLogger("syncws")
+
+#: environ key under which the syncws server exposes the connection.
+TRANSPORT_KEY = "syncws.transport"
+
+LINGER_TIME = 1.0  # seconds to read and discard a rejected client's leftover bytes
+LINGER_BYTES = 256 * 1024  # ... and at most this many
+
+
+def _short_response(status: str, text: str) -> bytes:
+    body = (text + "\n").encode("utf-8")
+    head = (
+        f"HTTP/1.1 {status}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class Transport:
+    """What a WebSocket handler needs from the server to take a connection over."""
+
+    __slots__ = ("socket", "rfile", "runtime", "remote_address", "upgraded", "reusable", "aborted", "_at_end")
+
+    def __init__(self, sock: socket.socket, rfile: Any, runtime: Runtime, remote_address: Optional[str]) -> None:
+        self.socket = sock
+        self.rfile = rfile
+        self.runtime = runtime
+        self.remote_address = remote_address
+        self.upgraded = False
+        self.reusable = True  # False: close the connection after this response
+        self.aborted = False  # abort() was called: errors on this socket are expected
+        self._at_end: list = []
+
+    def at_end(self, callback: Any) -> None:
+        """Run ``callback`` once this request's response is over, whatever happened."""
+        self._at_end.append(callback)
+
+    def finish(self) -> None:
+        callbacks, self._at_end = self._at_end, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("syncws: error in end-of-request cleanup")
+
+    def abort(self) -> None:
+        """Close the connection now, even under a write blocked on a client that stopped reading.
+
+        ``shutdown`` alone does not wake such a write (the kernel keeps the
+        unsent bytes and waits for the client's window); closing the socket
+        does, with an error that the handler then ends quietly.
+        """
+        self.aborted = True
+        self.reusable = False
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.socket.close()
+
+    def accept(self, head: bytes) -> None:
+        """Write the ``101`` head; from now on the socket belongs to the session."""
+        self.upgraded = True
+        self.socket.sendall(head)
+
+
+class ConnectionHandler(WSGIHandler):
+    def process_result(self) -> None:
+        # Like gevent's, except that an empty chunk before the head has gone
+        # out sends the head now: a streaming response (SSE) yields b"" so the
+        # client sees the 200 before the first event.
+        for data in self.result:
+            if data:
+                self.write(data)
+            elif not self.headers_sent and self.status:
+                self.write(b"")
+        if self.status and not self.headers_sent:
+            self.write(b"")
+        if self.response_use_chunked:
+            self._sendall(b"0\r\n\r\n")
+
+    def handle(self) -> None:
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (unix socket) or already closed
+        rfile = self.rfile
+        try:
+            super().handle()
+        finally:
+            # gevent drops its buffered reader without closing it, and the
+            # socket's real close waits for that reader.  Left to the garbage
+            # collector, both would be closed later, maybe after the hub that
+            # owns their watchers is gone ("operation on destroyed loop").
+            # Close them here, in the connection's own greenlet.
+            try:
+                rfile.close()
+            except (OSError, ValueError):
+                pass
+
+    # -- the request head ---------------------------------------------------
+    def handle_one_request(self) -> Any:
+        """gevent's, with limits and a deadline on reading the request head."""
+        if self.rfile.closed:
+            return None
+        options = self.server.syncws_runtime.options
+        self._head_started = False
+        self.response_length = 0
+        timer = gevent.Timeout(options.handshake_timeout)  # None: never fires
+        timer.start()
+        try:
+            try:
+                outcome = self._read_head(options)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+                outcome = self._head_timed_out(options.handshake_timeout)
+        finally:
+            timer.close()
+        if isinstance(outcome, RequestHeadError):
+            self._reject(outcome)  # outside the deadline: it must not cut the answer
+            return None
+        if not outcome:
+            return None  # nothing to answer: close the connection
+        self.environ = self.get_environ()
+        self.application = self.server.application
+        runtime = self.server.syncws_runtime
+        runtime.requests_in_flight += 1  # a stop waits for these (within its timeout)
+        try:
+            self.handle_one_response()
+        finally:
+            runtime.requests_in_flight -= 1
+        if self.close_connection or self.rfile.closed:
+            return None
+        return True  # keep-alive: read the next request
+
+    def _read_head(self, options: Any) -> Any:
+        """Read and parse the request line and headers.
+
+        True: a request to serve; False: the client is gone, close quietly;
+        a :class:`RequestHeadError`: answer it and close.
+        """
+        rfile = self.rfile
+        limit = options.max_request_line
+        try:
+            if not rfile.peek(1):
+                return False  # the client closed between requests
+            self._head_started = True
+            raw = rfile.readline(limit + 2)  # + room for CRLF
+        except (OSError, ValueError):
+            return False
+        if not raw:
+            return False
+        line = raw.rstrip(b"\r\n")
+        if len(line) > limit:
+            self.requestline = line[:64].decode("latin-1") + "..."
+            return RequestHeadError(414, f"Request line longer than {limit} bytes")
+        if not raw.endswith(b"\n"):
+            return False  # EOF in the middle of the request line
+        self.requestline = line.decode("latin-1")
+        try:
+            # gevent's parsing; it reads the headers through MessageClass below.
+            if not self.read_request(self.requestline):
+                return RequestHeadError(400, "Bad request")
+        except RequestHeadError as exc:
+            return exc
+        except (ConnectionError, TimeoutError, EOFError):
+            return False
+        except Exception as exc:  # gevent's _InvalidClientRequest, a bad Content-Length, ...
+            log.info("syncws: bad request from %s: %s", self._client_ip(), exc)
+            return RequestHeadError(400, "Bad request")
+        return True
+
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - gevent's name
+        """The headers, read within ``max_header_size`` bytes and ``max_header_count`` lines."""
+        options = self.server.syncws_runtime.options
+        max_size, max_count = options.max_header_size, options.max_header_count
+        lines = []
+        size = 0
+        while True:
+            line = fp.readline(max_size - size + 3)  # room for the blank line's CRLF
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line:
+                raise EOFError("connection closed in the request headers")
+            size += len(line)
+            if size > max_size:
+                raise RequestHeadError(431, f"Request headers larger than {max_size} bytes")
+            if not line.endswith(b"\n"):
+                raise EOFError("connection closed in the request headers")
+            if line[:1] not in (b" ", b"\t"):
+                name = line.partition(b":")[0]
+                if name != name.rstrip(b" \t"):
+                    # RFC 7230 §3.2.4: MUST be refused with 400; proxies disagree
+                    # on such a name, which is what smuggling attacks use.
+                    raise RequestHeadError(400, "Whitespace between a header name and its colon")
+            lines.append(line)
+            if len(lines) > max_count:
+                raise RequestHeadError(431, f"More than {max_count} request headers")
+        # As http.client.parse_headers does, into the class gevent expects.
+        return email.parser.Parser(_class=OldMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+    def _head_timed_out(self, timeout: float) -> Any:
+        if not self._head_started:
+            return False  # an idle keep-alive connection: nothing to answer
+        if not getattr(self, "requestline", None):
+            self.requestline = "-"
+        return RequestHeadError(408, f"Request head not received within {timeout:g} s")
+
+    def _reject(self, error: RequestHeadError) -> None:
+        """Answer a broken request head with its status; the caller then closes."""
+        status = f"{error.status} {HTTPStatus(error.status).phrase}"
+        text = error.message
+        log.info("syncws: %s from %s: %s", status.split()[0], self._client_ip(), text)
+        response = _short_response(status, text)
+        self.status = status.encode("latin-1")
+        self._orig_status = status
+        self.response_length = len(response)
+        self.close_connection = True
+        try:
+            self.socket.sendall(response)
+        except OSError:
+            return
+        self.time_finish = time.time()
+        self.log_request()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Shut our side, then swallow what the client still sends (bounded).
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy our answer before the client has read it.
+        """
+        sock = self.socket
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        received = 0
+        with gevent.Timeout(LINGER_TIME, False):
+            try:
+                while received < LINGER_BYTES:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+            except OSError:
+                pass
+
+    def _client_ip(self) -> str:
+        address = self.client_address
+        return str(address[0] if isinstance(address, tuple) else address or "-")
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        if self.server.syncws_runtime.stopping and not any(name.lower() == "connection" for name, _ in headers):
+            # Draining: answer, then close, so the client does not reuse the connection.
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        address = self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address
+        environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.server.syncws_runtime, address or None)
+        return environ
+
+    def run_application(self) -> None:
+        transport = self.environ[TRANSPORT_KEY]
+        try:
+            try:
+                self.result = self.application(self.environ, self.start_response)
+            except Exception:
+                if not transport.upgraded:
+                    raise  # gevent answers 500 as usual
+                # After a 101 an HTTP error page would corrupt the stream.
+                log.exception("syncws: error after the WebSocket session ended")
+            if transport.upgraded:
+                # The session has ended; the socket is closed.  Write nothing.
+                self.close_connection = True
+                self.status = "101 Switching Protocols"
+                self._orig_status = self.status
+                return
+            try:
+                self.process_result()
+            except OSError:
+                if not transport.aborted:
+                    raise
+                self.close_connection = True  # we hung up on purpose (abort); nothing to report
+                return
+            if not transport.reusable:
+                self.close_connection = True
+        finally:
+            close = getattr(self.result, "close", None)
+            try:
+                if close is not None:
+                    close()
+            finally:
+                close = None
+                self.result = None
+                transport.finish()

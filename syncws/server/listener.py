@@ -1,0 +1,131 @@
+"""gevent's WSGI server with an accept loop that survives running out of descriptors.
+
+On ``EMFILE`` (and the other out-of-resources errors) gevent prints a full
+traceback for every retry, forever, while the limit lasts.  Here the listener
+pauses for :data:`RETRY_DELAY` seconds per failed ``accept`` (the pending
+connection keeps the socket readable, so not pausing would spin the CPU), logs
+one error line per :data:`LOG_INTERVAL` and one line when it accepts again.
+The network errors accept(2) says to treat like ``EAGAIN`` are skipped quietly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from typing import Any, Optional
+
+from gevent.pywsgi import WSGIServer
+from gevent.socket import socket as GeventSocket
+
+from ..base.errors import ListenError
+
+log = logging.getLogger("syncws")
+
+#: accept() failed for want of resources: wait for some to be freed.
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() failed for this one connection only (see accept(2)): take the next.
+TRANSIENT_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in ("ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+                 "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
+    if hasattr(errno, name)
+)
+RETRY_DELAY = 0.1
+LOG_INTERVAL = 60.0
+BACKLOG = 1024
+
+
+def url_for(host: str, port: int) -> str:
+    """The URL to print for a server bound to (host, port): a wildcard host becomes 127.0.0.1."""
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def bind_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """A listening socket to share (``--workers``, ``--reload``), non-blocking as gevent's are.
+
+    Bound like gevent binds ``(host, port)`` in a single process: IPv6 when the
+    host contains ':', else IPv4.  ListenError (an OSError) when it cannot be.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, exc) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ResilientWSGIServer(WSGIServer):
+    """gevent's ``WSGIServer``; a failing ``accept`` and a failing ``bind`` are handled differently."""
+
+    @classmethod
+    def get_listener(cls, address: Any, backlog: Optional[int] = None, family: Optional[int] = None) -> Any:
+        """gevent's listener, closed again when it cannot bind (port in use, say).
+
+        gevent leaves that socket to the garbage collector, which may close it
+        after the hub that owns it is gone.
+        """
+        sock = GeventSocket(family=family if family is not None else socket.AF_INET)
+        try:
+            if cls.reuse_addr is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, cls.reuse_addr)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.strerror is not None:
+                    exc.strerror = f"{exc.strerror}: {address!r}"  # as gevent says it
+                raise
+            sock.listen(backlog if backlog is not None else cls.backlog)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    _failures = 0
+    _logged_at: Optional[float] = None
+    _logged_failure = False  # an error line went out since the last recovery line
+
+    def do_read(self) -> Any:
+        try:
+            args = super().do_read()
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRORS:
+                return None
+            if exc.errno not in RESOURCE_ERRORS:
+                raise
+            self._out_of_resources(exc)
+            return None
+        if args and self._failures:
+            if self._logged_failure:
+                log.warning("syncws: accepting connections again (%d accept attempts failed)", self._failures)
+            self._failures = 0
+            self._logged_failure = False
+        return args
+
+    def _out_of_resources(self, exc: OSError) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= LOG_INTERVAL:
+            self._logged_at = now
+            self._logged_failure = True
+            log.error(
+                "syncws: cannot accept connections on port %s: %s; retrying every %g s until some are closed",
+                self.server_port, exc.strerror or exc, RETRY_DELAY,
+            )
+        self.stop_accepting()
+        self._timer = self.loop.timer(RETRY_DELAY)
+        self._timer.start(self._start_accepting_if_started)

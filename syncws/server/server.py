@@ -1,0 +1,391 @@
+"""The syncws server: gevent's WSGI server plus the pub/sub state it owns.
+
+A server runs its own gevent hub: in the calling thread (``serve(app)``), or
+in a dedicated OS thread (``serve(app, background=True)``) so that a plain,
+un-patched program can host it.  Everything that touches sockets happens in
+that hub; other threads reach it through :class:`~syncws.server.bridge.HubBridge`.
+
+The server owns a :class:`~syncws.server.runtime.Runtime`, the narrow state its
+connections share; it hands that, never itself, to the layers below.  The
+lifecycle methods the gunicorn worker and ``--workers`` children need are
+public: :meth:`Server.start`, :meth:`Server.add_listener`,
+:meth:`Server.stop`, :meth:`Server.finish`, and the :attr:`Server.stopping`
+and :attr:`Server.finished` flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Optional
+
+import gevent
+from gevent.event import Event
+from gevent.monkey import get_original
+from gevent.pool import Pool
+
+from ..base.errors import ListenError, ServerNotRunning
+from ..base.locks import RealLock
+from ..base.options import ServerOptions
+from ..protocol.payload import Outgoing
+from ..pubsub.broker import Broker
+from ..pubsub.factory import make_broker
+from ..pubsub.registry import Registry
+from .bridge import HubBridge
+from .handler import prepare_frameworks
+from .http import ConnectionHandler
+from .keepalive import Keepalive
+from .listener import ResilientWSGIServer, url_for
+from .outbox import Flusher
+from .runtime import Runtime
+
+log = logging.getLogger("syncws")
+
+_start_thread = get_original("_thread", "start_new_thread")
+_current: Optional[Server] = None
+_current_lock = RealLock()
+
+#: ``Server(app, wrap="gevent_websocket")``-style app wrappers, by option name.
+#: Integrations register here (see :mod:`syncws.integrations.gevent_websocket`),
+#: so this layer never imports them.
+APP_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
+
+
+class Server:
+    """A syncws server for one WSGI app (see :func:`serve` for the options)."""
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        host: str = "127.0.0.1",
+        port: int = 3000,
+        *,
+        access_log: bool = True,
+        broker: Any = None,
+        listener: Any = None,
+        gevent_websocket: bool = False,
+        **options: Any,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
+        prepare_frameworks()  # Flask: match upgrades as HTTP, the view decides
+        if gevent_websocket:
+            # An app written for gevent-websocket: upgrade before calling it.
+            app = APP_WRAPPERS["gevent_websocket"](app)
+        self.app = app
+        self.host = host
+        self.port = port
+        self.access_log = access_log
+        self.runtime = Runtime(ServerOptions(**options), make_broker(broker), owner=self)
+        self._wsgi: list[ResilientWSGIServer] = []
+        self._stopped: Optional[Event] = None
+        self._thread_done: Optional[Any] = None
+        # An already-bound, listening socket to accept on instead of binding
+        # (host, port); ``python -m syncws --workers N`` shares one this way.
+        self._listener = listener
+
+    # -- state ---------------------------------------------------------------
+    @property
+    def options(self) -> ServerOptions:
+        return self.runtime.options
+
+    @property
+    def broker(self) -> Broker:
+        return self.runtime.broker
+
+    @property
+    def registry(self) -> Registry:
+        return self.runtime.registry
+
+    @property
+    def sessions(self) -> set[Any]:
+        """The open WebSocket sessions (hub thread)."""
+        return self.runtime.sessions
+
+    @property
+    def streams(self) -> set[Any]:
+        """The open event streams (hub thread)."""
+        return self.runtime.streams
+
+    @property
+    def url(self) -> str:
+        return url_for(self.host, self.port)
+
+    @property
+    def peers(self) -> frozenset[Any]:
+        """Every connected WebSocket peer, all namespaces (a snapshot)."""
+        return self.runtime.registry.peers()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop has begun: new upgrades are answered 503."""
+        return self.runtime.stopping
+
+    @property
+    def finished(self) -> bool:
+        """True once the server has stopped (its connections are closed or abandoned)."""
+        return self.runtime.finished
+
+    def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the server's hub; a no-op once the server has stopped."""
+        self.runtime.call_in_hub(fn, *args)
+
+    # -- pub/sub -------------------------------------------------------------
+    def publish(self, topic: str, data: Any, *, namespace: Optional[str] = None) -> None:
+        """Send to every subscriber of ``topic`` (in every namespace when None).
+
+        Safe from any greenlet or OS thread: the message is serialised here,
+        once, and delivery is handed to the server's hub.
+        """
+        bridge = self.runtime.require_bridge()
+        bridge.call(self.runtime.deliver, topic, Outgoing(data), namespace)
+
+    def close_all(self, code: int = 1001, reason: str = "going away") -> None:
+        """Close every connected peer with ``code`` and ``reason`` (any thread)."""
+        self.runtime.require_bridge().call(self._close_all, code, reason)
+
+    def _close_all(self, code: int, reason: str) -> None:
+        for session in list(self.runtime.sessions):
+            session.close(code, reason)
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> Server:
+        """Bind and start accepting in the current thread's hub (non-blocking).
+
+        ListenError (an OSError) when the address cannot be bound.
+        """
+        global _current
+        runtime = self.runtime
+        first = self._listener if self._listener is not None else (self.host, self.port)
+        try:
+            self.add_listener(first)
+        except ListenError:
+            raise
+        except OSError as exc:
+            raise ListenError(self.host, self.port, exc) from exc
+        self.port = self._wsgi[0].server_port
+        hub = gevent.get_hub()
+        runtime.bridge = HubBridge(hub)
+        runtime.flusher = Flusher(hub)
+        runtime.keepalive = Keepalive(runtime.sessions)
+        runtime.broker.start(runtime.deliver_relayed, runtime.registry.interests)
+        self._stopped = Event()
+        with _current_lock:
+            _current = self
+        log.debug("syncws: serving on %s", self.url)
+        return self
+
+    def add_listener(self, listener: Any) -> None:
+        """Accept on one more socket (or ``(host, port)``) too, with the same state.
+
+        The gunicorn worker serves every ``-b`` address this way; all of them
+        stop with the server.
+        """
+        wsgi = ResilientWSGIServer(  # survives EMFILE; see listener.py
+            listener,
+            self.app,
+            handler_class=ConnectionHandler,
+            log=logging.getLogger("syncws.access") if self.access_log else None,
+            error_log=logging.getLogger("syncws.error"),
+            # A pool, so that stop() can end every connection greenlet: without
+            # one gevent abandons them, and an idle keep-alive connection stays
+            # open with nothing serving it (a browser would send its next
+            # request, e.g. an EventSource reconnect, there and wait forever).
+            spawn=Pool(),
+        )
+        wsgi.syncws_runtime = self.runtime
+        wsgi.start()
+        self._wsgi.append(wsgi)
+
+    def serve_forever(self, *, handle_signals: bool = True) -> None:
+        """Start (if needed) and block until :meth:`stop` or SIGTERM/SIGINT.
+
+        ``handle_signals=False`` installs no signal handlers: the caller does
+        (a ``--workers`` child stops on its master's SIGTERM only).
+        """
+        if not self._wsgi:
+            self.start()
+        assert self._stopped is not None
+        handlers = []
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers.append(gevent.signal_handler(sig, self._on_signal))
+        try:
+            self._stopped.wait()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+
+    def _on_signal(self) -> None:
+        if self.runtime.stopping:
+            log.warning("syncws: second signal, exiting now")
+            self.finish()
+            return
+        timeout = self.options.shutdown_timeout
+        log.info("syncws: shutting down (peers have %g s to close; a second signal exits at once)", timeout)
+        self._begin_stop(timeout)
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Close every peer with 1001, stop accepting and end the server.
+
+        Peers get ``timeout`` seconds (default: the ``shutdown_timeout``
+        option, 5 s) to answer the close; meanwhile new upgrade requests on
+        connections that are still open get 503.  From another thread this
+        waits (up to ``timeout`` plus a margin) for the server's thread to finish.
+        """
+        if timeout is None:
+            timeout = self.options.shutdown_timeout
+        bridge = self.runtime.bridge
+        if bridge is None:
+            return
+        if bridge.in_hub_thread():
+            self._begin_stop(timeout)
+            return
+        bridge.call(self._begin_stop, timeout)
+        if self._thread_done is not None:
+            if self._thread_done.acquire(timeout=timeout + 5):
+                self._thread_done.release()
+
+    def _begin_stop(self, timeout: float) -> None:
+        runtime = self.runtime
+        if runtime.stopping:
+            return
+        runtime.stopping = True
+        for wsgi in self._wsgi:
+            wsgi.close()  # stop accepting
+        self._close_all(1001, "going away")
+        for stream in list(runtime.streams):
+            stream.close()
+        gevent.spawn(self._drain, timeout)
+
+    def _drain(self, timeout: float) -> None:
+        runtime = self.runtime
+        with gevent.Timeout(timeout, False):
+            while runtime.sessions or runtime.streams or runtime.requests_in_flight:
+                # A stream whose view was still running when the stop began.
+                for stream in list(runtime.streams):
+                    stream.close()
+                gevent.sleep(0.02)
+        self.finish()
+
+    def finish(self) -> None:
+        """End the server now (hub thread): no drain, connections still open are dropped.
+
+        :meth:`stop` ends with this once its drain is over; a second signal,
+        or a supervisor whose own deadline has passed, calls it directly.
+        """
+        global _current
+        runtime = self.runtime
+        if runtime.finished:
+            return
+        runtime.finished = True
+        if runtime.keepalive is not None:
+            runtime.keepalive.stop()
+        runtime.stop_hook_threads()
+        runtime.broker.stop()
+        for wsgi in self._wsgi:
+            wsgi.stop(timeout=0)
+        with _current_lock:
+            if _current is self:
+                _current = None
+        bridge, runtime.bridge = runtime.bridge, None
+        if bridge is not None:
+            bridge.close()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def start_in_thread(self, timeout: float = 10.0) -> Server:
+        """Run the server in a new OS thread with its own hub; return once bound."""
+        ready = RealLock()
+        ready.acquire()
+        done = RealLock()
+        done.acquire()
+        self._thread_done = done
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                try:
+                    self.start()
+                except BaseException as exc:
+                    failure.append(exc)
+                    return
+                finally:
+                    ready.release()
+                assert self._stopped is not None
+                self._stopped.wait()
+            finally:
+                try:
+                    gevent.get_hub().destroy(destroy_loop=True)
+                except Exception:
+                    pass
+                done.release()
+
+        _start_thread(run, ())
+        if not ready.acquire(timeout=timeout):
+            raise ServerNotRunning("syncws server did not start in time")
+        if failure:
+            raise failure[0]
+        return self
+
+    def __repr__(self) -> str:
+        return f"<syncws.Server {self.url}>"
+
+
+def serve(
+    app: Callable[..., Any],
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    *,
+    background: bool = False,
+    **options: Any,
+) -> Server:
+    """Serve a WSGI app (a syncws ``App``, Flask, any callable) with WebSocket support.
+
+    ``background=True`` starts the server in its own thread and returns the
+    running :class:`Server` at once.  Otherwise this blocks until stopped
+    (SIGTERM, Ctrl-C or :meth:`Server.stop`), logging the URL when it starts
+    and a line when it stops, as ``python -m syncws`` does; when logging is
+    not configured it logs to stderr.
+
+    Options: every row of the option table (``docs/reference/options.md``:
+    ``max_message_size``, ``ping_interval``, ...), and ``access_log``,
+    ``broker``, ``gevent_websocket`` (serve an app written for
+    gevent-websocket: see :mod:`syncws.compat`).
+    """
+    server = Server(app, host, port, **options)
+    if background:
+        return server.start_in_thread()
+    _ensure_logging()
+    server.start()
+    log.info("syncws: serving on %s (Ctrl-C to stop)", server.url)
+    server.serve_forever()
+    log.info("syncws: stopped")
+    return server
+
+
+def _ensure_logging() -> None:
+    """Give a foreground server's log lines somewhere to go when the program set up none."""
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+def current_server() -> Server:
+    with _current_lock:
+        server = _current
+    if server is None:
+        raise ServerNotRunning("no syncws server is running in this process")
+    return server
+
+
+def publish(topic: str, data: Any, *, namespace: Optional[str] = None) -> None:
+    """Publish through the most recently started server of this process."""
+    current_server().publish(topic, data, namespace=namespace)

@@ -1,0 +1,298 @@
+"""The gevent driver of one WebSocket connection: socket in, hooks out, outbox for writes.
+
+The rules of the protocol (frames, the close handshake, keepalive decisions)
+live in :class:`syncws.protocol.connection.Connection`, which never does I/O.
+This module only moves bytes and runs hooks: it reads the socket, feeds the
+connection, dispatches the events it returns to the hooks, and hands bytes to
+send to the peer's :class:`~syncws.server.outbox.Outbox`.  Timers (the close
+timeout, the hang-up after a missed pong) are gevent's.
+
+The session runs in the greenlet that served the HTTP request, so hooks run
+where the application's context lives (Flask's ``current_app`` and ``g``) and
+one peer's hooks can only ever run one at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from time import perf_counter
+from typing import Any, Optional
+
+import gevent
+
+from ..protocol.connection import (
+    PING,
+    CloseReceived,
+    Connection,
+    Failed,
+    KeepaliveAction,
+    PingReceived,
+    State,
+)
+from ..protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..protocol.message import Message
+from .hooks import CloseDetails, Hooks
+from .outbox import Outbox
+from .peer import Peer
+from .runtime import Runtime
+
+log = logging.getLogger("syncws")
+
+_EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
+_READ_SIZE = 64 * 1024  # one socket read takes up to this much
+_FAIR_BUDGET = 16  # units of work (a frame, a read, 4 KiB read) between fairness checks
+_FAIR_SLICE = 0.002  # seconds one connection may hold the hub before it yields
+_YIELD = 0.0001  # a timer, not sleep(0): gevent runs callbacks 50 at a time before it checks the clock
+_MAX_QUEUED_PONGS = 16  # then only the most recent ping is answered (RFC 6455 §5.5.3)
+
+
+class Session:
+    def __init__(
+        self,
+        runtime: Runtime,
+        sock: socket.socket,
+        rfile: Any,
+        hooks: Hooks,
+        request: Any,
+        namespace: str,
+        context: dict[str, Any],
+        protocol: Optional[str],
+        remote_address: Optional[str],
+        overrides: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        options = runtime.options
+        overrides = overrides or {}
+        self.connection = Connection(
+            overrides.get("max_message_size", options.max_message_size),
+            ping_interval=overrides.get("ping_interval", options.ping_interval),
+            ping_timeout=overrides.get("ping_timeout", options.ping_timeout),
+            now=time.monotonic(),
+        )
+        #: Run hooks in the server's thread pool (a blocking hook then blocks
+        #: only this peer); the read loop waits for each, so order is kept.
+        self.hooks_in_threads = bool(overrides.get("hooks_in_threads", options.hooks_in_threads))
+        self._rfile = rfile
+        self.runtime = runtime
+        self.socket = sock
+        self.protocol = protocol
+        self.hooks = hooks
+        self.close_timeout = options.close_timeout
+        self._abort_timer: Optional[gevent.Greenlet] = None
+        self._queued_pongs = 0
+        self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow, runtime.flusher)
+        self.peer = Peer(self, request, namespace, context, remote_address)
+
+    @property
+    def state(self) -> State:
+        return self.connection.state
+
+    @property
+    def closed(self) -> bool:
+        return self.connection.state is not State.OPEN
+
+    # -- running -----------------------------------------------------------
+    def run(self) -> None:
+        runtime = self.runtime
+        runtime.registry.add_peer(self.peer)
+        runtime.sessions.add(self)
+        if runtime.stopping:
+            # Accepted while the server began to stop: it would miss the 1001.
+            self.close(CLOSE_GOING_AWAY, "going away")
+        keepalive = runtime.keepalive
+        if keepalive is not None:
+            keepalive.watch(self.connection.ping_interval, self.connection.ping_timeout)
+        try:
+            self._call("open", self.peer)
+            self._read_loop()
+        finally:
+            self.connection.connection_lost()
+            runtime.registry.remove(self.peer)
+            runtime.sessions.discard(self)
+            if self._abort_timer is not None:
+                self._abort_timer.kill(block=False)
+            self.outbox.stop()
+            self._close_socket()
+            connection = self.connection
+            self._call("close", self.peer, CloseDetails(connection.close_code, connection.close_reason))
+
+    def _read_loop(self) -> None:
+        """Read, feed the connection and dispatch its events until the connection ends.
+
+        One read takes what the socket has (up to 64 KiB); the connection
+        turns it into events, one frame per call.  Fairness: a flooding client
+        always has bytes ready, so neither the read nor the parsing would ever
+        give the hub back.  Every :data:`_FAIR_BUDGET` units of work the loop
+        checks whether the hub has run since the last check; if it has not for
+        :data:`_FAIR_SLICE` seconds, the loop sleeps on a tiny timer, which
+        resumes it only after the hub has polled for I/O: other peers' reads
+        and every pending write (pongs, close frames, the flusher) go on while
+        one client floods.  A connection that blocks on its socket now and
+        then never pays for this.
+        """
+        connection = self.connection
+        next_event = connection.next_event
+        read1 = self._rfile.read1
+        loop = gevent.get_hub().loop
+        seen = loop.iteration
+        since = perf_counter()
+        budget = _FAIR_BUDGET
+        while True:
+            if budget <= 0:
+                budget = _FAIR_BUDGET
+                if loop.iteration != seen:  # the hub ran (we blocked): a new slice begins
+                    seen, since = loop.iteration, perf_counter()
+                elif perf_counter() - since >= _FAIR_SLICE:
+                    gevent.sleep(_YIELD)  # a timer: runs us again only after the hub polled for I/O
+                    seen, since = loop.iteration, perf_counter()
+            budget -= 1
+            event = next_event()
+            if event is None:
+                if not connection.needs_data:
+                    continue  # a fragment, or data after our close: count it, go on
+                try:
+                    data = read1(_READ_SIZE)
+                except (OSError, ValueError):
+                    data = b""
+                if not data:
+                    self._on_eof()
+                    return
+                connection.receive_data(data, time.monotonic())
+                budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
+                continue
+            if type(event) is Message:
+                self._call("message", self.peer, event)
+            elif type(event) is PingReceived:
+                self._pong(event.pong)
+            elif type(event) is CloseReceived:
+                if event.reply is not None:
+                    self.outbox.put_final(event.reply)
+                # Either way the handshake is complete once our close frame is out.
+                self.outbox.wait_flushed(self.close_timeout)
+                return
+            elif type(event) is Failed:
+                self._report(event.error)
+                self._send_close(event.reply)
+                self.outbox.wait_flushed(self.close_timeout)
+                return
+            # PongReceived: receiving it already counted as an answer (last_seen)
+
+    def _on_eof(self) -> None:
+        """The stream ended (EOF or reset) without a close frame.
+
+        Details stay 1006 unless a close was already sent.  A client that only
+        half-closed can still read: give what its hooks queued a short,
+        bounded chance to go out.
+        """
+        if self.connection.open and self.outbox.buffered:
+            self.outbox.put_final(b"")
+            self.outbox.wait_flushed(min(self.close_timeout, 1.0))
+
+    def _pong(self, frame: bytes) -> None:
+        """Answer a ping, keeping what is owed to a client that pings faster than it reads bounded.
+
+        Up to :data:`_MAX_QUEUED_PONGS` pongs queue in order behind other
+        frames.  Past that (the client is not reading what we send), RFC 6455
+        §5.5.3 lets us answer only the most recent ping: its pong takes the
+        outbox's single urgent slot, replacing an older one not yet written.
+        """
+        outbox = self.outbox
+        if not outbox.buffered:
+            self._queued_pongs = 0
+        if self._queued_pongs < _MAX_QUEUED_PONGS:
+            self._queued_pongs += 1
+            outbox.put(frame)
+        else:
+            outbox.put_urgent(frame)
+
+    # -- hooks -------------------------------------------------------------
+    def _call(self, name: str, *args: Any) -> None:
+        hook = getattr(self.hooks, name)
+        if hook is None:
+            return
+        try:
+            self._invoke(hook, *args)
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a sys.exit() in one hook must not end the
+            # server's thread for every other peer.
+            log.exception("syncws: %s hook raised for peer %s", name, self.peer.id)
+            self._report(exc)
+            self.close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _invoke(self, hook: Any, *args: Any) -> Any:
+        if self.hooks_in_threads:
+            return self.runtime.run_in_thread(hook, *args)
+        return hook(*args)
+
+    def _report(self, error: BaseException) -> None:
+        hook = self.hooks.error
+        if hook is None:
+            return
+        try:
+            self._invoke(hook, self.peer, error)
+        except Exception:
+            log.exception("syncws: error hook raised for peer %s", self.peer.id)
+
+    # -- keepalive ---------------------------------------------------------
+    def keepalive(self, now: float) -> None:
+        """One keepalive tick (hub thread; the rules are :meth:`Connection.keepalive`'s)."""
+        action = self.connection.keepalive(now)
+        if action is KeepaliveAction.PING:
+            self.outbox.put(PING)
+        elif action is KeepaliveAction.EXPIRE:
+            self._expire()
+
+    def _expire(self) -> None:
+        log.info(
+            "syncws: peer %s did not answer a ping within %g s; closing it with 1011",
+            self.peer.id,
+            self.connection.ping_timeout,
+        )
+        self.close(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+        # It did not answer a ping, so waiting close_timeout for its close frame
+        # is pointless: hang up as soon as our close frame is out (or after 1 s).
+        if self._abort_timer is not None:
+            self._abort_timer.kill(block=False)
+        self._abort_timer = gevent.spawn(self._abort_when_flushed, min(_EXPIRED_FLUSH, self.close_timeout))
+
+    def _abort_when_flushed(self, timeout: float) -> None:
+        self.outbox.wait_flushed(timeout)
+        self.abort()
+
+    # -- closing -----------------------------------------------------------
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Start the close handshake (hub thread only); a no-op once it has begun."""
+        self._send_close(self.connection.close(code, reason))
+
+    def _send_close(self, frame: Optional[bytes]) -> None:
+        if frame is None:
+            return  # a close was already under way
+        self.outbox.put_final(frame)
+        # The client has close_timeout seconds to answer before we hang up.
+        self._abort_timer = gevent.spawn_later(self.close_timeout, self.abort)
+
+    def _on_overflow(self) -> None:
+        log.warning("syncws: outbound buffer of peer %s overflowed; closing it", self.peer.id)
+        self.close(CLOSE_POLICY_VIOLATION, "outbound buffer overflow")
+
+    def abort(self) -> None:
+        """Hang up without a close frame; the read loop sees EOF and cleans up."""
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _close_socket(self) -> None:
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Session {self.peer.id} {self.connection.state.value}>"

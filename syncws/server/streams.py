@@ -1,0 +1,287 @@
+"""Server-Sent Events: ``create_event_stream`` and the ``EventStream`` it returns.
+
+A stream is a WSGI response whose body is a generator running in the
+connection's greenlet.  ``push`` may come from any greenlet or OS thread: it
+formats the event, appends it to a deque and wakes the generator through the
+server's hub.  A second greenlet watches the socket so that a client that goes
+away is noticed at once, even when nothing is being pushed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import gevent
+from gevent.event import Event
+from werkzeug.exceptions import InternalServerError
+
+from ..base.errors import ConfigurationError, SyncwsError
+from ..base.locks import RealLock
+from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
+from .http import TRANSPORT_KEY
+
+log = logging.getLogger("syncws")
+
+__all__ = ["EventStream", "EventStreamMessage", "create_event_stream"]
+
+
+class NoTransportError(InternalServerError, SyncwsError, RuntimeError):
+    """``create_event_stream`` under a server that is not syncws (``flask run``, wsgiref...).
+
+    An ``HTTPException``, so that the view's answer is a 500 that says what to
+    do (syncws ``App`` and Flask render it; neither logs a traceback), and a
+    ``RuntimeError`` for callers that catch that.  Logged once per process.
+    """
+
+    MESSAGE = "event streams need the syncws server; run the app with: python -m syncws module:app"
+
+    def __init__(self, environ: Optional[dict] = None) -> None:
+        global _warned_no_transport
+        super().__init__(self.MESSAGE)
+        if not _warned_no_transport:
+            _warned_no_transport = True
+            server = (environ or {}).get("SERVER_SOFTWARE", "unknown")
+            log.error("syncws: %s (server: %s)", self.MESSAGE, server)
+
+    def __str__(self) -> str:
+        return self.MESSAGE
+
+
+_warned_no_transport = False
+
+
+class EventStream:
+    """An open ``text/event-stream`` response (see the README's SSE section)."""
+
+    def __init__(
+        self,
+        environ: dict,
+        *,
+        keep_alive: Optional[float] = 15.0,
+        retry: Optional[int] = None,
+        namespace: Optional[str] = None,
+    ) -> None:
+        transport = environ.get(TRANSPORT_KEY)
+        if transport is None:
+            raise NoTransportError(environ)
+        if keep_alive is not None and (
+            not isinstance(keep_alive, (int, float)) or isinstance(keep_alive, bool)
+            or not 0 < keep_alive < float("inf")  # also refuses NaN, which would wait forever
+        ):
+            raise ConfigurationError("keep_alive must be a positive number of seconds or None")
+        if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
+            raise ConfigurationError("retry must be a non-negative integer (milliseconds)")
+        self.environ = environ
+        self._runtime = transport.runtime
+        self._transport = transport
+        transport.at_end(self._abandon)
+        self.keep_alive = keep_alive
+        self.retry = retry
+        self.namespace: str = namespace if namespace is not None else environ.get("PATH_INFO", "/") or "/"
+        self.last_event_id: Optional[str] = environ.get("HTTP_LAST_EVENT_ID")
+        self._queue: deque[bytes] = deque()
+        self._queued = 0  # bytes pushed and still in the queue
+        self._in_flight = 0  # bytes handed to a write that has not returned yet
+        self.limit = transport.runtime.options.max_buffer_size
+        self._started = False
+        self._wake = Event()
+        self._closed = False  # set by close(): later pushes are refused at once
+        self._ending = False  # set in the hub: the body stops once the queue is flushed
+        self._ended = False
+        self._callbacks: list[Callable[[], Any]] = []
+        self._callbacks_lock = RealLock()
+
+    @property
+    def server(self) -> Any:
+        """The :class:`~syncws.Server` serving this stream."""
+        return self._runtime.owner
+
+    # -- pushing --------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def push(self, message: Union[MessageLike, Iterable[MessageLike]]) -> None:
+        """Queue one event, or several sent together (a list)."""
+        if isinstance(message, list):
+            text = "".join(format_event(item) for item in message)
+        else:
+            text = format_event(message)
+        self._enqueue(text.encode("utf-8"))
+
+    def push_comment(self, text: str) -> None:
+        self._enqueue(format_comment(text).encode("utf-8"))
+
+    def _enqueue(self, chunk: bytes) -> None:
+        # Through the hub like every other delivery, so a push and a publish
+        # made one after the other from any thread arrive in that order.
+        if not self._closed:
+            self._runtime.call_in_hub(self._append, chunk)
+
+    def _append(self, chunk: bytes) -> None:
+        if self._ending:
+            return  # pushes after close are ignored, as documented
+        buffered = self.buffered
+        if self.limit is not None and buffered and buffered + len(chunk) > self.limit:
+            self._overflow(buffered)
+            return
+        self._queue.append(chunk)
+        self._queued += len(chunk)
+        self._wake.set()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes pushed that the socket has not taken yet (queued or in a blocked write)."""
+        return self._queued + self._in_flight
+
+    def _overflow(self, buffered: int) -> None:
+        # The client stopped reading and the body is stuck in a write: like a
+        # WebSocket peer, the stream is ended rather than buffered without
+        # bound.  EventSource reconnects with Last-Event-ID.
+        log.warning(
+            "syncws: event stream %s is not reading (%d bytes unsent); ending it", self.namespace, buffered
+        )
+        self._closed = self._ending = True
+        self._queue.clear()
+        self._queued = 0
+        self._transport.abort()  # also ends a write blocked on the stalled client
+        self._wake.set()
+
+    def deliver(self, outgoing: Any) -> None:
+        """Receive a pub/sub publish (hub thread): the payload becomes the data."""
+        self._append(outgoing.memo("sse", _publish_event))
+
+    # -- pub/sub --------------------------------------------------------------
+    def subscribe(self, topic: str) -> None:
+        if not self._closed:
+            self._runtime.registry.subscribe(self, topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        self._runtime.registry.unsubscribe(self, topic)
+
+    @property
+    def topics(self) -> frozenset:
+        return self._runtime.registry.topics_of(self)
+
+    # -- ending ---------------------------------------------------------------
+    def on_closed(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` once when the stream ends (at once if it already has)."""
+        with self._callbacks_lock:
+            if not self._ended:
+                self._callbacks.append(callback)
+                return
+        _run_callback(callback)
+
+    def close(self) -> None:
+        """End the stream; idempotent, safe from any thread."""
+        if self._closed:
+            return
+        self._closed = True
+        # Through the hub, after the pushes this thread made before closing:
+        # those are delivered, only later ones are dropped.
+        self._runtime.call_in_hub(self._end)
+
+    def _end(self) -> None:
+        self._ending = True
+        self._wake.set()
+
+    # -- WSGI -----------------------------------------------------------------
+    def send(self) -> "EventStream":
+        """The WSGI response; returning the stream itself is the same."""
+        return self
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
+        start_response("200 OK", list(HEADERS))
+        self._transport.reusable = False  # the socket is watched; never reuse it
+        return self._body()
+
+    def _body(self) -> Iterator[bytes]:
+        self._started = True
+        runtime = self._runtime
+        runtime.streams.add(self)
+        watcher = gevent.spawn(self._watch_socket)
+        try:
+            yield b""  # an empty chunk makes the server send the head now
+            if self.retry is not None:
+                yield format_retry(self.retry).encode("ascii")
+            queue = self._queue
+            while True:
+                if queue:
+                    chunks = []
+                    while queue:
+                        chunks.append(queue.popleft())
+                    chunk = b"".join(chunks)
+                    # Until the write returns, these bytes still count against the limit.
+                    self._queued = 0
+                    self._in_flight = len(chunk)
+                    yield chunk
+                    self._in_flight = 0
+                    continue
+                if self._ending:
+                    break
+                self._wake.clear()
+                if queue or self._ending:
+                    continue
+                if not self._wake.wait(self.keep_alive) and not queue and not self._ending:
+                    yield format_comment("keep-alive").encode("ascii")
+        finally:
+            self._closed = self._ending = True
+            runtime.streams.discard(self)
+            runtime.registry.remove(self)
+            watcher.kill(block=False)
+            self._finish()
+
+    def _abandon(self) -> None:
+        """The request ended without serving this stream (the view raised, say)."""
+        if not self._started:
+            self._closed = self._ending = True
+            self._runtime.registry.remove(self)
+            self._finish()
+
+    def _watch_socket(self) -> None:
+        """Return when the client goes away: EventSource never sends after its request."""
+        sock = self._transport.socket
+        try:
+            while sock.recv(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        self.close()
+
+    def _finish(self) -> None:
+        with self._callbacks_lock:
+            self._ended = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _run_callback(callback)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<EventStream {self.namespace!r} {state}>"
+
+
+def _publish_event(outgoing: Any) -> bytes:
+    # Formatted once per publish, whatever the number of streams.
+    return format_event(outgoing.text).encode("utf-8")
+
+
+def _run_callback(callback: Callable[[], Any]) -> None:
+    try:
+        callback()
+    except Exception:
+        log.exception("syncws: an event stream on_closed callback raised")
+
+
+def create_event_stream(request_or_environ: Any, **options: Any) -> EventStream:
+    """Open an event stream for this request (a werkzeug/Flask request or an environ).
+
+    Options: ``keep_alive`` (seconds, default 15, None disables), ``retry``
+    (milliseconds, written once at the start), ``namespace`` (for pub/sub;
+    default the request path).
+    """
+    environ = getattr(request_or_environ, "environ", request_or_environ)
+    if not isinstance(environ, dict):
+        raise TypeError("create_event_stream() takes a request or a WSGI environ")
+    return EventStream(environ, **options)
