@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import websocket
 
 from syncws import serve
 from syncws.server.server import Server
-
 
 _create_connection = websocket.create_connection
 _opened: list = []
@@ -35,7 +34,7 @@ websocket.create_connection = _tracked_create_connection
 
 @pytest.fixture(autouse=True)
 def _close_websocket_clients() -> Iterator[None]:
-    from .support import OPEN_RAW_CLIENTS  # support imports this module
+    from .support.clients import OPEN_RAW_CLIENTS  # support imports this module
 
     mark, raw_mark = len(_opened), len(OPEN_RAW_CLIENTS)  # wider-scoped fixtures' stay open
     yield
@@ -93,6 +92,6 @@ def raw_request(server: Server, data: bytes, timeout: float = 5.0) -> bytes:
                 chunks.append(chunk)
                 if b"\r\n\r\n" in b"".join(chunks) and len(chunks) > 0:
                     sock.settimeout(0.5)
-        except socket.timeout:
+        except TimeoutError:
             pass
         return b"".join(chunks)

@@ -116,7 +116,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if colour[nxt] == 1:
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if colour[nxt] == 0:
                 cycle = visit(nxt)
                 if cycle:

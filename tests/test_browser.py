@@ -95,7 +95,8 @@ def test_event_source_receives_both_streams_and_reconnects_after_a_restart(brows
         page.wait_for_function(
             "() => Number(document.getElementById('clock-count').textContent) >= 2"
             " && Number(document.getElementById('update-count').textContent) >= 2",
-            timeout=WAIT_MS, polling=100,
+            timeout=WAIT_MS,
+            polling=100,
         )
         assert re.fullmatch(r"Message @ \d\d:\d\d:\d\d", page.text_content("#clock-latest"))
         assert page.text_content("#clock-state") == "open"
@@ -111,7 +112,8 @@ def test_event_source_receives_both_streams_and_reconnects_after_a_restart(brows
         page.wait_for_function(
             "() => document.getElementById('clock-state').textContent === 'reconnecting'"
             " && document.getElementById('update-state').textContent === 'reconnecting'",
-            timeout=WAIT_MS, polling=100,
+            timeout=WAIT_MS,
+            polling=100,
         )
         last_seen = number(page, "#update-last-id")
         clock_seen = number(page, "#clock-count")
@@ -122,7 +124,8 @@ def test_event_source_receives_both_streams_and_reconnects_after_a_restart(brows
         page.wait_for_function(
             f"() => Number(document.getElementById('update-count').textContent) > {updates_seen}"
             f" && Number(document.getElementById('clock-count').textContent) > {clock_seen}",
-            timeout=WAIT_MS, polling=100,
+            timeout=WAIT_MS,
+            polling=100,
         )
         assert page.text_content("#clock-state") == "open"
         assert page.text_content("#update-state") == "open"
@@ -172,7 +175,9 @@ def test_chat_example_two_pages_see_each_others_messages(browser):
             page.wait_for_function(
                 "(pattern) => [...document.querySelectorAll('#log li')]"
                 ".some(li => new RegExp(pattern).test(li.lastChild.textContent))",
-                arg=pattern, timeout=WAIT_MS, polling=50,
+                arg=pattern,
+                timeout=WAIT_MS,
+                polling=50,
             )
 
         wait_for_line(one, r"^Welcome to the server!$")
@@ -200,7 +205,6 @@ def test_chat_example_two_pages_see_each_others_messages(browser):
         context_two.close()
 
         assert errors == []
-        assert all(url.startswith(base + "/") or url.startswith(base.replace("http", "ws") + "/")
-                   for url in requested), requested
+        assert all(url.startswith((base + "/", base.replace("http", "ws") + "/")) for url in requested), requested
     finally:
         server.stop(timeout=5)

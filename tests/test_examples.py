@@ -26,9 +26,7 @@ def handshake_status(url: str, **kwargs) -> int:
     return refused.value.status_code
 
 
-@pytest.mark.parametrize(
-    "name", ["chat", "sse", "flask_login", "token_auth", "rooms", "channel"]
-)
+@pytest.mark.parametrize("name", ["chat", "sse", "flask_login", "token_auth", "rooms", "channel"])
 def test_each_example_says_how_to_run_it_and_imports(name):
     source = (EXAMPLES / f"{name}.py").read_text()
     first, second = source.splitlines()[:2]
@@ -36,7 +34,10 @@ def test_each_example_says_how_to_run_it_and_imports(name):
     assert f"python -m syncws examples.{name}:app" in second
     result = subprocess.run(
         [sys.executable, "-c", f"import examples.{name} as m; assert callable(m.app)"],
-        cwd=EXAMPLES.parent, capture_output=True, text=True, timeout=30,
+        cwd=EXAMPLES.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
 

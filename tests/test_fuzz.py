@@ -28,7 +28,6 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import pytest
 import websocket
@@ -88,7 +87,7 @@ class Watchdog:
                 n += 1
                 self.count = n
                 time.sleep(0.005)
-        except Exception as exc:  # noqa: BLE001 - any failure is a test failure
+        except Exception as exc:
             self.errors.append(repr(exc))
 
     def check(self, since: int) -> None:
@@ -212,8 +211,10 @@ def read_until_eof(sock: socket.socket) -> bytes:
             data += chunk
     except ConnectionResetError:
         pass
-    except socket.timeout:
-        raise AssertionError(f"the server neither answered nor closed within {READ_TIMEOUT} s; got {data[:200]!r}")
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"the server neither answered nor closed within {READ_TIMEOUT} s; got {data[:200]!r}"
+        ) from exc
     return data
 
 
@@ -231,7 +232,7 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
-def close_code(payload: bytes) -> Optional[int]:
+def close_code(payload: bytes) -> int | None:
     return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
 
 
@@ -318,7 +319,7 @@ def frame_sequences(draw) -> list[WireFrame]:
         payload = draw(good_text if item == "text" else binary_payloads)
         # Cut anywhere, even inside a UTF-8 character: only the whole message must be valid.
         cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
-        parts = [payload[i:j] for i, j in zip([0] + cuts, cuts + [len(payload)])]
+        parts = [payload[i:j] for i, j in zip([0, *cuts], [*cuts, len(payload)], strict=False)]
         for k, part in enumerate(parts):
             opcode = (OP_TEXT if item == "text" else OP_BINARY) if k == 0 else OP_CONT
             frames.append(WireFrame(k == len(parts) - 1, 0, opcode, True, part))
@@ -326,7 +327,7 @@ def frame_sequences(draw) -> list[WireFrame]:
                 frames.append(WireFrame(True, 0, OP_PING, True, draw(control_payloads)))
     if draw(st.integers(0, 3)) == 0:
         frames.append(WireFrame(True, 0, OP_CLOSE, True, draw(close_payloads)))
-    mutation = draw(st.sampled_from([None, None] + MUTATIONS))
+    mutation = draw(st.sampled_from([None, None, *MUTATIONS]))
     if mutation is None:
         return frames
     i = draw(st.integers(0, len(frames) - 1))
@@ -340,7 +341,9 @@ def frame_sequences(draw) -> list[WireFrame]:
     elif mutation == "control-fin":
         f = WireFrame(False, 0, draw(st.sampled_from([OP_PING, OP_PONG, OP_CLOSE])), True, f.payload[:125])
     elif mutation == "control-long":
-        f = WireFrame(True, 0, draw(st.sampled_from([OP_PING, OP_PONG, OP_CLOSE])), True, b"L" * draw(st.integers(126, 300)))
+        f = WireFrame(
+            True, 0, draw(st.sampled_from([OP_PING, OP_PONG, OP_CLOSE])), True, b"L" * draw(st.integers(126, 300))
+        )
     elif mutation == "bad-utf8":
         f = WireFrame(f.fin, 0, f.opcode, True, f.payload + draw(st.sampled_from(BAD_UTF8)))
     elif mutation == "flip-fin":
@@ -458,19 +461,50 @@ def mutations(draw):
         st.tuples(st.just("insert"), st.integers(0, 400), st.binary(min_size=1, max_size=20)),
         st.tuples(st.just("delete"), st.integers(0, 400), st.integers(1, 20)),
         st.tuples(st.just("truncate"), st.integers(0, 400)),
-        st.tuples(st.just("header"), st.sampled_from([
-            b"Sec-WebSocket-Version: 8", b"Sec-WebSocket-Version: 13, 8", b"Sec-WebSocket-Key: short",
-            b"Sec-WebSocket-Key: " + b"A" * 200, b"Connection: close", b"Upgrade: h2c", b"Content-Length: 5",
-            b"Transfer-Encoding: chunked", b"Content-Length: -1", b"Sec-WebSocket-Protocol: ,,,",
-            b"Origin: http://evil.example", b"Host:", b"X-Long: " + b"x" * 9000, b"X-Bin: \x00\xff\x7f",
-            b" folded-continuation", b"NoColonHere", b": no-name",
-        ])),
-        st.tuples(st.just("request-line"), st.sampled_from([
-            b"POST /_ws HTTP/1.1", b"GET /_ws HTTP/1.0", b"GET /_ws HTTP/2.0", b"GET /_ws", b"GET  /_ws  HTTP/1.1",
-            b"GET /nowhere HTTP/1.1", b"GET /_ws?x=%zz HTTP/1.1", b"GET http://h/_ws HTTP/1.1",
-            b"get /_ws HTTP/1.1", b"GET /_ws HTTP/1.1 extra", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-            b"GET /" + b"a" * 9000 + b" HTTP/1.1", b"CONNECT 127.0.0.1:1 HTTP/1.1",
-        ])),
+        st.tuples(
+            st.just("header"),
+            st.sampled_from(
+                [
+                    b"Sec-WebSocket-Version: 8",
+                    b"Sec-WebSocket-Version: 13, 8",
+                    b"Sec-WebSocket-Key: short",
+                    b"Sec-WebSocket-Key: " + b"A" * 200,
+                    b"Connection: close",
+                    b"Upgrade: h2c",
+                    b"Content-Length: 5",
+                    b"Transfer-Encoding: chunked",
+                    b"Content-Length: -1",
+                    b"Sec-WebSocket-Protocol: ,,,",
+                    b"Origin: http://evil.example",
+                    b"Host:",
+                    b"X-Long: " + b"x" * 9000,
+                    b"X-Bin: \x00\xff\x7f",
+                    b" folded-continuation",
+                    b"NoColonHere",
+                    b": no-name",
+                ]
+            ),
+        ),
+        st.tuples(
+            st.just("request-line"),
+            st.sampled_from(
+                [
+                    b"POST /_ws HTTP/1.1",
+                    b"GET /_ws HTTP/1.0",
+                    b"GET /_ws HTTP/2.0",
+                    b"GET /_ws",
+                    b"GET  /_ws  HTTP/1.1",
+                    b"GET /nowhere HTTP/1.1",
+                    b"GET /_ws?x=%zz HTTP/1.1",
+                    b"GET http://h/_ws HTTP/1.1",
+                    b"get /_ws HTTP/1.1",
+                    b"GET /_ws HTTP/1.1 extra",
+                    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                    b"GET /" + b"a" * 9000 + b" HTTP/1.1",
+                    b"CONNECT 127.0.0.1:1 HTTP/1.1",
+                ]
+            ),
+        ),
     )
     return draw(st.lists(edit, min_size=1, max_size=4))
 
@@ -503,10 +537,10 @@ def apply(request: bytes, edits) -> bytes:
             request = request[: edit[1] % (len(request) + 1)]
         elif kind == "header":
             lines = _lines(request)
-            request = _join(lines + [edit[1]])
+            request = _join([*lines, edit[1]])
         elif kind == "request-line":
             lines = _lines(request)
-            request = _join([edit[1]] + lines[1:])
+            request = _join([edit[1], *lines[1:]])
     return request
 
 
@@ -519,7 +553,7 @@ def test_mutated_handshakes_get_101_or_4xx(live, edits):
         send_all_then_half_close(sock, request)
         answer = read_until_eof(sock)
     if answer:
-        assert answer.startswith(b"HTTP/1.1 ") or answer.startswith(b"HTTP/1.0 "), answer[:100]
+        assert answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), answer[:100]
         status = int(answer.split(b" ", 2)[1])
         event(f"status {status}")
         assert status == 101 or 400 <= status < 500, (status, request[:200], answer[:300])

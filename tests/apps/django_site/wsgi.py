@@ -32,7 +32,10 @@ def events(request):
     return stream
 
 
-application = syncws.mount(get_wsgi_application(), {
-    "/chat/<room>": chat,
-    "/events": events,
-})
+application = syncws.mount(
+    get_wsgi_application(),
+    {
+        "/chat/<room>": chat,
+        "/events": events,
+    },
+)

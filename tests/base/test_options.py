@@ -1,0 +1,158 @@
+"""The option table: parsing text, checking values, and what is derived from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+
+import pytest
+
+from syncws import ConfigurationError, ServerOptions, define_websocket_handler
+from syncws.base.options import (
+    BY_NAME,
+    LIMITS,
+    OPTIONS,
+    PER_HANDLER,
+    Kind,
+    Scope,
+    check_overrides,
+    from_environ,
+    normalize_origins,
+    origin_allowed,
+    reference_table,
+)
+from syncws.cli.main import build_parser
+
+
+def test_server_options_has_one_field_per_limit_with_the_table_default():
+    fields = {f.name: f.default for f in dataclasses.fields(ServerOptions)}
+    assert fields == {o.name: o.default for o in LIMITS}
+
+
+def test_every_row_has_a_flag_a_variable_and_a_table_line():
+    help_text = build_parser().format_help()
+    table = reference_table()
+    for option in OPTIONS:
+        assert option.flag in help_text
+        assert f"`{option.env_var}`" in table
+        assert option.env_var == "SYNCWS_" + option.name.upper()
+
+
+def test_the_per_handler_options_are_what_handlers_accept():
+    assert PER_HANDLER == ("max_message_size", "ping_interval", "ping_timeout", "allowed_origins", "hooks_in_threads")
+    for name in PER_HANDLER:
+        handler = define_websocket_handler(**{name: None if BY_NAME[name].nullable else True})
+        assert name in handler.overrides
+    with pytest.raises(TypeError, match="unknown option"):
+        check_overrides({"overflow": "drop"})  # a server-wide option only
+
+
+@pytest.mark.parametrize(
+    "name, text, value",
+    [
+        ("max_message_size", "64KiB", 65536),
+        ("max_message_size", "2 mb", 2 * 1024 * 1024),
+        ("max_message_size", "none", None),
+        ("max_header_count", "50", 50),
+        ("close_timeout", "2.5", 2.5),
+        ("ping_interval", "Unlimited", None),
+        ("overflow", "DROP", "drop"),
+        ("allowed_origins", "https://a.example, *", ["https://a.example", "*"]),
+        ("hooks_in_threads", "on", True),
+        ("hooks_in_threads", "off", False),
+        ("hooks_in_threads", "4", 4),
+        ("access_log", "no", False),
+        ("no_monkey_patch", "1", True),
+        ("port", "0", 0),
+        ("log_level", "Warning", "warning"),
+        ("host", "::1", "::1"),
+    ],
+)
+def test_text_is_parsed(name, text, value):
+    assert BY_NAME[name].parse(text) == value
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("max_message_size", "0"),
+        ("max_message_size", "lots"),
+        ("max_message_size", "5 parsecs"),
+        ("max_request_line", "none"),
+        ("max_header_count", "-3"),
+        ("close_timeout", "inf"),
+        ("ping_timeout", "nan"),
+        ("overflow", "explode"),
+        ("allowed_origins", " , "),
+        ("hooks_in_threads", "many"),
+        ("access_log", "maybe"),
+        ("port", "70000"),
+        ("port", "eighty"),
+        ("host", " "),
+        ("log_level", "loud"),
+    ],
+)
+def test_bad_text_says_what_was_expected(name, text):
+    option = BY_NAME[name]
+    with pytest.raises(ConfigurationError, match="must be") as info:
+        option.parse(text)
+    assert repr(text) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_message_size": 0},
+        {"max_message_size": True},
+        {"max_buffer_size": 1.5},
+        {"close_timeout": None},
+        {"close_timeout": math.nan},
+        {"ping_interval": -1},
+        {"overflow": "explode"},
+        {"hooks_in_threads": 0},
+        {"hooks_in_threads": "yes"},
+        {"allowed_origins": 42},
+        {"allowed_origins": [""]},
+        {"max_header_count": None},
+    ],
+)
+def test_bad_values_are_refused_by_name(options):
+    (name,) = options
+    with pytest.raises(ConfigurationError, match=name):
+        ServerOptions(**options)
+
+
+def test_values_are_normalised():
+    options = ServerOptions(allowed_origins=["https://A.example/", "*"], hooks_in_threads=3)
+    assert options.allowed_origins == frozenset({"https://a.example", "*"})
+    assert options.hook_threads == 3
+    assert ServerOptions(hooks_in_threads=True).hook_threads == 10
+    assert ServerOptions().hook_threads == 10
+
+
+def test_the_environment_is_read_by_variable_and_blank_means_unset():
+    environ = {"SYNCWS_PING_INTERVAL": "none", "SYNCWS_MAX_MESSAGE_SIZE": " ", "SYNCWS_PORT": "8000"}
+    assert from_environ(environ) == {"ping_interval": None, "port": 8000}
+    assert from_environ(environ, {"port"}) == {"port": 8000}
+    with pytest.raises(ConfigurationError, match="SYNCWS_OVERFLOW must be one of close, drop"):
+        from_environ({"SYNCWS_OVERFLOW": "sideways"})
+
+
+def test_origins():
+    assert normalize_origins(None) is None
+    check = normalize_origins(lambda origin: origin.endswith(".example"))
+    assert origin_allowed(check, "https://a.example") and not origin_allowed(check, "https://evil.test")
+    assert not origin_allowed(lambda origin: 1 / 0, "https://a.example")  # a raising policy refuses
+    policy = normalize_origins("https://A.example")
+    assert origin_allowed(policy, "https://a.example/") and not origin_allowed(policy, "http://a.example")
+    assert origin_allowed(policy, None)  # no Origin header: not a browser
+    assert origin_allowed(normalize_origins(["*"]), "null")
+
+
+def test_scopes_and_kinds_cover_the_table():
+    assert {o.scope for o in OPTIONS} == set(Scope)
+    assert {o.kind for o in OPTIONS} <= set(Kind)
+    signature = inspect.signature(define_websocket_handler)
+    assert "kwargs" in signature.parameters  # per-handler options come as keywords

@@ -1,0 +1,158 @@
+"""allowed_origins: checked before the upgrade hook; a refused Origin gets 403, never a 101."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import websocket
+
+from syncws import App, define_websocket_handler
+
+from ..conftest import ws_url
+from ..support import http_exchange, parse_response, upgrade_request
+
+GOOD = "https://good.example"
+EVIL = "https://evil.example"
+
+
+def origin_app(upgrades: list, **handler_options) -> App:
+    def on_upgrade(request):
+        upgrades.append(request.headers.get("Origin"))
+
+    def on_message(peer, message):
+        peer.send(message.text())
+
+    app = App()
+    app.get("/_ws", define_websocket_handler(upgrade=on_upgrade, message=on_message, **handler_options))
+    return app
+
+
+def handshake(server, origin: str | None, path: str = "/_ws") -> tuple[int, dict, bytes]:
+    extra = f"Origin: {origin}\r\n" if origin is not None else ""
+    return parse_response(http_exchange(server, upgrade_request(path, extra=extra)))
+
+
+def assert_refused(server, origin: str | None, path: str = "/_ws") -> None:
+    status, headers, body = handshake(server, origin, path)
+    assert status == 403, (status, body)
+    assert "sec-websocket-accept" not in headers
+    assert len(body) < 200 and b"Origin" in body
+
+
+def assert_upgraded(server, origin: str | None, path: str = "/_ws") -> None:
+    status, headers, _ = handshake(server, origin, path)
+    assert status == 101
+    assert "sec-websocket-accept" in headers
+
+
+def test_a_list_of_origins(start_server):
+    upgrades: list = []
+    server = start_server(origin_app(upgrades), allowed_origins=[GOOD, "http://localhost:8080"])
+    assert_upgraded(server, GOOD)
+    assert_upgraded(server, "HTTPS://Good.Example")  # scheme and host are case-insensitive
+    assert_upgraded(server, "http://localhost:8080")
+    for origin in (EVIL, "http://good.example", "https://good.example:8443", "https://good.example.evil", "null", ""):
+        assert_refused(server, origin)
+    # The upgrade hook saw only the accepted ones: the check runs before it.
+    assert upgrades == [GOOD, "HTTPS://Good.Example", "http://localhost:8080"]
+
+
+def test_a_refused_origin_with_a_real_client(start_server):
+    upgrades: list = []
+    server = start_server(origin_app(upgrades), allowed_origins=[GOOD])
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(ws_url(server), origin=EVIL, timeout=5)
+    assert info.value.status_code == 403
+    client = websocket.create_connection(ws_url(server), origin=GOOD, timeout=5)
+    try:
+        client.send("hello")
+        assert client.recv() == "hello"
+    finally:
+        client.close()
+    assert upgrades == [GOOD]
+
+
+def test_requests_without_an_origin_header_are_allowed(start_server):
+    """Browsers always send Origin on a WebSocket handshake; other clients may not, and could forge it."""
+    upgrades: list = []
+    server = start_server(origin_app(upgrades), allowed_origins=[GOOD])
+    assert_upgraded(server, None)
+    assert upgrades == [None]
+
+
+def test_a_callable(start_server):
+    upgrades: list = []
+    seen: list = []
+
+    def check(origin):
+        seen.append(origin)
+        return origin.endswith(".trusted.example")
+
+    server = start_server(origin_app(upgrades), allowed_origins=check)
+    assert_upgraded(server, "https://app.trusted.example")
+    assert_refused(server, EVIL)
+    assert_upgraded(server, None)  # not called without an Origin
+    assert seen == ["https://app.trusted.example", EVIL]
+    assert upgrades == ["https://app.trusted.example", None]
+
+
+def test_a_callable_that_raises_refuses(start_server, caplog):
+    upgrades: list = []
+
+    def check(origin):
+        raise RuntimeError("origin database down")
+
+    server = start_server(origin_app(upgrades), allowed_origins=check)
+    with caplog.at_level(logging.ERROR, logger="syncws"):
+        assert_refused(server, GOOD)
+    assert upgrades == []
+    assert "origin database down" in caplog.text
+
+
+def test_star_and_none_allow_every_origin(start_server):
+    for policy in ("*", ["*"], None):
+        upgrades: list = []
+        server = start_server(origin_app(upgrades), allowed_origins=policy)
+        assert_upgraded(server, EVIL)
+        assert_upgraded(server, "null")
+
+
+def test_per_handler_allowed_origins_override_the_server(start_server):
+    upgrades: list = []
+    app = origin_app(upgrades)  # /_ws: the server's policy
+    app.get("/strict", define_websocket_handler(allowed_origins=["https://other.example"]))
+    app.get("/open", define_websocket_handler(allowed_origins=None))
+    app.get("/picky", define_websocket_handler(allowed_origins=lambda origin: origin == EVIL))
+    server = start_server(app, allowed_origins=[GOOD])
+    assert_upgraded(server, GOOD)
+    assert_refused(server, EVIL)
+    assert_refused(server, GOOD, "/strict")
+    assert_upgraded(server, "https://other.example", "/strict")
+    assert_upgraded(server, EVIL, "/open")
+    assert_upgraded(server, EVIL, "/picky")
+    assert_refused(server, GOOD, "/picky")
+
+
+def test_handler_origins_apply_without_a_server_policy(start_server):
+    app = App()
+    app.get("/_ws", define_websocket_handler(allowed_origins=[GOOD]))
+    server = start_server(app)
+    assert_upgraded(server, GOOD)
+    assert_refused(server, EVIL)
+
+
+def test_the_origin_check_does_not_touch_plain_http(start_server):
+    app = origin_app([])
+    app.get("/", lambda request: "home")
+    server = start_server(app, allowed_origins=[GOOD])
+    data = http_exchange(
+        server, b"GET / HTTP/1.1\r\nHost: x\r\nOrigin: " + EVIL.encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert parse_response(data)[0] == 200
+
+
+@pytest.mark.parametrize("bad", [42, [GOOD, 7], [""], object()])
+def test_bad_allowed_origins_are_refused(bad):
+    with pytest.raises(ValueError):
+        define_websocket_handler(allowed_origins=bad)

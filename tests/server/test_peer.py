@@ -1,0 +1,422 @@
+"""The Peer and Message objects as a hook sees them, over real connections."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+
+import pytest
+from websocket import ABNF
+from werkzeug.wrappers import Request
+
+from syncws import Message
+
+from ..conftest import connect, wait_until
+from ..support import app_with, recv_close
+
+TEXT, BINARY = ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY
+
+
+# -- peer members ------------------------------------------------------------
+
+
+def test_peer_identity_and_request(start_server):
+    seen: queue.Queue = queue.Queue()
+
+    def open_(peer):
+        req = peer.request
+        seen.put(
+            {
+                "peer": peer,
+                "id": peer.id,
+                "str": str(peer),
+                "namespace": peer.namespace,
+                "remote": peer.remote_address,
+                "server": peer.server,
+                "is_request": isinstance(req, Request),
+                "path": req.path,
+                "args": req.args.to_dict(),
+                "header": req.headers.get("X-Token"),
+                "cookies": dict(req.cookies),
+                "websocket": peer.websocket is not None,
+            }
+        )
+
+    server = start_server(app_with(open=open_))
+    client = connect(server, "/_ws?room=7&user=bob", header=["X-Token: t0k"], cookie="sid=s1; theme=dark")
+    info = seen.get(timeout=5)
+    assert uuid.UUID(info["id"]).version == 4
+    assert str(uuid.UUID(info["id"])) == info["id"]
+    assert info["str"] == info["id"]
+    assert info["namespace"] == "/_ws"
+    assert info["remote"] == "127.0.0.1"
+    assert info["server"] is server
+    assert info["is_request"]
+    assert info["path"] == "/_ws"
+    assert info["args"] == {"room": "7", "user": "bob"}
+    assert info["header"] == "t0k"
+    assert info["cookies"] == {"sid": "s1", "theme": "dark"}
+    assert info["websocket"]
+    client.close()
+
+
+def test_peer_ids_are_unique(start_server):
+    ids: list = []
+    server = start_server(app_with(open=lambda peer: ids.append(peer.id)))
+    clients = [connect(server) for _ in range(20)]
+    assert wait_until(lambda: len(ids) == 20)
+    assert len(set(ids)) == 20
+    for c in clients:
+        c.close()
+
+
+def test_peer_peers_is_same_namespace_and_includes_itself(start_server):
+    def message(peer, msg):
+        peer.send(json.dumps({"me": peer.id, "peers": sorted(p.id for p in peer.peers)}))
+
+    server = start_server(app_with("/rooms/<room>", message=message))
+    game = [connect(server, "/rooms/game") for _ in range(3)]
+    lobby = [connect(server, "/rooms/lobby") for _ in range(2)]
+    assert wait_until(lambda: len(server.peers) == 5)
+
+    def ask(client):
+        client.send("who")
+        return json.loads(client.recv())
+
+    game_views = [ask(c) for c in game]
+    lobby_views = [ask(c) for c in lobby]
+    game_ids = {v["me"] for v in game_views}
+    lobby_ids = {v["me"] for v in lobby_views}
+    assert len(game_ids) == 3 and len(lobby_ids) == 2
+    for view in game_views:
+        assert set(view["peers"]) == game_ids
+        assert view["me"] in view["peers"]
+    for view in lobby_views:
+        assert set(view["peers"]) == lobby_ids
+    assert {p.id for p in server.peers} == game_ids | lobby_ids
+
+    # A peer that leaves is no longer among its namespace's peers.
+    game[0].close()
+    assert wait_until(lambda: len(server.peers) == 4)
+    assert set(ask(game[1])["peers"]) == game_ids - {game_views[0]["me"]}
+    for c in game[1:] + lobby:
+        c.close()
+
+
+def test_peer_peers_is_a_snapshot(start_server):
+    snapshots: list = []
+
+    def open_(peer):
+        snapshots.append(peer.peers)
+
+    server = start_server(app_with(open=open_))
+    a = connect(server)
+    assert wait_until(lambda: len(snapshots) == 1)
+    b = connect(server)
+    assert wait_until(lambda: len(snapshots) == 2)
+    assert len(snapshots[0]) == 1  # taken before b arrived, not a live view
+    assert len(snapshots[1]) == 2
+    a.close()
+    b.close()
+
+
+def test_peer_topics_follow_subscribe_and_unsubscribe(start_server):
+    def message(peer, msg):
+        op, _, topic = msg.text().partition(":")
+        if op == "sub":
+            peer.subscribe(topic)
+        elif op == "unsub":
+            peer.unsubscribe(topic)
+        peer.send(sorted(peer.topics))
+
+    server = start_server(app_with(message=message))
+    client = connect(server)
+
+    def do(cmd):
+        client.send(cmd)
+        return json.loads(client.recv())
+
+    assert do("list:") == []
+    assert do("sub:a") == ["a"]
+    assert do("sub:b") == ["a", "b"]
+    assert do("sub:a") == ["a", "b"]  # idempotent
+    assert do("unsub:a") == ["b"]
+    assert do("unsub:zzz") == ["b"]  # unknown topic: no error
+    assert do("unsub:b") == []
+    client.close()
+
+
+def test_peer_send_from_another_thread(start_server):
+    peers: queue.Queue = queue.Queue()
+    server = start_server(app_with(open=peers.put))
+    client = connect(server)
+    peer = peers.get(timeout=5)
+    errors: list = []
+
+    def worker():
+        try:
+            for i in range(20):
+                peer.send(f"thread {i}")
+            peer.send({"done": True})
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(5)
+    assert errors == []
+    assert [client.recv() for _ in range(21)] == [f"thread {i}" for i in range(20)] + ['{"done":true}']
+    client.close()
+
+
+def test_peer_close_from_another_thread(start_server):
+    peers: queue.Queue = queue.Queue()
+    closes: queue.Queue = queue.Queue()
+    server = start_server(app_with(open=peers.put, close=lambda p, d: closes.put((d.code, d.reason))))
+    client = connect(server)
+    peer = peers.get(timeout=5)
+    threading.Thread(target=peer.close, args=(4100, "from thread")).start()
+    assert recv_close(client) == (4100, "from thread")
+    assert closes.get(timeout=5) == (4100, "from thread")
+
+
+# -- payloads ----------------------------------------------------------------
+
+PAYLOADS = {
+    "str": ("hello ✓", TEXT, "hello ✓".encode()),
+    "empty-str": ("", TEXT, b""),
+    "bytes": (b"\x00\x01\xff", BINARY, b"\x00\x01\xff"),
+    "bytearray": (bytearray(b"ba\x00"), BINARY, b"ba\x00"),
+    "memoryview": (memoryview(b"mv\x80"), BINARY, b"mv\x80"),
+    "empty-bytes": (b"", BINARY, b""),
+    "dict": ({"a": 1, "b": [1, 2]}, TEXT, b'{"a":1,"b":[1,2]}'),
+    "list": ([1, "x", None, True], TEXT, b'[1,"x",null,true]'),
+    "non-ascii": ({"msg": "héllo ✓"}, TEXT, '{"msg":"héllo ✓"}'.encode()),
+    "nested": ({"a": {"b": {"c": []}}}, TEXT, b'{"a":{"b":{"c":[]}}}'),
+    "none": (None, TEXT, b""),
+    "true": (True, TEXT, b"true"),
+    "false": (False, TEXT, b"false"),
+    "int": (3, TEXT, b"3"),
+    "zero": (0, TEXT, b"0"),
+    "negative": (-12, TEXT, b"-12"),
+    "float": (1.5, TEXT, b"1.5"),
+}
+
+
+@pytest.fixture
+def payload_server(start_server):
+    errors: list = []
+
+    def message(peer, msg):
+        value = PAYLOADS[msg.text()][0]
+        peer.send(value)
+
+    server = start_server(app_with(message=message, error=lambda peer, exc: errors.append(exc)))
+    server.test_errors = errors
+    return server
+
+
+@pytest.mark.parametrize("name", list(PAYLOADS))
+def test_send_payload_types(payload_server, name):
+    _, opcode, data = PAYLOADS[name]
+    client = connect(payload_server)
+    client.send(name)
+    got_opcode, got = client.recv_data()
+    assert (got_opcode, bytes(got)) == (opcode, data)
+    # The connection is still healthy afterwards.
+    client.send("str")
+    assert client.recv() == "hello ✓"
+    client.close()
+    assert payload_server.test_errors == []
+
+
+def test_publish_uses_the_same_payload_rules(start_server):
+    def open_(peer):
+        peer.subscribe("t")
+
+    def message(peer, msg):
+        for name in ("dict", "bytes", "none", "true", "float", "non-ascii"):
+            peer.publish("t", PAYLOADS[name][0])
+        peer.server.publish("t", [1, 2])
+
+    server = start_server(app_with(open=open_, message=message))
+    listener = connect(server)
+    sender = connect(server)
+    assert wait_until(lambda: len(server.registry.subscribers("t")) == 2)
+    sender.send("go")
+    got = [listener.recv_data() for _ in range(7)]
+    expected = [PAYLOADS[n][1:] for n in ("dict", "bytes", "none", "true", "float", "non-ascii")]
+    expected.append((TEXT, b"[1,2]"))
+    assert [(op, bytes(d)) for op, d in got] == expected
+    listener.close()
+    sender.close()
+
+
+def test_sending_an_unsupported_object_raises_type_error_in_the_hook(start_server):
+    raised: queue.Queue = queue.Queue()
+    errors: queue.Queue = queue.Queue()
+
+    def message(peer, msg):
+        if msg.text() == "catch":
+            try:
+                peer.send(object())
+            except TypeError as exc:
+                raised.put(exc)
+            peer.send("still open")
+        else:
+            peer.send(object())  # not caught: the error hook sees it
+
+    server = start_server(app_with(message=message, error=lambda peer, exc: errors.put(exc)))
+    client = connect(server)
+    client.send("catch")
+    assert client.recv() == "still open"
+    assert isinstance(raised.get(timeout=5), TypeError)
+
+    client.send("uncaught")
+    assert recv_close(client)[0] == 1011
+    assert isinstance(errors.get(timeout=5), TypeError)
+    assert errors.empty()
+
+
+@pytest.mark.parametrize(
+    "opcode,payload",
+    [(TEXT, "plain text ✓".encode()), (BINARY, b"\x00\x01binary\xff"), (BINARY, b""), (TEXT, b"")],
+    ids=["text", "binary", "empty-binary", "empty-text"],
+)
+def test_echoing_a_message_keeps_its_type(start_server, opcode, payload):
+    server = start_server(app_with(message=lambda peer, msg: peer.send(msg)))
+    client = connect(server)
+    client.send(payload, opcode=opcode)
+    got_opcode, got = client.recv_data()
+    assert got_opcode == opcode
+    assert bytes(got) == payload
+    client.close()
+
+
+def test_large_message_roundtrip(start_server):
+    server = start_server(app_with(message=lambda peer, msg: peer.send(msg)))
+    client = connect(server)
+    payload = bytes(range(256)) * 2048  # 512 KiB, binary, crosses every length encoding
+    client.send_binary(payload)
+    opcode, got = client.recv_data()
+    assert opcode == BINARY and got == payload
+    client.close()
+
+
+# -- Message API -------------------------------------------------------------
+
+
+def _describe(msg: Message) -> dict:
+    info = {
+        "type": type(msg).__name__,
+        "is_binary": msg.is_binary,
+        "raw_data": msg.raw_data,
+        "bytes": msg.bytes(),
+        "uint8_array": bytes(msg.uint8_array()),
+        "array_buffer": bytes(msg.array_buffer()),
+        "blob": msg.blob().read(),
+    }
+    if not msg.is_binary:
+        info["text"] = msg.text()
+        info["str"] = str(msg)
+    return info
+
+
+def test_message_api_on_text(start_server):
+    seen: queue.Queue = queue.Queue()
+    server = start_server(app_with(message=lambda peer, msg: seen.put(_describe(msg))))
+    client = connect(server)
+    text = "héllo wörld ✓"
+    client.send(text)
+    info = seen.get(timeout=5)
+    raw = text.encode("utf-8")
+    assert info == {
+        "type": "Message",
+        "is_binary": False,
+        "raw_data": text,
+        "bytes": raw,
+        "uint8_array": raw,
+        "array_buffer": raw,
+        "blob": raw,
+        "text": text,
+        "str": text,
+    }
+    client.close()
+
+
+def test_message_api_on_binary(start_server):
+    seen: queue.Queue = queue.Queue()
+    server = start_server(app_with(message=lambda peer, msg: seen.put(_describe(msg))))
+    client = connect(server)
+    raw = b"\x00\x01\x02\xfe\xff"
+    client.send_binary(raw)
+    info = seen.get(timeout=5)
+    assert info["is_binary"] is True
+    assert info["raw_data"] == raw and isinstance(info["raw_data"], bytes)
+    assert info["bytes"] == raw
+    assert info["uint8_array"] == raw
+    assert info["array_buffer"] == raw
+    assert info["blob"] == raw
+    client.close()
+
+
+def test_message_text_of_binary_utf8_payload(start_server):
+    seen: queue.Queue = queue.Queue()
+    server = start_server(app_with(message=lambda peer, msg: seen.put((msg.text(), str(msg), msg.json()))))
+    client = connect(server)
+    client.send_binary('{"k":"✓"}'.encode())
+    assert seen.get(timeout=5) == ('{"k":"✓"}', '{"k":"✓"}', {"k": "✓"})
+    client.close()
+
+
+def test_message_json(start_server):
+    seen: queue.Queue = queue.Queue()
+    server = start_server(app_with(message=lambda peer, msg: seen.put(msg.json())))
+    client = connect(server)
+    client.send('{"a": 1, "b": [true, null, "é"]}')
+    assert seen.get(timeout=5) == {"a": 1, "b": [True, None, "é"]}
+    client.send("[1,2,3]")
+    assert seen.get(timeout=5) == [1, 2, 3]
+    client.send("42")
+    assert seen.get(timeout=5) == 42
+    client.close()
+
+
+def test_message_json_on_bad_json_goes_to_error_hook_and_closes_1011(start_server):
+    errors: queue.Queue = queue.Queue()
+    closes: queue.Queue = queue.Queue()
+    parsed: list = []
+
+    server = start_server(
+        app_with(
+            message=lambda peer, msg: parsed.append(msg.json()),
+            error=lambda peer, exc: errors.put((peer.id, exc)),
+            close=lambda peer, d: closes.put((peer.id, d.code)),
+        )
+    )
+    client = connect(server)
+    client.send('{"ok": true}')
+    client.send("{not json")
+    code, _ = recv_close(client)
+    assert code == 1011
+    peer_id, exc = errors.get(timeout=5)
+    assert isinstance(exc, ValueError)
+    assert parsed == [{"ok": True}]
+    assert closes.get(timeout=5) == (peer_id, 1011)
+
+
+def test_fragmented_message_is_delivered_once(start_server):
+    seen: queue.Queue = queue.Queue()
+    server = start_server(app_with(message=lambda peer, msg: seen.put((msg.is_binary, msg.bytes()))))
+    client = connect(server)
+    check = "✓".encode()  # 3 bytes, split across two fragments below
+    client.send_frame(ABNF.create_frame(b"frag", TEXT, fin=0))
+    client.send_frame(ABNF.create_frame(b"mented " + check[:1], ABNF.OPCODE_CONT, fin=0))
+    client.ping(b"in between")
+    client.send_frame(ABNF.create_frame(check[1:], ABNF.OPCODE_CONT, fin=1))
+    assert seen.get(timeout=5) == (False, "fragmented ✓".encode())
+    client.send("next")
+    assert seen.get(timeout=5) == (False, b"next")
+    client.close()

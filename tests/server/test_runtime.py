@@ -1,0 +1,197 @@
+"""Embedding in a plain, un-patched program, and hooks in a thread pool.
+
+This test process is not monkey-patched (see conftest.py): ``time.sleep`` in
+a hook really blocks the OS thread it runs in.  With ``hooks_in_threads`` the
+hooks run in the server's thread pool, so a blocking hook holds up only its
+own peer; without it, it freezes the server's hub and every peer with it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from syncws import App, create_event_stream, define_websocket_handler
+from syncws.base.options import ServerOptions
+
+from ..conftest import connect, wait_until
+from ..support import recv_close
+
+
+def sleeper_app(started: threading.Event, **handler_options) -> App:
+    """``sleep`` makes the hook block for a second (un-patched ``time.sleep``); anything else echoes."""
+
+    def message(peer, msg):
+        if msg.text() == "sleep":
+            started.set()
+            time.sleep(1.0)
+            peer.send("woke")
+        else:
+            peer.send(msg.text())
+
+    app = App()
+    app.get("/_ws", define_websocket_handler(message=message, **handler_options))
+    return app
+
+
+def echo_time_while_another_sleeps(server, started: threading.Event) -> float:
+    sleeper = connect(server)
+    other = connect(server)
+    other.send("warm-up")
+    assert other.recv() == "warm-up"
+    sleeper.send("sleep")
+    assert started.wait(5)
+    t0 = time.monotonic()
+    other.send("ping")
+    assert other.recv() == "ping"
+    elapsed = time.monotonic() - t0
+    assert sleeper.recv() == "woke"
+    sleeper.close()
+    other.close()
+    return elapsed
+
+
+def test_a_blocking_hook_in_a_thread_does_not_delay_other_peers(start_server):
+    started = threading.Event()
+    server = start_server(sleeper_app(started), hooks_in_threads=True)
+    assert echo_time_while_another_sleeps(server, started) < 0.5
+
+
+def test_the_per_handler_option_does_the_same(start_server):
+    started = threading.Event()
+    server = start_server(sleeper_app(started, hooks_in_threads=True))
+    assert echo_time_while_another_sleeps(server, started) < 0.5
+
+
+def test_without_threads_a_blocking_hook_blocks_every_peer(start_server):
+    # Documents why the option exists: an un-patched sleep stops the server's hub.
+    started = threading.Event()
+    server = start_server(sleeper_app(started))
+    assert echo_time_while_another_sleeps(server, started) > 0.8
+
+
+def test_each_peers_hooks_keep_their_order_in_threads(start_server):
+    events: list = []
+
+    def message(peer, msg):
+        n = int(msg.text())
+        if n % 7 == 0:
+            time.sleep(0.005)  # uneven work must not reorder anything
+        events.append((peer.context["name"], n))
+        peer.send(msg.text())
+
+    def upgrade(request):
+        return {"context": {"name": request.args["name"]}}
+
+    app = App()
+    app.get(
+        "/_ws",
+        define_websocket_handler(
+            upgrade=upgrade, message=message, close=lambda p, d: events.append((p.context["name"], "closed"))
+        ),
+    )
+    server = start_server(app, hooks_in_threads=4)
+    clients = {name: connect(server, f"/_ws?name={name}") for name in ("a", "b")}
+    for n in range(100):
+        for client in clients.values():
+            client.send(str(n))
+    for client in clients.values():
+        assert [client.recv() for _ in range(100)] == [str(n) for n in range(100)]
+        client.close()
+    assert wait_until(lambda: len(events) == 202)
+    for name in clients:
+        assert [n for who, n in events if who == name] == [*range(100), "closed"]
+
+
+def test_hooks_run_in_pool_threads_and_errors_still_close_with_1011(start_server):
+    def open_(peer):
+        peer.send(str(threading.get_ident()))
+
+    def message(peer, msg):
+        raise RuntimeError("boom")
+
+    errors: list = []
+    app = App()
+    app.get(
+        "/threads",
+        define_websocket_handler(
+            open=open_, message=message, error=lambda p, e: errors.append(e), hooks_in_threads=True
+        ),
+    )
+    app.get("/hub", define_websocket_handler(open=open_))
+    server = start_server(app)
+    in_pool = connect(server, "/threads")
+    in_hub = connect(server, "/hub")
+    assert in_pool.recv() != in_hub.recv()
+    in_pool.send("x")
+    assert recv_close(in_pool)[0] == 1011
+    assert wait_until(lambda: len(errors) == 1) and isinstance(errors[0], RuntimeError)
+
+
+def test_bad_pool_sizes_are_refused():
+    for bad in (0, -1, 1.5, "4"):
+        with pytest.raises(ValueError):
+            ServerOptions(hooks_in_threads=bad)
+    assert ServerOptions(hooks_in_threads=8).hooks_in_threads == 8
+
+
+def test_a_host_program_publishes_from_its_main_thread_then_stops(start_server):
+    """The legacy-program shape: serve(background=True), then ordinary blocking code."""
+    app = App()
+    app.get("/_ws", define_websocket_handler(open=lambda peer: peer.subscribe("ticks")))
+
+    @app.get("/events")
+    def events(request):
+        stream = create_event_stream(request, keep_alive=None)
+        stream.subscribe("ticks")
+        return stream
+
+    server = start_server(app)
+    ws_seen: list = []
+    sse_seen: list = []
+    client = connect(server)
+    response = requests.get(server.url + "/events", stream=True, timeout=5)
+
+    def read_ws():
+        while True:
+            message = client.recv()
+            if not message:
+                return
+            ws_seen.append(message)
+
+    def read_sse():
+        for line in response.iter_lines():
+            if line.startswith(b"data: "):
+                sse_seen.append(line[6:].decode())
+
+    readers = [threading.Thread(target=read_ws, daemon=True), threading.Thread(target=read_sse, daemon=True)]
+    for reader in readers:
+        reader.start()
+
+    # The host's own loop: plain time.sleep, publish from the main thread.
+    n = 0
+    deadline = time.monotonic() + 5
+    while (len(ws_seen) < 3 or len(sse_seen) < 3) and time.monotonic() < deadline:
+        server.publish("ticks", {"n": n})
+        n += 1
+        time.sleep(0.05)
+    assert len(ws_seen) >= 3 and len(sse_seen) >= 3
+    # Ordered, no gaps after the first received.
+    first = int(ws_seen[0][5:-1])
+    assert ws_seen[:3] == [f'{{"n":{first + i}}}' for i in range(3)]
+
+    t0 = time.monotonic()
+    server.stop(timeout=2)
+    assert time.monotonic() - t0 < 4
+    for reader in readers:
+        reader.join(5)
+        assert not reader.is_alive()
+    response.close()
+    # The server's OS thread has finished, and the server refuses further use.
+    assert server._thread_done.acquire(timeout=1)
+    server._thread_done.release()
+    with pytest.raises(RuntimeError):
+        server.publish("ticks", "late")
