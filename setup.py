@@ -7,10 +7,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["syncws", "syncws.*"]),
+    package_data={"syncws": ["py.typed"]},  # PEP 561: the package is typed (mypy --strict clean)
     python_requires=">=3.11",  # tested on 3.11, 3.12 and 3.13 (noxfile.py SUPPORTED)
     install_requires=["gevent>=23.9", "gevent-websocket>=0.10.1", "werkzeug>=3.0"],
     extras_require={
         "flask": ["flask>=3.0"],
+        "django": ["django>=4.2"],
         "redis": ["redis>=5.0", "hiredis>=2.0"],
         "test": [
             "pytest>=8",
@@ -26,6 +28,9 @@ setup(
             "hiredis>=2.0",
             "gunicorn>=21",
             "nox>=2024.3",
+            "ruff>=0.6",
+            "mypy>=1.11",
+            "coverage>=7.10",
         ],
     },
     entry_points={"console_scripts": ["syncws=syncws.cli.main:main"]},

@@ -34,8 +34,8 @@ def on_open(peer):
 
 
 def on_message(peer, message):
-    peer.publish("chat", f"[{peer}] {message}")   # only this channel's subscribers
-    peer.send(message)                             # echo to the sender
+    peer.publish("chat", f"[{peer}] {message}")  # only this channel's subscribers
+    peer.send(message)  # echo to the sender
 
 
 app.get("/_ws", define_websocket_handler(upgrade=upgrade, open=on_open, message=on_message))

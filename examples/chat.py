@@ -6,7 +6,6 @@ Every client subscribes to the "chat" topic.  A message is published to the
 other members and echoed back to its sender; "ping" is answered with "pong".
 """
 
-
 from syncws import App, define_websocket_handler
 
 app = App()

@@ -24,7 +24,7 @@ def upgrade(request):
     room = request.view_args["room"]
     if not ROOM.fullmatch(room):
         abort(404)
-    return {"context": {"room": room}}          # namespace stays "/rooms/<room>/ws"
+    return {"context": {"room": room}}  # namespace stays "/rooms/<room>/ws"
 
 
 def on_open(peer):
@@ -61,14 +61,17 @@ def occupied_rooms():
 
 @app.get("/")
 def index(request):
-    items = "".join(
-        f'<li><a href="/rooms/{html.escape(room)}">{html.escape(room)}</a> ({count})</li>'
-        for room, count in occupied_rooms().items()
-    ) or "<li>no one is chatting</li>"
+    items = (
+        "".join(
+            f'<li><a href="/rooms/{html.escape(room)}">{html.escape(room)}</a> ({count})</li>'
+            for room, count in occupied_rooms().items()
+        )
+        or "<li>no one is chatting</li>"
+    )
     return (
         '<!doctype html><meta charset="utf-8"><title>syncws rooms</title><h1>Rooms</h1>'
         f"<ul>{items}</ul>"
-        '<form onsubmit="location.href=\'/rooms/\'+encodeURIComponent(this.room.value);return false">'
+        "<form onsubmit=\"location.href='/rooms/'+encodeURIComponent(this.room.value);return false\">"
         '<input name="room" pattern="[a-z0-9-]{1,32}" placeholder="room name" required> <button>Join</button></form>'
     )
 

@@ -63,12 +63,14 @@ def events(request):
     counter = {"id": next_id(stream.last_event_id)}
 
     def update():
-        stream.push({
-            "id": str(counter["id"]),
-            "event": "update",
-            "data": json.dumps({"value": random.random()}, separators=(",", ":")),
-            "retry": 3000,
-        })
+        stream.push(
+            {
+                "id": str(counter["id"]),
+                "event": "update",
+                "data": json.dumps({"value": random.random()}, separators=(",", ":")),
+                "retry": 3000,
+            }
+        )
         counter["id"] += 1
 
     stream.on_closed(set_interval(update, 1))

@@ -22,7 +22,7 @@ TOKENS = {"alice-token": "alice", "bob-token": "bob"}
 def token_of(request):
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        return header[len("Bearer "):].strip()
+        return header[len("Bearer ") :].strip()
     return request.args.get("token", "")
 
 

@@ -9,7 +9,8 @@ never held across a greenlet switch.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gevent.monkey import get_original
 

@@ -25,7 +25,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Union
+from typing import Any
 
 from .errors import ConfigurationError
 
@@ -35,7 +35,7 @@ MiB = 1024 * 1024
 
 #: What ``allowed_origins`` becomes once normalised: None (no check), a
 #: callable(origin) -> bool, or a frozenset of lower-cased origins ("*": any).
-OriginPolicy = Union[None, Callable[[str], Any], frozenset[str]]
+OriginPolicy = Callable[[str], Any] | frozenset[str] | None
 
 OVERFLOW_POLICIES = ("close", "drop")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -264,7 +264,7 @@ def normalize_origins(value: Any) -> OriginPolicy:
     return frozenset(origins)
 
 
-def origin_allowed(policy: OriginPolicy, origin: Optional[str]) -> bool:
+def origin_allowed(policy: OriginPolicy, origin: str | None) -> bool:
     """Whether a WebSocket upgrade with this ``Origin`` header may proceed.
 
     No policy, or no ``Origin`` header at all, passes: browsers always send
@@ -291,56 +291,164 @@ def origin_allowed(policy: OriginPolicy, origin: Optional[str]) -> bool:
 
 OPTIONS: tuple[Option, ...] = (
     # WebSocket messages and buffers
-    Option("max_message_size", Kind.SIZE, MiB, nullable=True, per_handler=True, shown_default="1 MiB",
-           help="largest incoming WebSocket message; over it the peer is closed with 1009"),
-    Option("max_buffer_size", Kind.SIZE, MiB, nullable=True, shown_default="1 MiB",
-           help="bytes queued for one peer or event stream and not yet written; over it the overflow policy applies"),
-    Option("overflow", Kind.CHOICE, "close", choices=OVERFLOW_POLICIES, metavar="POLICY",
-           help="a full outbound buffer: 'close' the peer with 1008 (an event stream ends), or 'drop' the new message"),
-    Option("close_timeout", Kind.SECONDS, 5.0, shown_default="5 s",
-           help="how long a closing peer has to answer our close frame before the connection is dropped"),
+    Option(
+        "max_message_size",
+        Kind.SIZE,
+        MiB,
+        nullable=True,
+        per_handler=True,
+        shown_default="1 MiB",
+        help="largest incoming WebSocket message; over it the peer is closed with 1009",
+    ),
+    Option(
+        "max_buffer_size",
+        Kind.SIZE,
+        MiB,
+        nullable=True,
+        shown_default="1 MiB",
+        help="bytes queued for one peer or event stream and not yet written; over it the overflow policy applies",
+    ),
+    Option(
+        "overflow",
+        Kind.CHOICE,
+        "close",
+        choices=OVERFLOW_POLICIES,
+        metavar="POLICY",
+        help="a full outbound buffer: 'close' the peer with 1008 (an event stream ends), or 'drop' the new message",
+    ),
+    Option(
+        "close_timeout",
+        Kind.SECONDS,
+        5.0,
+        shown_default="5 s",
+        help="how long a closing peer has to answer our close frame before the connection is dropped",
+    ),
     # The HTTP request head (every request, upgrades included)
-    Option("max_request_line", Kind.SIZE, 8192, shown_default="8192 bytes",
-           help="longest HTTP request line; over it: 414 and close"),
-    Option("max_header_size", Kind.SIZE, 16 * 1024, shown_default="16 KiB",
-           help="largest HTTP request header block; over it: 431 and close"),
+    Option(
+        "max_request_line",
+        Kind.SIZE,
+        8192,
+        shown_default="8192 bytes",
+        help="longest HTTP request line; over it: 414 and close",
+    ),
+    Option(
+        "max_header_size",
+        Kind.SIZE,
+        16 * 1024,
+        shown_default="16 KiB",
+        help="largest HTTP request header block; over it: 431 and close",
+    ),
     Option("max_header_count", Kind.COUNT, 100, help="most HTTP request header lines; over it: 431 and close"),
-    Option("handshake_timeout", Kind.SECONDS, 10.0, nullable=True, shown_default="10 s",
-           help="time to receive a request line and headers; over it: 408 and close"),
+    Option(
+        "handshake_timeout",
+        Kind.SECONDS,
+        10.0,
+        nullable=True,
+        shown_default="10 s",
+        help="time to receive a request line and headers; over it: 408 and close",
+    ),
     # Keepalive
-    Option("ping_interval", Kind.SECONDS, 20.0, nullable=True, per_handler=True, shown_default="20 s",
-           help="ping a WebSocket peer after this much silence"),
-    Option("ping_timeout", Kind.SECONDS, 20.0, nullable=True, per_handler=True, shown_default="20 s",
-           help="close a peer with 1011 when nothing answers a ping within this; None: never time out"),
+    Option(
+        "ping_interval",
+        Kind.SECONDS,
+        20.0,
+        nullable=True,
+        per_handler=True,
+        shown_default="20 s",
+        help="ping a WebSocket peer after this much silence",
+    ),
+    Option(
+        "ping_timeout",
+        Kind.SECONDS,
+        20.0,
+        nullable=True,
+        per_handler=True,
+        shown_default="20 s",
+        help="close a peer with 1011 when nothing answers a ping within this; None: never time out",
+    ),
     # Who may connect
-    Option("allowed_origins", Kind.ORIGINS, None, nullable=True, per_handler=True, shown_default="None (any)",
-           help="origins allowed to open WebSockets ('*': any; a callable in Python); others get 403; "
-           "requests without an Origin header always pass"),
+    Option(
+        "allowed_origins",
+        Kind.ORIGINS,
+        None,
+        nullable=True,
+        per_handler=True,
+        shown_default="None (any)",
+        help="origins allowed to open WebSockets ('*': any; a callable in Python); others get 403; "
+        "requests without an Origin header always pass",
+    ),
     # Stopping
-    Option("shutdown_timeout", Kind.SECONDS, 5.0, shown_default="5 s",
-           help="on SIGTERM/SIGINT or stop(), how long peers get to answer the 1001 close"),
+    Option(
+        "shutdown_timeout",
+        Kind.SECONDS,
+        5.0,
+        shown_default="5 s",
+        help="on SIGTERM/SIGINT or stop(), how long peers get to answer the 1001 close",
+    ),
     # Hooks that block without yielding to gevent
-    Option("hooks_in_threads", Kind.THREADS, False, per_handler=True, shown_default="off",
-           help="run hooks in a pool of OS threads (on: 10, or a number), for hooks that block without "
-           "yielding to gevent (un-patched I/O, C drivers)"),
+    Option(
+        "hooks_in_threads",
+        Kind.THREADS,
+        False,
+        per_handler=True,
+        shown_default="off",
+        help="run hooks in a pool of OS threads (on: 10, or a number), for hooks that block without "
+        "yielding to gevent (un-patched I/O, C drivers)",
+    ),
     # The server itself
     Option("host", Kind.TEXT, "127.0.0.1", scope=Scope.SERVER, metavar="HOST", help="interface to bind"),
     Option("port", Kind.PORT, 3000, scope=Scope.SERVER, metavar="PORT", help="port to bind, 0 for any free port"),
-    Option("access_log", Kind.BOOL, True, scope=Scope.SERVER, shown_default="on",
-           help="log one line per HTTP request to the 'syncws.access' logger"),
-    Option("broker", Kind.TEXT, None, scope=Scope.SERVER, metavar="URL",
-           shown_default="in-process",
-           help="pub/sub broker shared by every process: a redis:// URL (or a Broker object in Python)"),
+    Option(
+        "access_log",
+        Kind.BOOL,
+        True,
+        scope=Scope.SERVER,
+        shown_default="on",
+        help="log one line per HTTP request to the 'syncws.access' logger",
+    ),
+    Option(
+        "broker",
+        Kind.TEXT,
+        None,
+        scope=Scope.SERVER,
+        metavar="URL",
+        shown_default="in-process",
+        help="pub/sub broker shared by every process: a redis:// URL (or a Broker object in Python)",
+    ),
     # The command line only
-    Option("workers", Kind.COUNT, 1, scope=Scope.CLI,
-           help="worker processes sharing the listening port; more than 1 needs --broker"),
-    Option("log_level", Kind.CHOICE, "info", scope=Scope.CLI, choices=LOG_LEVELS, metavar="LEVEL",
-           help="logging level (the access log is logged at info)"),
-    Option("reload", Kind.BOOL, False, scope=Scope.CLI, shown_default="off",
-           help="development: restart when a Python file of the app changes (not with --workers)"),
-    Option("no_monkey_patch", Kind.FLAG, False, scope=Scope.CLI, shown_default="off",
-           help="do not gevent-monkey-patch the standard library (patched by default so that blocking "
-           "I/O in views and hooks yields to other connections)"),
+    Option(
+        "workers",
+        Kind.COUNT,
+        1,
+        scope=Scope.CLI,
+        help="worker processes sharing the listening port; more than 1 needs --broker",
+    ),
+    Option(
+        "log_level",
+        Kind.CHOICE,
+        "info",
+        scope=Scope.CLI,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help="logging level (the access log is logged at info)",
+    ),
+    Option(
+        "reload",
+        Kind.BOOL,
+        False,
+        scope=Scope.CLI,
+        shown_default="off",
+        help="development: restart when a Python file of the app changes (not with --workers)",
+    ),
+    Option(
+        "no_monkey_patch",
+        Kind.FLAG,
+        False,
+        scope=Scope.CLI,
+        shown_default="off",
+        help="do not gevent-monkey-patch the standard library (patched by default so that blocking "
+        "I/O in views and hooks yields to other connections)",
+    ),
 )
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -386,19 +494,19 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 class ServerOptions:
     """The validated limits a server runs with (one field per LIMIT row of the table)."""
 
-    max_message_size: Optional[int] = MiB
-    max_buffer_size: Optional[int] = MiB
+    max_message_size: int | None = MiB
+    max_buffer_size: int | None = MiB
     overflow: str = "close"
     close_timeout: float = 5.0
     max_request_line: int = 8192
     max_header_size: int = 16 * 1024
     max_header_count: int = 100
-    handshake_timeout: Optional[float] = 10.0
-    ping_interval: Optional[float] = 20.0
-    ping_timeout: Optional[float] = 20.0
+    handshake_timeout: float | None = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
     allowed_origins: OriginPolicy = None
     shutdown_timeout: float = 5.0
-    hooks_in_threads: Union[bool, int] = False
+    hooks_in_threads: bool | int = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -411,3 +519,31 @@ class ServerOptions:
         if isinstance(threads, bool) or not threads:
             return DEFAULT_HOOK_THREADS
         return threads
+
+
+_SCOPE_TEXT = {
+    Scope.LIMIT: "`serve()`, `Server()`",
+    Scope.SERVER: "`serve()`, `Server()`",
+    Scope.CLI: "command line only",
+}
+
+
+def reference_table() -> str:
+    """The Markdown table of ``docs/reference/options.md``, made from :data:`OPTIONS`."""
+    rows = [
+        "| option | default | flag | variable | given to | per handler | meaning |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for option in OPTIONS:
+        values = f"{option.expected}{', or None' if option.nullable else ''}"
+        if option.kind is Kind.FLAG:
+            flag = f"`{option.flag}`"
+        elif option.kind is Kind.BOOL:
+            flag = f"`{option.flag}` / `--no-{option.flag[2:]}`"
+        else:
+            flag = f"`{option.flag} {metavar(option)}`"
+        rows.append(
+            f"| `{option.name}` | {option.default_text} | {flag} | `{option.env_var}` | {_SCOPE_TEXT[option.scope]} "
+            f"| {'yes' if option.per_handler else ''} | {option.help}; {values} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from ..base.errors import ConfigurationError
 from ..base.options import BY_NAME, OPTIONS, Scope
@@ -42,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     workers_flag = "workers" in vars(args)
     try:

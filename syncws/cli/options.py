@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 from ..base.errors import ConfigurationError
 from ..base.options import LIMITS, OPTIONS, Kind, Option, Scope, from_environ, metavar
@@ -35,8 +35,7 @@ def add_option(group: Any, option: Option) -> None:
     common: dict[str, Any] = {
         "dest": option.name,
         "default": argparse.SUPPRESS,  # absent: the variable, then the default (resolve_options)
-        "help": f"{option.help}{' (none disables it)' if option.nullable else ''}{default}"
-        .replace("%", "%%"),
+        "help": f"{option.help}{' (none disables it)' if option.nullable else ''}{default}".replace("%", "%%"),
     }
     if option.kind is Kind.FLAG:
         group.add_argument(option.flag, action="store_const", const=True, **common)
@@ -46,7 +45,9 @@ def add_option(group: Any, option: Option) -> None:
         group.add_argument(option.flag, type=_converter(option), metavar=metavar(option), **common)
 
 
-def given_options(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None, names: Any = None) -> dict[str, Any]:
+def given_options(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, names: Any = None
+) -> dict[str, Any]:
     """The options set by a flag, else by a ``SYNCWS_*`` variable (all, or those in ``names``).
 
     Raises ConfigurationError (a ValueError) naming the variable for a bad value.
@@ -58,12 +59,12 @@ def given_options(args: argparse.Namespace, environ: Optional[Mapping[str, str]]
     return found
 
 
-def server_options(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+def server_options(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The limit options for :class:`~syncws.server.server.Server` that a flag or variable set."""
     return given_options(args, environ, {option.name for option in LIMITS})
 
 
-def resolve_options(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> None:
+def resolve_options(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
     """Give every option that is not a limit its value in ``args``: flag, else variable, else default."""
     others = [option for option in OPTIONS if option.scope is not Scope.LIMIT]
     given = given_options(args, environ, {option.name for option in others})

@@ -29,7 +29,8 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..base.errors import ListenError
 from ..server.listener import bind_listener
@@ -73,7 +74,7 @@ def run_parent(args: argparse.Namespace) -> int:
             if restarted:
                 env[RESTARTED_ENV] = "1"
             child = subprocess.Popen(command, env=env, pass_fds=(fd,), process_group=0)
-            code = child.wait()
+            code: int = child.wait()
             if stopping:
                 return 0 if code in (0, -signal.SIGTERM) else code
             if code != RELOAD_EXIT:
@@ -95,7 +96,7 @@ def run_child(args: argparse.Namespace, run_server: Callable[..., int]) -> int:
     parent = os.getppid()
     listener = socket.socket(fileno=fd)
     listener.setblocking(False)
-    reloaded: list = []
+    reloaded: list[Any] = []
 
     def on_started(server: Any) -> None:
         import gevent
@@ -155,7 +156,7 @@ def wait_for_change() -> str:
             gevent.sleep(INTERVAL)
             loop.run_step()
     except _Changed as exc:
-        filename = exc.args[0]
+        filename: str = exc.args[0]
         log.info("syncws: detected a change in %s, reloading", filename)
         return filename
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import gevent
 
@@ -24,6 +24,7 @@ from .options import server_options
 def load_app(spec: str) -> Callable[..., Any]:
     """Import ``module:attr`` (or ``module``, which must have ``app``/``application``)."""
     module_name, _, attr = spec.partition(":")
+
     def dotted(name: str) -> bool:
         return all(part.isidentifier() for part in name.split("."))
 
@@ -47,7 +48,8 @@ def load_app(spec: str) -> Callable[..., Any]:
             continue
         if not callable(obj):
             raise ImportStringError(f"{module_name}:{name} is not a WSGI callable ({type(obj).__name__})")
-        return obj
+        app: Callable[..., Any] = obj
+        return app
     wanted = attr or "'app' or 'application'"
     raise ImportStringError(f"module {module_name!r} has no attribute {wanted}")
 
@@ -90,7 +92,7 @@ def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
 def run_server(
     args: argparse.Namespace,
     listener: Any = None,
-    on_started: Optional[Callable[[Any], None]] = None,
+    on_started: Callable[[Any], None] | None = None,
     banner_suffix: str = "",
 ) -> int:
     """Serve ``args.app`` in this process until stopped; the CLI's exit status.

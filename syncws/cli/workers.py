@@ -42,7 +42,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from typing import Optional
+from typing import Any
 
 from ..base.errors import ListenError
 from ..server.listener import bind_listener, url_for
@@ -89,7 +89,7 @@ class Master:
         self.count = count
         self.pid = os.getpid()
         self.workers: dict[int, _Worker] = {}
-        self.restarts: deque = deque()
+        self.restarts: deque[Any] = deque()
         self.announced = False
         self._signals: list[int] = []
         self._ready_buffer = b""
@@ -148,7 +148,7 @@ class Master:
                 flush=True,
             )
 
-    def _on_exit(self, pid: int, status: int) -> Optional[int]:
+    def _on_exit(self, pid: int, status: int) -> int | None:
         """A worker ended on its own: replace it, or return the master's exit status."""
         worker = self.workers.pop(pid, None)
         if worker is None:
@@ -182,7 +182,7 @@ class Master:
         drain = server_options(self.args).get("shutdown_timeout", WORKER_DRAIN)
         graceful = max(GRACEFUL_TIMEOUT, drain + WORKER_DRAIN)
         deadline = time.monotonic() + graceful
-        kill_deadline: Optional[float] = None
+        kill_deadline: float | None = None
         while self.workers:
             now = time.monotonic()
             if kill_deadline is None and (self._signals or now >= deadline):
@@ -255,7 +255,7 @@ class Master:
             finally:
                 os._exit(code)
 
-    def _reap(self) -> list:
+    def _reap(self) -> list[Any]:
         ended = []
         while True:
             try:
@@ -268,21 +268,22 @@ class Master:
         return ended
 
     # -- signals and pipes -----------------------------------------------------------------
-    def _install_signals(self) -> dict:
+    def _install_signals(self) -> tuple[dict[int, Any], Any]:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
-        previous = {sig: signal.getsignal(sig) for sig in (*_MASTER_SIGNALS, signal.SIGCHLD)}
-        previous["wakeup"] = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in (*_MASTER_SIGNALS, signal.SIGCHLD)}
+        wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in _MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only wakes the loop
-        return previous
+        return previous, wakeup
 
-    def _restore_signals(self, previous: dict) -> None:
-        signal.set_wakeup_fd(previous.pop("wakeup"))
+    def _restore_signals(self, saved: tuple[dict[int, Any], Any]) -> None:
+        previous, wakeup = saved
+        signal.set_wakeup_fd(wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 

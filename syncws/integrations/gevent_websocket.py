@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -51,7 +52,7 @@ except ImportError:  # pragma: no cover - gevent-websocket not installed
     _Base = OSError
 
 
-class WebSocketError(_Base, SyncwsError):  # type: ignore[misc, valid-type]
+class WebSocketError(_Base, SyncwsError):  # type: ignore[misc]  # gevent-websocket has no type information
     """Raised by :meth:`WebSocket.send` on a closed WebSocket, as gevent-websocket does."""
 
 
@@ -64,7 +65,7 @@ class _Inbox:
     """A bounded queue between the session's read loop and the app (hub thread only)."""
 
     def __init__(self, size: int) -> None:
-        self.items: deque = deque()
+        self.items: deque[Any] = deque()
         self.size = size
         self.ended = False  # the session is over: nothing more will arrive
         self.dropped = False  # the app has returned: nobody will read
@@ -110,24 +111,24 @@ class WebSocket:
     ``send`` and ``close`` also work from other greenlets and OS threads.
     """
 
-    def __init__(self, environ: dict) -> None:
+    def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
         self.version = "13"
-        self._session: Optional[Session] = None
+        self._session: Session | None = None
         self._inbox = _Inbox(INBOX_SIZE)
         self._closed_here = False
 
     # -- gevent-websocket's attributes ---------------------------------------
     @property
-    def path(self) -> Optional[str]:
+    def path(self) -> str | None:
         return self.environ.get("PATH_INFO")
 
     @property
-    def origin(self) -> Optional[str]:
+    def origin(self) -> str | None:
         return self.environ.get("HTTP_ORIGIN")
 
     @property
-    def protocol(self) -> Optional[str]:
+    def protocol(self) -> str | None:
         return self._session.protocol if self._session is not None else None
 
     @property
@@ -144,15 +145,16 @@ class WebSocket:
         return session.closed and not self._inbox.items
 
     # -- reading and writing -------------------------------------------------
-    def receive(self) -> Union[str, bytes, None]:
+    def receive(self) -> str | bytes | None:
         """Block until a message arrives: ``str`` (text), ``bytes`` (binary), or None once closed."""
         if self._closed_here:
             return None
-        return self._inbox.get()
+        message: str | bytes | None = self._inbox.get()
+        return message
 
     read_message = receive
 
-    def send(self, message: Union[str, bytes, bytearray, memoryview], binary: Optional[bool] = None) -> None:
+    def send(self, message: str | bytes | bytearray | memoryview, binary: bool | None = None) -> None:
         """Send a message; text unless ``binary`` (default: binary for bytes-like values)."""
         session = self._session
         if session is None or session.closed or self._closed_here:
@@ -163,7 +165,7 @@ class WebSocket:
         frame = encode_frame(OP_BINARY if binary else OP_TEXT, payload)
         session.runtime.call_in_hub(_put, session, frame)
 
-    def close(self, code: int = 1000, message: Union[bytes, str] = b"") -> None:
+    def close(self, code: int = 1000, message: bytes | str = b"") -> None:
         """Start the close handshake with ``code``; a no-op when already closed."""
         session = self._session
         if session is None or self._closed_here:
@@ -195,7 +197,7 @@ def _close(session: Session, code: int, reason: str) -> None:
         session.close(CLOSE_NORMAL, reason)
 
 
-def _no_start_response(status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+def _no_start_response(status: str, headers: list[Any], exc_info: Any = None) -> Callable[[bytes], None]:
     # After the 101 nothing the app "answers" can reach the client.
     return lambda data: None
 
@@ -203,19 +205,20 @@ def _no_start_response(status: str, headers: list, exc_info: Any = None) -> Call
 class GeventWebSocketApp:
     """The WSGI wrapper :func:`gevent_websocket` returns."""
 
-    def __init__(self, app: Callable, **overrides: Any) -> None:
+    def __init__(self, app: Callable[..., Any], **overrides: Any) -> None:
         self.app = app
         # The inbox and its events belong to the hub: these hooks never run
         # in the thread pool, whatever the server's hooks_in_threads says.
         self.overrides = {**overrides, "hooks_in_threads": False}
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if (
             "wsgi.websocket" in environ  # already upgraded (run by gevent-websocket itself)
             or TRANSPORT_KEY not in environ  # not the syncws server: it cannot upgrade
             or not handshake.is_upgrade_request(environ)
         ):
-            return self.app(environ, start_response)
+            result: Iterable[bytes] = self.app(environ, start_response)
+            return result
         socket = WebSocket(environ)
         handler = WebSocketHandler(Hooks(message=socket._on_message, close=socket._on_close), self.overrides)
         outcome = handler.accept(environ)
@@ -223,7 +226,8 @@ class GeventWebSocketApp:
             if outcome is None:  # the client left during the handshake
                 start_response("101 Switching Protocols", [])
                 return []
-            return outcome(environ, start_response)  # refused: 400, 403, 503...
+            refused: Iterable[bytes] = outcome(environ, start_response)  # 400, 403, 503...
+            return refused
         socket._session = outcome
         environ["wsgi.websocket"] = socket
         environ["wsgi.websocket_version"] = socket.version
@@ -251,7 +255,7 @@ class GeventWebSocketApp:
         return f"<syncws.compat.gevent_websocket {self.app!r}>"
 
 
-def gevent_websocket(app: Callable, **overrides: Any) -> GeventWebSocketApp:
+def gevent_websocket(app: Callable[..., Any], **overrides: Any) -> GeventWebSocketApp:
     """Wrap a WSGI app written for gevent-websocket so it runs on the syncws server.
 
     ``overrides`` are the per-handler settings of ``define_websocket_handler``

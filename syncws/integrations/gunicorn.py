@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import socket as stdlib_socket
-from typing import Any, Optional
+from typing import Any
 
 import gevent
 from gevent import hub, monkey
@@ -65,10 +65,11 @@ TICK = 0.5
 FINISH_MARGIN = 1.0
 
 
-class Worker(BaseWorker):
+class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type information
     """``gunicorn -k syncws.gunicorn.Worker``: one syncws server per worker process."""
 
-    server: Optional[Any] = None
+    server: Server | None = None
+    sockets: list[Any]
 
     # -- process set-up (in the worker, after the fork) -----------------------------
     def init_process(self) -> None:
@@ -81,7 +82,9 @@ class Worker(BaseWorker):
         from gevent import socket
 
         # gunicorn's listeners as gevent sockets (as gunicorn's gevent worker does).
-        self.sockets = [socket.socket(s.FAMILY, stdlib_socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets]
+        self.sockets = [
+            socket.socket(s.FAMILY, stdlib_socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets
+        ]
         hub.reinit()
         super().init_process()  # loads the app (self.wsgi), installs signals, calls run()
 
@@ -116,7 +119,7 @@ class Worker(BaseWorker):
         address = first.getsockname()
         host, port = (address[0], address[1]) if isinstance(address, tuple) else ("127.0.0.1", 0)
         for sock in self.sockets:
-            sock.setblocking(1)
+            sock.setblocking(True)
         server = Server(  # its broker: SYNCWS_BROKER, else in-process
             self.wsgi,
             host,
@@ -151,7 +154,7 @@ class Worker(BaseWorker):
                 log.info("syncws: worker %d shutting down", self.pid)
             server.stop()  # 1001 to every peer, end every stream, drain (shutdown_timeout)
             deadline = server.options.shutdown_timeout + FINISH_MARGIN
-            with gevent.Timeout(deadline, False):
+            with gevent.Timeout(deadline, False):  # type: ignore[arg-type]  # gevent's \"expire quietly\"
                 while not server.finished:
                     self.notify()
                     gevent.sleep(min(tick, 0.1))

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional, Union
 
 from ..base.errors import ConfigurationError, ProtocolError
 from .frames import (
@@ -92,9 +91,9 @@ class PongReceived:
 
 @dataclass(frozen=True)
 class CloseReceived:
-    code: Optional[int]  # None: the close frame had no payload
-    reason: Optional[str]
-    reply: Optional[bytes]  # our close frame; None when we had sent ours first
+    code: int | None  # None: the close frame had no payload
+    reason: str | None
+    reply: bytes | None  # our close frame; None when we had sent ours first
 
 
 @dataclass(frozen=True)
@@ -102,43 +101,43 @@ class Failed:
     """The peer broke the protocol: send ``reply`` and read no further."""
 
     error: ProtocolError
-    reply: Optional[bytes]  # None when our close frame was already sent
+    reply: bytes | None  # None when our close frame was already sent
 
 
-Event = Union[Message, PingReceived, PongReceived, CloseReceived, Failed]
+Event = Message | PingReceived | PongReceived | CloseReceived | Failed
 
 
 class Connection:
     """One WebSocket connection, server side, after the 101 (see the module docstring)."""
 
     __slots__ = (
-        "parser",
-        "state",
+        "_input_done",
+        "_ping_sent_at",
         "close_code",
         "close_reason",
+        "last_seen",
+        "parser",
         "ping_interval",
         "ping_timeout",
-        "last_seen",
-        "_ping_sent_at",
-        "_input_done",
+        "state",
     )
 
     def __init__(
         self,
-        max_message_size: Optional[int] = None,
+        max_message_size: int | None = None,
         *,
-        ping_interval: Optional[float] = None,
-        ping_timeout: Optional[float] = None,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
         now: float = 0.0,
     ) -> None:
         self.parser = FrameParser(max_message_size)
         self.state = State.OPEN
-        self.close_code: Optional[int] = None
-        self.close_reason: Optional[str] = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.last_seen = now  # when the peer last sent us anything
-        self._ping_sent_at: Optional[float] = None
+        self._ping_sent_at: float | None = None
         self._input_done = False  # a close frame or a violation ended what we read
 
     @property
@@ -161,7 +160,7 @@ class Connection:
         if not self._input_done:
             self.parser.feed(data)
 
-    def next_event(self) -> Optional[Event]:
+    def next_event(self) -> Event | None:
         """The next event, or None (more bytes are needed, or a fragment was consumed).
 
         At most one frame is parsed per call, so the driver bounds the work
@@ -204,7 +203,7 @@ class Connection:
         return Failed(error, self.close(error.code, error.reason))
 
     # -- closing ---------------------------------------------------------------------
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> Optional[bytes]:
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> bytes | None:
         """Start the close handshake: our close frame, or None when it has begun already.
 
         ConfigurationError (a ValueError) for a code that may not be sent.

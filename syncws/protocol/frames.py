@@ -14,7 +14,7 @@ import enum
 import functools
 import struct
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..base.errors import ProtocolError
 
@@ -30,16 +30,16 @@ __all__ = [
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_TOO_BIG",
     "CONTROL_OPCODES",
-    "CloseCode",
     "DATA_OPCODES",
-    "Frame",
-    "FrameParser",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONTINUATION",
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "CloseCode",
+    "Frame",
+    "FrameParser",
     "Opcode",
     "ProtocolError",
     "decode_close_payload",
@@ -150,7 +150,7 @@ def unmask(payload: Any, mask: bytes) -> bytes:
     return b"".join(parts)
 
 
-def encode_header(fin: bool, opcode: int, length: int, mask: Optional[bytes] = None) -> bytes:
+def encode_header(fin: bool, opcode: int, length: int, mask: bytes | None = None) -> bytes:
     """A frame header: 2, 4 or 10 bytes, plus the 4-byte mask when one is given."""
     first = opcode | 0x80 if fin else opcode
     masked = 0x80 if mask else 0
@@ -163,7 +163,7 @@ def encode_header(fin: bool, opcode: int, length: int, mask: Optional[bytes] = N
     return header + mask if mask else header
 
 
-def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: Optional[bytes] = None) -> bytes:
+def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
     """Return one complete frame.  Servers send unmasked; clients pass a mask."""
     header = encode_header(fin, opcode, len(payload), mask)
     if mask is None:
@@ -171,7 +171,7 @@ def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: Optiona
     return header + unmask(payload, mask)
 
 
-def encode_close_payload(code: Optional[int], reason: str = "") -> bytes:
+def encode_close_payload(code: int | None, reason: str = "") -> bytes:
     if code is None:
         return b""
     # Control frames carry at most 125 bytes: cut the reason on a character
@@ -186,7 +186,7 @@ def is_valid_close_code(code: int) -> bool:
     return 3000 <= code <= 4999
 
 
-def decode_close_payload(payload: bytes) -> tuple[Optional[int], Optional[str]]:
+def decode_close_payload(payload: bytes) -> tuple[int | None, str | None]:
     """Parse a received close payload into ``(code, reason)``.
 
     An empty payload means "no status": both are None.
@@ -219,6 +219,7 @@ def max_frames(max_message_size: int) -> int:
     """How many frames one message may have under this size limit."""
     return 16 + max_message_size // BYTES_PER_FRAGMENT
 
+
 _HEADER, _PAYLOAD = 0, 1  # what the parser is waiting for
 _COMPACT = 64 * 1024  # drop consumed input once this much has piled up in front
 
@@ -250,7 +251,7 @@ class FrameParser:
     a fragmented message, so the caller can answer a ping at once.
     """
 
-    def __init__(self, max_message_size: Optional[int]) -> None:
+    def __init__(self, max_message_size: int | None) -> None:
         self.max_message_size = max_message_size
         self._buf = bytearray()
         self._pos = 0
@@ -262,7 +263,7 @@ class FrameParser:
         self._remaining = 0
         self._offset = 0  # payload bytes of this frame already consumed (mask phase)
         # the data message being assembled
-        self._message_opcode: Optional[int] = None
+        self._message_opcode: int | None = None
         self._message = bytearray()
         self._size = 0  # payload bytes announced so far
         self._frames = 0
@@ -292,7 +293,7 @@ class FrameParser:
         """True when :meth:`next_frame` returned None for want of bytes: feed more."""
         return self._starved
 
-    def next_frame(self) -> Optional[Frame]:
+    def next_frame(self) -> Frame | None:
         """The next control frame or whole data message, or None.
 
         None either because more bytes are needed (:attr:`needs_data`) or
@@ -305,7 +306,7 @@ class FrameParser:
         self._frame_done = False
         return frame
 
-    def _next_frame(self) -> Optional[Frame]:
+    def _next_frame(self) -> Frame | None:
         if self._state == _HEADER:
             if not self._read_header():
                 return None
@@ -410,7 +411,7 @@ class FrameParser:
         self._state = _HEADER
         return Frame(True, self._opcode, payload)
 
-    def _read_payload(self) -> Optional[Frame]:
+    def _read_payload(self) -> Frame | None:
         """Consume what has arrived of a data frame; the message once it is whole."""
         n = min(self.buffered, self._remaining)
         if n == 0 and self._remaining:

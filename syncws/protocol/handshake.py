@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Iterable, Mapping, Optional, Union
+from collections.abc import Iterable, Mapping
 
 from ..base.errors import HandshakeError
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUPPORTED_VERSION = "13"
 
-HeadersLike = Union[Mapping[str, str], Iterable[tuple[str, str]], None]
+HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 
 def _tokens(value: str) -> list[str]:
@@ -53,9 +53,7 @@ def validate(environ: Mapping[str, object]) -> str:
         raise HandshakeError(400, "a WebSocket upgrade request must not have a body (Content-Length)")
     version = str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip()
     if version != SUPPORTED_VERSION:
-        raise HandshakeError(
-            426, "unsupported Sec-WebSocket-Version", [("Sec-WebSocket-Version", SUPPORTED_VERSION)]
-        )
+        raise HandshakeError(426, "unsupported Sec-WebSocket-Version", [("Sec-WebSocket-Version", SUPPORTED_VERSION)])
     key = str(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")).strip()
     try:
         raw = base64.b64decode(key.encode("ascii"), validate=True)
@@ -89,7 +87,7 @@ def normalize_headers(headers: HeadersLike) -> list[tuple[str, str]]:
     return result
 
 
-def response_101(key: str, protocol: Optional[str], extra_headers: list[tuple[str, str]]) -> bytes:
+def response_101(key: str, protocol: str | None, extra_headers: list[tuple[str, str]]) -> bytes:
     """The complete ``101 Switching Protocols`` head, ready to write."""
     lines = [
         "HTTP/1.1 101 Switching Protocols",

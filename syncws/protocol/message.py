@@ -1,10 +1,11 @@
-"""The message object handed to the ``message`` hook (SPEC §4)."""
+"""The message object handed to the ``message`` hook."""
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
-from typing import Any, Union
+from typing import Any
 
 from .frames import OP_BINARY, OP_TEXT
 
@@ -16,7 +17,7 @@ class Message:
     many never decode binary payloads at all.
     """
 
-    __slots__ = ("_payload", "_binary", "_text")
+    __slots__ = ("_binary", "_payload", "_text")
 
     def __init__(self, payload: bytes, is_binary: bool) -> None:
         self._payload = payload
@@ -28,7 +29,7 @@ class Message:
         return self._binary
 
     @property
-    def raw_data(self) -> Union[str, bytes]:
+    def raw_data(self) -> str | bytes:
         """``bytes`` for a binary message, ``str`` for a text message."""
         return self._payload if self._binary else self.text()
 
@@ -45,16 +46,16 @@ class Message:
         return self._payload
 
     # The seeds' (JavaScript) names, as aliases.
-    def uint8_array(self) -> bytes:
+    def uint8_array(self) -> builtins.bytes:
         return self._payload
 
-    def array_buffer(self) -> bytes:
+    def array_buffer(self) -> builtins.bytes:
         return self._payload
 
     def blob(self) -> io.BytesIO:
         return io.BytesIO(self._payload)
 
-    def __syncws_payload__(self) -> tuple[int, bytes]:
+    def __syncws_payload__(self) -> tuple[int, builtins.bytes]:
         return (OP_BINARY if self._binary else OP_TEXT), self._payload
 
     def __str__(self) -> str:

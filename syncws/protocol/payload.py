@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .frames import OP_BINARY, OP_TEXT, encode_frame
 
@@ -22,7 +23,8 @@ def encode(data: Any) -> tuple[int, bytes]:
     """Return ``(opcode, payload bytes)`` for a value a user wants to send."""
     raw = getattr(data, "__syncws_payload__", None)
     if raw is not None:  # a received Message: echo it with its own type
-        return raw()
+        opcode, payload = raw()
+        return int(opcode), bytes(payload)
     if isinstance(data, str):
         return OP_TEXT, data.encode("utf-8")
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -31,9 +33,7 @@ def encode(data: Any) -> tuple[int, bytes]:
         return OP_TEXT, b""
     if isinstance(data, (dict, list, tuple, bool, int, float)):
         return OP_TEXT, to_json(data).encode("utf-8")
-    raise TypeError(
-        f"cannot send {type(data).__name__}: use str, bytes, dict, list, int, float, bool or None"
-    )
+    raise TypeError(f"cannot send {type(data).__name__}: use str, bytes, dict, list, int, float, bool or None")
 
 
 class Outgoing:
@@ -43,7 +43,7 @@ class Outgoing:
     recipient, so 1,000 subscribers cost one serialisation and one frame.
     """
 
-    __slots__ = ("opcode", "payload", "_frame", "_memo")
+    __slots__ = ("_frame", "_memo", "opcode", "payload")
 
     def __init__(self, data: Any) -> None:
         self.opcode, self.payload = encode(data)
@@ -51,7 +51,7 @@ class Outgoing:
         self._memo: dict[str, Any] | None = None
 
     @classmethod
-    def from_payload(cls, opcode: int, payload: bytes) -> "Outgoing":
+    def from_payload(cls, opcode: int, payload: bytes) -> Outgoing:
         """An already-serialised payload (a message relayed from another process)."""
         self = cls.__new__(cls)
         self.opcode, self.payload = opcode, payload
@@ -74,7 +74,7 @@ class Outgoing:
         """The payload as text: decoded UTF-8, or base64 for a binary payload."""
         return _as_text(self.opcode, self.payload)
 
-    def memo(self, key: str, build: Callable[["Outgoing"], Any]) -> Any:
+    def memo(self, key: str, build: Callable[[Outgoing], Any]) -> Any:
         """Build another wire form of this message once (e.g. an SSE event)."""
         if self._memo is None:
             self._memo = {}

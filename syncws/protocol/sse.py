@@ -9,8 +9,9 @@ early.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from .payload import as_text
 
@@ -35,12 +36,12 @@ class EventStreamMessage:
     """
 
     data: Any = ""
-    id: Optional[str] = None
-    event: Optional[str] = None
-    retry: Optional[int] = None
+    id: str | None = None
+    event: str | None = None
+    retry: int | None = None
 
 
-MessageLike = Union[str, EventStreamMessage, Mapping[str, Any]]
+MessageLike = str | EventStreamMessage | Mapping[str, Any]
 
 
 def _strip(value: Any) -> str:

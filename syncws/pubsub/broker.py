@@ -17,19 +17,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any, Optional
 from urllib.parse import quote
 
 from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..protocol.payload import Outgoing
 
-
 #: How a broker hands a relayed publish to its server: ``deliver(namespace,
 #: topic, outgoing)``, from any thread; the server delivers it to its local
 #: subscribers only.
-Deliver = Callable[[Optional[str], str, Outgoing], None]
+Deliver = Callable[[str | None, str, Outgoing], None]
 #: Every (namespace, topic) with local subscribers, plus (None, topic) per topic.
-Interests = Callable[[], list[tuple[Optional[str], str]]]
+Interests = Callable[[], list[tuple[str | None, str]]]
 
 
 class Broker:
@@ -46,10 +44,10 @@ class Broker:
     def stop(self) -> None:
         """Called when the server stops."""
 
-    def relay(self, namespace: Optional[str], topic: str, outgoing: Outgoing) -> None:
+    def relay(self, namespace: str | None, topic: str, outgoing: Outgoing) -> None:
         """Send a local publish to the other processes (None: every namespace)."""
 
-    def interest(self, namespace: Optional[str], topic: str, present: bool) -> None:
+    def interest(self, namespace: str | None, topic: str, present: bool) -> None:
         """The first local subscriber of (namespace, topic) appeared, or the last left.
 
         ``namespace`` None stands for "topic in any namespace".  Called with the
@@ -63,7 +61,7 @@ LocalBroker = Broker
 # -- channels and envelopes ---------------------------------------------------------
 
 
-def channel_name(prefix: str, namespace: Optional[str], topic: str) -> str:
+def channel_name(prefix: str, namespace: str | None, topic: str) -> str:
     """One channel per (namespace, topic); ``namespace`` None: the all-namespaces channel.
 
     Parts are percent-encoded so a ':' in a namespace ("chat:general") cannot
@@ -78,12 +76,12 @@ def new_origin() -> str:
     return uuid.uuid4().hex
 
 
-def encode_envelope(origin: str, namespace: Optional[str], topic: str, outgoing: Outgoing) -> bytes:
+def encode_envelope(origin: str, namespace: str | None, topic: str, outgoing: Outgoing) -> bytes:
     header = {"v": 1, "o": origin, "n": namespace, "t": topic, "b": outgoing.is_binary}
     return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + outgoing.payload
 
 
-def decode_envelope(data: bytes) -> tuple[str, Optional[str], str, Outgoing]:
+def decode_envelope(data: bytes) -> tuple[str, str | None, str, Outgoing]:
     """Return (origin, namespace, topic, outgoing); ValueError on anything malformed."""
     head, sep, payload = data.partition(b"\n")
     if not sep:

@@ -6,10 +6,10 @@ servers listen on, in plain synchronous code: no gevent, no hub, no threads.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from .broker import channel_name, encode_envelope, new_origin
 from ..protocol.payload import Outgoing
+from .broker import channel_name, encode_envelope, new_origin
 from .redis_broker import require_redis
 
 
@@ -23,7 +23,7 @@ class Publisher:
         self.prefix = prefix
         self.origin = new_origin()
 
-    def publish(self, topic: str, data: Any, *, namespace: Optional[str] = None) -> int:
+    def publish(self, topic: str, data: Any, *, namespace: str | None = None) -> int:
         """Send ``data`` to every subscriber of ``topic`` on every server process.
 
         ``namespace`` None reaches every namespace.  Returns how many server
@@ -39,7 +39,7 @@ class Publisher:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import logging
 import time
-from queue import Empty
 from collections import deque
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from queue import Empty
+from typing import Any
 
 from gevent.monkey import get_original
 
 from ..base.errors import DependencyMissing
 from ..base.locks import RealLock
-from .broker import Broker, Deliver, Interests, channel_name, decode_envelope, encode_envelope, new_origin
 from ..protocol.payload import Outgoing
+from .broker import Broker, Deliver, Interests, channel_name, decode_envelope, encode_envelope, new_origin
 
 log = logging.getLogger("syncws.broker")
 
@@ -43,7 +44,7 @@ _STOP = object()
 _BATCH = 1000  # relays sent to Redis in one pipelined round trip at most
 
 
-def require_redis():
+def require_redis() -> Any:
     try:
         import redis
     except ImportError:  # pragma: no cover - depends on the install
@@ -57,7 +58,7 @@ class RedisBroker(Broker):
         url: str,
         *,
         prefix: str = "syncws",
-        on_broker_error: Optional[Callable[[BaseException], Any]] = None,
+        on_broker_error: Callable[[BaseException], Any] | None = None,
         health_check_interval: float = 10.0,
         max_backoff: float = 5.0,
         max_pending: int = 10_000,
@@ -70,10 +71,10 @@ class RedisBroker(Broker):
         self.max_backoff = max_backoff
         self.max_pending = max_pending
         self.origin = new_origin()
-        self._deliver: Optional[Deliver] = None
+        self._deliver: Deliver | None = None
         self._lock = RealLock()
         self._channels: dict[str, int] = {}  # channel -> 1 while there is local interest
-        self._commands: deque = deque()  # (subscribe?, channel) for the subscriber thread
+        self._commands: deque[Any] = deque()  # (subscribe?, channel) for the subscriber thread
         self._outbox = _SimpleQueue()
         self._running = False
         self._stopped = RealLock()  # held until stop(): a backoff wait that stop() cuts short
@@ -82,7 +83,7 @@ class RedisBroker(Broker):
         self._relay_failed = False
         self.dropped = 0  # relays dropped while Redis was unreachable
         self.connected = False  # the subscriber connection is up and subscribed
-        self._threads_done: list = []
+        self._threads_done: list[Any] = []
 
     # -- Broker interface ------------------------------------------------------
     def start(self, deliver: Deliver, interests: Interests) -> None:
@@ -106,7 +107,7 @@ class RedisBroker(Broker):
             if done.acquire(timeout=5):
                 done.release()
 
-    def relay(self, namespace: Optional[str], topic: str, outgoing: Outgoing) -> None:
+    def relay(self, namespace: str | None, topic: str, outgoing: Outgoing) -> None:
         if not self._running:
             return
         if self._outbox.qsize() >= self.max_pending:
@@ -115,7 +116,7 @@ class RedisBroker(Broker):
         channel = channel_name(self.prefix, namespace, topic)
         self._outbox.put((channel, encode_envelope(self.origin, namespace, topic, outgoing)))
 
-    def interest(self, namespace: Optional[str], topic: str, present: bool) -> None:
+    def interest(self, namespace: str | None, topic: str, present: bool) -> None:
         channel = channel_name(self.prefix, namespace, topic)
         with self._lock:
             if present:
@@ -125,7 +126,7 @@ class RedisBroker(Broker):
             self._commands.append((present, channel))
 
     @property
-    def channels(self) -> frozenset:
+    def channels(self) -> frozenset[Any]:
         """Channels this process wants to be subscribed to."""
         return frozenset(self._channels)
 
@@ -139,9 +140,7 @@ class RedisBroker(Broker):
             done.release()
 
     def _client(self, **kwargs: Any) -> Any:
-        return self._redis_module.Redis.from_url(
-            self.url, socket_connect_timeout=2, socket_keepalive=True, **kwargs
-        )
+        return self._redis_module.Redis.from_url(self.url, socket_connect_timeout=2, socket_keepalive=True, **kwargs)
 
     def _report(self, error: BaseException, what: str) -> None:
         log.warning("syncws: Redis broker %s failed: %s", what, error)
@@ -152,7 +151,7 @@ class RedisBroker(Broker):
             except Exception:
                 log.exception("syncws: on_broker_error raised")
 
-    def _next_batch(self) -> Optional[list]:
+    def _next_batch(self) -> list[Any] | None:
         """Block for one relay, then take whatever else is already waiting.
 
         None means stop.  Batching makes a burst one Redis round trip per

@@ -8,7 +8,8 @@ snapshots they can iterate without it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from ..base.locks import RealLock
 
@@ -24,17 +25,17 @@ class Subscriber(Protocol):
 class Registry:
     def __init__(self) -> None:
         self._lock = RealLock()
-        self._peers: dict[str, set] = {}
-        self._topics: dict[tuple[str, str], set] = {}
+        self._peers: dict[str, set[Any]] = {}
+        self._topics: dict[tuple[str, str], set[Any]] = {}
         self._subscriptions: dict[Any, set[str]] = {}
         # topic -> namespaces that have subscribers to it, for namespace-less publishes
         self._namespaces: dict[str, set[str]] = {}
         #: Told when (namespace, topic) gets its first local subscriber or loses
         #: its last one (namespace None: the topic in any namespace).  Runs
         #: under the lock, so it must only record (a broker queues a command).
-        self.on_interest: Optional[Callable[[Optional[str], str, bool], None]] = None
+        self.on_interest: Callable[[str | None, str, bool], None] | None = None
 
-    def _interest(self, namespace: Optional[str], topic: str, present: bool) -> None:
+    def _interest(self, namespace: str | None, topic: str, present: bool) -> None:
         if self.on_interest is not None:
             self.on_interest(namespace, topic, present)
 
@@ -54,7 +55,7 @@ class Registry:
             for topic in self._subscriptions.pop(sub, ()):
                 self._discard(sub, topic)
 
-    def peers(self, namespace: Optional[str] = None) -> frozenset:
+    def peers(self, namespace: str | None = None) -> frozenset[Any]:
         with self._lock:
             if namespace is not None:
                 return frozenset(self._peers.get(namespace, ()))
@@ -102,21 +103,21 @@ class Registry:
                     del self._namespaces[topic]
                     self._interest(None, topic, False)
 
-    def topics_of(self, sub: Subscriber) -> frozenset:
+    def topics_of(self, sub: Subscriber) -> frozenset[str]:
         with self._lock:
             return frozenset(self._subscriptions.get(sub, ()))
 
-    def subscribers(self, topic: str, namespace: Optional[str] = None) -> list:
+    def subscribers(self, topic: str, namespace: str | None = None) -> list[Any]:
         """Snapshot of the subscribers of ``topic`` (in every namespace when None)."""
         with self._lock:
             if namespace is not None:
                 return list(self._topics.get((namespace, topic), ()))
-            found: list = []
+            found: list[Any] = []
             for ns in self._namespaces.get(topic, ()):
                 found.extend(self._topics[(ns, topic)])
             return found
 
-    def interests(self) -> list[tuple[Optional[str], str]]:
+    def interests(self) -> list[tuple[str | None, str]]:
         """Every (namespace, topic) with local subscribers, plus (None, topic) per topic."""
         with self._lock:
             return list(self._topics) + [(None, topic) for topic in self._namespaces]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gevent._hub_local import get_hub_if_exists
 
@@ -23,7 +24,7 @@ _DRAIN_BATCH = 256  # calls run per wake-up of the hub
 class HubBridge:
     def __init__(self, hub: Any) -> None:
         self.hub = hub
-        self._calls: deque = deque()
+        self._calls: deque[Any] = deque()
         self._watcher = hub.loop.async_()
         self._watcher.start(self._drain)
         self._closed = False

@@ -11,7 +11,8 @@ in the environ.  Otherwise it answers like any WSGI app: nothing was upgraded.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping, Optional
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
@@ -39,37 +40,39 @@ def prepare_frameworks() -> None:
     for prepare in FRAMEWORK_PREPARERS:
         prepare()
 
+
 RETRY_AFTER = 5  # seconds, on the 503 that answers upgrades while the server stops
 
 
-def _text_response(status: int, text: str, headers: Optional[list] = None) -> Response:
+def _text_response(status: int, text: str, headers: list[Any] | None = None) -> Response:
     return Response(text + "\n", status=status, headers=headers or [], mimetype="text/plain")
 
 
 class WebSocketHandler:
     """A set of hooks, callable as a WSGI application."""
 
-    def __init__(self, hooks: Hooks, overrides: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(self, hooks: Hooks, overrides: Mapping[str, Any] | None = None) -> None:
         self.hooks = hooks
         #: Settings that replace the server's for this handler's connections.
         self.overrides: dict[str, Any] = dict(overrides or {})
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         response = self._handshake(environ)
         if response is not None:
             return response(environ, start_response)
         start_response("101 Switching Protocols", [])
         return []
 
-    def _handshake(self, environ: dict) -> Optional[Response]:
+    def _handshake(self, environ: dict[str, Any]) -> Response | None:
         """Run the whole connection; return a Response when nothing was upgraded."""
         outcome = self.accept(environ)
         if isinstance(outcome, Session):
             outcome.run()
             return None
-        return outcome
+        response: Response | None = outcome
+        return response
 
-    def accept(self, environ: dict) -> Any:
+    def accept(self, environ: dict[str, Any]) -> Any:
         """Validate, run the ``upgrade`` hook and write the ``101``.
 
         Returns the :class:`Session` to run when the connection was upgraded,
@@ -140,7 +143,7 @@ class WebSocketHandler:
         )
         return session
 
-    def _no_transport(self, environ: dict) -> Response:
+    def _no_transport(self, environ: dict[str, Any]) -> Response:
         global _warned_no_transport
         message = (
             "WebSocket upgrade needs the syncws server; this server cannot upgrade. "
@@ -172,9 +175,7 @@ class _Acceptance:
         if decision is None:
             decision = {}
         if not isinstance(decision, Mapping):
-            raise TypeError(
-                f"upgrade hook must return None, a dict or a Response, not {type(decision).__name__}"
-            )
+            raise TypeError(f"upgrade hook must return None, a dict or a Response, not {type(decision).__name__}")
         unknown = set(decision) - _UPGRADE_KEYS
         if unknown:
             raise TypeError(f"upgrade hook returned unknown key(s): {', '.join(sorted(map(str, unknown)))}")

@@ -8,8 +8,9 @@ so the rest of the server never has to care which form was used.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
 
@@ -23,12 +24,20 @@ class CloseDetails:
     server sent.  On a dropped connection: 1006 and "".
     """
 
-    code: Optional[int]
-    reason: Optional[str]
+    code: int | None
+    reason: str | None
 
 
 class Hooks:
+    """The hooks of one handler; a hook not given is None."""
+
     __slots__ = HOOK_NAMES
+
+    upgrade: Callable[..., Any] | None
+    open: Callable[..., Any] | None
+    message: Callable[..., Any] | None
+    close: Callable[..., Any] | None
+    error: Callable[..., Any] | None
 
     def __init__(self, source: Any = None, **kwargs: Callable[..., Any]) -> None:
         found: dict[str, Callable[..., Any]] = {}
@@ -49,9 +58,7 @@ class Hooks:
                         found[name] = hook
         unknown = set(kwargs) - set(HOOK_NAMES)
         if unknown:
-            raise TypeError(
-                f"unknown hook name(s): {', '.join(sorted(unknown))}; expected {', '.join(HOOK_NAMES)}"
-            )
+            raise TypeError(f"unknown hook name(s): {', '.join(sorted(unknown))}; expected {', '.join(HOOK_NAMES)}")
         found.update({k: v for k, v in kwargs.items() if v is not None})
         for name in HOOK_NAMES:
             hook = found.get(name)

@@ -32,12 +32,13 @@ import logging
 import socket
 import time
 from http import HTTPStatus
-from typing import Any, Optional
+from typing import Any
 
 import gevent
 from gevent.pywsgi import OldMessage, WSGIHandler
 
 from ..base.errors import RequestHeadError
+from .listener import ResilientWSGIServer
 from .runtime import Runtime
 
 log = logging.getLogger("syncws")
@@ -63,9 +64,9 @@ def _short_response(status: str, text: str) -> bytes:
 class Transport:
     """What a WebSocket handler needs from the server to take a connection over."""
 
-    __slots__ = ("socket", "rfile", "runtime", "remote_address", "upgraded", "reusable", "aborted", "_at_end")
+    __slots__ = ("_at_end", "aborted", "remote_address", "reusable", "rfile", "runtime", "socket", "upgraded")
 
-    def __init__(self, sock: socket.socket, rfile: Any, runtime: Runtime, remote_address: Optional[str]) -> None:
+    def __init__(self, sock: socket.socket, rfile: Any, runtime: Runtime, remote_address: str | None) -> None:
         self.socket = sock
         self.rfile = rfile
         self.runtime = runtime
@@ -73,7 +74,7 @@ class Transport:
         self.upgraded = False
         self.reusable = True  # False: close the connection after this response
         self.aborted = False  # abort() was called: errors on this socket are expected
-        self._at_end: list = []
+        self._at_end: list[Any] = []
 
     def at_end(self, callback: Any) -> None:
         """Run ``callback`` once this request's response is over, whatever happened."""
@@ -109,11 +110,18 @@ class Transport:
 
 
 class ConnectionHandler(WSGIHandler):
+    @property
+    def runtime(self) -> Runtime:
+        """The state of the syncws server this connection belongs to."""
+        server = self.server
+        assert isinstance(server, ResilientWSGIServer)
+        return server.syncws_runtime
+
     def process_result(self) -> None:
         # Like gevent's, except that an empty chunk before the head has gone
         # out sends the head now: a streaming response (SSE) yields b"" so the
         # client sees the 200 before the first event.
-        for data in self.result:
+        for data in self.result or ():
             if data:
                 self.write(data)
             elif not self.headers_sent and self.status:
@@ -121,7 +129,7 @@ class ConnectionHandler(WSGIHandler):
         if self.status and not self.headers_sent:
             self.write(b"")
         if self.response_use_chunked:
-            self._sendall(b"0\r\n\r\n")
+            self._sendall(b"0\r\n\r\n")  # type: ignore[attr-defined]  # gevent's, not in its stubs
 
     def handle(self) -> None:
         try:
@@ -147,7 +155,7 @@ class ConnectionHandler(WSGIHandler):
         """gevent's, with limits and a deadline on reading the request head."""
         if self.rfile.closed:
             return None
-        options = self.server.syncws_runtime.options
+        options = self.runtime.options
         self._head_started = False
         self.response_length = 0
         timer = gevent.Timeout(options.handshake_timeout)  # None: never fires
@@ -168,7 +176,7 @@ class ConnectionHandler(WSGIHandler):
             return None  # nothing to answer: close the connection
         self.environ = self.get_environ()
         self.application = self.server.application
-        runtime = self.server.syncws_runtime
+        runtime = self.runtime
         runtime.requests_in_flight += 1  # a stop waits for these (within its timeout)
         try:
             self.handle_one_response()
@@ -215,9 +223,9 @@ class ConnectionHandler(WSGIHandler):
             return RequestHeadError(400, "Bad request")
         return True
 
-    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - gevent's name
+    def MessageClass(self, fp: Any, *args: Any) -> Any:
         """The headers, read within ``max_header_size`` bytes and ``max_header_count`` lines."""
-        options = self.server.syncws_runtime.options
+        options = self.runtime.options
         max_size, max_count = options.max_header_size, options.max_header_count
         lines = []
         size = 0
@@ -244,12 +252,12 @@ class ConnectionHandler(WSGIHandler):
         # As http.client.parse_headers does, into the class gevent expects.
         return email.parser.Parser(_class=OldMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
 
-    def _head_timed_out(self, timeout: float) -> Any:
+    def _head_timed_out(self, timeout: float | None) -> Any:
         if not self._head_started:
             return False  # an idle keep-alive connection: nothing to answer
         if not getattr(self, "requestline", None):
             self.requestline = "-"
-        return RequestHeadError(408, f"Request head not received within {timeout:g} s")
+        return RequestHeadError(408, f"Request head not received within {timeout or 0:g} s")
 
     def _reject(self, error: RequestHeadError) -> None:
         """Answer a broken request head with its status; the caller then closes."""
@@ -257,7 +265,7 @@ class ConnectionHandler(WSGIHandler):
         text = error.message
         log.info("syncws: %s from %s: %s", status.split()[0], self._client_ip(), text)
         response = _short_response(status, text)
-        self.status = status.encode("latin-1")
+        self.status = status.encode("latin-1")  # type: ignore[assignment]  # gevent keeps it as bytes
         self._orig_status = status
         self.response_length = len(response)
         self.close_connection = True
@@ -281,7 +289,7 @@ class ConnectionHandler(WSGIHandler):
         except OSError:
             return
         received = 0
-        with gevent.Timeout(LINGER_TIME, False):
+        with gevent.Timeout(LINGER_TIME, False):  # type: ignore[arg-type]  # gevent's "expire quietly"
             try:
                 while received < LINGER_BYTES:
                     chunk = sock.recv(65536)
@@ -292,26 +300,30 @@ class ConnectionHandler(WSGIHandler):
                 pass
 
     def _client_ip(self) -> str:
-        address = self.client_address
+        address: Any = self.client_address
         return str(address[0] if isinstance(address, tuple) else address or "-")
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
-        if self.server.syncws_runtime.stopping and not any(name.lower() == "connection" for name, _ in headers):
+        if self.runtime.stopping and not any(name.lower() == "connection" for name, _ in headers):
             # Draining: answer, then close, so the client does not reuse the connection.
             headers = [*headers, ("Connection", "close")]
         return super().start_response(status, headers, exc_info)
 
-    def get_environ(self) -> dict:
+    def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
-        address = self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address
-        environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.server.syncws_runtime, address or None)
+        client: Any = self.client_address  # (host, port), or a path for a unix socket
+        address = client[0] if isinstance(client, tuple) else client
+        environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.runtime, address or None)
         return environ
 
     def run_application(self) -> None:
-        transport = self.environ[TRANSPORT_KEY]
+        environ = self.environ
+        application = self.application
+        assert environ is not None and application is not None
+        transport = environ[TRANSPORT_KEY]
         try:
             try:
-                self.result = self.application(self.environ, self.start_response)
+                self.result = application(environ, self.start_response)
             except Exception:
                 if not transport.upgraded:
                     raise  # gevent answers 500 as usual

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
-from typing import Any, Optional
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -39,9 +39,9 @@ class Keepalive:
         self.sessions = sessions  # the live set of sessions: each has keepalive(now)
         self.tick = MAX_TICK
         self._wake = Event()
-        self._greenlet: Optional[gevent.Greenlet] = None
+        self._greenlet: gevent.Greenlet[..., Any] | None = None
 
-    def watch(self, ping_interval: Optional[float], ping_timeout: Optional[float]) -> None:
+    def watch(self, ping_interval: float | None, ping_timeout: float | None) -> None:
         """A session with these settings started; make sure the ticker serves it."""
         if ping_interval is None:
             return
@@ -77,4 +77,3 @@ class Keepalive:
     def __repr__(self) -> str:
         state = "running" if self._greenlet is not None else "idle"
         return f"<Keepalive tick={self.tick:g}s {state}>"
-

@@ -14,12 +14,13 @@ import errno
 import logging
 import socket
 import time
-from typing import Any, Optional
+from typing import Any
 
 from gevent.pywsgi import WSGIServer
 from gevent.socket import socket as GeventSocket
 
 from ..base.errors import ListenError
+from .runtime import Runtime
 
 log = logging.getLogger("syncws")
 
@@ -28,8 +29,17 @@ RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 #: accept() failed for this one connection only (see accept(2)): take the next.
 TRANSIENT_ERRORS = frozenset(
     getattr(errno, name)
-    for name in ("ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
-                 "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
     if hasattr(errno, name)
 )
 RETRY_DELAY = 0.1
@@ -71,8 +81,11 @@ def bind_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket
 class ResilientWSGIServer(WSGIServer):
     """gevent's ``WSGIServer``; a failing ``accept`` and a failing ``bind`` are handled differently."""
 
+    #: The state of the syncws server this listener serves (set by ``Server.add_listener``).
+    syncws_runtime: Runtime
+
     @classmethod
-    def get_listener(cls, address: Any, backlog: Optional[int] = None, family: Optional[int] = None) -> Any:
+    def get_listener(cls, address: Any, backlog: int | None = None, family: int | None = None) -> Any:
         """gevent's listener, closed again when it cannot bind (port in use, say).
 
         gevent leaves that socket to the garbage collector, which may close it
@@ -96,7 +109,7 @@ class ResilientWSGIServer(WSGIServer):
         return sock
 
     _failures = 0
-    _logged_at: Optional[float] = None
+    _logged_at: float | None = None
     _logged_failure = False  # an error line went out since the last recovery line
 
     def do_read(self) -> Any:
@@ -124,8 +137,11 @@ class ResilientWSGIServer(WSGIServer):
             self._logged_failure = True
             log.error(
                 "syncws: cannot accept connections on port %s: %s; retrying every %g s until some are closed",
-                self.server_port, exc.strerror or exc, RETRY_DELAY,
+                self.server_port,
+                exc.strerror or exc,
+                RETRY_DELAY,
             )
         self.stop_accepting()
         self._timer = self.loop.timer(RETRY_DELAY)
-        self._timer.start(self._start_accepting_if_started)
+        # gevent's own "resume accepting" callback (not in its type stubs).
+        self._timer.start(self._start_accepting_if_started)  # type: ignore[attr-defined, call-arg]

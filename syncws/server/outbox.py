@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -49,10 +50,10 @@ class Flusher:
 
     def __init__(self, hub: Any) -> None:
         self._loop = hub.loop
-        self._dirty: list["Outbox"] = []
+        self._dirty: list[Outbox] = []
         self._scheduled = False
 
-    def mark(self, outbox: "Outbox") -> None:
+    def mark(self, outbox: Outbox) -> None:
         if outbox._dirty:
             return
         outbox._dirty = True
@@ -80,7 +81,7 @@ class Flusher:
                 log.exception("syncws: error while flushing a peer's buffer")
 
 
-def _take(outbox: "Outbox", limit: int = _BATCH) -> bytes:
+def _take(outbox: Outbox, limit: int = _BATCH) -> bytes:
     outbox._urgent = None  # from here on it is being written: no longer replaceable
     outbox._partial = False
     queue = outbox._queue
@@ -97,10 +98,10 @@ class Outbox:
     def __init__(
         self,
         sock: Any,
-        limit: Optional[int],
+        limit: int | None,
         policy: str = "close",
-        on_overflow: Optional[Callable[[], None]] = None,
-        flusher: Optional[Flusher] = None,
+        on_overflow: Callable[[], None] | None = None,
+        flusher: Flusher | None = None,
     ) -> None:
         if policy not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow policy must be one of {OVERFLOW_POLICIES}, not {policy!r}")
@@ -116,7 +117,7 @@ class Outbox:
         self._wake = Event()
         self._flushed = Event()
         self._final = False  # a last frame (close) is queued: accept nothing more
-        self._urgent: Optional[bytes] = None  # one control frame that jumps the queue
+        self._urgent: bytes | None = None  # one control frame that jumps the queue
         self._partial = False  # the queue starts with the rest of a partly written chunk
         self.dropped = 0
         self.failed = False
@@ -184,7 +185,7 @@ class Outbox:
         self._queued += len(frame)
         self._wake.set()
 
-    def wait_flushed(self, timeout: Optional[float]) -> bool:
+    def wait_flushed(self, timeout: float | None) -> bool:
         return self._flushed.wait(timeout)
 
     def _flush_nonblocking(self) -> None:

@@ -10,7 +10,7 @@ import the session.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from ..protocol.payload import Outgoing
 from .runtime import Runtime
@@ -26,10 +26,17 @@ class _Outbox(Protocol):
 class SessionLink(Protocol):
     """What a :class:`Peer` needs of its session (:class:`syncws.server.session.Session`)."""
 
-    runtime: Runtime
-    outbox: _Outbox
-    protocol: Optional[str]
-    socket: Any
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def outbox(self) -> _Outbox: ...
+
+    @property
+    def protocol(self) -> str | None: ...
+
+    @property
+    def socket(self) -> Any: ...
 
     @property
     def closed(self) -> bool: ...
@@ -46,7 +53,7 @@ class Peer:
         request: Any,
         namespace: str,
         context: dict[str, Any],
-        remote_address: Optional[str],
+        remote_address: str | None,
     ) -> None:
         self.id: str = str(uuid.uuid4())
         self.namespace = namespace
@@ -87,7 +94,7 @@ class Peer:
         return self._session.closed
 
     # -- sending -----------------------------------------------------------
-    def send(self, data: Any, *, compress: Optional[bool] = None) -> None:
+    def send(self, data: Any, *, compress: bool | None = None) -> None:
         """Send to this peer only.  ``compress`` is accepted for API parity and ignored."""
         self._runtime.call_in_hub(self.deliver, Outgoing(data))
 
@@ -102,7 +109,7 @@ class Peer:
     def unsubscribe(self, topic: str) -> None:
         self._runtime.registry.unsubscribe(self, topic)
 
-    def publish(self, topic: str, data: Any, *, compress: Optional[bool] = None) -> None:
+    def publish(self, topic: str, data: Any, *, compress: bool | None = None) -> None:
         """Send to every *other* subscriber of ``topic`` in this namespace (and other processes)."""
         self._runtime.call_in_hub(self._runtime.deliver, topic, Outgoing(data), self.namespace, self)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import gevent
 from gevent.threadpool import ThreadPool
@@ -43,10 +43,10 @@ class Runtime:
         self.requests_in_flight = 0  # requests being answered (sessions and streams included)
         self.stopping = False  # a stop has begun: new upgrades get 503
         self.finished = False  # the stop is over
-        self.bridge: Optional[HubBridge] = None
-        self.flusher: Optional[Flusher] = None
-        self.keepalive: Optional[Keepalive] = None
-        self._hook_pool: Optional[ThreadPool] = None
+        self.bridge: HubBridge | None = None
+        self.flusher: Flusher | None = None
+        self.keepalive: Keepalive | None = None
+        self._hook_pool: ThreadPool | None = None
 
     @property
     def running(self) -> bool:
@@ -65,18 +65,16 @@ class Runtime:
         return bridge
 
     # -- pub/sub -------------------------------------------------------------------------
-    def deliver(
-        self, topic: str, outgoing: Outgoing, namespace: Optional[str], exclude: Optional[Subscriber] = None
-    ) -> None:
+    def deliver(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None) -> None:
         """A local publish (hub thread): local subscribers first, then the broker relays it."""
         fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude)
         self.broker.relay(namespace, topic, outgoing)
 
-    def deliver_relayed(self, namespace: Optional[str], topic: str, outgoing: Outgoing) -> None:
+    def deliver_relayed(self, namespace: str | None, topic: str, outgoing: Outgoing) -> None:
         """A publish from another process (any thread): local subscribers only, never relayed."""
         self.call_in_hub(self._deliver_local, topic, outgoing, namespace)
 
-    def _deliver_local(self, topic: str, outgoing: Outgoing, namespace: Optional[str]) -> None:
+    def _deliver_local(self, topic: str, outgoing: Outgoing, namespace: str | None) -> None:
         fan_out(self.registry.subscribers(topic, namespace), outgoing)
 
     # -- hooks in threads ------------------------------------------------------------------
@@ -109,5 +107,5 @@ def _run_captured(context: contextvars.Context, fn: Callable[..., Any], args: tu
     # exception, SystemExit included, reaches the hook's caller in the hub.
     try:
         return True, context.run(fn, *args)
-    except BaseException as exc:  # noqa: BLE001 - re-raised by run_in_thread
+    except BaseException as exc:
         return False, exc

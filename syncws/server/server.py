@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -45,7 +45,7 @@ from .runtime import Runtime
 log = logging.getLogger("syncws")
 
 _start_thread = get_original("_thread", "start_new_thread")
-_current: Optional[Server] = None
+_current: Server | None = None
 _current_lock = RealLock()
 
 #: ``Server(app, wrap="gevent_websocket")``-style app wrappers, by option name.
@@ -81,8 +81,8 @@ class Server:
         self.access_log = access_log
         self.runtime = Runtime(ServerOptions(**options), make_broker(broker), owner=self)
         self._wsgi: list[ResilientWSGIServer] = []
-        self._stopped: Optional[Event] = None
-        self._thread_done: Optional[Any] = None
+        self._stopped: Event | None = None
+        self._thread_done: Any | None = None
         # An already-bound, listening socket to accept on instead of binding
         # (host, port); ``python -m syncws --workers N`` shares one this way.
         self._listener = listener
@@ -134,7 +134,7 @@ class Server:
         self.runtime.call_in_hub(fn, *args)
 
     # -- pub/sub -------------------------------------------------------------
-    def publish(self, topic: str, data: Any, *, namespace: Optional[str] = None) -> None:
+    def publish(self, topic: str, data: Any, *, namespace: str | None = None) -> None:
         """Send to every subscriber of ``topic`` (in every namespace when None).
 
         Safe from any greenlet or OS thread: the message is serialised here,
@@ -166,7 +166,7 @@ class Server:
             raise
         except OSError as exc:
             raise ListenError(self.host, self.port, exc) from exc
-        self.port = self._wsgi[0].server_port
+        self.port = self._wsgi[0].server_port or self.port
         hub = gevent.get_hub()
         runtime.bridge = HubBridge(hub)
         runtime.flusher = Flusher(hub)
@@ -228,7 +228,7 @@ class Server:
         log.info("syncws: shutting down (peers have %g s to close; a second signal exits at once)", timeout)
         self._begin_stop(timeout)
 
-    def stop(self, timeout: Optional[float] = None) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Close every peer with 1001, stop accepting and end the server.
 
         Peers get ``timeout`` seconds (default: the ``shutdown_timeout``
@@ -263,7 +263,7 @@ class Server:
 
     def _drain(self, timeout: float) -> None:
         runtime = self.runtime
-        with gevent.Timeout(timeout, False):
+        with gevent.Timeout(timeout, False):  # type: ignore[arg-type]  # gevent's \"expire quietly\"
             while runtime.sessions or runtime.streams or runtime.requests_in_flight:
                 # A stream whose view was still running when the stop began.
                 for stream in list(runtime.streams):
@@ -386,6 +386,6 @@ def current_server() -> Server:
     return server
 
 
-def publish(topic: str, data: Any, *, namespace: Optional[str] = None) -> None:
+def publish(topic: str, data: Any, *, namespace: str | None = None) -> None:
     """Publish through the most recently started server of this process."""
     current_server().publish(topic, data, namespace=namespace)

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Mapping
 from time import perf_counter
-from typing import Any, Optional
+from typing import Any
 
 import gevent
 
@@ -59,9 +59,9 @@ class Session:
         request: Any,
         namespace: str,
         context: dict[str, Any],
-        protocol: Optional[str],
-        remote_address: Optional[str],
-        overrides: Optional[Mapping[str, Any]] = None,
+        protocol: str | None,
+        remote_address: str | None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         options = runtime.options
         overrides = overrides or {}
@@ -80,7 +80,7 @@ class Session:
         self.protocol = protocol
         self.hooks = hooks
         self.close_timeout = options.close_timeout
-        self._abort_timer: Optional[gevent.Greenlet] = None
+        self._abort_timer: gevent.Greenlet[..., Any] | None = None
         self._queued_pongs = 0
         self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow, runtime.flusher)
         self.peer = Peer(self, request, namespace, context, remote_address)
@@ -266,7 +266,7 @@ class Session:
         """Start the close handshake (hub thread only); a no-op once it has begun."""
         self._send_close(self.connection.close(code, reason))
 
-    def _send_close(self, frame: Optional[bytes]) -> None:
+    def _send_close(self, frame: bytes | None) -> None:
         if frame is None:
             return  # a close was already under way
         self.outbox.put_final(frame)

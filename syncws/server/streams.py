@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -21,6 +22,7 @@ from ..base.errors import ConfigurationError, SyncwsError
 from ..base.locks import RealLock
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from .http import TRANSPORT_KEY
+from .runtime import Runtime
 
 log = logging.getLogger("syncws")
 
@@ -37,7 +39,7 @@ class NoTransportError(InternalServerError, SyncwsError, RuntimeError):
 
     MESSAGE = "event streams need the syncws server; run the app with: python -m syncws module:app"
 
-    def __init__(self, environ: Optional[dict] = None) -> None:
+    def __init__(self, environ: dict[str, Any] | None = None) -> None:
         global _warned_no_transport
         super().__init__(self.MESSAGE)
         if not _warned_no_transport:
@@ -57,30 +59,31 @@ class EventStream:
 
     def __init__(
         self,
-        environ: dict,
+        environ: dict[str, Any],
         *,
-        keep_alive: Optional[float] = 15.0,
-        retry: Optional[int] = None,
-        namespace: Optional[str] = None,
+        keep_alive: float | None = 15.0,
+        retry: int | None = None,
+        namespace: str | None = None,
     ) -> None:
         transport = environ.get(TRANSPORT_KEY)
         if transport is None:
             raise NoTransportError(environ)
         if keep_alive is not None and (
-            not isinstance(keep_alive, (int, float)) or isinstance(keep_alive, bool)
+            not isinstance(keep_alive, (int, float))
+            or isinstance(keep_alive, bool)
             or not 0 < keep_alive < float("inf")  # also refuses NaN, which would wait forever
         ):
             raise ConfigurationError("keep_alive must be a positive number of seconds or None")
         if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
             raise ConfigurationError("retry must be a non-negative integer (milliseconds)")
         self.environ = environ
-        self._runtime = transport.runtime
+        self._runtime: Runtime = transport.runtime
         self._transport = transport
         transport.at_end(self._abandon)
         self.keep_alive = keep_alive
         self.retry = retry
         self.namespace: str = namespace if namespace is not None else environ.get("PATH_INFO", "/") or "/"
-        self.last_event_id: Optional[str] = environ.get("HTTP_LAST_EVENT_ID")
+        self.last_event_id: str | None = environ.get("HTTP_LAST_EVENT_ID")
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes pushed and still in the queue
         self._in_flight = 0  # bytes handed to a write that has not returned yet
@@ -103,12 +106,12 @@ class EventStream:
     def closed(self) -> bool:
         return self._closed
 
-    def push(self, message: Union[MessageLike, Iterable[MessageLike]]) -> None:
+    def push(self, message: MessageLike | Iterable[MessageLike]) -> None:
         """Queue one event, or several sent together (a list)."""
         if isinstance(message, list):
             text = "".join(format_event(item) for item in message)
         else:
-            text = format_event(message)
+            text = format_event(message)  # type: ignore[arg-type]  # not a list: one message
         self._enqueue(text.encode("utf-8"))
 
     def push_comment(self, text: str) -> None:
@@ -140,9 +143,7 @@ class EventStream:
         # The client stopped reading and the body is stuck in a write: like a
         # WebSocket peer, the stream is ended rather than buffered without
         # bound.  EventSource reconnects with Last-Event-ID.
-        log.warning(
-            "syncws: event stream %s is not reading (%d bytes unsent); ending it", self.namespace, buffered
-        )
+        log.warning("syncws: event stream %s is not reading (%d bytes unsent); ending it", self.namespace, buffered)
         self._closed = self._ending = True
         self._queue.clear()
         self._queued = 0
@@ -162,7 +163,7 @@ class EventStream:
         self._runtime.registry.unsubscribe(self, topic)
 
     @property
-    def topics(self) -> frozenset:
+    def topics(self) -> frozenset[str]:
         return self._runtime.registry.topics_of(self)
 
     # -- ending ---------------------------------------------------------------
@@ -188,11 +189,11 @@ class EventStream:
         self._wake.set()
 
     # -- WSGI -----------------------------------------------------------------
-    def send(self) -> "EventStream":
+    def send(self) -> EventStream:
         """The WSGI response; returning the stream itself is the same."""
         return self
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
         start_response("200 OK", list(HEADERS))
         self._transport.reusable = False  # the socket is watched; never reuse it
         return self._body()

@@ -9,15 +9,16 @@ with its ``WebsocketMismatch`` 400: that route simply answers the request.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
 from ..protocol.handshake import is_upgrade_request
-from .responses import call_view
 from ..server.handler import WebSocketHandler
+from .responses import call_view
 
 log = logging.getLogger("syncws")
 
@@ -29,7 +30,7 @@ class _Endpoint:
 
     def __init__(self) -> None:
         self.views: dict[str, View] = {}
-        self.websocket: Optional[WebSocketHandler] = None
+        self.websocket: WebSocketHandler | None = None
 
 
 class App:
@@ -46,9 +47,11 @@ class App:
         Without ``handler`` this is a decorator.
         """
         if handler is None:
+
             def decorator(view: View) -> View:
                 self.route(path, view, methods=methods)
                 return view
+
             return decorator
         if not callable(handler):
             raise TypeError(f"handler for {path!r} must be callable, not {type(handler).__name__}")
@@ -90,19 +93,21 @@ class App:
         return self.route(path, handler, methods=("DELETE",))
 
     # -- WSGI -------------------------------------------------------------------
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
         adapter = self.url_map.bind_to_environ(environ)
         try:
             key, values = adapter.match(websocket=False)
         except HTTPException as exc:
             return exc(environ, start_response)
-        request.view_args = values  # the upgrade hook reads them too (the same Request)
+        request.view_args = dict(values)  # type: ignore[attr-defined]  # the upgrade hook reads them too
         endpoint = self._endpoints[key]
         method = request.method
-        if endpoint.websocket is not None and method == "GET" and is_upgrade_request(environ):
-            return endpoint.websocket(environ, start_response)
+        websocket = endpoint.websocket
+        if websocket is not None and method == "GET" and is_upgrade_request(environ):
+            return websocket(environ, start_response)
         view = endpoint.views.get(method) or (endpoint.views.get("GET") if method == "HEAD" else None)
-        if view is None:  # only a WebSocket handler here: it answers 426
-            return endpoint.websocket(environ, start_response)
+        if view is None:  # only a WebSocket handler here (werkzeug matched the method): it answers 426
+            assert websocket is not None
+            return websocket(environ, start_response)
         return call_view(view, request, values, environ, start_response)

@@ -27,24 +27,25 @@ environ untouched: the mount builds no request object for it and adds nothing.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
-from .responses import call_view
 from ..server.handler import WebSocketHandler
+from .responses import call_view
 
 log = logging.getLogger("syncws")
 
-__all__ = ["mount", "Mount"]
+__all__ = ["Mount", "mount"]
 
 
 class Mount:
     """The WSGI application :func:`mount` returns."""
 
-    def __init__(self, app: Callable, routes: Mapping[str, Any]) -> None:
+    def __init__(self, app: Callable[..., Any], routes: Mapping[str, Any]) -> None:
         if not callable(app):
             raise TypeError(f"mount() needs a WSGI application, not {type(app).__name__}")
         if not isinstance(routes, Mapping):
@@ -61,11 +62,12 @@ class Mount:
         self.app = app
         self.url_map = Map(rules, strict_slashes=True)
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
             key, values = self.url_map.bind_to_environ(environ).match(websocket=False)
         except HTTPException:  # NotFound, or a slash redirect: not ours
-            return self.app(environ, start_response)
+            passed: Iterable[bytes] = self.app(environ, start_response)
+            return passed
         target = self.targets[key]
         if isinstance(target, WebSocketHandler):
             return target(environ, start_response)
@@ -75,6 +77,6 @@ class Mount:
         return f"<syncws.mount {sorted(self.targets)} in front of {self.app!r}>"
 
 
-def mount(app: Callable, routes: Mapping[str, Any]) -> Mount:
+def mount(app: Callable[..., Any], routes: Mapping[str, Any]) -> Mount:
     """Serve ``routes`` (path -> WebSocket handler or view) in front of ``app``; pass the rest through."""
     return Mount(app, routes)

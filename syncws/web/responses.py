@@ -7,7 +7,7 @@ dicts/lists, a ready Response, or a WSGI callable such as a WebSocket handler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -45,8 +45,7 @@ def to_response(rv: Any) -> Any:
         return rv
     else:
         raise TypeError(
-            f"a view returned {type(rv).__name__}; return str, bytes, dict, list, None, "
-            "a Response or a WSGI callable"
+            f"a view returned {type(rv).__name__}; return str, bytes, dict, list, None, a Response or a WSGI callable"
         )
     if status is not None:
         response.status = status
@@ -56,14 +55,18 @@ def to_response(rv: Any) -> Any:
 
 
 def call_view(
-    view: Callable[..., Any], request: Request, values: dict[str, Any], environ: dict[str, Any], start_response: Any
+    view: Callable[..., Any],
+    request: Request,
+    values: Mapping[str, Any],
+    environ: dict[str, Any],
+    start_response: Any,
 ) -> Iterable[bytes]:
     """Run a view and answer with what it returned (App routes and mount() alike).
 
     An ``HTTPException`` the view raises is its answer; any other exception
     is logged and answered 500, never a traceback to the client.
     """
-    request.view_args = values
+    request.view_args = dict(values)  # type: ignore[attr-defined]  # as Flask's request has it
     try:
         response = to_response(view(request, **values))
     except HTTPException as exc:
