@@ -11,7 +11,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from ..base.errors import HandshakeError
+from ..base.errors import ConfigurationError, HandshakeError
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUPPORTED_VERSION = "13"
@@ -82,7 +82,7 @@ def normalize_headers(headers: HeadersLike) -> list[tuple[str, str]]:
     for name, value in items:
         name, value = str(name), str(value)
         if any(c in name + value for c in "\r\n"):
-            raise ValueError(f"header {name!r} contains a line break")
+            raise ConfigurationError(f"header {name!r} contains a line break")
         result.append((name, value))
     return result
 

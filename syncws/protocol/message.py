@@ -45,7 +45,7 @@ class Message:
     def bytes(self) -> bytes:
         return self._payload
 
-    # The seeds' (JavaScript) names, as aliases.
+    # CrossWS's (JavaScript) names, as aliases.
     def uint8_array(self) -> builtins.bytes:
         return self._payload
 

@@ -1,4 +1,4 @@
-"""How Python values become WebSocket payloads (SPEC §3 "Payloads").
+"""How Python values become WebSocket payloads.
 
 Kept in one place so a peer's ``send``, a topic ``publish`` and the SSE bridge
 serialise identically, and so a publish serialises exactly once.

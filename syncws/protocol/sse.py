@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..base.errors import ConfigurationError
 from .payload import as_text
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -56,7 +57,7 @@ def to_message(item: MessageLike) -> EventStreamMessage:
     if isinstance(item, Mapping):
         unknown = set(item) - {"data", "id", "event", "retry"}
         if unknown:
-            raise ValueError(f"unknown event field(s): {', '.join(sorted(map(str, unknown)))}")
+            raise ConfigurationError(f"unknown event field(s): {', '.join(sorted(map(str, unknown)))}")
         return EventStreamMessage(**item)
     raise TypeError(f"push() takes str, dict or EventStreamMessage (or a list of them), not {type(item).__name__}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..base.errors import ConfigurationError
 from ..protocol.payload import Outgoing
 from .broker import channel_name, encode_envelope, new_origin
 from .redis_broker import require_redis
@@ -31,7 +32,7 @@ class Publisher:
         errors when Redis cannot be reached, so a job can retry or fail.
         """
         if not isinstance(topic, str) or not topic:
-            raise ValueError("a topic is a non-empty string")
+            raise ConfigurationError("a topic is a non-empty string")
         outgoing = Outgoing(data)
         channel = channel_name(self.prefix, namespace, topic)
         return int(self._client.publish(channel, encode_envelope(self.origin, namespace, topic, outgoing)))

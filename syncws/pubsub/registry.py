@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from ..base.errors import ConfigurationError
 from ..base.locks import RealLock
 
 
@@ -64,7 +65,7 @@ class Registry:
     # -- topics ------------------------------------------------------------
     def subscribe(self, sub: Subscriber, topic: str) -> None:
         if not isinstance(topic, str) or not topic:
-            raise ValueError("a topic is a non-empty string")
+            raise ConfigurationError("a topic is a non-empty string")
         with self._lock:
             key = (sub.namespace, topic)
             members = self._topics.get(key)

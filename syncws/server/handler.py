@@ -17,7 +17,7 @@ from typing import Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from ..base.errors import HandshakeError
+from ..base.errors import ConfigurationError, HandshakeError
 from ..base.options import PER_HANDLER, check_overrides, origin_allowed
 from ..protocol import handshake
 from .hooks import HOOK_NAMES, Hooks
@@ -190,7 +190,7 @@ class _Acceptance:
         if protocol is not None:
             offered = handshake.offered_protocols(environ)
             if protocol not in offered:
-                raise ValueError(f"upgrade hook chose protocol {protocol!r}, the client offered {offered}")
+                raise ConfigurationError(f"upgrade hook chose protocol {protocol!r}, the client offered {offered}")
         self.protocol = protocol
 
 

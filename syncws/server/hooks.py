@@ -1,7 +1,7 @@
 """Hook sets: normalising the three ways a user can give hooks.
 
 ``define_websocket_handler`` accepts keyword functions, a mapping, or an
-object/class with hook methods (SPEC §2).  They all become one :class:`Hooks`
+object/class with hook methods.  They all become one :class:`Hooks`
 so the rest of the server never has to care which form was used.
 """
 

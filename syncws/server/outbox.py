@@ -38,6 +38,8 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from ..base.errors import ConfigurationError
+
 log = logging.getLogger("syncws")
 
 OVERFLOW_POLICIES = ("close", "drop")
@@ -104,7 +106,7 @@ class Outbox:
         flusher: Flusher | None = None,
     ) -> None:
         if policy not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow policy must be one of {OVERFLOW_POLICIES}, not {policy!r}")
+            raise ConfigurationError(f"overflow policy must be one of {OVERFLOW_POLICIES}, not {policy!r}")
         self._sock = sock
         self.limit = limit
         self.policy = policy

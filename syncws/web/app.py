@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
+from ..base.errors import ConfigurationError
 from ..protocol.handshake import is_upgrade_request
 from ..server.handler import WebSocketHandler
 from .responses import call_view
@@ -59,14 +60,14 @@ class App:
         endpoint = self._endpoints.setdefault(path, _Endpoint())
         if isinstance(handler, WebSocketHandler):
             if methods != ["GET"]:
-                raise ValueError("a WebSocket handler can only be registered for GET")
+                raise ConfigurationError("a WebSocket handler can only be registered for GET")
             if endpoint.websocket is not None:
-                raise ValueError(f"{path!r} already has a WebSocket handler")
+                raise ConfigurationError(f"{path!r} already has a WebSocket handler")
             endpoint.websocket = handler
         else:
             for method in methods:
                 if method in endpoint.views:
-                    raise ValueError(f"{method} {path!r} is already registered")
+                    raise ConfigurationError(f"{method} {path!r} is already registered")
                 endpoint.views[method] = handler
         self._rebuild()
         return handler

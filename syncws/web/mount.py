@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
+from ..base.errors import ConfigurationError
 from ..server.handler import WebSocketHandler
 from .responses import call_view
 
@@ -54,7 +55,7 @@ class Mount:
         self.targets: dict[str, Any] = {}
         for path, target in routes.items():
             if not isinstance(path, str) or not path.startswith("/"):
-                raise ValueError(f"a mounted path must be a string starting with '/', got {path!r}")
+                raise ConfigurationError(f"a mounted path must be a string starting with '/', got {path!r}")
             if not callable(target):
                 raise TypeError(f"the target for {path!r} must be callable, not {type(target).__name__}")
             self.targets[path] = target

@@ -283,3 +283,24 @@ def test_flask_hook_error_closes_1011_and_app_keeps_serving(start_server):
 def test_flask_is_the_real_flask():
     # Guard against a stub shadowing Flask in this environment.
     assert hasattr(flask, "Flask") and Flask.__module__.startswith("flask")
+
+
+def test_importing_syncws_patches_nothing():
+    """Flask is patched when a server is built or a handler defined, never by an import."""
+    import subprocess
+    import sys
+    import textwrap
+
+    program = textwrap.dedent(
+        """
+        import flask
+        original = flask.Flask.create_url_adapter
+        import syncws
+        assert flask.Flask.create_url_adapter is original, "patched at import"
+        syncws.define_websocket_handler(message=lambda peer, message: None)
+        assert flask.Flask.create_url_adapter is not original, "not patched by a handler"
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 
-import gevent
 import pytest
 import websocket
 
@@ -34,6 +33,7 @@ from syncws.server.session import Session
 
 from ..conftest import wait_until
 from ..support import RawClient, app_with, new_key, read_head, upgrade_request
+from ..support.memory import live_greenlets
 
 pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
 
@@ -234,12 +234,6 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def live_greenlets(server) -> list:
-    """gevent greenlets of the server's hub that are not dead (started or pending)."""
-    hub = server.runtime.bridge.hub
-    return [obj for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and obj.parent is hub and not obj.dead]
 
 
 def survivors(server) -> list:

@@ -45,6 +45,7 @@ from syncws import (
 from syncws.protocol.sse import HEADERS
 
 from ..conftest import connect, wait_until
+from ..support.memory import live_greenlets
 from ..support.sse import SSEEvent, SSEParser
 
 CACHE_CONTROL = "private, no-cache, no-store, no-transform, must-revalidate, max-age=0"
@@ -211,12 +212,6 @@ def sse_stream(sse_server):
 def subscribe_from_query(stream, request):
     for topic in request.args.getlist("topic"):
         stream.subscribe(topic)
-
-
-def live_greenlets(server) -> list:
-    """gevent greenlets of the server's hub that are not dead (started or pending)."""
-    hub = server.runtime.bridge.hub
-    return [obj for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and obj.parent is hub and not obj.dead]
 
 
 # -- response head ----------------------------------------------------------------
