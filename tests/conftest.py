@@ -33,7 +33,13 @@ websocket.create_connection = _tracked_create_connection
 
 
 @pytest.fixture(autouse=True)
-def _close_websocket_clients() -> Iterator[None]:
+def _close_websocket_clients(start_server) -> Iterator[None]:
+    """Close the test's clients, before its servers stop.
+
+    Requesting ``start_server`` sets it up first, so it is torn down last:
+    a server stopped with clients still open would send each a 1001 and wait
+    for answers that a client nobody reads never gives.
+    """
     from .support.clients import OPEN_RAW_CLIENTS  # support imports this module
 
     mark, raw_mark = len(_opened), len(OPEN_RAW_CLIENTS)  # wider-scoped fixtures' stay open

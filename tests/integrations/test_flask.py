@@ -285,6 +285,7 @@ def test_flask_is_the_real_flask():
     assert hasattr(flask, "Flask") and Flask.__module__.startswith("flask")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_syncws_patches_nothing():
     """Flask is patched when a server is built or a handler defined, never by an import."""
     import subprocess

@@ -16,6 +16,9 @@ from syncws.protocol import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from ..conftest import connect, wait_until
 from ..support import RawClient
 
+# Real time: the rules themselves are unit-tested with a fake clock (tests/protocol/test_connection.py).
+pytestmark = pytest.mark.slow
+
 INTERVAL = 0.2
 TIMEOUT = 0.3
 

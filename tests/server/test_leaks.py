@@ -13,9 +13,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import websocket
 
 from ..support import SyncwsRunner
+
+pytestmark = pytest.mark.slow  # fresh interpreters in subprocesses
 
 EMBEDDED = textwrap.dedent(
     """
@@ -42,6 +45,7 @@ EMBEDDED = textwrap.dedent(
 
 ECHO_APP = """
 from syncws import App, define_websocket_handler
+
 
 app = App()
 app.get("/_ws", define_websocket_handler(message=lambda peer, message: peer.send(message)))

@@ -1049,6 +1049,7 @@ def test_subscribe_after_close_registers_nothing(sse_stream):
 # -- the example --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the example app, end to end
 def test_example_streams(start_server):
     from examples import sse as example
 

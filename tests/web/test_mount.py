@@ -80,7 +80,7 @@ def _site(url: str) -> SimpleNamespace:
     return SimpleNamespace(url=url, port=int(url.rsplit(":", 1)[1]))
 
 
-@pytest.fixture(scope="module", params=["serve", "cli"])
+@pytest.fixture(scope="module", params=["serve", pytest.param("cli", marks=pytest.mark.slow)])
 def plain(request, tmp_path_factory):
     """The plain WSGI function with the mount, in-process or under ``python -m syncws``."""
     if request.param == "serve":
@@ -282,6 +282,7 @@ def test_plain_event_stream_paths_stream(plain, path, name):
 # -- a real Django project under python -m syncws -------------------------------
 
 
+@pytest.mark.slow  # python -m syncws in a subprocess
 def test_django_pages_are_served_by_django(django_site):
     hello = requests.get(django_site.url + "/hello/?name=Ada", timeout=BOUND)
     assert hello.status_code == 200
@@ -302,6 +303,7 @@ def test_django_pages_are_served_by_django(django_site):
     assert "Not Found" in missing.text
 
 
+@pytest.mark.slow  # python -m syncws in a subprocess
 def test_django_post_bodies_pass_through_intact(django_site):
     body = json.dumps({"text": "é" * 5000, "n": list(range(1000))}).encode()
     response = requests.post(
@@ -312,6 +314,7 @@ def test_django_post_bodies_pass_through_intact(django_site):
     assert response.content == body
 
 
+@pytest.mark.slow  # python -m syncws in a subprocess
 def test_django_upgrade_requests_to_django_paths_are_not_upgraded(django_site):
     data = raw_request(django_site, upgrade_request("/api/status"))
     assert_not_upgraded(data)
@@ -322,6 +325,7 @@ def test_django_upgrade_requests_to_django_paths_are_not_upgraded(django_site):
     assert parse_response(data)[0] == 404
 
 
+@pytest.mark.slow  # python -m syncws in a subprocess
 def test_django_websocket_chat_between_two_clients(django_site):
     alice = connect(django_site, "/chat/lobby")
     bob = connect(django_site, "/chat/lobby")
@@ -345,6 +349,7 @@ def test_django_websocket_chat_between_two_clients(django_site):
     assert plain_get.status_code == 426
 
 
+@pytest.mark.slow  # python -m syncws in a subprocess
 def test_django_event_stream_and_a_django_view_publishing_into_it(django_site):
     with SseClient(django_site, "/events?who=ada") as client:
         data = client.read_until(b"event: ready\ndata: ada\n\n")
