@@ -166,12 +166,15 @@ def test_a_ping_flood_from_a_reading_client_gets_pongs_and_starves_no_one(echo_p
     with HealthyPeer(ws_of(url)) as healthy, RawClient(_Port(url), timeout=10) as raw:
 
         def read() -> None:
-            while (frame := raw.read_frame()) is not None:
-                if frame[0] == OP_PONG:
-                    pongs.append(frame[1])
-                elif frame[0] == OP_CLOSE:
-                    closed.append(frame[1])
-                    return
+            try:
+                while (frame := raw.read_frame()) is not None:
+                    if frame[0] == OP_PONG:
+                        pongs.append(frame[1])
+                    elif frame[0] == OP_CLOSE:
+                        closed.append(frame[1])
+                        return
+            except OSError:
+                return  # the test closed the socket under a slow reader (coverage runs)
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()

@@ -27,13 +27,10 @@ import pytest
 import websocket
 
 from syncws.protocol import OP_BINARY, OP_TEXT, encode_frame
-from syncws.server.outbox import Outbox
-from syncws.server.peer import Peer
-from syncws.server.session import Session
 
 from ..conftest import wait_until
 from ..support import RawClient, app_with, new_key, read_head, upgrade_request
-from ..support.memory import live_greenlets
+from ..support.memory import live_greenlets, survivors
 
 pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
 
@@ -234,20 +231,6 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def survivors(server) -> list:
-    """This server's sessions, peers and outboxes still in memory (other tests' objects do not count)."""
-    gc.collect()
-    found = []
-    for obj in gc.get_objects():
-        if isinstance(obj, Session) and obj.runtime is server.runtime:
-            found.append(obj)
-        elif isinstance(obj, Peer) and obj.server is server:
-            found.append(obj)
-        elif isinstance(obj, Outbox) and obj._flusher is server.runtime.flusher:
-            found.append(obj)
-    return found
 
 
 def drop_rst(sock: socket.socket) -> None:

@@ -1,0 +1,53 @@
+"""One exception hierarchy: everything syncws raises on purpose is a SyncwsError."""
+
+from __future__ import annotations
+
+import errno
+import inspect
+
+import syncws
+from syncws.base import errors
+from syncws.compat import WebSocketError
+from syncws.server.streams import NoTransportError
+
+
+def test_every_exception_class_of_the_module_is_a_syncws_error():
+    classes = [obj for _, obj in inspect.getmembers(errors, inspect.isclass) if issubclass(obj, BaseException)]
+    assert len(classes) >= 10
+    for cls in classes:
+        assert issubclass(cls, errors.SyncwsError), cls
+        assert getattr(syncws, cls.__name__) is cls  # importable from syncws
+    # the docstring's tree names every class
+    for cls in classes:
+        assert cls.__name__ in errors.__doc__
+
+
+def test_the_classes_that_join_from_elsewhere():
+    import geventwebsocket.exceptions
+
+    assert issubclass(WebSocketError, errors.SyncwsError)
+    assert issubclass(WebSocketError, geventwebsocket.exceptions.WebSocketError)
+    assert issubclass(NoTransportError, errors.SyncwsError) and issubclass(NoTransportError, RuntimeError)
+
+
+def test_standard_bases_keep_old_except_clauses_working():
+    assert issubclass(errors.ConfigurationError, ValueError)
+    assert issubclass(errors.ServerNotRunning, RuntimeError)
+    assert issubclass(errors.DependencyMissing, RuntimeError)
+    assert issubclass(errors.ListenError, OSError)
+
+
+def test_http_errors_carry_status_message_and_headers():
+    error = errors.HandshakeError(405, "use GET", [("Allow", "GET")])
+    assert isinstance(error, errors.HTTPError)
+    assert (error.status, error.message, error.headers, str(error)) == (405, "use GET", [("Allow", "GET")], "use GET")
+    assert errors.RequestHeadError(431, "too many").headers == []
+
+
+def test_protocol_and_listen_errors():
+    error = errors.ProtocolError(1009, "message exceeds 10 bytes")
+    assert (error.code, error.reason, str(error)) == (1009, "message exceeds 10 bytes", "message exceeds 10 bytes")
+    cause = OSError(errno.EADDRINUSE, "Address already in use")
+    listen = errors.ListenError("127.0.0.1", 3000, cause)
+    assert str(listen) == "cannot listen on 127.0.0.1:3000: Address already in use"
+    assert listen.errno == errno.EADDRINUSE
