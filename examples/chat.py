@@ -1,6 +1,6 @@
 # Run:  python examples/chat.py            (http://127.0.0.1:3000; set PORT=8000 for another port)
 #   or: python -m syncws examples.chat:app --port 3000
-"""The seeds' chat room on syncws: open http://127.0.0.1:3000 in two tabs.
+"""A chat room on syncws, in the style of CrossWS's demo: open http://127.0.0.1:3000 in two tabs.
 
 Every client subscribes to the "chat" topic.  A message is published to the
 other members and echoed back to its sender; "ping" is answered with "pong".

@@ -1,6 +1,6 @@
 # Run:  python examples/sse.py            (http://127.0.0.1:3000; set PORT=8000 for another port)
 #   or: python -m syncws examples.sse:app --port 3000
-"""The seeds' Server-Sent Events examples on syncws: open http://127.0.0.1:3000.
+"""Server-Sent Events on syncws, a clock stream and a structured stream: open http://127.0.0.1:3000.
 
 ``/sse`` is the clock stream ("Message @ <time>" every second), ``/events`` the
 structured stream (an incrementing ``id``, ``event: update``, JSON data and

@@ -31,13 +31,12 @@ from typing import Any
 from gevent.monkey import get_original
 
 from ..base.errors import DependencyMissing
-from ..base.locks import RealLock
+from ..base.threads import RealLock, start_thread
 from ..protocol.payload import Outgoing
 from .broker import Broker, Deliver, Interests, channel_name, decode_envelope, encode_envelope, new_origin
 
 log = logging.getLogger("syncws.broker")
 
-_start_thread = get_original("_thread", "start_new_thread")
 _SimpleQueue = get_original("queue", "SimpleQueue")
 
 _STOP = object()
@@ -95,7 +94,7 @@ class RedisBroker(Broker):
             done = RealLock()
             done.acquire()
             self._threads_done.append(done)
-            _start_thread(self._run_thread, (target, done))
+            start_thread(self._run_thread, target, done)
 
     def stop(self) -> None:
         if not self._running:

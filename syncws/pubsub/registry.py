@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..base.errors import ConfigurationError
-from ..base.locks import RealLock
+from ..base.threads import RealLock
 
 
 class Subscriber(Protocol):

@@ -24,12 +24,11 @@ from typing import Any
 
 import gevent
 from gevent.event import Event
-from gevent.monkey import get_original
 from gevent.pool import Pool
 
 from ..base.errors import ListenError, ServerNotRunning
-from ..base.locks import RealLock
 from ..base.options import ServerOptions
+from ..base.threads import RealLock, start_thread
 from ..protocol.payload import Outgoing
 from ..pubsub.broker import Broker
 from ..pubsub.factory import make_broker
@@ -44,7 +43,6 @@ from .runtime import Runtime
 
 log = logging.getLogger("syncws")
 
-_start_thread = get_original("_thread", "start_new_thread")
 _current: Server | None = None
 _current_lock = RealLock()
 
@@ -324,7 +322,7 @@ class Server:
                     pass
                 done.release()
 
-        _start_thread(run, ())
+        start_thread(run)
         if not ready.acquire(timeout=timeout):
             raise ServerNotRunning("syncws server did not start in time")
         if failure:

@@ -19,7 +19,7 @@ from gevent.event import Event
 from werkzeug.exceptions import InternalServerError
 
 from ..base.errors import ConfigurationError, SyncwsError
-from ..base.locks import RealLock
+from ..base.threads import RealLock
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from .http import TRANSPORT_KEY
 from .runtime import Runtime
