@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import tracemalloc
@@ -31,7 +32,11 @@ from ..support import RawClient, SyncwsRunner, app_with, http_exchange, new_key,
 
 pytestmark = pytest.mark.slow
 
-P99_BOUND = 0.2  # seconds
+# Seconds.  The bound is about starvation (before the fairness work a flood held
+# the healthy peer for 1-4 s), not speed.  Under coverage.py's tracer (the whole
+# suite in scripts/test) every line the server's hub runs costs several times
+# more, so the bound is tripled there; `pytest` alone keeps 0.2 s.
+P99_BOUND = 0.2 if sys.gettrace() is None else 0.6
 
 ECHO_APP = """
 from syncws import App, define_websocket_handler
