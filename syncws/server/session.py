@@ -131,10 +131,20 @@ class Session:
         and every pending write (pongs, close frames, the flusher) go on while
         one client floods.  A connection that blocks on its socket now and
         then never pays for this.
+
+        Memory: the loop reads the socket itself (gevent's ``recv`` tries,
+        then waits for readability without a buffer) rather than through the
+        HTTP handler's buffered reader, whose ``read1(64 KiB)`` allocates its
+        64 KiB before it waits, for as long as the peer is idle.  That reader
+        is closed once what it had buffered is taken (:meth:`_leave_http`),
+        which frees its 8 KiB buffer too.
         """
         connection = self.connection
         next_event = connection.next_event
-        read1 = self._rfile.read1
+        recv = self.socket.recv
+        left = self._leave_http()
+        if left:
+            connection.receive_data(left, time.monotonic())
         loop = gevent.get_hub().loop
         seen = loop.iteration
         since = perf_counter()
@@ -153,7 +163,7 @@ class Session:
                 if not connection.needs_data:
                     continue  # a fragment, or data after our close: count it, go on
                 try:
-                    data = read1(_READ_SIZE)
+                    data = recv(_READ_SIZE)
                 except (OSError, ValueError):
                     data = b""
                 if not data:
@@ -178,6 +188,27 @@ class Session:
                 self.outbox.wait_flushed(self.close_timeout)
                 return
             # PongReceived: receiving it already counted as an answer (last_seen)
+
+    def _leave_http(self) -> bytes:
+        """Take the bytes the HTTP reader buffered after the upgrade request, then close it.
+
+        A client may send frames right behind its upgrade request; those sit
+        in the reader's buffer.  One non-blocking read takes them (and what
+        the socket has now).  Closing the reader leaves the socket open.
+        """
+        sock, rfile = self.socket, self._rfile
+        left = b""
+        try:
+            timeout = sock.gettimeout()
+            sock.settimeout(0.0)
+            try:
+                left = rfile.read1(_READ_SIZE) or b""
+            finally:
+                sock.settimeout(timeout)
+        except (OSError, ValueError):
+            pass  # the client is already gone: the first recv says so
+        rfile.close()
+        return left
 
     def _on_eof(self) -> None:
         """The stream ended (EOF or reset) without a close frame.
