@@ -399,8 +399,10 @@ def test_socket_broken_mid_write_affects_only_that_peer(world, caplog, how):
     peer = events.peers[pid]
     slow.send_frame(OP_TEXT, b"flood:64:131072")  # 8 MiB the client never reads
     assert wait_until(lambda: peer.buffered_amount > 4 * 1024 * 1024), peer.buffered_amount
-    writer = peer.websocket.outbox._writer
-    assert not writer.dead  # blocked in sendall on the full socket
+    outbox = peer.websocket.outbox
+    # The writer greenlet starts once the socket stops taking whole writes.
+    assert wait_until(lambda: outbox._writer is not None and not outbox._writer.dead)
+    writer = outbox._writer  # blocked in sendall on the full socket
     snapshot = list(chatters.counts)
     if how == "rst":
         drop_rst(slow.sock)
