@@ -404,3 +404,38 @@ def test_a_client_that_leaves_mid_head_is_forgotten(start_server):
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(partial)
     assert_still_serving(server)
+
+
+# -- header lines ----------------------------------------------------------------------
+
+
+def _echo_headers_app() -> App:
+    app = App()
+    app.get("/h", lambda request: {"x": request.headers.get("X-Folded"), "a": request.headers.get("X-A")})
+    return app
+
+
+def test_header_values_are_parsed_as_before_and_folded_lines_join_with_a_space(start_server):
+    server = start_server(_echo_headers_app())
+    head = (
+        "GET /h HTTP/1.1\r\nHost: x\r\nX-A:   padded value  \r\n"
+        "X-Folded: first\r\n   second\r\n\tthird\r\nConnection: close\r\n\r\n"
+    )
+    status, _, body = parse_response(raw_request(server, head.encode("latin-1")))
+    assert status == 200
+    # Before, the folded value kept its CRLFs ("first\r\n   second..."), a header-injection risk.
+    assert body == b'{"x":"first second third","a":"padded value"}'
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "Host: x\r\nno colon here\r\n",  # a line without a colon
+        "Host: x\r\n: no name\r\n",  # an empty name
+        " folded: before any header\r\nHost: x\r\n",  # a continuation line first
+    ],
+)
+def test_malformed_header_lines_get_400(start_server, lines):
+    server = start_server(_echo_headers_app())
+    data = raw_request(server, f"GET /h HTTP/1.1\r\n{lines}Connection: close\r\n\r\n".encode("latin-1"))
+    assert status_of(data) == 400
