@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -47,6 +47,24 @@ _FAIR_BUDGET = 16  # units of work (a frame, a read, 4 KiB read) between fairnes
 _FAIR_SLICE = 0.002  # seconds one connection may hold the hub before it yields
 _YIELD = 0.0001  # a timer, not sleep(0): gevent runs callbacks 50 at a time before it checks the clock
 _MAX_QUEUED_PONGS = 16  # then only the most recent ping is answered (RFC 6455 §5.5.3)
+
+
+def _readable_waiter(sock: Any) -> Callable[[], None] | None:
+    """A call that waits until ``sock`` is readable, without reading; None where it would be wrong.
+
+    It uses gevent's own wait primitive (what its ``recv`` calls after a
+    failed try).  A TLS socket gets None: it may hold decrypted bytes that
+    its file descriptor does not show as readable.
+    """
+    wait = getattr(sock, "_wait", None)
+    event = getattr(sock, "_read_event", None)
+    if wait is None or event is None or hasattr(sock, "pending"):
+        return None
+
+    def wait_readable() -> None:
+        wait(event)
+
+    return wait_readable
 
 
 class Session:
@@ -138,10 +156,18 @@ class Session:
         64 KiB before it waits, for as long as the peer is idle.  That reader
         is closed once what it had buffered is taken (:meth:`_leave_http`),
         which frees its 8 KiB buffer too.
+
+        Syscalls: gevent's ``recv`` tries first and waits only when the try
+        fails, so a peer that sends one message at a time costs two ``recv``
+        calls per message, one of them failing.  After a read that drained the
+        socket, the loop waits for readability first (:func:`_readable_waiter`)
+        and then reads once.
         """
         connection = self.connection
         next_event = connection.next_event
         recv = self.socket.recv
+        wait_readable = _readable_waiter(self.socket)
+        drained = False
         left = self._leave_http()
         if left:
             connection.receive_data(left, time.monotonic())
@@ -163,12 +189,15 @@ class Session:
                 if not connection.needs_data:
                     continue  # a fragment, or data after our close: count it, go on
                 try:
+                    if drained and wait_readable is not None:
+                        wait_readable()
                     data = recv(_READ_SIZE)
                 except (OSError, ValueError):
                     data = b""
                 if not data:
                     self._on_eof()
                     return
+                drained = len(data) < _READ_SIZE
                 connection.receive_data(data, time.monotonic())
                 budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
                 continue
