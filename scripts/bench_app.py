@@ -3,6 +3,7 @@
 Routes:
 
 * ``/echo``: every message is sent back to its sender.
+* ``/sse?n=N``: an event stream that pushes N events as fast as it can, then ends.
 * ``/fanout?role=sub``: subscribes to the ``bench`` topic;
   ``/fanout?role=pub``: every message it sends is published to ``bench``.
   Both get ``"ready"`` once their ``open`` hook has run, so the bench knows
@@ -11,7 +12,9 @@ Routes:
 
 import resource
 
-from syncws import App, define_websocket_handler
+import gevent
+
+from syncws import App, create_event_stream, define_websocket_handler
 
 TOPIC = "bench"
 
@@ -36,9 +39,25 @@ def fanout_message(peer, message):
     peer.publish(TOPIC, message)
 
 
+def sse(request):
+    count = int(request.args.get("n", "1000"))
+    stream = create_event_stream(request, keep_alive=None)
+
+    def pump() -> None:
+        for i in range(count):
+            stream.push(f"event {i}")
+            if i % 100 == 99:
+                gevent.sleep(0)  # let the response greenlet write, as a real producer would
+        stream.close()
+
+    gevent.spawn(pump)
+    return stream
+
+
 raise_open_file_limit()
 
 app = App()
 app.get("/", lambda request: "syncws bench app: WebSockets at /echo and /fanout")
 app.get("/echo", define_websocket_handler(message=echo))
+app.get("/sse", sse)
 app.get("/fanout", define_websocket_handler(open=fanout_open, message=fanout_message))
