@@ -131,8 +131,7 @@ class Option:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
         elif kind is Kind.SECONDS:
-            # ``0 < value < inf`` also refuses NaN, which would never expire.
-            if _is_number(value) and 0 < value < math.inf:
+            if is_seconds(value):
                 return value
         elif kind is Kind.CHOICE:
             if value in self.choices:
@@ -157,8 +156,9 @@ class Option:
 _INVALID: Any = object()
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_seconds(value: Any) -> bool:
+    """A positive, finite number of seconds (``0 < value < inf`` also refuses NaN, which never expires)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _parse_size(option: Option, text: str) -> Any:

@@ -126,13 +126,13 @@ class WebSocketHandler:
         if runtime.stopping:  # the stop began while the upgrade hook ran
             return _shutting_down(transport)
         try:
-            transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
+            received = transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
         except OSError:
             return None  # the client left during the handshake; nothing more to say
         session = Session(
             runtime,
             transport.socket,
-            transport.rfile,
+            received,
             self.hooks,
             request,
             accepted.namespace,

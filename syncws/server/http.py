@@ -46,6 +46,7 @@ log = logging.getLogger("syncws")
 TRANSPORT_KEY = "syncws.transport"
 
 _FOLD_WHITESPACE = " \t\r\n"
+_AFTER_HEAD = 64 * 1024  # what Transport.accept takes from the HTTP reader at most
 LINGER_TIME = 1.0  # seconds to read and discard a rejected client's leftover bytes
 LINGER_BYTES = 256 * 1024  # ... and at most this many
 
@@ -103,10 +104,32 @@ class Transport:
             pass
         self.socket.close()
 
-    def accept(self, head: bytes) -> None:
-        """Write the ``101`` head; from now on the socket belongs to the session."""
+    def accept(self, head: bytes) -> bytes:
+        """Write the ``101`` head and hand the socket over; return the bytes already received.
+
+        From now on the socket belongs to the session, which reads it with
+        ``recv``.  A client may send frames right behind its upgrade request:
+        those may sit in the HTTP reader's buffer, so one non-blocking read
+        takes them (and whatever the socket has now).  The reader is then
+        closed, which frees its 8 KiB buffer and leaves the socket open: an
+        idle peer keeps no read buffer at all (a buffered ``read1(64 KiB)``
+        allocates its 64 KiB before it waits, for as long as the peer is idle).
+        """
         self.upgraded = True
-        self.socket.sendall(head)
+        sock = self.socket
+        sock.sendall(head)
+        received = b""
+        try:
+            timeout = sock.gettimeout()
+            sock.settimeout(0.0)
+            try:
+                received = self.rfile.read1(_AFTER_HEAD) or b""
+            finally:
+                sock.settimeout(timeout)
+        except (OSError, ValueError):
+            pass  # the client is already gone: the session's first recv says so
+        self.rfile.close()
+        return received
 
 
 class ConnectionHandler(WSGIHandler):

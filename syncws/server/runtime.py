@@ -48,10 +48,6 @@ class Runtime:
         self.keepalive: Keepalive | None = None
         self._hook_pool: ThreadPool | None = None
 
-    @property
-    def running(self) -> bool:
-        return self.bridge is not None
-
     def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in the server's hub (any thread); a no-op once it has stopped."""
         bridge = self.bridge
@@ -67,15 +63,17 @@ class Runtime:
     # -- pub/sub -------------------------------------------------------------------------
     def deliver(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None) -> None:
         """A local publish (hub thread): local subscribers first, then the broker relays it."""
-        fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude)
+        self._deliver_local(topic, outgoing, namespace, exclude)
         self.broker.relay(namespace, topic, outgoing)
 
     def deliver_relayed(self, namespace: str | None, topic: str, outgoing: Outgoing) -> None:
         """A publish from another process (any thread): local subscribers only, never relayed."""
         self.call_in_hub(self._deliver_local, topic, outgoing, namespace)
 
-    def _deliver_local(self, topic: str, outgoing: Outgoing, namespace: str | None) -> None:
-        fan_out(self.registry.subscribers(topic, namespace), outgoing)
+    def _deliver_local(
+        self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None
+    ) -> None:
+        fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude)
 
     # -- hooks in threads ------------------------------------------------------------------
     def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:

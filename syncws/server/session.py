@@ -72,7 +72,7 @@ class Session:
         self,
         runtime: Runtime,
         sock: socket.socket,
-        rfile: Any,
+        received: bytes,
         hooks: Hooks,
         request: Any,
         namespace: str,
@@ -92,7 +92,7 @@ class Session:
         #: Run hooks in the server's thread pool (a blocking hook then blocks
         #: only this peer); the read loop waits for each, so order is kept.
         self.hooks_in_threads = bool(overrides.get("hooks_in_threads", options.hooks_in_threads))
-        self._rfile = rfile
+        self._received = received  # bytes that came with the upgrade request, after its head
         self.runtime = runtime
         self.socket = sock
         self.protocol = protocol
@@ -151,11 +151,9 @@ class Session:
         then never pays for this.
 
         Memory: the loop reads the socket itself (gevent's ``recv`` tries,
-        then waits for readability without a buffer) rather than through the
-        HTTP handler's buffered reader, whose ``read1(64 KiB)`` allocates its
-        64 KiB before it waits, for as long as the peer is idle.  That reader
-        is closed once what it had buffered is taken (:meth:`_leave_http`),
-        which frees its 8 KiB buffer too.
+        then waits for readability without a buffer); the HTTP handler's
+        buffered reader was closed by :meth:`Transport.accept
+        <syncws.server.http.Transport.accept>`, which handed over what it had.
 
         Syscalls: gevent's ``recv`` tries first and waits only when the try
         fails, so a peer that sends one message at a time costs two ``recv``
@@ -168,9 +166,9 @@ class Session:
         recv = self.socket.recv
         wait_readable = _readable_waiter(self.socket)
         drained = False
-        left = self._leave_http()
-        if left:
-            connection.receive_data(left, time.monotonic())
+        received, self._received = self._received, b""
+        if received:
+            connection.receive_data(received, time.monotonic())
         loop = gevent.get_hub().loop
         seen = loop.iteration
         since = perf_counter()
@@ -217,27 +215,6 @@ class Session:
                 self.outbox.wait_flushed(self.close_timeout)
                 return
             # PongReceived: receiving it already counted as an answer (last_seen)
-
-    def _leave_http(self) -> bytes:
-        """Take the bytes the HTTP reader buffered after the upgrade request, then close it.
-
-        A client may send frames right behind its upgrade request; those sit
-        in the reader's buffer.  One non-blocking read takes them (and what
-        the socket has now).  Closing the reader leaves the socket open.
-        """
-        sock, rfile = self.socket, self._rfile
-        left = b""
-        try:
-            timeout = sock.gettimeout()
-            sock.settimeout(0.0)
-            try:
-                left = rfile.read1(_READ_SIZE) or b""
-            finally:
-                sock.settimeout(timeout)
-        except (OSError, ValueError):
-            pass  # the client is already gone: the first recv says so
-        rfile.close()
-        return left
 
     def _on_eof(self) -> None:
         """The stream ended (EOF or reset) without a close frame.
@@ -345,10 +322,7 @@ class Session:
             pass
 
     def _close_socket(self) -> None:
-        try:
-            self.socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.abort()
         try:
             self.socket.close()
         except OSError:

@@ -19,6 +19,7 @@ from gevent.event import Event
 from werkzeug.exceptions import InternalServerError
 
 from ..base.errors import ConfigurationError, SyncwsError
+from ..base.options import is_seconds
 from ..base.threads import RealLock
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from .http import TRANSPORT_KEY
@@ -68,11 +69,7 @@ class EventStream:
         transport = environ.get(TRANSPORT_KEY)
         if transport is None:
             raise NoTransportError(environ)
-        if keep_alive is not None and (
-            not isinstance(keep_alive, (int, float))
-            or isinstance(keep_alive, bool)
-            or not 0 < keep_alive < float("inf")  # also refuses NaN, which would wait forever
-        ):
+        if keep_alive is not None and not is_seconds(keep_alive):
             raise ConfigurationError("keep_alive must be a positive number of seconds or None")
         if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
             raise ConfigurationError("retry must be a non-negative integer (milliseconds)")
@@ -87,7 +84,7 @@ class EventStream:
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes pushed and still in the queue
         self._in_flight = 0  # bytes handed to a write that has not returned yet
-        self.limit = transport.runtime.options.max_buffer_size
+        self.limit = self._runtime.options.max_buffer_size
         self._started = False
         self._wake = Event()
         self._closed = False  # set by close(): later pushes are refused at once
