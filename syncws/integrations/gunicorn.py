@@ -154,7 +154,7 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
                 log.info("syncws: worker %d shutting down", self.pid)
             server.stop()  # 1001 to every peer, end every stream, drain (shutdown_timeout)
             deadline = server.options.shutdown_timeout + FINISH_MARGIN
-            with gevent.Timeout(deadline, False):  # type: ignore[arg-type]  # gevent's \"expire quietly\"
+            with gevent.Timeout(deadline, False):  # False: expire quietly
                 while not server.finished:
                     self.notify()
                     gevent.sleep(min(tick, 0.1))

@@ -132,7 +132,9 @@ class Transport:
         return received
 
 
-class ConnectionHandler(WSGIHandler):
+class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+    status: Any  # gevent's: the status line, str or bytes depending on where it was set
+
     @property
     def runtime(self) -> Runtime:
         """The state of the syncws server this connection belongs to."""
@@ -152,7 +154,7 @@ class ConnectionHandler(WSGIHandler):
         if self.status and not self.headers_sent:
             self.write(b"")
         if self.response_use_chunked:
-            self._sendall(b"0\r\n\r\n")  # type: ignore[attr-defined]  # gevent's, not in its stubs
+            self._sendall(b"0\r\n\r\n")  # gevent's
 
     def handle(self) -> None:
         try:
@@ -293,7 +295,7 @@ class ConnectionHandler(WSGIHandler):
             if len(pairs) > max_count:
                 raise RequestHeadError(431, f"More than {max_count} request headers")
         message = OldMessage()
-        message._headers = pairs  # type: ignore[attr-defined]  # email.message.Message's own storage
+        message._headers = pairs  # email.message.Message's own storage
         return message
 
     def _head_timed_out(self, timeout: float | None) -> Any:
@@ -309,7 +311,7 @@ class ConnectionHandler(WSGIHandler):
         text = error.message
         log.info("syncws: %s from %s: %s", status.split()[0], self._client_ip(), text)
         response = _short_response(status, text)
-        self.status = status.encode("latin-1")  # type: ignore[assignment]  # gevent keeps it as bytes
+        self.status = status.encode("latin-1")  # gevent keeps it as bytes
         self._orig_status = status
         self.response_length = len(response)
         self.close_connection = True
@@ -333,7 +335,7 @@ class ConnectionHandler(WSGIHandler):
         except OSError:
             return
         received = 0
-        with gevent.Timeout(LINGER_TIME, False):  # type: ignore[arg-type]  # gevent's "expire quietly"
+        with gevent.Timeout(LINGER_TIME, False):  # False: expire quietly
             try:
                 while received < LINGER_BYTES:
                     chunk = sock.recv(65536)
@@ -354,7 +356,7 @@ class ConnectionHandler(WSGIHandler):
         return super().start_response(status, headers, exc_info)
 
     def get_environ(self) -> dict[str, Any]:
-        environ = super().get_environ()
+        environ: dict[str, Any] = super().get_environ()
         client: Any = self.client_address  # (host, port), or a path for a unix socket
         address = client[0] if isinstance(client, tuple) else client
         environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.runtime, address or None)

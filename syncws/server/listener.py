@@ -78,7 +78,7 @@ def bind_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket
     return sock
 
 
-class ResilientWSGIServer(WSGIServer):
+class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
     """gevent's ``WSGIServer``; a failing ``accept`` and a failing ``bind`` are handled differently."""
 
     #: The state of the syncws server this listener serves (set by ``Server.add_listener``).
@@ -143,5 +143,5 @@ class ResilientWSGIServer(WSGIServer):
             )
         self.stop_accepting()
         self._timer = self.loop.timer(RETRY_DELAY)
-        # gevent's own "resume accepting" callback (not in its type stubs).
-        self._timer.start(self._start_accepting_if_started)  # type: ignore[attr-defined, call-arg]
+        # gevent's own "resume accepting" callback.
+        self._timer.start(self._start_accepting_if_started)

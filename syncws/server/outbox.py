@@ -208,7 +208,7 @@ class Outbox:
             return True
         if self._flushed is None:
             self._flushed = Event()
-        return self._flushed.wait(timeout)
+        return bool(self._flushed.wait(timeout))
 
     def _flush_nonblocking(self) -> None:
         """Write what the socket takes now; hand any rest to the writer."""

@@ -261,7 +261,7 @@ class Server:
 
     def _drain(self, timeout: float) -> None:
         runtime = self.runtime
-        with gevent.Timeout(timeout, False):  # type: ignore[arg-type]  # gevent's \"expire quietly\"
+        with gevent.Timeout(timeout, False):  # False: expire quietly
             while runtime.sessions or runtime.streams or runtime.requests_in_flight:
                 # A stream whose view was still running when the stop began.
                 for stream in list(runtime.streams):
