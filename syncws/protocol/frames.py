@@ -13,6 +13,7 @@ import codecs
 import enum
 import functools
 import struct
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..base.errors import ProtocolError
@@ -48,6 +49,7 @@ __all__ = [
     "is_valid_close_code",
     "max_frames",
     "unmask",
+    "unmask_python",
 ]
 
 
@@ -115,6 +117,7 @@ class Frame(NamedTuple):
     payload: bytes
 
 
+_SMALL_PIECE = 4096  # message pieces below this size are copied together (FrameParser._keep)
 _BLOCK = 64 * 1024  # unmask in blocks this size: cache-friendly, one key for all blocks
 
 
@@ -129,14 +132,15 @@ def _xor(payload: Any, mask: bytes, n: int) -> bytes:
     return value.to_bytes(n, "little")
 
 
-def unmask(payload: Any, mask: bytes) -> bytes:
+def unmask_python(payload: Any, mask: bytes) -> bytes:
     """XOR a payload (any bytes-like object) with the 4-byte mask, at C speed.
 
     gevent-websocket unmasks byte by byte in Python.  Here the payload becomes
     one big integer XORed with the repeated mask: every step (``from_bytes``,
     ``^``, ``to_bytes``) runs in C.  Large payloads go in 64 KiB blocks that
     share one cached key, about twice as fast as one huge integer (16 MiB:
-    ~650 MiB/s against ~280 MiB/s on the reference machine).
+    ~650 MiB/s against ~280 MiB/s on the reference machine).  This is
+    :func:`unmask` when no C implementation is installed.
     """
     n = len(payload)
     if n == 0:
@@ -152,6 +156,27 @@ def unmask(payload: Any, mask: bytes) -> bytes:
     if full < n:
         parts.append(_xor(view[full:], mask, n - full))
     return b"".join(parts)
+
+
+def load_c_unmask() -> Callable[[Any, bytes], bytes] | None:
+    """websockets' C ``apply_mask``, when that library is installed; else None.
+
+    Pure Python tops out at a few hundred MiB/s (see :func:`unmask_python`),
+    which makes unmasking most of the CPU of a large message.  The websockets
+    package ships the same XOR as a small C function (about 1 GiB/s here; it
+    takes any bytes-like object and a 4-byte mask, returns bytes), so syncws
+    uses it when present (``pip install 'syncws[speedups]'``) instead of
+    carrying a compiled extension of its own.
+    """
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:
+        return None
+    return apply_mask
+
+
+#: XOR a payload with a 4-byte mask: the C version when installed, else :func:`unmask_python`.
+unmask: Callable[[Any, bytes], bytes] = load_c_unmask() or unmask_python
 
 
 def encode_header(fin: bool, opcode: int, length: int, mask: bytes | None = None) -> bytes:
@@ -268,7 +293,8 @@ class FrameParser:
         self._offset = 0  # payload bytes of this frame already consumed (mask phase)
         # the data message being assembled
         self._message_opcode: int | None = None
-        self._message = bytearray()
+        # Unmasked pieces, joined once when the message is whole (see _keep).
+        self._message: list[bytes | bytearray] = []
         self._size = 0  # payload bytes announced so far
         self._frames = 0
         self._utf8: Any = None
@@ -410,6 +436,23 @@ class FrameParser:
         self._remaining -= n
         return result
 
+    def _keep(self, data: bytes) -> None:
+        """Hold one unmasked piece of the message being assembled.
+
+        Large pieces are kept as they are and joined once at the end: copying
+        them into one growing buffer and out again would move every byte of a
+        16 MiB message twice more.  Small pieces go into a bytearray, so a
+        message of many one-byte fragments costs about its size, not an
+        object per fragment.
+        """
+        parts = self._message
+        if len(data) >= _SMALL_PIECE:
+            parts.append(data)
+        elif parts and isinstance(parts[-1], bytearray):
+            parts[-1] += data
+        else:
+            parts.append(bytearray(data))
+
     def _control_frame(self) -> Frame:
         payload = self._take(self._remaining)
         self._state = _HEADER
@@ -429,11 +472,11 @@ class FrameParser:
             except UnicodeDecodeError:
                 raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
         if not done:
-            self._message += data
+            self._keep(data)
             return None
         self._state = _HEADER
         if not self._fin:
-            self._message += data
+            self._keep(data)
             self._frame_done = True
             return None
         opcode = self._message_opcode
@@ -441,9 +484,9 @@ class FrameParser:
         if single:
             payload = data
         else:
-            self._message += data
-            payload = bytes(self._message)
-        self._message = bytearray()
+            self._keep(data)
+            payload = b"".join(self._message)
+        self._message = []
         self._message_opcode = None
         self._utf8 = None
         self._size = self._frames = 0

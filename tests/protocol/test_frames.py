@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 
 import pytest
 
@@ -22,9 +23,11 @@ from syncws.protocol import (
     decode_close_payload,
     encode_close_payload,
     encode_frame,
+    frames,
     is_valid_close_code,
     max_frames,
     unmask,
+    unmask_python,
 )
 
 from ..support import MASK, BlockingReader, ConnectionClosed, client_frame, read_messages
@@ -71,14 +74,32 @@ def test_unmask_rfc_example():
     assert unmask(frame[6:], frame[2:6]) == b"Hello"
 
 
+@pytest.mark.parametrize("unmask", [unmask, unmask_python], ids=["installed", "python"])
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 125, 126, 1000, 65537])
-def test_unmask_matches_bytewise_xor_and_is_an_involution(n):
+def test_unmask_matches_bytewise_xor_and_is_an_involution(n, unmask):
     payload = bytes((i * 31 + 7) % 256 for i in range(n))
     mask = b"\x01\x80\xff\x5a"
     expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     assert unmask(payload, mask) == expected
     assert unmask(unmask(payload, mask), mask) == payload
     assert len(unmask(payload, mask)) == n
+
+
+@pytest.mark.parametrize("n", [0, 3, 4097, 65536, 65536 * 3 + 5])
+def test_python_and_c_unmask_agree(n):
+    payload = bytes((i * 131 + 17) % 256 for i in range(n))
+    mask = b"\x9c\x01\xe4\x7f"
+    assert unmask_python(payload, mask) == unmask(payload, mask)
+    assert unmask_python(memoryview(payload)[1:], mask) == unmask(memoryview(payload)[1:], mask)
+
+
+def test_c_unmask_is_websockets_when_installed(monkeypatch):
+    from websockets.speedups import apply_mask
+
+    assert frames.load_c_unmask() is apply_mask
+    assert unmask is apply_mask  # the test extras install websockets: the C path is the one tested
+    monkeypatch.setitem(sys.modules, "websockets.speedups", None)  # as if websockets were absent
+    assert frames.load_c_unmask() is None
 
 
 def test_unmask_keeps_leading_zero_bytes():
@@ -423,6 +444,22 @@ def test_a_message_of_one_byte_fragments_costs_about_its_size():
     parser.feed(client_frame(OP_CONTINUATION, b"c"))
     frame = parser.next_frame()
     assert frame.payload == b"a" + b"b" * (size - 2) + b"c"
+
+
+def test_a_message_of_large_and_small_pieces_is_reassembled_in_order():
+    # Large pieces are kept by reference, small ones copied together (FrameParser._keep).
+    pieces = [b"L" * 5000, b"s", b"t", b"M" * 70_000, b"u", b"N" * 4096]
+    stream = client_frame(OP_BINARY, pieces[0], fin=False)
+    stream += b"".join(client_frame(OP_CONTINUATION, p, fin=False) for p in pieces[1:-1])
+    stream += client_frame(OP_CONTINUATION, pieces[-1])
+    parser = FrameParser(None)
+    frames = []
+    for i in range(0, len(stream), 1000):  # as a socket might deliver it
+        parser.feed(stream[i : i + 1000])
+        while (frame := parser.next_frame()) is not None or not parser.needs_data:
+            if frame is not None:
+                frames.append(frame)
+    assert frames == [Frame(True, OP_BINARY, b"".join(pieces))]
 
 
 def test_consumed_input_is_dropped_as_parsing_goes_on():
