@@ -86,7 +86,7 @@ class Flusher:
                 log.exception("syncws: error while flushing a peer's buffer")
 
 
-def _take(outbox: Outbox, limit: int = _BATCH) -> bytes:
+def _take(outbox: Outbox, limit: int = _BATCH) -> bytes | memoryview:
     outbox._urgent = None  # from here on it is being written: no longer replaceable
     outbox._partial = False
     queue = outbox._queue
@@ -115,7 +115,7 @@ class Outbox:
         self.policy = policy
         self._on_overflow = on_overflow
         self._flusher = flusher
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
         self._in_flight = 0
         self._dirty = False
@@ -224,7 +224,7 @@ class Outbox:
                 return
             self._queued -= sent
             if sent < len(data):
-                queue.appendleft(data[sent:])
+                queue.appendleft(memoryview(data)[sent:])  # the rest, without copying it
                 self._partial = True
                 self._wake_writer()
                 return
