@@ -63,6 +63,8 @@ def to_message(item: MessageLike) -> EventStreamMessage:
 
 
 def format_event(item: MessageLike) -> str:
+    if type(item) is str and "\n" not in item and "\r" not in item:
+        return f"data: {item}\n\n"  # the common case, without building a message (5x faster)
     message = to_message(item)
     out = []
     if message.id is not None:

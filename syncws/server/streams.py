@@ -117,19 +117,28 @@ class EventStream:
     def _enqueue(self, chunk: bytes) -> None:
         # Through the hub like every other delivery, so a push and a publish
         # made one after the other from any thread arrive in that order.
-        if not self._closed:
-            self._runtime.call_in_hub(self._append, chunk)
+        if self._closed:
+            return
+        bridge = self._runtime.bridge
+        if bridge is None:
+            return  # the server stopped
+        if bridge.in_hub_thread():
+            self._append(chunk)  # the common case (a greenlet pushing), without the hop
+        else:
+            bridge.call(self._append, chunk)
 
     def _append(self, chunk: bytes) -> None:
         if self._ending:
             return  # pushes after close are ignored, as documented
-        buffered = self.buffered
+        buffered = self._queued + self._in_flight
         if self.limit is not None and buffered and buffered + len(chunk) > self.limit:
             self._overflow(buffered)
             return
         self._queue.append(chunk)
         self._queued += len(chunk)
-        self._wake.set()
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
 
     @property
     def buffered(self) -> int:
