@@ -3,7 +3,12 @@
 Routes:
 
 * ``/echo``: every message is sent back to its sender.
-* ``/sse?n=N``: an event stream that pushes N events as fast as it can, then ends.
+* ``/sse?n=N``: an event stream that pushes N events as fast as it can, then
+  ends; ``/sse?n=N&rate=R`` pushes them at R events/s (each carries its
+  ``time.time()``, for latency).
+* ``/sse_topic``: an event stream subscribed to the ``feed`` topic;
+  ``/sse_publish?n=N&streams=S`` waits until S such streams are open, then
+  publishes N events to ``feed`` as fast as it can (each stream gets all N).
 * ``/fanout?role=sub``: subscribes to the ``bench`` topic;
   ``/fanout?role=pub``: every message it sends is published to ``bench``.
   Both get ``"ready"`` once their ``open`` hook has run, so the bench knows
@@ -11,12 +16,16 @@ Routes:
 """
 
 import resource
+import time
 
 import gevent
 
-from syncws import App, create_event_stream, define_websocket_handler
+from syncws import App, create_event_stream, define_websocket_handler, publish
 
 TOPIC = "bench"
+FEED = "feed"
+PACE_STEP = 0.01  # a paced producer pushes what is due every 10 ms
+feed_streams = [0]  # /sse_topic streams open now
 
 
 def raise_open_file_limit() -> None:
@@ -41,23 +50,57 @@ def fanout_message(peer, message):
 
 def sse(request):
     count = int(request.args.get("n", "1000"))
+    rate = float(request.args.get("rate", "0"))
     stream = create_event_stream(request, keep_alive=None)
 
-    def pump() -> None:
+    def flat_out() -> None:
         for i in range(count):
             stream.push(f"event {i}")
             if i % 100 == 99:
                 gevent.sleep(0)  # let the response greenlet write, as a real producer would
         stream.close()
 
-    gevent.spawn(pump)
+    def paced() -> None:
+        started, sent = time.monotonic(), 0
+        while sent < count:
+            due = min(count, int((time.monotonic() - started) * rate) + 1)
+            for i in range(sent, due):
+                stream.push(f"event {i} {time.time():.6f}")
+            sent = due
+            gevent.sleep(PACE_STEP)
+        stream.close()
+
+    gevent.spawn(paced if rate else flat_out)
     return stream
+
+
+def sse_topic(request):
+    stream = create_event_stream(request, keep_alive=None)
+    stream.subscribe(FEED)
+    feed_streams[0] += 1
+    stream.on_closed(lambda: feed_streams.__setitem__(0, feed_streams[0] - 1))
+    return stream
+
+
+def sse_publish(request):
+    count = int(request.args.get("n", "1000"))
+    streams = int(request.args.get("streams", "1"))
+    deadline = time.monotonic() + 10
+    while feed_streams[0] < streams and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    for i in range(count):
+        publish(FEED, f"event {i}")
+        if i % 100 == 99:
+            gevent.sleep(0)
+    return f"published {count} to {feed_streams[0]} streams"
 
 
 raise_open_file_limit()
 
 app = App()
 app.get("/", lambda request: "syncws bench app: WebSockets at /echo and /fanout")
-app.get("/echo", define_websocket_handler(message=echo))
+app.get("/echo", define_websocket_handler(message=echo, max_message_size=32 * 1024 * 1024))
 app.get("/sse", sse)
+app.get("/sse_topic", sse_topic)
+app.get("/sse_publish", sse_publish)
 app.get("/fanout", define_websocket_handler(open=fanout_open, message=fanout_message))
