@@ -297,7 +297,8 @@ class FrameParser:
         self._message: list[bytes | bytearray] = []
         self._size = 0  # payload bytes announced so far
         self._frames = 0
-        self._utf8: Any = None
+        self._text = False  # the message being assembled is text: validate its UTF-8
+        self._utf8: Any = None  # the incremental decoder, once a piece was not ASCII
         self._starved = True  # next_frame() found too few bytes to go on
         self._frame_done = False  # ... or it finished a frame that ends no message
 
@@ -418,7 +419,8 @@ class FrameParser:
         self._size, self._frames = size, frames
         if opcode != OP_CONTINUATION:
             self._message_opcode = opcode
-            self._utf8 = _Utf8Decoder() if opcode == OP_TEXT else None
+            self._text = opcode == OP_TEXT
+            self._utf8 = None
 
     # -- payloads --------------------------------------------------------------
     def _take(self, n: int) -> bytes:
@@ -435,6 +437,24 @@ class FrameParser:
         self._offset += n
         self._remaining -= n
         return result
+
+    def _check_utf8(self, data: bytes, final: bool) -> None:
+        """Validate one piece of a text message as it arrives (so a bad one fails at once).
+
+        Most text is ASCII, and an ASCII piece is whole characters: checked by
+        ``isascii`` in C, with no decoder at all.  The incremental decoder is
+        made for the first piece that is not ASCII and then sees every later
+        piece, since a character may be split between pieces.
+        """
+        decoder = self._utf8
+        if decoder is None:
+            if data.isascii():
+                return
+            decoder = self._utf8 = _Utf8Decoder()
+        try:
+            decoder.decode(data, final)
+        except UnicodeDecodeError:
+            raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
 
     def _keep(self, data: bytes) -> None:
         """Hold one unmasked piece of the message being assembled.
@@ -466,11 +486,8 @@ class FrameParser:
         single = self._fin and self._offset == 0 and n == self._remaining and not self._message
         data = self._take(n)
         done = self._remaining == 0
-        if self._utf8 is not None:
-            try:
-                self._utf8.decode(data, self._fin and done)
-            except UnicodeDecodeError:
-                raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+        if self._text:
+            self._check_utf8(data, self._fin and done)
         if not done:
             self._keep(data)
             return None

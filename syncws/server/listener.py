@@ -83,6 +83,8 @@ class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untype
 
     #: The state of the syncws server this listener serves (set by ``Server.add_listener``).
     syncws_runtime: Runtime
+    #: False when the access log is off: requests are then not even formatted.
+    access_log = True
 
     @classmethod
     def get_listener(cls, address: Any, backlog: int | None = None, family: int | None = None) -> Any:

@@ -195,6 +195,7 @@ class Server:
             spawn=Pool(),
         )
         wsgi.syncws_runtime = self.runtime
+        wsgi.access_log = self.access_log
         wsgi.start()
         self._wsgi.append(wsgi)
 

@@ -117,15 +117,8 @@ class EventStream:
     def _enqueue(self, chunk: bytes) -> None:
         # Through the hub like every other delivery, so a push and a publish
         # made one after the other from any thread arrive in that order.
-        if self._closed:
-            return
-        bridge = self._runtime.bridge
-        if bridge is None:
-            return  # the server stopped
-        if bridge.in_hub_thread():
-            self._append(chunk)  # the common case (a greenlet pushing), without the hop
-        else:
-            bridge.call(self._append, chunk)
+        if not self._closed:
+            self._runtime.call_in_hub(self._append, chunk)
 
     def _append(self, chunk: bytes) -> None:
         if self._ending:

@@ -17,7 +17,7 @@ import requests
 from syncws import App, define_websocket_handler
 from syncws.protocol import OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_TEXT
 
-from ..conftest import connect, raw_request
+from ..conftest import connect, raw_request, wait_until
 from ..support import KEY, RawClient, parse_response, status_of, upgrade_request
 
 SHORT_BODY = 512  # bytes: "a short body", never an error page or a traceback
@@ -439,3 +439,26 @@ def test_malformed_header_lines_get_400(start_server, lines):
     server = start_server(_echo_headers_app())
     data = raw_request(server, f"GET /h HTTP/1.1\r\n{lines}Connection: close\r\n\r\n".encode("latin-1"))
     assert status_of(data) == 400
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_the_access_line_is_formatted_only_when_the_access_log_is_on(start_server, monkeypatch, access_log):
+    from syncws.server.http import ConnectionHandler
+
+    formatted: list = []
+    original = ConnectionHandler.format_request
+
+    def counting(self):
+        formatted.append(self.path)
+        return original(self)
+
+    monkeypatch.setattr(ConnectionHandler, "format_request", counting)
+    app = App()
+    app.get("/", lambda request: "hi")
+    server = start_server(app, access_log=access_log)
+    assert requests.get(server.url + "/", timeout=5).text == "hi"
+    if access_log:
+        assert wait_until(lambda: formatted == ["/"])  # formatted after the response went out
+    else:
+        time.sleep(0.2)
+        assert formatted == []

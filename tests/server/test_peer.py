@@ -62,6 +62,30 @@ def test_peer_identity_and_request(start_server):
     client.close()
 
 
+def test_peer_id_is_made_once_even_when_threads_ask_first_together(start_server):
+    # The id is made on first use; OS threads racing for it must all get the same one.
+    peers: queue.Queue = queue.Queue()
+    server = start_server(app_with(open=peers.put))
+    client = connect(server, "/_ws")
+    peer = peers.get(timeout=5)
+    assert peer._id is None  # nobody asked yet: no uuid made
+    barrier = threading.Barrier(8)
+    ids: list = []
+
+    def read() -> None:
+        barrier.wait()
+        ids.append(peer.id)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(ids) == 8 and len(set(ids)) == 1
+    assert peer.id == ids[0] == str(peer)
+    client.close()
+
+
 def test_peer_ids_are_unique(start_server):
     ids: list = []
     server = start_server(app_with(open=lambda peer: ids.append(peer.id)))
