@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -65,14 +66,34 @@ def _short_response(status: str, text: str) -> bytes:
 class Transport:
     """What a WebSocket handler needs from the server to take a connection over."""
 
-    __slots__ = ("_at_end", "aborted", "remote_address", "reusable", "rfile", "runtime", "socket", "upgraded")
+    __slots__ = (
+        "_at_end",
+        "_listener",
+        "aborted",
+        "handed_over",
+        "remote_address",
+        "reusable",
+        "rfile",
+        "runtime",
+        "socket",
+        "upgraded",
+    )
 
-    def __init__(self, sock: socket.socket, rfile: Any, runtime: Runtime, remote_address: str | None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        rfile: Any,
+        runtime: Runtime,
+        remote_address: str | None,
+        listener: ResilientWSGIServer | None = None,
+    ) -> None:
         self.socket = sock
         self.rfile = rfile
         self.runtime = runtime
         self.remote_address = remote_address
+        self._listener = listener
         self.upgraded = False
+        self.handed_over = False  # hand_over() was called: the HTTP handler must let go of the socket
         self.reusable = True  # False: close the connection after this response
         self.aborted = False  # abort() was called: errors on this socket are expected
         self._at_end: list[Any] = []
@@ -129,11 +150,53 @@ class Transport:
         except (OSError, ValueError):
             pass  # the client is already gone: the session's first recv says so
         self.rfile.close()
+        self.rfile = None
         return received
+
+    def hand_over(self, run: Callable[[], Any]) -> bool:
+        """Serve the rest of the connection with ``run`` in a greenlet of its own.
+
+        The HTTP handler's greenlet then ends, and with it everything the
+        request left on its stack: the handler object, its parsed head, the
+        routing state and a deep saved C stack.  For an idle WebSocket that is
+        about a quarter of what it costs (docs/performance.md).  The new
+        greenlet joins the listener's pool, so a stop still ends it; ``run``
+        must close the socket when it is done.  Returns False (and does
+        nothing) when there is no listener to hand over to.
+        """
+        listener = self._listener
+        if listener is None:
+            return False
+        self.handed_over = True
+        listener.handed_over.add(self.socket)
+        listener.pool.start(_ConnectionGreenlet(_serve_handed_over, run, self.socket))
+        return True
+
+
+class _ConnectionGreenlet(gevent.Greenlet):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+    """A connection's greenlet after the hand-over.
+
+    gevent records the spawner's stack (ten frames) in every greenlet for
+    debugging; for a greenlet that lives as long as its connection that is
+    about a kilobyte each, for a stack nobody looks at.
+    """
+
+    spawning_stack_limit = 0
+
+
+def _serve_handed_over(run: Callable[[], Any], sock: Any) -> None:
+    try:
+        run()
+    except Exception:
+        # What gevent's handler did when the session ran in its greenlet:
+        # log, and close the socket that ``run`` did not get to close.
+        log.exception("syncws: error in a WebSocket session")
+        sock.close()
 
 
 class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
     status: Any  # gevent's: the status line, str or bytes depending on where it was set
+    socket: Any  # gevent's; None once the connection is handed over (Transport.hand_over)
 
     @property
     def runtime(self) -> Runtime:
@@ -207,6 +270,11 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
             self.handle_one_response()
         finally:
             runtime.requests_in_flight -= 1
+        if self.environ[TRANSPORT_KEY].handed_over:
+            # Another greenlet serves the socket now: gevent must neither read
+            # from it nor close it when this handler ends (see the listener's do_close).
+            self.socket = None
+            return None
         if self.close_connection or self.rfile.closed:
             return None
         return True  # keep-alive: read the next request
@@ -366,7 +434,7 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
         environ: dict[str, Any] = super().get_environ()
         client: Any = self.client_address  # (host, port), or a path for a unix socket
         address = client[0] if isinstance(client, tuple) else client
-        environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.runtime, address or None)
+        environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.runtime, address or None, self.server)
         return environ
 
     def run_application(self) -> None:

@@ -86,6 +86,18 @@ class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untype
     #: False when the access log is off: requests are then not even formatted.
     access_log = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Sockets a Transport handed to a greenlet of their own: not closed
+        #: when their HTTP handler's greenlet ends (that greenlet closes them).
+        self.handed_over: set[Any] = set()
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        if sock in self.handed_over:
+            self.handed_over.discard(sock)
+            return
+        super().do_close(sock, *args)
+
     @classmethod
     def get_listener(cls, address: Any, backlog: int | None = None, family: int | None = None) -> Any:
         """gevent's listener, closed again when it cannot bind (port in use, say).

@@ -99,6 +99,9 @@ def _take(outbox: Outbox, limit: int = _BATCH) -> bytes | memoryview:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_NO_QUEUE: deque[bytes | memoryview] = deque()  # shared by outboxes without a frame yet; always empty
+
+
 class Outbox:
     def __init__(
         self,
@@ -115,7 +118,7 @@ class Outbox:
         self.policy = policy
         self._on_overflow = on_overflow
         self._flusher = flusher
-        self._queue: deque[bytes | memoryview] = deque()
+        self._queue: deque[bytes | memoryview] = _NO_QUEUE  # a deque of its own on first put (_open_queue)
         self._queued = 0
         self._in_flight = 0
         self._dirty = False
@@ -128,6 +131,18 @@ class Outbox:
         self._partial = False  # the queue starts with the rest of a partly written chunk
         self.dropped = 0
         self.failed = False
+
+    def _open_queue(self) -> deque[bytes | memoryview]:
+        """The queue to add to, made now if this is the first frame.
+
+        An empty deque allocates a 64-slot block at once (about 0.7 KiB), and
+        most peers of a large server are idle most of the time: until their
+        first frame they share one empty deque that nothing is ever added to.
+        """
+        queue = self._queue
+        if queue is _NO_QUEUE:
+            queue = self._queue = deque()
+        return queue
 
     @property
     def buffered(self) -> int:
@@ -150,7 +165,7 @@ class Outbox:
             if self._on_overflow is not None:
                 self._on_overflow()
             return False
-        self._queue.append(frame)
+        self._open_queue().append(frame)
         self._queued += size
         self._schedule()
         return True
@@ -171,7 +186,7 @@ class Outbox:
             self._queued -= len(self._urgent)
             del self._queue[at]
         self._urgent = frame
-        self._queue.insert(at, frame)
+        self._open_queue().insert(at, frame)
         self._queued += len(frame)
         self._schedule()
 
@@ -198,7 +213,7 @@ class Outbox:
         if self._final or self.failed:
             return
         self._final = True
-        self._queue.append(frame)
+        self._open_queue().append(frame)
         self._queued += len(frame)
         self._wake_writer()
 

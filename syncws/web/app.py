@@ -106,7 +106,7 @@ class App:
         method = request.method
         websocket = endpoint.websocket
         if websocket is not None and method == "GET" and is_upgrade_request(environ):
-            return websocket(environ, start_response)
+            return websocket.detached(environ, start_response)  # nothing of ours around it to keep
         view = endpoint.views.get(method) or (endpoint.views.get("GET") if method == "HEAD" else None)
         if view is None:  # only a WebSocket handler here (werkzeug matched the method): it answers 426
             assert websocket is not None

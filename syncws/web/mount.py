@@ -71,7 +71,7 @@ class Mount:
             return passed
         target = self.targets[key]
         if isinstance(target, WebSocketHandler):
-            return target(environ, start_response)
+            return target.detached(environ, start_response)  # straight from the server: nothing to keep
         return call_view(target, Request(environ), values, environ, start_response)
 
     def __repr__(self) -> str:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
 import websocket
 
-from syncws import App, define_websocket_handler
+from syncws import App, define_websocket_handler, mount
 
-from ..conftest import ws_url
-from ..support import http_exchange, parse_response, upgrade_request
+from ..conftest import wait_until, ws_url
+from ..support import app_with, http_exchange, parse_response, upgrade_request
 
 GOOD = "https://good.example"
 EVIL = "https://evil.example"
@@ -156,3 +157,64 @@ def test_the_origin_check_does_not_touch_plain_http(start_server):
 def test_bad_allowed_origins_are_refused(bad):
     with pytest.raises(ValueError):
         define_websocket_handler(allowed_origins=bad)
+
+
+# -- where the session runs ----------------------------------------------------------
+
+
+def _live_http_handlers() -> int:
+    from syncws.server.http import ConnectionHandler
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, ConnectionHandler))
+
+
+def _echo_handler():
+    return define_websocket_handler(message=lambda peer, message: peer.send(message.text()))
+
+
+@pytest.mark.parametrize(
+    ("how", "handed_over"),
+    [("app", True), ("mount", True), ("plain wsgi", False)],
+)
+def test_app_and_mount_hand_the_session_over_a_plain_wsgi_caller_keeps_it(start_server, how, handed_over):
+    # syncws's App and mount() let the HTTP handler's greenlet end at the
+    # upgrade (cheaper idle connections); a caller of our own may have set up
+    # something around the call (Flask's request context), so it keeps the session.
+    handler = _echo_handler()
+    if how == "app":
+        app = App()
+        app.get("/_ws", handler)
+    elif how == "mount":
+        app = mount(lambda environ, start_response: [], {"/_ws": handler})
+    else:
+
+        def app(environ, start_response):
+            return handler(environ, start_response)
+
+    server = start_server(app)
+    before = _live_http_handlers()
+    clients = [websocket.create_connection(ws_url(server), timeout=5) for _ in range(5)]
+    for i, client in enumerate(clients):
+        client.send(f"hi {i}")
+        assert client.recv() == f"hi {i}"
+    assert len(server.sessions) == 5
+    assert _live_http_handlers() - before == (0 if handed_over else 5)
+    for client in clients:
+        client.close()
+
+
+def test_a_session_that_fails_after_the_hand_over_is_logged_and_its_socket_closed(start_server, monkeypatch, caplog):
+    from syncws.server.session import Session
+
+    def broken_run(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Session, "run", broken_run)
+    server = start_server(app_with(message=lambda peer, message: None))
+    client = websocket.create_connection(ws_url(server), timeout=5)
+    with caplog.at_level(logging.ERROR, logger="syncws"):
+        with pytest.raises(websocket.WebSocketConnectionClosedException):
+            client.recv()  # the server closed the connection
+    assert wait_until(lambda: "error in a WebSocket session" in caplog.text)
+    client.close()
