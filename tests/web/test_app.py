@@ -441,3 +441,22 @@ def test_nothing_after_close_frame_through_wsgi_middleware(start_server):
         rest = raw.read_to_eof()
     assert parse_frames(rest) == [(0x1, b"hi"), (0x8, b"\x03\xe8")]
     assert b"middleware trailer" not in rest
+
+
+def test_static_and_dynamic_websocket_routes_give_the_upgrade_hook_the_same_request(start_server):
+    # Static WebSocket paths skip werkzeug's routing; what the hooks see must not change.
+    seen: list = []
+
+    def upgrade(request):
+        seen.append((request.path, request.view_args))
+
+    app = App()
+    app.get("/live", define_websocket_handler(upgrade=upgrade))
+    app.get("/rooms/<room>", define_websocket_handler(upgrade=upgrade))
+    server = start_server(app)
+    connect(server, "/live?x=1").close()
+    connect(server, "/rooms/lobby").close()
+    assert wait_until(lambda: len(seen) == 2)
+    assert seen == [("/live", {}), ("/rooms/lobby", {"room": "lobby"})]
+    # A near miss still goes through werkzeug, which answers it (404), as before.
+    assert status_of(raw_request(server, b"GET /live/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 404
