@@ -60,6 +60,7 @@ class Kind(enum.Enum):
     FLAG = "flag"  # a flag without a value (true when given)
     TEXT = "text"  # any non-empty string
     PORT = "port"  # 0 to 65535
+    WINDOW_BITS = "window bits"  # a deflate window: 9 to 15 (512 B to 32 KiB)
 
 
 class Scope(enum.Enum):
@@ -149,6 +150,9 @@ class Option:
         elif kind is Kind.PORT:
             if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
                 return value
+        elif kind is Kind.WINDOW_BITS:
+            if isinstance(value, int) and not isinstance(value, bool) and 9 <= value <= 15:
+                return value
         none = " or None" if self.nullable else ""
         raise ConfigurationError(f"{self.name} must be {self.expected}{none}, not {value!r}")
 
@@ -215,6 +219,11 @@ def _parse_port(option: Option, text: str) -> Any:
     return value if 0 <= value <= 65535 else _INVALID
 
 
+def _parse_window_bits(option: Option, text: str) -> Any:
+    value = int(text)
+    return value if 9 <= value <= 15 else _INVALID
+
+
 _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
     Kind.SIZE: _parse_size,
     Kind.COUNT: _parse_count,
@@ -226,6 +235,7 @@ _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
     Kind.FLAG: _parse_bool,
     Kind.TEXT: _parse_text,
     Kind.PORT: _parse_port,
+    Kind.WINDOW_BITS: _parse_window_bits,
 }
 
 _EXPECTED = {
@@ -239,6 +249,7 @@ _EXPECTED = {
     Kind.FLAG: "one of " + "/".join(_TRUE_WORDS + _FALSE_WORDS),
     Kind.TEXT: "a non-empty string",
     Kind.PORT: "a port number from 0 to 65535",
+    Kind.WINDOW_BITS: "an integer from 9 to 15",
 }
 
 _METAVARS = {Kind.SIZE: "BYTES", Kind.COUNT: "N", Kind.SECONDS: "SECONDS", Kind.ORIGINS: "ORIGINS", Kind.THREADS: "N"}
@@ -315,6 +326,34 @@ OPTIONS: tuple[Option, ...] = (
         choices=OVERFLOW_POLICIES,
         metavar="POLICY",
         help="a full outbound buffer: 'close' the peer with 1008 (an event stream ends), or 'drop' the new message",
+    ),
+    Option(
+        "compression",
+        Kind.CHOICE,
+        None,
+        choices=("deflate",),
+        nullable=True,
+        per_handler=True,
+        metavar="deflate",
+        shown_default="None",
+        help="'deflate': accept permessage-deflate (RFC 7692) when the client offers it; costs memory per "
+        "connection that sends compressed messages (docs/compression.md)",
+    ),
+    Option(
+        "compression_threshold",
+        Kind.SIZE,
+        128,
+        shown_default="128 bytes",
+        help="on a compressing connection, messages smaller than this go uncompressed unless sent with compress=True",
+    ),
+    Option(
+        "compression_window_bits",
+        Kind.WINDOW_BITS,
+        12,
+        metavar="BITS",
+        shown_default="12 (4 KiB)",
+        help="the largest deflate window the server compresses with and asks clients to use when they let it "
+        "choose; smaller saves memory, larger compresses better",
     ),
     Option(
         "close_timeout",
@@ -497,6 +536,9 @@ class ServerOptions:
     max_message_size: int | None = MiB
     max_buffer_size: int | None = MiB
     overflow: str = "close"
+    compression: str | None = None
+    compression_threshold: int = 128
+    compression_window_bits: int = 12
     close_timeout: float = 5.0
     max_request_line: int = 8192
     max_header_size: int = 16 * 1024

@@ -51,6 +51,7 @@ from .frames import (
     OP_PING,
     OP_PONG,
     FrameParser,
+    Inflater,
     decode_close_payload,
     encode_close_payload,
     encode_frame,
@@ -129,8 +130,9 @@ class Connection:
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         now: float = 0.0,
+        inflater: Inflater | None = None,
     ) -> None:
-        self.parser = FrameParser(max_message_size)
+        self.parser = FrameParser(max_message_size, inflater)
         self.state = State.OPEN
         self.close_code: int | None = None
         self.close_reason: str | None = None

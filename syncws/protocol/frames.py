@@ -14,9 +14,16 @@ import enum
 import functools
 import struct
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ..base.errors import ProtocolError
+
+
+class Inflater(Protocol):
+    """What the parser needs of permessage-deflate (:class:`syncws.protocol.deflate.Inflater`)."""
+
+    def inflate(self, data: bytes, final: bool, limit: int | None) -> bytes: ...
+
 
 __all__ = [
     "BYTES_PER_FRAGMENT",
@@ -179,9 +186,14 @@ def load_c_unmask() -> Callable[[Any, bytes], bytes] | None:
 unmask: Callable[[Any, bytes], bytes] = load_c_unmask() or unmask_python
 
 
-def encode_header(fin: bool, opcode: int, length: int, mask: bytes | None = None) -> bytes:
-    """A frame header: 2, 4 or 10 bytes, plus the 4-byte mask when one is given."""
+def encode_header(fin: bool, opcode: int, length: int, mask: bytes | None = None, rsv1: bool = False) -> bytes:
+    """A frame header: 2, 4 or 10 bytes, plus the 4-byte mask when one is given.
+
+    ``rsv1`` marks the first frame of a compressed message (permessage-deflate).
+    """
     first = opcode | 0x80 if fin else opcode
+    if rsv1:
+        first |= 0x40
     masked = 0x80 if mask else 0
     if length < 126:
         header = struct.pack("!BB", first, masked | length)
@@ -192,9 +204,11 @@ def encode_header(fin: bool, opcode: int, length: int, mask: bytes | None = None
     return header + mask if mask else header
 
 
-def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
+def encode_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None, rsv1: bool = False
+) -> bytes:
     """Return one complete frame.  Servers send unmasked; clients pass a mask."""
-    header = encode_header(fin, opcode, len(payload), mask)
+    header = encode_header(fin, opcode, len(payload), mask, rsv1)
     if mask is None:
         return header + payload
     return header + unmask(payload, mask)
@@ -270,9 +284,12 @@ class FrameParser:
     * payloads are unmasked and (for text) UTF-8 validated piece by piece as
       they arrive, so invalid text fails with 1007 before the rest of its
       frame arrives;
-    * a fragmented message is assembled in one ``bytearray``: it costs about
-      its size whatever the fragment sizes, and the limit also bounds its
-      number of frames (:data:`BYTES_PER_FRAGMENT`);
+    * a fragmented message is assembled from its pieces, joined once: it
+      costs about its size whatever the fragment sizes, and the limit also
+      bounds its number of frames (:data:`BYTES_PER_FRAGMENT`);
+    * with permessage-deflate (an ``inflater``), a message whose first frame
+      has RSV1 set is inflated piece by piece as it arrives, and the limit
+      applies to the inflated size (:mod:`syncws.protocol.deflate`);
     * consumed input is dropped as parsing goes on, so the buffer holds at
       most one network read plus an unfinished header.
 
@@ -280,8 +297,10 @@ class FrameParser:
     a fragmented message, so the caller can answer a ping at once.
     """
 
-    def __init__(self, max_message_size: int | None) -> None:
+    def __init__(self, max_message_size: int | None, inflater: Inflater | None = None) -> None:
         self.max_message_size = max_message_size
+        self.inflater = inflater  # permessage-deflate was agreed: RSV1 marks a compressed message
+        self._compressed = False  # the message being assembled is compressed
         self._buf = bytearray()
         self._pos = 0
         self._state = _HEADER
@@ -380,7 +399,7 @@ class FrameParser:
             if length > 125:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame longer than 125 bytes")
         else:
-            self._check_sequence(opcode, length)
+            self._check_sequence(opcode, length, bool(first & 0x40))
         self._mask = bytes(buf[pos + size : pos + size + 4])
         self._pos = pos + size + 4
         self._fin = fin
@@ -389,18 +408,22 @@ class FrameParser:
         self._offset = 0
         return True
 
-    @staticmethod
-    def _check_first_byte(first: int, second: int) -> int:
-        if first & 0x70:
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+    def _check_first_byte(self, first: int, second: int) -> int:
         opcode = first & 0x0F
+        reserved = first & 0x70
+        if reserved:
+            if reserved != 0x40 or self.inflater is None:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+            if opcode == OP_CONTINUATION or opcode >= OP_CLOSE:
+                # RFC 7692 §6.1: only a message's first frame says it is compressed.
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "RSV1 set on a continuation or control frame")
         if opcode not in _KNOWN_OPCODES:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if not second & 0x80:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
         return opcode
 
-    def _check_sequence(self, opcode: int, length: int) -> None:
+    def _check_sequence(self, opcode: int, length: int, compressed: bool) -> None:
         """Message-level checks of a data frame's header, before its payload."""
         if opcode == OP_CONTINUATION:
             if self._message_opcode is None:
@@ -419,6 +442,7 @@ class FrameParser:
         self._size, self._frames = size, frames
         if opcode != OP_CONTINUATION:
             self._message_opcode = opcode
+            self._compressed = compressed
             self._text = opcode == OP_TEXT
             self._utf8 = None
 
@@ -486,6 +510,9 @@ class FrameParser:
         single = self._fin and self._offset == 0 and n == self._remaining and not self._message
         data = self._take(n)
         done = self._remaining == 0
+        if self._compressed:
+            assert self.inflater is not None  # RSV1 is refused without one
+            data = self.inflater.inflate(data, self._fin and done, self.max_message_size)
         if self._text:
             self._check_utf8(data, self._fin and done)
         if not done:

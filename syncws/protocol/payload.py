@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .deflate import Agreement, compress
 from .frames import OP_BINARY, OP_TEXT, encode_frame
 
 
@@ -43,18 +44,22 @@ class Outgoing:
     recipient, so 1,000 subscribers cost one serialisation and one frame.
     """
 
-    __slots__ = ("_frame", "_memo", "opcode", "payload")
+    __slots__ = ("_frame", "_memo", "compress", "opcode", "payload")
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any, compress: bool | None = None) -> None:
         self.opcode, self.payload = encode(data)
+        #: For peers that agreed to permessage-deflate: True always compress,
+        #: False never, None when the payload reaches the compression threshold.
+        self.compress = compress
         self._frame: bytes | None = None
         self._memo: dict[str, Any] | None = None
 
     @classmethod
-    def from_payload(cls, opcode: int, payload: bytes) -> Outgoing:
+    def from_payload(cls, opcode: int, payload: bytes, compress: bool | None = None) -> Outgoing:
         """An already-serialised payload (a message relayed from another process)."""
         self = cls.__new__(cls)
         self.opcode, self.payload = opcode, payload
+        self.compress = compress
         self._frame = None
         self._memo = None
         return self
@@ -69,6 +74,21 @@ class Outgoing:
             self._frame = encode_frame(self.opcode, self.payload)
         return self._frame
 
+    def frame_for(self, agreement: Agreement, threshold: int) -> bytes:
+        """The frame for a peer that agreed to permessage-deflate.
+
+        Compressed at most once per window size, however many recipients
+        share it (the server keeps no compression context, see
+        :mod:`syncws.protocol.deflate`); the plain frame when compression is
+        off for this message, the payload is under ``threshold``, or
+        compressing did not make it smaller.
+        """
+        wanted = self.compress
+        if wanted is False or (wanted is None and len(self.payload) < threshold):
+            return self.frame
+        frame: bytes = self.memo(agreement.compress_key, lambda o: _deflated_frame(o, agreement))
+        return frame
+
     @property
     def text(self) -> str:
         """The payload as text: decoded UTF-8, or base64 for a binary payload."""
@@ -81,6 +101,13 @@ class Outgoing:
         if key not in self._memo:
             self._memo[key] = build(self)
         return self._memo[key]
+
+
+def _deflated_frame(outgoing: Outgoing, agreement: Agreement) -> bytes:
+    compressed = compress(outgoing.payload, agreement.server_max_window_bits)
+    if len(compressed) >= len(outgoing.payload):
+        return outgoing.frame  # incompressible: send it as it is
+    return encode_frame(outgoing.opcode, compressed, rsv1=True)
 
 
 def _as_text(opcode: int, payload: bytes) -> str:

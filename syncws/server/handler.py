@@ -20,7 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..base.errors import ConfigurationError, HandshakeError
 from ..base.options import PER_HANDLER, check_overrides, origin_allowed
-from ..protocol import handshake
+from ..protocol import deflate, handshake
 from .hooks import HOOK_NAMES, Hooks
 from .http import TRANSPORT_KEY, Transport
 from .session import Session
@@ -111,6 +111,7 @@ class WebSocketHandler:
             return self._no_transport(environ)
         try:
             key = handshake.validate(environ)
+            agreement = self._negotiate_compression(environ, transport.runtime.options)
         except HandshakeError as exc:
             # Close after the answer: a refused upgrade may carry a body we never read.
             transport.reusable = False
@@ -147,7 +148,10 @@ class WebSocketHandler:
         if runtime.stopping:  # the stop began while the upgrade hook ran
             return _shutting_down(transport)
         try:
-            received = transport.accept(handshake.response_101(key, accepted.protocol, accepted.headers))
+            headers = accepted.headers
+            if agreement is not None:
+                headers = [*headers, ("Sec-WebSocket-Extensions", agreement.header)]
+            received = transport.accept(handshake.response_101(key, accepted.protocol, headers))
         except OSError:
             return None  # the client left during the handshake; nothing more to say
         # peer.request keeps the environ for the whole connection.  An upgrade
@@ -165,8 +169,18 @@ class WebSocketHandler:
             accepted.protocol,
             transport.remote_address,
             self.overrides,
+            agreement,
         )
         return session
+
+    def _negotiate_compression(self, environ: dict[str, Any], options: Any) -> deflate.Agreement | None:
+        """permessage-deflate, when this handler or the server enables it and the client offers it."""
+        if self.overrides.get("compression", options.compression) != "deflate":
+            return None
+        offered = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
+        if not offered:
+            return None
+        return deflate.negotiate(deflate.parse_extensions([offered]), options.compression_window_bits)
 
     def _no_transport(self, environ: dict[str, Any]) -> Response:
         global _warned_no_transport

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-HOOK_NAMES = ("upgrade", "open", "message", "close", "error")
+HOOK_NAMES = ("upgrade", "open", "message", "close", "error", "drain", "ping", "pong")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class Hooks:
     message: Callable[..., Any] | None
     close: Callable[..., Any] | None
     error: Callable[..., Any] | None
+    drain: Callable[..., Any] | None
+    ping: Callable[..., Any] | None
+    pong: Callable[..., Any] | None
 
     def __init__(self, source: Any = None, **kwargs: Callable[..., Any]) -> None:
         found: dict[str, Callable[..., Any]] = {}

@@ -110,6 +110,7 @@ class Outbox:
         policy: str = "close",
         on_overflow: Callable[[], None] | None = None,
         flusher: Flusher | None = None,
+        on_drain: Callable[[], None] | None = None,
     ) -> None:
         if policy not in OVERFLOW_POLICIES:
             raise ConfigurationError(f"overflow policy must be one of {OVERFLOW_POLICIES}, not {policy!r}")
@@ -129,6 +130,9 @@ class Outbox:
         self._final = False  # a last frame (close) is queued: accept nothing more
         self._urgent: bytes | None = None  # one control frame that jumps the queue
         self._partial = False  # the queue starts with the rest of a partly written chunk
+        self._on_drain = on_drain
+        self._pushed_back = False  # a write was short since the buffer was last empty
+        self._drain_waiters: list[tuple[int, Callable[[], None]]] | None = None
         self.dropped = 0
         self.failed = False
 
@@ -241,8 +245,11 @@ class Outbox:
             if sent < len(data):
                 queue.appendleft(memoryview(data)[sent:])  # the rest, without copying it
                 self._partial = True
+                self._pushed_back = True
                 self._wake_writer()
                 return
+            if self._drain_waiters or self._pushed_back:
+                self._progress()
 
     def _run(self) -> None:
         queue = self._queue
@@ -261,6 +268,8 @@ class Outbox:
                 self._in_flight = len(data)
                 self._sock.sendall(data)
                 self._in_flight = 0
+                if self._drain_waiters or self._pushed_back:
+                    self._progress()
         except (OSError, ValueError):
             # The peer is gone (reset, closed socket); the reader notices too.
             self._fail()
@@ -271,12 +280,49 @@ class Outbox:
         self._done = True
         if self._flushed is not None:
             self._flushed.set()
+        self._release_waiters()
+
+    # -- drain -------------------------------------------------------------
+    def add_drain_waiter(self, threshold: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once ``buffered <= threshold`` (at once if it is) or the outbox ends (hub thread)."""
+        if self.buffered <= threshold or self._done or self.failed:
+            callback()
+            return
+        if self._drain_waiters is None:
+            self._drain_waiters = []
+        self._drain_waiters.append((threshold, callback))
+
+    def remove_drain_waiter(self, callback: Callable[[], None]) -> None:
+        waiters = self._drain_waiters
+        if waiters:
+            waiters[:] = [w for w in waiters if w[1] is not callback]
+
+    def _progress(self) -> None:
+        """Bytes left the buffer: wake the waiters whose threshold is met; end a push-back."""
+        buffered = self._queued + self._in_flight
+        waiters = self._drain_waiters
+        if waiters:
+            ready = [w for w in waiters if buffered <= w[0]]
+            if ready:
+                waiters[:] = [w for w in waiters if buffered > w[0]]
+                for _threshold, callback in ready:
+                    callback()
+        if buffered == 0 and self._pushed_back:
+            self._pushed_back = False
+            if self._on_drain is not None and not self._final:
+                self._on_drain()
+
+    def _release_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for _threshold, callback in waiters or ():
+            callback()
 
     def _fail(self) -> None:
         self.failed = True
         self._urgent = None
         self._queue.clear()
         self._queued = self._in_flight = 0
+        self._release_waiters()  # a closed peer counts as drained
         if self._wake is not None:
             self._wake.set()  # the writer ends, and says it is done
         else:

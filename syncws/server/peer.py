@@ -10,9 +10,15 @@ import the session.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from gevent.event import Event
+
+from ..base.errors import ConfigurationError
 from ..base.threads import RealLock
+from ..protocol.deflate import Agreement
+from ..protocol.frames import OP_PING, encode_frame
 from ..protocol.payload import Outgoing
 from .runtime import Runtime
 
@@ -22,6 +28,10 @@ class _Outbox(Protocol):
     def buffered(self) -> int: ...
 
     def put(self, frame: bytes) -> bool: ...
+
+    def add_drain_waiter(self, threshold: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_drain_waiter(self, callback: Callable[[], None]) -> None: ...
 
 
 class SessionLink(Protocol):
@@ -34,13 +44,25 @@ class SessionLink(Protocol):
     def outbox(self) -> _Outbox: ...
 
     @property
-    def protocol(self) -> str | None: ...
+    def protocol(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def extensions(self) -> str: ...
+
+    @property
+    def ready_state(self) -> int: ...
 
     @property
     def socket(self) -> Any: ...
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def deflate(self) -> Agreement | None: ...
 
     def close(self, code: int = ..., reason: str = ...) -> None: ...
 
@@ -67,6 +89,8 @@ class Peer:
         self.remote_address = remote_address
         self._session = session
         self._runtime = session.runtime
+        self._deflate = session.deflate  # permessage-deflate agreed: frames may be compressed
+        self._threshold = session.runtime.options.compression_threshold
 
     # -- introspection -----------------------------------------------------
     @property
@@ -114,12 +138,55 @@ class Peer:
 
     # -- sending -----------------------------------------------------------
     def send(self, data: Any, *, compress: bool | None = None) -> None:
-        """Send to this peer only.  ``compress`` is accepted for API parity and ignored."""
-        self._runtime.call_in_hub(self.deliver, Outgoing(data))
+        """Send to this peer only.
+
+        ``compress`` matters on a connection that agreed to permessage-deflate:
+        True compresses this message, False sends it as it is, None (the
+        default) compresses it when it reaches ``compression_threshold``.
+        """
+        self._runtime.call_in_hub(self.deliver, Outgoing(data, compress))
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Queue an already-serialised message (hub thread only)."""
-        self._session.outbox.put(outgoing.frame)
+        deflate = self._deflate
+        self._session.outbox.put(outgoing.frame if deflate is None else outgoing.frame_for(deflate, self._threshold))
+
+    def ping(self, data: str | bytes = b"") -> None:
+        """Send a ping (the ``pong`` hook sees the answer); at most 125 bytes of data."""
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if len(payload) > 125:
+            raise ConfigurationError(f"a ping carries at most 125 bytes, not {len(payload)}")
+        self._runtime.call_in_hub(self._session.outbox.put, encode_frame(OP_PING, payload))
+
+    def wait_for_drain(self, threshold: int = 0, timeout: float | None = None) -> bool:
+        """Wait until at most ``threshold`` bytes are queued for this peer, or it is closed.
+
+        Backpressure for a producer: call it between sends and the producer
+        goes no faster than the client reads.  Returns False when ``timeout``
+        seconds passed first.  From a hook it holds this peer's next hooks
+        (not other peers); from another greenlet or an OS thread it holds only
+        the caller.
+        """
+        bridge = self._runtime.bridge
+        if bridge is None or self._session.closed:
+            return True
+        outbox = self._session.outbox
+        if bridge.in_hub_thread():
+            event = Event()
+            wake = event.set  # one bound method: the waiter is removed by identity
+            outbox.add_drain_waiter(threshold, wake)
+            try:
+                return bool(event.wait(timeout))
+            finally:
+                outbox.remove_drain_waiter(wake)
+        done = RealLock()
+        done.acquire()
+        release = done.release
+        bridge.call(outbox.add_drain_waiter, threshold, release)
+        if done.acquire(timeout=-1 if timeout is None else timeout):
+            return True
+        bridge.call(outbox.remove_drain_waiter, release)
+        return False
 
     def subscribe(self, topic: str) -> None:
         if not self._session.closed:
@@ -129,8 +196,12 @@ class Peer:
         self._runtime.registry.unsubscribe(self, topic)
 
     def publish(self, topic: str, data: Any, *, compress: bool | None = None) -> None:
-        """Send to every *other* subscriber of ``topic`` in this namespace (and other processes)."""
-        self._runtime.call_in_hub(self._runtime.deliver, topic, Outgoing(data), self.namespace, self)
+        """Send to every *other* subscriber of ``topic`` in this namespace (and other processes).
+
+        ``compress`` as for :meth:`send`; the message is compressed at most
+        once for all the recipients that agreed to the same window.
+        """
+        self._runtime.call_in_hub(self._runtime.deliver, topic, Outgoing(data, compress), self.namespace, self)
 
     # -- closing -----------------------------------------------------------
     def close(self, code: int = 1000, reason: str = "") -> None:

@@ -132,14 +132,16 @@ class Server:
         self.runtime.call_in_hub(fn, *args)
 
     # -- pub/sub -------------------------------------------------------------
-    def publish(self, topic: str, data: Any, *, namespace: str | None = None) -> None:
+    def publish(self, topic: str, data: Any, *, namespace: str | None = None, compress: bool | None = None) -> None:
         """Send to every subscriber of ``topic`` (in every namespace when None).
 
         Safe from any greenlet or OS thread: the message is serialised here,
-        once, and delivery is handed to the server's hub.
+        once, and delivery is handed to the server's hub.  ``compress`` as for
+        :meth:`Peer.send <syncws.Peer.send>` (compressed at most once per
+        window size, whatever the number of recipients).
         """
         bridge = self.runtime.require_bridge()
-        bridge.call(self.runtime.deliver, topic, Outgoing(data), namespace)
+        bridge.call(self.runtime.deliver, topic, Outgoing(data, compress), namespace)
 
     def close_all(self, code: int = 1001, reason: str = "going away") -> None:
         """Close every connected peer with ``code`` and ``reason`` (any thread)."""
@@ -385,6 +387,6 @@ def current_server() -> Server:
     return server
 
 
-def publish(topic: str, data: Any, *, namespace: str | None = None) -> None:
+def publish(topic: str, data: Any, *, namespace: str | None = None, compress: bool | None = None) -> None:
     """Publish through the most recently started server of this process."""
-    current_server().publish(topic, data, namespace=namespace)
+    current_server().publish(topic, data, namespace=namespace, compress=compress)

@@ -30,8 +30,10 @@ from ..protocol.connection import (
     Failed,
     KeepaliveAction,
     PingReceived,
+    PongReceived,
     State,
 )
+from ..protocol.deflate import Agreement, Inflater
 from ..protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
 from ..protocol.message import Message
 from .hooks import CloseDetails, Hooks
@@ -43,6 +45,7 @@ log = logging.getLogger("syncws")
 
 _EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
 _READ_SIZE = 64 * 1024  # one socket read takes up to this much
+_READY_STATES = {State.OPEN: 1, State.LOCAL_CLOSING: 2, State.REMOTE_CLOSING: 2, State.CLOSED: 3}
 _FAIR_BUDGET = 16  # units of work (a frame, a read, 4 KiB read) between fairness checks
 _FAIR_SLICE = 0.002  # seconds one connection may hold the hub before it yields
 _YIELD = 0.0001  # a timer, not sleep(0): gevent runs callbacks 50 at a time before it checks the clock
@@ -80,6 +83,7 @@ class Session:
         protocol: str | None,
         remote_address: str | None,
         overrides: Mapping[str, Any] | None = None,
+        agreement: Agreement | None = None,
     ) -> None:
         options = runtime.options
         overrides = overrides or {}
@@ -88,19 +92,26 @@ class Session:
             ping_interval=overrides.get("ping_interval", options.ping_interval),
             ping_timeout=overrides.get("ping_timeout", options.ping_timeout),
             now=time.monotonic(),
+            inflater=Inflater(agreement) if agreement is not None else None,
         )
+        #: The permessage-deflate parameters agreed in the handshake, or None.
+        self.deflate = agreement
         #: Run hooks in the server's thread pool (a blocking hook then blocks
         #: only this peer); the read loop waits for each, so order is kept.
         self.hooks_in_threads = bool(overrides.get("hooks_in_threads", options.hooks_in_threads))
         self._received = received  # bytes that came with the upgrade request, after its head
         self.runtime = runtime
         self.socket = sock
-        self.protocol = protocol
+        #: The subprotocol agreed in the handshake, or "" (as the browser's ``WebSocket.protocol``).
+        self.protocol = protocol or ""
         self.hooks = hooks
         self.close_timeout = options.close_timeout
         self._abort_timer: gevent.Greenlet[..., Any] | None = None
         self._queued_pongs = 0
-        self.outbox = Outbox(sock, options.max_buffer_size, options.overflow, self._on_overflow, runtime.flusher)
+        on_drain = self._on_drain if hooks.drain is not None else None
+        self.outbox = Outbox(
+            sock, options.max_buffer_size, options.overflow, self._on_overflow, runtime.flusher, on_drain
+        )
         self.peer = Peer(self, request, namespace, context, remote_address)
 
     @property
@@ -110,6 +121,28 @@ class Session:
     @property
     def closed(self) -> bool:
         return self.connection.state is not State.OPEN
+
+    @property
+    def ready_state(self) -> int:
+        """As the browser's ``WebSocket.readyState``: 1 open, 2 closing, 3 closed."""
+        return _READY_STATES[self.connection.state]
+
+    @property
+    def extensions(self) -> str:
+        """The extensions agreed in the handshake (the 101's ``Sec-WebSocket-Extensions``), or ""."""
+        return self.deflate.header if self.deflate is not None else ""
+
+    @property
+    def url(self) -> str:
+        """The request URL in its ``ws://`` or ``wss://`` form."""
+        url: str = self.peer.request.url
+        scheme, _, rest = url.partition("://")
+        return ("wss://" if scheme == "https" else "ws://") + rest
+
+    def _on_drain(self) -> None:
+        # From the flusher or the writer: the hook runs in a greenlet of its
+        # own, so a slow one delays neither other peers nor the writer.
+        gevent.spawn(self._call, "drain", self.peer)
 
     # -- running -----------------------------------------------------------
     def run(self) -> None:
@@ -203,6 +236,8 @@ class Session:
                 self._call("message", self.peer, event)
             elif type(event) is PingReceived:
                 self._pong(event.pong)
+                if self.hooks.ping is not None:
+                    self._call("ping", self.peer, event.payload)
             elif type(event) is CloseReceived:
                 if event.reply is not None:
                     self.outbox.put_final(event.reply)
@@ -214,7 +249,9 @@ class Session:
                 self._send_close(event.reply)
                 self.outbox.wait_flushed(self.close_timeout)
                 return
-            # PongReceived: receiving it already counted as an answer (last_seen)
+            elif type(event) is PongReceived and self.hooks.pong is not None:
+                # (Receiving it already counted as an answer to keepalive: last_seen.)
+                self._call("pong", self.peer, event.payload)
 
     def _on_eof(self) -> None:
         """The stream ended (EOF or reset) without a close frame.

@@ -85,7 +85,7 @@ def test_unmask_matches_bytewise_xor_and_is_an_involution(n, unmask):
     assert len(unmask(payload, mask)) == n
 
 
-@pytest.mark.parametrize("n", [0, 3, 4097, 65536, 65536 * 3 + 5])
+@pytest.mark.parametrize("n", [0, 3, 4097, 65536, 65536 * 2, 65536 * 3 + 5])
 def test_python_and_c_unmask_agree(n):
     payload = bytes((i * 131 + 17) % 256 for i in range(n))
     mask = b"\x9c\x01\xe4\x7f"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 import uuid
 
@@ -11,10 +12,11 @@ import pytest
 from websocket import ABNF
 from werkzeug.wrappers import Request
 
-from syncws import Message
+from syncws import ConfigurationError, Message
+from syncws.protocol import OP_BINARY, OP_TEXT
 
 from ..conftest import connect, wait_until
-from ..support import app_with, recv_close
+from ..support import RawClient, app_with, recv_close
 
 TEXT, BINARY = ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY
 
@@ -444,3 +446,96 @@ def test_fragmented_message_is_delivered_once(start_server):
     client.send("next")
     assert seen.get(timeout=5) == (False, b"next")
     client.close()
+
+
+# -- ping, pong, drain and the connection's fields ----------------------------
+
+
+def test_ping_and_pong_hooks_see_control_frames_and_peer_ping_sends_one(start_server):
+    from syncws.protocol import OP_PING, OP_PONG
+
+    seen: queue.Queue = queue.Queue()
+    peers: queue.Queue = queue.Queue()
+    server = start_server(
+        app_with(
+            open=peers.put,
+            ping=lambda peer, data: seen.put(("ping", data)),
+            pong=lambda peer, data: seen.put(("pong", data)),
+        ),
+        ping_interval=None,
+    )
+    with RawClient(server) as raw:
+        peer = peers.get(timeout=5)
+        raw.send_frame(OP_PING, b"are you there")
+        assert raw.read_frame() == (OP_PONG, b"are you there")  # the server still answers itself
+        assert seen.get(timeout=5) == ("ping", b"are you there")
+        peer.ping(b"abc")
+        assert raw.read_frame() == (OP_PING, b"abc")
+        raw.send_frame(OP_PONG, b"abc")
+        assert seen.get(timeout=5) == ("pong", b"abc")
+        peer.ping("text is sent as UTF-8")
+        assert raw.read_frame() == (OP_PING, b"text is sent as UTF-8")
+        with pytest.raises(ConfigurationError):
+            peer.ping(b"x" * 126)
+
+
+def test_the_websocket_fields_say_url_protocol_extensions_and_ready_state(start_server):
+    seen: queue.Queue = queue.Queue()
+
+    def fields(peer):
+        ws = peer.websocket
+        return ws.url, ws.protocol, ws.extensions, ws.ready_state
+
+    server = start_server(
+        app_with(open=lambda peer: seen.put(fields(peer)), close=lambda peer, details: seen.put(fields(peer))),
+        compression="deflate",
+    )
+    client = connect(server, "/_ws?room=1")
+    url, protocol, extensions, state = seen.get(timeout=5)
+    assert url == f"ws://127.0.0.1:{server.port}/_ws?room=1"
+    assert (protocol, extensions, state) == ("", "", 1)  # websocket-client offers no extension
+    client.close()
+    assert seen.get(timeout=5)[3] == 3
+    with RawClient(server, extra="Sec-WebSocket-Extensions: permessage-deflate\r\n"):
+        assert seen.get(timeout=5)[2] == "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
+
+
+def test_wait_for_drain_from_a_thread_and_the_drain_hook(start_server):
+    peers: queue.Queue = queue.Queue()
+    drained: queue.Queue = queue.Queue()
+    server = start_server(app_with(open=peers.put, drain=drained.put), ping_interval=None, max_buffer_size=None)
+    with RawClient(server, rcvbuf=4096) as raw:
+        peer = peers.get(timeout=5)
+        peer.websocket.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        chunk = b"x" * 65536
+        for _ in range(40):  # 2.5 MiB for a client that is not reading yet
+            peer.send(chunk)
+        assert wait_until(lambda: peer.buffered_amount > 0)
+        assert peer.wait_for_drain(timeout=0.3) is False  # nobody reads: times out
+        assert drained.empty()
+        for _ in range(40):
+            assert raw.read_frame() == (OP_BINARY, chunk)
+        assert peer.wait_for_drain(timeout=5) is True
+        assert drained.get(timeout=5) is peer  # once the pushed-back buffer emptied
+        peer.send(b"small")  # no push-back: no drain hook
+        assert raw.read_frame() == (OP_BINARY, b"small")
+        assert peer.wait_for_drain(threshold=0, timeout=5) is True
+    assert wait_until(lambda: peer.closed)
+    assert peer.wait_for_drain(timeout=0.1) is True  # closed counts as drained
+    assert drained.empty()
+
+
+def test_wait_for_drain_in_a_hook_paces_a_producer(start_server):
+    results: queue.Queue = queue.Queue()
+
+    def message(peer, message):
+        for _ in range(20):
+            peer.send(b"y" * 65536)
+            results.put(peer.wait_for_drain(threshold=128 * 1024, timeout=5))
+
+    server = start_server(app_with(message=message), ping_interval=None, max_buffer_size=None)
+    with RawClient(server, rcvbuf=4096) as raw:
+        raw.send_frame(OP_TEXT, b"go")
+        for _ in range(20):
+            assert raw.read_frame() == (OP_BINARY, b"y" * 65536)
+        assert [results.get(timeout=5) for _ in range(20)] == [True] * 20

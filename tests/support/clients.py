@@ -35,15 +35,17 @@ class RawClient:
         rcvbuf: int | None = None,
         head_chunk: int = 4096,
         timeout: float = 5.0,
+        extra: str = "",
     ) -> None:
-        """``rcvbuf`` shrinks the receive buffer; ``head_chunk=1`` reads nothing past the 101 head."""
+        """``rcvbuf`` shrinks the receive buffer; ``head_chunk=1`` reads nothing past the 101 head;
+        ``extra``: more request header lines, each ending in CRLF."""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         OPEN_RAW_CLIENTS.append(self)  # conftest closes whatever a test left open
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", server.port))
-        self.sock.sendall(upgrade_request(path, key=new_key(), host=host))
+        self.sock.sendall(upgrade_request(path, key=new_key(), host=host, extra=extra))
         self.head, self.buf = read_head(self.sock, head_chunk)
         assert self.head.startswith(b"HTTP/1.1 101 "), self.head
 
@@ -62,6 +64,14 @@ class RawClient:
             assert self._recv_more(), f"connection closed after {self.buf!r}"
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
+
+    def read_raw_frame(self) -> tuple[int, bytes]:
+        """The next frame as (its first byte, payload): FIN, RSV bits and opcode as sent."""
+        while (frame := split_frame(self.buf)) is None:
+            assert self._recv_more(), "connection closed"
+        first = self.buf[0]
+        self.buf = self.buf[frame[2] :]
+        return first, frame[1]
 
     def read_frame(self) -> tuple[int, bytes] | None:
         """The next (opcode, payload), or None on EOF."""
