@@ -40,7 +40,14 @@ def test_every_row_has_a_flag_a_variable_and_a_table_line():
 
 
 def test_the_per_handler_options_are_what_handlers_accept():
-    assert PER_HANDLER == ("max_message_size", "ping_interval", "ping_timeout", "allowed_origins", "hooks_in_threads")
+    assert PER_HANDLER == (
+        "max_message_size",
+        "compression",
+        "ping_interval",
+        "ping_timeout",
+        "allowed_origins",
+        "hooks_in_threads",
+    )
     for name in PER_HANDLER:
         handler = define_websocket_handler(**{name: None if BY_NAME[name].nullable else True})
         assert name in handler.overrides
@@ -58,6 +65,11 @@ def test_the_per_handler_options_are_what_handlers_accept():
         ("close_timeout", "2.5", 2.5),
         ("ping_interval", "Unlimited", None),
         ("overflow", "DROP", "drop"),
+        ("compression", "Deflate", "deflate"),
+        ("compression", "none", None),
+        ("compression_threshold", "1KiB", 1024),
+        ("compression_window_bits", "9", 9),
+        ("compression_window_bits", "15", 15),
         ("allowed_origins", "https://a.example, *", ["https://a.example", "*"]),
         ("hooks_in_threads", "on", True),
         ("hooks_in_threads", "off", False),
@@ -84,6 +96,10 @@ def test_text_is_parsed(name, text, value):
         ("close_timeout", "inf"),
         ("ping_timeout", "nan"),
         ("overflow", "explode"),
+        ("compression", "gzip"),
+        ("compression_window_bits", "8"),
+        ("compression_window_bits", "16"),
+        ("compression_window_bits", "x"),
         ("allowed_origins", " , "),
         ("hooks_in_threads", "many"),
         ("access_log", "maybe"),
@@ -116,6 +132,11 @@ def test_bad_text_says_what_was_expected(name, text):
         {"allowed_origins": 42},
         {"allowed_origins": [""]},
         {"max_header_count": None},
+        {"compression": "gzip"},
+        {"compression": True},
+        {"compression_window_bits": 8},
+        {"compression_window_bits": 12.0},
+        {"compression_threshold": 0},
     ],
 )
 def test_bad_values_are_refused_by_name(options):
