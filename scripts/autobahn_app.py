@@ -1,6 +1,6 @@
 """The echo server that scripts/autobahn and scripts/bench_large test.
 
-    python scripts/autobahn_app.py [--host 127.0.0.1] [--port 0] [--max-message-size BYTES]
+    python scripts/autobahn_app.py [--host 127.0.0.1] [--port 0] [--max-message-size BYTES] [--compression deflate]
 
 Every message is sent back to its sender with its own type (text or binary).
 Autobahn's 9.x cases send messages of up to 16 MiB and keep up to 1,000 of
@@ -37,6 +37,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--max-message-size", type=int, default=64 * MiB)
     parser.add_argument("--max-buffer-size", type=int, default=64 * MiB)
+    parser.add_argument("--compression", choices=("deflate",), default=None, help="accept permessage-deflate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     server = Server(
@@ -46,6 +47,7 @@ def main(argv=None):
         access_log=False,
         max_message_size=args.max_message_size,
         max_buffer_size=args.max_buffer_size,
+        compression=args.compression,
     )
     server.start()
     print(f"syncws-autobahn-echo: listening on ws://{args.host}:{server.port}/", flush=True)

@@ -208,3 +208,58 @@ def test_chat_example_two_pages_see_each_others_messages(browser):
         assert all(url.startswith((base + "/", base.replace("http", "ws") + "/")) for url in requested), requested
     finally:
         server.stop(timeout=5)
+
+
+PAGE = """<!doctype html><title>deflate</title><pre id="out"></pre><script>
+const ws = new WebSocket(`ws://${location.host}/_ws`);
+const big = JSON.stringify({rows: Array.from({length: 50}, (_, i) => ({id: i, name: "row " + i}))});
+window.result = {received: [], extensions: null};
+ws.onopen = () => { window.result.extensions = ws.extensions; ws.send(big); ws.send("small"); };
+ws.onmessage = (event) => { window.result.received.push(event.data); };
+window.big = big;
+</script>"""
+
+
+def test_chromium_negotiates_permessage_deflate_and_messages_go_both_ways(browser, monkeypatch):
+    from syncws import App, define_websocket_handler
+    from syncws.protocol import deflate, payload
+
+    inflated: list = []
+    compressed: list = []
+    inflate, compress = deflate.Inflater.inflate, payload.compress
+
+    def counting_inflate(self, data, final, limit):
+        out = inflate(self, data, final, limit)
+        inflated.append(len(out))
+        return out
+
+    def counting_compress(data, bits, *args):
+        compressed.append(len(data))
+        return compress(data, bits, *args)
+
+    monkeypatch.setattr(deflate.Inflater, "inflate", counting_inflate)
+    monkeypatch.setattr(payload, "compress", counting_compress)
+    seen: list = []
+    app = App()
+    app.get("/", lambda request: (PAGE, 200, {"Content-Type": "text/html"}))
+    app.get(
+        "/_ws",
+        define_websocket_handler(
+            open=lambda peer: seen.append(peer.websocket.extensions),
+            message=lambda peer, message: peer.send(message.text()),
+        ),
+    )
+    server = serve(app, host="127.0.0.1", port=0, background=True, access_log=False, compression="deflate")
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/", timeout=WAIT_MS)
+        page.wait_for_function("() => window.result.received.length === 2", timeout=WAIT_MS, polling=100)
+        result = page.evaluate("window.result")
+        big = page.evaluate("window.big")
+        assert result["received"] == [big, "small"]
+        assert result["extensions"].startswith("permessage-deflate")
+        assert seen == [result["extensions"]]  # what the 101 said is what the browser agreed to
+        assert len(big.encode()) in inflated  # Chromium sent the big message compressed
+        assert compressed == [len(big.encode())]  # and we sent it back compressed (not "small")
+    finally:
+        server.stop(timeout=5)
