@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..base.errors import HandshakeError, ProtocolError
 from .frames import CLOSE_INVALID_DATA, CLOSE_TOO_BIG
@@ -115,11 +115,12 @@ class Agreement:
     client_max_window_bits: int  # the client compresses with at most this one (8-15)
     client_no_context_takeover: bool
     header: str  # the Sec-WebSocket-Extensions value of the 101
+    #: Messages compressed for one agreement suit every agreement with the same
+    #: key.  Made once here: a publish looks it up once per recipient.
+    compress_key: str = field(init=False, compare=False)
 
-    @property
-    def compress_key(self) -> str:
-        """Messages compressed for one agreement suit every agreement with the same key."""
-        return f"deflate{self.server_max_window_bits}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compress_key", f"deflate{self.server_max_window_bits}")
 
 
 def negotiate(offers: list[tuple[str, Params]], max_window_bits: int = 15) -> Agreement | None:

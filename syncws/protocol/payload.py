@@ -86,7 +86,7 @@ class Outgoing:
         wanted = self.compress
         if wanted is False or (wanted is None and len(self.payload) < threshold):
             return self.frame
-        frame: bytes = self.memo(agreement.compress_key, lambda o: _deflated_frame(o, agreement))
+        frame: bytes = self.memo(agreement.compress_key, _deflated_frame, agreement)
         return frame
 
     @property
@@ -94,13 +94,19 @@ class Outgoing:
         """The payload as text: decoded UTF-8, or base64 for a binary payload."""
         return _as_text(self.opcode, self.payload)
 
-    def memo(self, key: str, build: Callable[[Outgoing], Any]) -> Any:
-        """Build another wire form of this message once (e.g. an SSE event)."""
-        if self._memo is None:
-            self._memo = {}
-        if key not in self._memo:
-            self._memo[key] = build(self)
-        return self._memo[key]
+    def memo(self, key: str, build: Callable[..., Any], *args: Any) -> Any:
+        """Build another wire form of this message once (an SSE event, a compressed frame).
+
+        ``build(self, *args)`` runs for the first caller only; a fan-out asks
+        once per recipient, so the arguments are passed, not closed over.
+        """
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = build(self, *args)
+        return found
 
 
 def _deflated_frame(outgoing: Outgoing, agreement: Agreement) -> bytes:

@@ -34,7 +34,7 @@ class HubBridge:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in the hub's thread: now if we are there, soon otherwise."""
-        if get_hub_if_exists() is self.hub:  # in_hub_thread(), inlined: every send comes here
+        if self.in_hub_thread():
             fn(*args)
             return
         if self._closed:

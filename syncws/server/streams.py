@@ -123,7 +123,7 @@ class EventStream:
     def _append(self, chunk: bytes) -> None:
         if self._ending:
             return  # pushes after close are ignored, as documented
-        buffered = self._queued + self._in_flight
+        buffered = self.buffered
         if self.limit is not None and buffered and buffered + len(chunk) > self.limit:
             self._overflow(buffered)
             return
