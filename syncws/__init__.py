@@ -8,6 +8,7 @@ The layers underneath (see ``docs/architecture.md``) are, bottom to top,
 """
 
 from .base.errors import (
+    BrokerError,
     ConfigurationError,
     DependencyMissing,
     HandshakeError,
@@ -29,11 +30,12 @@ from .integrations import gevent_websocket as _gevent_websocket_integration  # n
 from .protocol.message import Message
 from .protocol.sse import EventStreamMessage
 from .pubsub.broker import Broker
+from .pubsub.history import Recovery
 from .pubsub.publisher import Publisher
 from .server.handler import WebSocketHandler, define_websocket_handler
 from .server.hooks import CloseDetails, Hooks
 from .server.peer import Peer
-from .server.server import Server, current_server, publish, serve
+from .server.server import HistoryEntry, Server, current_server, publish, serve
 from .server.streams import EventStream, create_event_stream
 from .web.app import App
 from .web.mount import mount
@@ -41,6 +43,7 @@ from .web.mount import mount
 __all__ = [
     "App",
     "Broker",
+    "BrokerError",
     "CloseDetails",
     "ConfigurationError",
     "DependencyMissing",
@@ -48,6 +51,7 @@ __all__ = [
     "EventStreamMessage",
     "HTTPError",
     "HandshakeError",
+    "HistoryEntry",
     "Hooks",
     "ImportStringError",
     "ListenError",
@@ -55,6 +59,7 @@ __all__ = [
     "Peer",
     "ProtocolError",
     "Publisher",
+    "Recovery",
     "RequestHeadError",
     "Server",
     "ServerNotRunning",

@@ -8,6 +8,7 @@
     ├── DependencyMissing (also RuntimeError)  an optional extra is not installed
     ├── ImportStringError                      ``module:app`` names no WSGI callable
     ├── ListenError (also OSError)             the address cannot be bound (in use, no permission)
+    ├── BrokerError (also ConnectionError)     the broker (Redis) could not answer a read
     ├── ProtocolError                          the peer broke RFC 6455; ``code`` is the close code
     └── HTTPError                              a request is refused; ``status``, ``message``, ``headers``
         ├── HandshakeError                     a malformed WebSocket upgrade request
@@ -59,6 +60,10 @@ class ListenError(SyncwsError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class BrokerError(SyncwsError, ConnectionError):
+    """The broker could not answer a read (``server.history`` with Redis unreachable)."""
 
 
 class ProtocolError(SyncwsError):

@@ -52,6 +52,7 @@ class Kind(enum.Enum):
 
     SIZE = "size"  # bytes: 65536, 64KiB, 1MiB
     COUNT = "count"  # a positive integer
+    AMOUNT = "amount"  # a non-negative integer (0 turns the feature off)
     SECONDS = "seconds"  # a positive, finite number
     CHOICE = "choice"  # one of ``choices``
     ORIGINS = "origins"  # comma-separated origins, '*', or (in Python) a callable
@@ -131,6 +132,9 @@ class Option:
         if kind in (Kind.SIZE, Kind.COUNT):
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
+        elif kind is Kind.AMOUNT:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
         elif kind is Kind.SECONDS:
             if is_seconds(value):
                 return value
@@ -175,6 +179,11 @@ def _parse_size(option: Option, text: str) -> Any:
 def _parse_count(option: Option, text: str) -> Any:
     value = int(text)
     return value if value >= 1 else _INVALID
+
+
+def _parse_amount(option: Option, text: str) -> Any:
+    value = int(text)
+    return value if value >= 0 else _INVALID
 
 
 def _parse_seconds(option: Option, text: str) -> Any:
@@ -227,6 +236,7 @@ def _parse_window_bits(option: Option, text: str) -> Any:
 _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
     Kind.SIZE: _parse_size,
     Kind.COUNT: _parse_count,
+    Kind.AMOUNT: _parse_amount,
     Kind.SECONDS: _parse_seconds,
     Kind.CHOICE: _parse_choice,
     Kind.ORIGINS: _parse_origins,
@@ -241,6 +251,7 @@ _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
 _EXPECTED = {
     Kind.SIZE: "a positive size in bytes (e.g. 65536, 64KiB, 1MiB)",
     Kind.COUNT: "a positive integer",
+    Kind.AMOUNT: "a non-negative integer",
     Kind.SECONDS: "a positive number of seconds",
     Kind.CHOICE: "one of {choices}",
     Kind.ORIGINS: "a comma-separated list of origins or '*'",
@@ -252,7 +263,14 @@ _EXPECTED = {
     Kind.WINDOW_BITS: "an integer from 9 to 15",
 }
 
-_METAVARS = {Kind.SIZE: "BYTES", Kind.COUNT: "N", Kind.SECONDS: "SECONDS", Kind.ORIGINS: "ORIGINS", Kind.THREADS: "N"}
+_METAVARS = {
+    Kind.SIZE: "BYTES",
+    Kind.COUNT: "N",
+    Kind.AMOUNT: "N",
+    Kind.SECONDS: "SECONDS",
+    Kind.ORIGINS: "ORIGINS",
+    Kind.THREADS: "N",
+}
 
 
 def normalize_origins(value: Any) -> OriginPolicy:
@@ -416,6 +434,31 @@ OPTIONS: tuple[Option, ...] = (
         help="origins allowed to open WebSockets ('*': any; a callable in Python); others get 403; "
         "requests without an Origin header always pass",
     ),
+    # History and presence (docs/delivery.md)
+    Option(
+        "history_size",
+        Kind.AMOUNT,
+        0,
+        shown_default="0 (off)",
+        help="publishes kept per namespace and topic, each with an offset, for recovery after a reconnect "
+        "(SSE Last-Event-ID, peer.subscribe(since=...)); 0: no history",
+    ),
+    Option(
+        "history_ttl",
+        Kind.SECONDS,
+        None,
+        nullable=True,
+        shown_default="None (no age limit)",
+        help="drop stored publishes older than this; on Redis, a topic with no publish for this long loses its stream",
+    ),
+    Option(
+        "presence_ttl",
+        Kind.SECONDS,
+        30.0,
+        shown_default="30 s",
+        help="with the Redis broker, presence entries of a process that stopped without cleaning up vanish "
+        "within this (each process refreshes its own every third of it)",
+    ),
     # Stopping
     Option(
         "shutdown_timeout",
@@ -547,6 +590,9 @@ class ServerOptions:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     allowed_origins: OriginPolicy = None
+    history_size: int = 0
+    history_ttl: float | None = None
+    presence_ttl: float = 30.0
     shutdown_timeout: float = 5.0
     hooks_in_threads: bool | int = False
 

@@ -37,32 +37,62 @@ def encode(data: Any) -> tuple[int, bytes]:
     raise TypeError(f"cannot send {type(data).__name__}: use str, bytes, dict, list, int, float, bool or None")
 
 
+_JSON_TYPES = (dict, list, tuple, bool, int, float)
+
+
 class Outgoing:
     """One serialised message, framed lazily and at most once.
 
     A publish builds one of these and hands the same object to every
     recipient, so 1,000 subscribers cost one serialisation and one frame.
+    A publish stored in a topic's history gets a *stamped* copy per
+    namespace (:meth:`stamped`): it carries the topic and the offset, for
+    the forms that show them (an SSE ``id:``, a JSON envelope), and shares
+    the raw frames with the original.
     """
 
-    __slots__ = ("_frame", "_memo", "compress", "opcode", "payload")
+    __slots__ = ("_frame", "_memo", "_shared", "compress", "is_json", "offset", "opcode", "payload", "topic")
 
     def __init__(self, data: Any, compress: bool | None = None) -> None:
         self.opcode, self.payload = encode(data)
         #: For peers that agreed to permessage-deflate: True always compress,
         #: False never, None when the payload reaches the compression threshold.
         self.compress = compress
+        #: The payload is the JSON text of a dict, list or number: an envelope
+        #: embeds it as a JSON value rather than as a string.
+        self.is_json = isinstance(data, _JSON_TYPES)
+        self.topic: str | None = None
+        self.offset: str | None = None
         self._frame: bytes | None = None
         self._memo: dict[str, Any] | None = None
+        self._shared: Outgoing | None = None
 
     @classmethod
-    def from_payload(cls, opcode: int, payload: bytes, compress: bool | None = None) -> Outgoing:
-        """An already-serialised payload (a message relayed from another process)."""
+    def from_payload(
+        cls, opcode: int, payload: bytes, compress: bool | None = None, *, is_json: bool = False
+    ) -> Outgoing:
+        """An already-serialised payload (relayed from another process, read from a history)."""
         self = cls.__new__(cls)
         self.opcode, self.payload = opcode, payload
         self.compress = compress
+        self.is_json = is_json
+        self.topic = None
+        self.offset = None
         self._frame = None
         self._memo = None
+        self._shared = None
         return self
+
+    def stamped(self, topic: str, offset: str | None) -> Outgoing:
+        """A copy that carries the history offset it was stored under.
+
+        The raw frames (plain and compressed) stay built once, on this
+        object, however many namespaces' copies share them.
+        """
+        copy = Outgoing.from_payload(self.opcode, self.payload, self.compress, is_json=self.is_json)
+        copy.topic, copy.offset = topic, offset
+        copy._shared = self._shared or self
+        return copy
 
     @property
     def is_binary(self) -> bool:
@@ -71,7 +101,8 @@ class Outgoing:
     @property
     def frame(self) -> bytes:
         if self._frame is None:
-            self._frame = encode_frame(self.opcode, self.payload)
+            shared = self._shared
+            self._frame = encode_frame(self.opcode, self.payload) if shared is None else shared.frame
         return self._frame
 
     def frame_for(self, agreement: Agreement, threshold: int) -> bytes:
@@ -86,7 +117,8 @@ class Outgoing:
         wanted = self.compress
         if wanted is False or (wanted is None and len(self.payload) < threshold):
             return self.frame
-        frame: bytes = self.memo(agreement.compress_key, _deflated_frame, agreement)
+        owner = self._shared or self
+        frame: bytes = owner.memo(agreement.compress_key, _deflated_frame, agreement)
         return frame
 
     @property
@@ -107,6 +139,31 @@ class Outgoing:
         if found is None:
             found = memo[key] = build(self, *args)
         return found
+
+    @property
+    def envelope(self) -> Outgoing:
+        """This message as ``{"topic", "offset", "data"}`` JSON text, built once.
+
+        For subscriptions that asked for an envelope: raw frames carry no
+        offset.  ``data`` is the JSON value itself for a dict/list/number
+        payload (spliced in, not parsed again), the string for text, and
+        base64 with ``"encoding": "base64"`` for binary.
+        """
+        envelope: Outgoing = self.memo("envelope", _envelope)
+        return envelope
+
+
+def _envelope(outgoing: Outgoing) -> Outgoing:
+    head = f'{{"topic":{to_json(outgoing.topic)},"offset":{to_json(outgoing.offset)},"data":'
+    payload = outgoing.payload
+    if outgoing.opcode == OP_BINARY:
+        text = f'{head}"{base64.b64encode(payload).decode("ascii")}","encoding":"base64"}}'
+        return Outgoing.from_payload(OP_TEXT, text.encode("utf-8"), outgoing.compress)
+    if outgoing.is_json:
+        body = payload  # already JSON text: spliced in as a value
+    else:
+        body = to_json(payload.decode("utf-8")).encode("utf-8")
+    return Outgoing.from_payload(OP_TEXT, head.encode("utf-8") + body + b"}", outgoing.compress)
 
 
 def _deflated_frame(outgoing: Outgoing, agreement: Agreement) -> bytes:

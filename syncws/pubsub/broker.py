@@ -10,6 +10,12 @@ processes.  The rules every broker follows:
   never relays them again; it drops the ones it sent itself;
 * the server tells the broker which (namespace, topic) pairs have local
   subscribers (``interest``), so a broker can route by interest.
+
+A broker that keeps the topics' history itself (``stores_history``: the
+Redis broker with ``history_size`` set) turns the first rule around: a
+publish is stored first, because the offset comes from the store, and comes
+back to its own process like to every other, so that every process delivers
+the publishes of a topic in the order of their offsets.
 """
 
 from __future__ import annotations
@@ -17,21 +23,48 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..protocol.payload import Outgoing
 
 #: How a broker hands a relayed publish to its server: ``deliver(namespace,
-#: topic, outgoing)``, from any thread; the server delivers it to its local
-#: subscribers only.
-Deliver = Callable[[str | None, str, Outgoing], None]
+#: topic, outgoing, exclude_id)``, from any thread; the server delivers it to
+#: its local subscribers only, except the one whose id is ``exclude_id`` (the
+#: peer that published, when the publish came back to its own process).
+Deliver = Callable[[str | None, str, Outgoing, "str | None"], None]
 #: Every (namespace, topic) with local subscribers, plus (None, topic) per topic.
 Interests = Callable[[], list[tuple[str | None, str]]]
+#: Every local presence entry: ``[(namespace, topic, id, info)]``.
+PresenceEntries = Callable[[], list[tuple[str, str, str, Any]]]
+#: ``after_deliveries(fn)``: run ``fn`` once every delivery handed over so far has been made.
+AfterDeliveries = Callable[[Callable[[], None]], None]
 
 
 class Broker:
     """In-process pub/sub: nothing leaves the process."""
+
+    #: The broker stores the topics' history (offsets come from it); the
+    #: server keeps none of its own.
+    stores_history = False
+    #: :meth:`read_presence` answers for every process.
+    shares_presence = False
+
+    def configure(
+        self,
+        history_size: int,
+        history_ttl: float | None,
+        presence_ttl: float,
+        presence_entries: PresenceEntries,
+        after_deliveries: AfterDeliveries,
+    ) -> None:
+        """The server's history and presence settings, once, before :meth:`start`.
+
+        ``presence_entries()`` is this process's presence, for a broker that
+        shares it; ``after_deliveries(fn)`` runs ``fn`` in the server once the
+        deliveries handed over before it are made.
+        """
 
     def start(self, deliver: Deliver, interests: Interests) -> None:
         """Called in the server's hub once it is running.
@@ -53,6 +86,28 @@ class Broker:
         ``namespace`` None stands for "topic in any namespace".  Called with the
         registry's lock held: record and return, never block.
         """
+
+    def publish_stored(self, namespace: str | None, topic: str, outgoing: Outgoing, exclude_id: str | None) -> None:
+        """Store and relay a publish (``stores_history`` brokers only); it comes back through ``deliver``."""
+        raise NotImplementedError
+
+    def read_history(
+        self, namespace: str, topic: str, since: str | None, limit: int | None, *, recovering: bool = False
+    ) -> tuple[list[Outgoing], bool, str | None] | None:
+        """``(publishes after since, recovered, newest offset)``, None when the store cannot be read.
+
+        Blocking (never called in the hub).  ``recovering``: a subscription
+        is waiting for this read; the broker returns once every publish made
+        before the read was handed to ``deliver`` (see ``after_deliveries``).
+        """
+        raise NotImplementedError
+
+    def presence_changed(self, namespace: str, topic: str, entry_id: str, info: Any) -> None:
+        """A local presence entry appeared (``info``) or went (``registry.ABSENT``); never blocks."""
+
+    def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
+        """Every process's presence of ``topic`` (``shares_presence`` brokers only; blocking)."""
+        raise NotImplementedError
 
 
 LocalBroker = Broker
@@ -77,12 +132,22 @@ def new_origin() -> str:
 
 
 def encode_envelope(origin: str, namespace: str | None, topic: str, outgoing: Outgoing) -> bytes:
-    header = {"v": 1, "o": origin, "n": namespace, "t": topic, "b": outgoing.is_binary}
+    """One header line of JSON, then the payload as it is.
+
+    Header fields: ``v`` version, ``o`` origin process, ``n`` namespace,
+    ``t`` topic, ``b`` binary, ``j`` JSON payload; a stored publish (made by
+    the Redis broker's script) adds ``f`` its offset and ``x`` the id of the
+    publishing peer.
+    """
+    header = {"v": 1, "o": origin, "n": namespace, "t": topic, "b": outgoing.is_binary, "j": outgoing.is_json}
     return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + outgoing.payload
 
 
-def decode_envelope(data: bytes) -> tuple[str, str | None, str, Outgoing]:
-    """Return (origin, namespace, topic, outgoing); ValueError on anything malformed."""
+def decode_envelope(data: bytes) -> tuple[str, str | None, str, Outgoing, str | None]:
+    """Return (origin, namespace, topic, outgoing, exclude_id); ValueError on anything malformed.
+
+    ``outgoing.offset`` is the offset of a stored publish, else None.
+    """
     head, sep, payload = data.partition(b"\n")
     if not sep:
         raise ValueError("relayed message without a header")
@@ -94,7 +159,12 @@ def decode_envelope(data: bytes) -> tuple[str, str | None, str, Outgoing]:
         raise ValueError("relayed message without an origin")
     if not isinstance(topic, str) or not (namespace is None or isinstance(namespace, str)):
         raise ValueError("relayed message with a bad namespace or topic")
+    offset, exclude = header.get("f"), header.get("x")
+    if not (offset is None or isinstance(offset, str)) or not (exclude is None or isinstance(exclude, str)):
+        raise ValueError("relayed message with a bad offset or sender")
     opcode = OP_BINARY if header.get("b") else OP_TEXT
     if opcode == OP_TEXT:
         payload.decode("utf-8")  # a text frame must be UTF-8: UnicodeDecodeError is a ValueError
-    return origin, namespace, topic, Outgoing.from_payload(opcode, payload)
+    outgoing = Outgoing.from_payload(opcode, payload, is_json=opcode == OP_TEXT and header.get("j") is True)
+    outgoing.topic, outgoing.offset = topic, offset
+    return origin, namespace, topic, outgoing, exclude

@@ -2,16 +2,20 @@
 
 Cron jobs, Celery tasks and scripts publish to the same Redis channels the
 servers listen on, in plain synchronous code: no gevent, no hub, no threads.
+When the servers keep a history (``history_size``), a publisher's publishes
+are stored in it too, with the servers' settings (read from Redis by the
+same script that stores and publishes).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..base.errors import ConfigurationError
 from ..protocol.payload import Outgoing
-from .broker import channel_name, encode_envelope, new_origin
+from . import redis_scripts
+from .broker import new_origin
 from .redis_broker import require_redis
+from .registry import check_topic
 
 
 class Publisher:
@@ -23,19 +27,20 @@ class Publisher:
         self._client = require_redis().Redis.from_url(url, **redis_options)
         self.prefix = prefix
         self.origin = new_origin()
+        self._script = self._client.register_script(redis_scripts.PUBLISH)
 
     def publish(self, topic: str, data: Any, *, namespace: str | None = None) -> int:
         """Send ``data`` to every subscriber of ``topic`` on every server process.
 
-        ``namespace`` None reaches every namespace.  Returns how many server
-        processes had interest (Redis' receiver count); raises redis-py's
-        errors when Redis cannot be reached, so a job can retry or fail.
+        ``namespace`` None reaches every namespace (and, with history on, is
+        stored in the history of every namespace that has one or a subscriber
+        of the topic).  Returns how many server processes received it (Redis'
+        receiver count, summed over namespaces); raises redis-py's errors when
+        Redis cannot be reached, so a job can retry or fail.
         """
-        if not isinstance(topic, str) or not topic:
-            raise ConfigurationError("a topic is a non-empty string")
-        outgoing = Outgoing(data)
-        channel = channel_name(self.prefix, namespace, topic)
-        return int(self._client.publish(channel, encode_envelope(self.origin, namespace, topic, outgoing)))
+        check_topic(topic)
+        args = redis_scripts.publish_args(self.prefix, self.origin, namespace, topic, Outgoing(data))
+        return int(self._script(args=args))
 
     def close(self) -> None:
         self._client.close()

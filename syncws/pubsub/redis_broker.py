@@ -11,9 +11,18 @@ server's hub, so a slow or unreachable Redis cannot stall WebSocket traffic:
   Redis traffic follows interest.  Messages it receives are handed to the
   server's hub for local delivery.
 
+With ``history_size`` set, publishes are stored in Redis Streams by a Lua
+script that also publishes them (:mod:`syncws.pubsub.redis_scripts`), and
+come back to their own process through the subscriber like everyone else's,
+so offsets and order agree on every process.  Recoveries and presence reads
+use a third connection, from the thread that asks (never the hub).  Presence
+entries are written by the relay thread and refreshed every third of
+``presence_ttl``.
+
 When Redis goes away, local delivery carries on; relays made meanwhile are
 dropped (delivery is at-most-once) and the error is logged once per outage
-and passed to ``on_broker_error``.  The subscriber reconnects with
+and passed to ``on_broker_error``.  A stored publish that cannot reach Redis
+is delivered locally without an offset.  The subscriber reconnects with
 exponential backoff and subscribes again to every channel of current
 interest.  An idle subscriber connection is pinged every
 ``health_check_interval`` seconds and replaced when no answer comes.
@@ -21,8 +30,10 @@ interest.  An idle subscriber connection is pinged every
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from queue import Empty
@@ -32,8 +43,21 @@ from gevent.monkey import get_original
 
 from ..base.errors import DependencyMissing
 from ..base.threads import RealLock, start_thread
-from ..protocol.payload import Outgoing
-from .broker import Broker, Deliver, Interests, channel_name, decode_envelope, encode_envelope, new_origin
+from ..protocol.frames import OP_BINARY, OP_TEXT
+from ..protocol.payload import Outgoing, to_json
+from . import redis_scripts
+from .broker import (
+    AfterDeliveries,
+    Broker,
+    Deliver,
+    Interests,
+    PresenceEntries,
+    channel_name,
+    decode_envelope,
+    encode_envelope,
+    new_origin,
+)
+from .registry import ABSENT
 
 log = logging.getLogger("syncws.broker")
 
@@ -41,6 +65,7 @@ _SimpleQueue = get_original("queue", "SimpleQueue")
 
 _STOP = object()
 _BATCH = 1000  # relays sent to Redis in one pipelined round trip at most
+_RELAY, _STORED, _PRESENCE, _CONFIG = range(4)  # what an item of the relay queue asks for
 
 
 def require_redis() -> Any:
@@ -61,6 +86,7 @@ class RedisBroker(Broker):
         health_check_interval: float = 10.0,
         max_backoff: float = 5.0,
         max_pending: int = 10_000,
+        read_timeout: float = 3.0,
     ) -> None:
         self._redis_module = require_redis()
         self.url = url
@@ -69,7 +95,19 @@ class RedisBroker(Broker):
         self.health_check_interval = health_check_interval
         self.max_backoff = max_backoff
         self.max_pending = max_pending
+        #: Bounds a recovery's read and a presence read when Redis is slow or away.
+        self.read_timeout = read_timeout
         self.origin = new_origin()
+        self.history_size = 0
+        self.history_ttl: float | None = None
+        self.presence_ttl = 30.0
+        self._presence_entries: PresenceEntries | None = None
+        self._after_deliveries: AfterDeliveries | None = None
+        self._control = f"{prefix}:ctl:{self.origin}"
+        self._confirmed: set[str] = set()  # channels Redis confirmed subscribing
+        self._waiters: dict[str, list[Any]] = {}  # channel or marker -> locks to release
+        self._reader: Any = None  # the client of recoveries and presence reads (thread-safe pool)
+        self._scripts: dict[str, Any] = {}
         self._deliver: Deliver | None = None
         self._lock = RealLock()
         self._channels: dict[str, int] = {}  # channel -> 1 while there is local interest
@@ -85,11 +123,33 @@ class RedisBroker(Broker):
         self._threads_done: list[Any] = []
 
     # -- Broker interface ------------------------------------------------------
+    def configure(
+        self,
+        history_size: int,
+        history_ttl: float | None,
+        presence_ttl: float,
+        presence_entries: PresenceEntries,
+        after_deliveries: AfterDeliveries,
+    ) -> None:
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.presence_ttl = presence_ttl
+        self._presence_entries = presence_entries
+        self._after_deliveries = after_deliveries
+
+    @property
+    def stores_history(self) -> bool:  # type: ignore[override]
+        return self.history_size > 0
+
+    shares_presence = True
+
     def start(self, deliver: Deliver, interests: Interests) -> None:
         self._deliver = deliver
         self._running = True
         for channel in (channel_name(self.prefix, ns, topic) for ns, topic in interests()):
             self._channels[channel] = 1
+        if self.history_size:
+            self._outbox.put((_CONFIG,))  # what a Publisher stores with
         for target in (self._relay_loop, self._subscribe_loop):
             done = RealLock()
             done.acquire()
@@ -105,6 +165,9 @@ class RedisBroker(Broker):
         for done in self._threads_done:
             if done.acquire(timeout=5):
                 done.release()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def relay(self, namespace: str | None, topic: str, outgoing: Outgoing) -> None:
         if not self._running:
@@ -113,7 +176,24 @@ class RedisBroker(Broker):
             self.dropped += 1  # Redis is too slow or away: drop rather than grow
             return
         channel = channel_name(self.prefix, namespace, topic)
-        self._outbox.put((channel, encode_envelope(self.origin, namespace, topic, outgoing)))
+        self._outbox.put((_RELAY, channel, encode_envelope(self.origin, namespace, topic, outgoing)))
+
+    def publish_stored(self, namespace: str | None, topic: str, outgoing: Outgoing, exclude_id: str | None) -> None:
+        if not self._running or self._outbox.qsize() >= self.max_pending:
+            self.dropped += 1
+            self._deliver_unstored(namespace, topic, outgoing, exclude_id)
+            return
+        self._outbox.put((_STORED, namespace, topic, outgoing, exclude_id))
+
+    def _deliver_unstored(self, namespace: str | None, topic: str, outgoing: Outgoing, exclude_id: str | None) -> None:
+        """Redis could not store a publish: local subscribers still get it, without an offset."""
+        deliver = self._deliver
+        if deliver is not None:
+            deliver(namespace, topic, outgoing, exclude_id)
+
+    def presence_changed(self, namespace: str, topic: str, entry_id: str, info: Any) -> None:
+        if self._running:
+            self._outbox.put((_PRESENCE, namespace, topic, entry_id, None if info is ABSENT else to_json(info)))
 
     def interest(self, namespace: str | None, topic: str, present: bool) -> None:
         channel = channel_name(self.prefix, namespace, topic)
@@ -141,6 +221,15 @@ class RedisBroker(Broker):
     def _client(self, **kwargs: Any) -> Any:
         return self._redis_module.Redis.from_url(self.url, socket_connect_timeout=2, socket_keepalive=True, **kwargs)
 
+    def _script(self, client: Any, name: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = client.register_script(getattr(redis_scripts, name))
+        return script
+
+    def _ttl_ms(self) -> int:
+        return 0 if self.history_ttl is None else max(1, int(self.history_ttl * 1000))
+
     def _report(self, error: BaseException, what: str) -> None:
         log.warning("syncws: Redis broker %s failed: %s", what, error)
         callback = self.on_broker_error
@@ -150,13 +239,17 @@ class RedisBroker(Broker):
             except Exception:
                 log.exception("syncws: on_broker_error raised")
 
-    def _next_batch(self) -> list[Any] | None:
-        """Block for one relay, then take whatever else is already waiting.
+    def _next_batch(self, timeout: float | None) -> list[Any] | None:
+        """Block for one item (at most ``timeout``), then take whatever else is already waiting.
 
-        None means stop.  Batching makes a burst one Redis round trip per
-        ``_BATCH`` messages instead of one per message.
+        None means stop; an empty batch, that the timeout passed.  Batching
+        makes a burst one Redis round trip per ``_BATCH`` items instead of
+        one per item.
         """
-        first = self._outbox.get()
+        try:
+            first = self._outbox.get(timeout=timeout)
+        except Empty:
+            return []
         if first is _STOP:
             return None
         batch = [first]
@@ -175,31 +268,97 @@ class RedisBroker(Broker):
         client = self._client(socket_timeout=5)
         errors = (self._redis_module.RedisError, OSError)
         backoff = 0.1
+        refresh = self.presence_ttl / 3  # presence entries are refreshed this often
+        next_refresh = time.monotonic() + refresh
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(max(0.0, next_refresh - time.monotonic()))
             if batch is None:
                 break
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + refresh
+                batch.append(None)  # refresh this process's presence entries
+            if not batch:
+                continue
             if time.monotonic() < self._relay_down_until:
-                self.dropped += len(batch)
+                self._give_up(batch)
                 continue
             try:
-                pipe = client.pipeline(transaction=False)  # in order, one round trip
-                for channel, data in batch:
-                    pipe.publish(channel, data)
-                pipe.execute()
+                results = self._send(client, batch)
             except errors as exc:
-                self.dropped += len(batch)
+                self._give_up(batch)
                 if not self._relay_failed:
                     self._report(exc, "relay")
                 self._relay_failed = True
                 self._relay_down_until = time.monotonic() + backoff
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
+            for item, result in results:
+                if isinstance(result, Exception):
+                    log.warning("syncws: Redis refused a broker command: %s", result)
+                    self._give_up([item])
             if self._relay_failed:
                 log.info("syncws: Redis broker relay is back")
             self._relay_failed = False
             backoff = 0.1
         client.close()
+
+    def _send(self, client: Any, batch: list[Any]) -> list[tuple[Any, Any]]:
+        """One pipelined round trip for a batch, in order; ``(item, result or error)`` per item.
+
+        A presence refresh (None) is several commands whose results are not returned.
+        """
+        pipe = client.pipeline(transaction=False)
+        prefix = self.prefix
+        owners: list[Any] = []  # the item each queued command belongs to
+        for item in batch:
+            queued = len(pipe.command_stack)
+            if item is None:
+                self._refresh_presence(pipe)
+                owners += [None] * (len(pipe.command_stack) - queued)
+                continue
+            owners.append(item)
+            kind = item[0]
+            if kind == _RELAY:
+                pipe.publish(item[1], item[2])
+            elif kind == _STORED:
+                _, namespace, topic, outgoing, exclude = item
+                args = redis_scripts.publish_args(
+                    prefix, self.origin, namespace, topic, outgoing, exclude, self.history_size, self._ttl_ms()
+                )
+                self._script(client, "PUBLISH")(args=args, client=pipe)
+            elif kind == _PRESENCE:
+                _, namespace, topic, entry_id, info = item
+                if info is None:
+                    self._script(client, "PRESENCE_REMOVE")(args=[prefix, namespace, topic, entry_id], client=pipe)
+                else:
+                    args = [prefix, int(self.presence_ttl * 1000), namespace, topic, entry_id, info]
+                    self._script(client, "PRESENCE_ADD")(args=args, client=pipe)
+            else:  # _CONFIG
+                pipe.hset(
+                    f"{prefix}:config", mapping={"history_size": self.history_size, "history_ttl": self._ttl_ms()}
+                )
+        results = pipe.execute(raise_on_error=False)
+        return [(item, result) for item, result in zip(owners, results, strict=True) if item is not None]
+
+    def _refresh_presence(self, pipe: Any) -> None:
+        entries = self._presence_entries() if self._presence_entries is not None else []
+        script = self._script(pipe, "PRESENCE_ADD")
+        ttl = int(self.presence_ttl * 1000)
+        for start in range(0, len(entries), 500):
+            args: list[Any] = [self.prefix, ttl]
+            for namespace, topic, entry_id, info in entries[start : start + 500]:
+                args += [namespace, topic, entry_id, to_json(info)]
+            script(args=args, client=pipe)
+
+    def _give_up(self, batch: list[Any]) -> None:
+        """Redis did not take these: relays are dropped (counted), stored publishes delivered locally."""
+        for item in batch:
+            if item is None:
+                continue
+            if item[0] == _STORED:
+                self._deliver_unstored(*item[1:])
+            if item[0] in (_RELAY, _STORED):
+                self.dropped += 1
 
     def _subscribe_loop(self) -> None:
         errors = (self._redis_module.RedisError, OSError)
@@ -212,13 +371,13 @@ class RedisBroker(Broker):
                 # accepts but never answers cannot hang the handshake forever
                 # (redis-py < 8 has no default); idle reads have their own.
                 timeout = min(5.0, max(1.0, 2 * self.health_check_interval))
-                pubsub = self._client(socket_timeout=timeout).pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client(socket_timeout=timeout).pubsub()
                 with self._lock:  # a fresh connection takes the whole current set
                     self._commands.clear()
                     channels = list(self._channels)
                 # A private control channel keeps the connection subscribed (and
                 # so health-checkable) even when there is no interest yet.
-                pubsub.subscribe(f"{self.prefix}:ctl:{self.origin}", *channels)
+                pubsub.subscribe(self._control, *channels)
                 self.connected = True
                 if reported:
                     log.info("syncws: Redis broker subscriber reconnected")
@@ -235,6 +394,8 @@ class RedisBroker(Broker):
                 backoff = min(backoff * 2, self.max_backoff)
             finally:
                 self.connected = False
+                with self._lock:
+                    self._confirmed.clear()
                 if pubsub is not None:
                     try:
                         pubsub.close()
@@ -262,17 +423,116 @@ class RedisBroker(Broker):
                     pinged = True
                 continue
             last_heard, pinged = now, False
-            if message.get("type") == "message":
-                self._on_message(message["data"])
+            kind = message.get("type")
+            if kind == "message":
+                if message["channel"] == self._control.encode():
+                    self._release(message["data"].decode("ascii", "replace"))
+                else:
+                    self._on_message(message["data"])
+            elif kind in ("subscribe", "unsubscribe"):
+                channel = message["channel"].decode("utf-8", "replace")
+                with self._lock:
+                    if kind == "subscribe":
+                        self._confirmed.add(channel)
+                    else:
+                        self._confirmed.discard(channel)
+                if kind == "subscribe":
+                    self._release(channel)
+
+    def _release(self, key: str) -> None:
+        """Wake what waits for a channel's confirmation or for a marker."""
+        with self._lock:
+            waiters = self._waiters.pop(key, [])
+        for release in waiters:
+            release()
 
     def _on_message(self, data: bytes) -> None:
         try:
-            origin, namespace, topic, outgoing = decode_envelope(data)
+            origin, namespace, topic, outgoing, exclude = decode_envelope(data)
         except ValueError as exc:
             log.warning("syncws: dropped a malformed relayed message: %s", exc)
             return
-        if origin == self.origin:
-            return  # our own publish, already delivered locally
+        if origin == self.origin and outgoing.offset is None:
+            return  # our own relay, already delivered locally (stored publishes come back: see above)
         deliver = self._deliver
         if deliver is not None:
-            deliver(namespace, topic, outgoing)
+            deliver(namespace, topic, outgoing, exclude if origin == self.origin else None)
+
+    # -- reads (blocking; called from a thread that may wait, never the hub) ----------
+    def _wait(self, key: str, ready: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``ready()`` (checked under the lock) or ``_release(key)``; False at the deadline."""
+        done = RealLock()
+        done.acquire()
+        with self._lock:
+            if ready():
+                return True
+            self._waiters.setdefault(key, []).append(done.release)
+        if done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return True
+        with self._lock:
+            waiters = self._waiters.get(key, [])
+            if done.release in waiters:
+                waiters.remove(done.release)
+            if not waiters:
+                self._waiters.pop(key, None)
+        return False
+
+    def _read_client(self) -> Any:
+        if self._reader is None:
+            self._reader = self._client(socket_timeout=self.read_timeout)
+        return self._reader
+
+    def read_history(
+        self, namespace: str, topic: str, since: str | None, limit: int | None, *, recovering: bool = False
+    ) -> tuple[list[Outgoing], bool, str | None] | None:
+        deadline = time.monotonic() + self.read_timeout
+        marker = ""
+        if recovering:
+            # Live delivery must be on before the read: wait until Redis confirms
+            # the subscription the new local subscriber caused.
+            channel = channel_name(self.prefix, namespace, topic)
+            if not self._wait(channel, lambda: channel in self._confirmed, deadline):
+                return None
+            marker = uuid.uuid4().hex
+            arrived = RealLock()
+            arrived.acquire()
+            after = self._after_deliveries
+            with self._lock:
+                # The marker comes back on the control channel after every publish
+                # stored before the read; then the server makes the deliveries
+                # handed over before it, and only then does this return.
+                self._waiters[marker] = [lambda: after(arrived.release) if after else arrived.release()]
+        args = [self.prefix, namespace, topic, since or "", self._ttl_ms()]
+        args += [-1 if recovering and since is None else (limit or 0), "1" if recovering else "0"]
+        args += [self._control if marker else "", marker]
+        try:
+            reader = self._read_client()
+            recovered, newest, entries = self._script(reader, "READ")(args=args, client=reader)
+        except (self._redis_module.RedisError, OSError) as exc:
+            log.warning("syncws: reading a history from Redis failed: %s", exc)
+            with self._lock:
+                self._waiters.pop(marker, None)
+            return None
+        if marker and not arrived.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            with self._lock:
+                self._waiters.pop(marker, None)
+            return None
+        return [_from_entry(topic, entry) for entry in entries], bool(recovered), newest.decode() or None
+
+    def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
+        args = [self.prefix, topic, namespace or "", "1" if count_only else "0"]
+        reader = self._read_client()
+        found = self._script(reader, "PRESENCE_READ")(args=args, client=reader)
+        if count_only:
+            return int(found)
+        return [{"id": found[i].decode(), "info": json.loads(found[i + 1])} for i in range(0, len(found), 2)]
+
+
+def _from_entry(topic: str, entry: Any) -> Outgoing:
+    """A stream entry ``[id, [field, value, ...]]`` as a stamped publish."""
+    entry_id, flat = entry
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    opcode = OP_BINARY if fields.get(b"b") == b"1" else OP_TEXT
+    outgoing = Outgoing.from_payload(opcode, fields.get(b"d", b""), is_json=fields.get(b"j") == b"1")
+    outgoing.topic, outgoing.offset = topic, entry_id.decode()
+    return outgoing

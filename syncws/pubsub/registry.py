@@ -20,7 +20,18 @@ class Subscriber(Protocol):
 
     namespace: str
 
+    @property
+    def id(self) -> str: ...
+
     def deliver(self, outgoing: Any) -> None: ...
+
+
+#: ``subscribe(..., presence=ABSENT)``: the subscription is not shown in presence.
+ABSENT: Any = object()
+
+#: Told when a presence entry appears (info) or goes (``ABSENT``):
+#: ``(namespace, topic, id, info)``; runs under the registry's lock.
+PresenceListener = Callable[[str, str, str, Any], None]
 
 
 class Registry:
@@ -31,6 +42,10 @@ class Registry:
         self._subscriptions: dict[Any, set[str]] = {}
         # topic -> namespaces that have subscribers to it, for namespace-less publishes
         self._namespaces: dict[str, set[str]] = {}
+        # (namespace, topic) -> {subscriber: info} for the subscriptions shown in presence
+        self._present: dict[tuple[str, str], dict[Any, Any]] = {}
+        #: Told when a presence entry appears or goes (the Redis broker mirrors them).
+        self.on_presence: PresenceListener | None = None
         #: Told when (namespace, topic) gets its first local subscriber or loses
         #: its last one (namespace None: the topic in any namespace).  Runs
         #: under the lock, so it must only record (a broker queues a command).
@@ -63,10 +78,13 @@ class Registry:
             return frozenset(p for members in self._peers.values() for p in members)
 
     # -- topics ------------------------------------------------------------
-    def subscribe(self, sub: Subscriber, topic: str) -> None:
-        if not isinstance(topic, str) or not topic:
-            raise ConfigurationError("a topic is a non-empty string")
+    def subscribe(self, sub: Subscriber, topic: str, presence: Any = ABSENT) -> None:
+        """Add ``sub`` to ``topic``; with ``presence`` (any JSON-able info) it is shown in presence."""
+        check_topic(topic)
         with self._lock:
+            if presence is not ABSENT:
+                self._present.setdefault((sub.namespace, topic), {})[sub] = presence
+                self._presence_changed(sub, topic, presence)
             key = (sub.namespace, topic)
             members = self._topics.get(key)
             if members is None:
@@ -90,8 +108,18 @@ class Registry:
                 del self._subscriptions[sub]
             self._discard(sub, topic)
 
+    def _presence_changed(self, sub: Subscriber, topic: str, info: Any) -> None:
+        if self.on_presence is not None:
+            self.on_presence(sub.namespace, topic, sub.id, info)
+
     def _discard(self, sub: Subscriber, topic: str) -> None:
         key = (sub.namespace, topic)
+        present = self._present.get(key)
+        if present is not None and sub in present:
+            del present[sub]
+            if not present:
+                del self._present[key]
+            self._presence_changed(sub, topic, ABSENT)
         members = self._topics.get(key)
         if members is not None:
             members.discard(sub)
@@ -118,6 +146,32 @@ class Registry:
                 found.extend(self._topics[(ns, topic)])
             return found
 
+    def namespaces_of(self, topic: str) -> frozenset[str]:
+        """The namespaces with local subscribers of ``topic``."""
+        with self._lock:
+            return frozenset(self._namespaces.get(topic, ()))
+
+    def presence(self, topic: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """``[{"id": ..., "info": ...}]`` of the local subscriptions shown in presence."""
+        with self._lock:
+            if namespace is not None:
+                found = list(self._present.get((namespace, topic), {}).items())
+            else:
+                found = [
+                    item
+                    for ns in self._namespaces.get(topic, ())
+                    for item in self._present.get((ns, topic), {}).items()
+                ]
+        return [{"id": sub.id, "info": info} for sub, info in found]
+
+    def presence_entries(self) -> list[tuple[str, str, str, Any]]:
+        """Every local presence entry as ``(namespace, topic, id, info)`` (a broker's heartbeat)."""
+        with self._lock:
+            found = [
+                (ns, topic, sub, info) for (ns, topic), subs in self._present.items() for sub, info in subs.items()
+            ]
+        return [(ns, topic, sub.id, info) for ns, topic, sub, info in found]
+
     def interests(self) -> list[tuple[str | None, str]]:
         """Every (namespace, topic) with local subscribers, plus (None, topic) per topic."""
         with self._lock:
@@ -130,6 +184,11 @@ class Registry:
                 "topics": len(self._topics),
                 "subscribers": len(self._subscriptions),
             }
+
+
+def check_topic(topic: Any) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise ConfigurationError("a topic is a non-empty string")
 
 
 def fan_out(subscribers: Iterable[Subscriber], outgoing: Any, exclude: Any = None) -> int:

@@ -20,6 +20,7 @@ from ..base.threads import RealLock
 from ..protocol.deflate import Agreement
 from ..protocol.frames import OP_PING, encode_frame
 from ..protocol.payload import Outgoing
+from ..pubsub.history import Recovery
 from .runtime import Runtime
 
 
@@ -91,6 +92,7 @@ class Peer:
         self._runtime = session.runtime
         self._deflate = session.deflate  # permessage-deflate agreed: frames may be compressed
         self._threshold = session.runtime.options.compression_threshold
+        self._envelopes: set[str] | None = None  # topics whose publishes arrive as JSON envelopes
 
     # -- introspection -----------------------------------------------------
     @property
@@ -148,6 +150,9 @@ class Peer:
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Queue an already-serialised message (hub thread only)."""
+        envelopes = self._envelopes
+        if envelopes is not None and outgoing.topic in envelopes:
+            outgoing = outgoing.envelope  # built once per publish, shared by the recipients
         deflate = self._deflate
         self._session.outbox.put(outgoing.frame if deflate is None else outgoing.frame_for(deflate, self._threshold))
 
@@ -188,12 +193,38 @@ class Peer:
         bridge.call(outbox.remove_drain_waiter, release)
         return False
 
-    def subscribe(self, topic: str) -> None:
-        if not self._session.closed:
-            self._runtime.registry.subscribe(self, topic)
+    def subscribe(
+        self, topic: str, *, since: str | None = None, envelope: bool = False, presence: Any = None
+    ) -> Recovery:
+        """Receive the publishes to ``topic`` in this namespace.
+
+        ``since``: the offset of the last publish this client saw; with
+        history on, every stored publish after it is sent first, then live
+        ones, with no duplicate and no gap (the result says whether
+        everything was still there).  ``envelope=True``: publishes on this
+        subscription arrive as JSON text ``{"topic", "offset", "data"}``, so
+        the client learns the offsets.  ``presence``: the info others see in
+        :meth:`presence` (any JSON-able value).
+        """
+        if self._session.closed:
+            return Recovery()
+        if envelope:
+            if self._envelopes is None:
+                self._envelopes = set()
+            self._envelopes.add(topic)
+        elif self._envelopes is not None:
+            self._envelopes.discard(topic)
+        return self._runtime.subscribe(self, topic, since, presence)
 
     def unsubscribe(self, topic: str) -> None:
         self._runtime.registry.unsubscribe(self, topic)
+        if self._envelopes is not None:
+            self._envelopes.discard(topic)
+
+    def presence(self, topic: str) -> list[dict[str, Any]]:
+        """Who is subscribed to ``topic`` in this namespace, on every process: ``[{"id", "info"}]``."""
+        result: list[dict[str, Any]] = self._runtime.presence(topic, self.namespace)
+        return result
 
     def publish(self, topic: str, data: Any, *, compress: bool | None = None) -> None:
         """Send to every *other* subscriber of ``topic`` in this namespace (and other processes).

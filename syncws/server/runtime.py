@@ -12,20 +12,25 @@ import cycle and a session can be driven in a test with a bare runtime.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 from gevent.threadpool import ThreadPool
 
-from ..base.errors import ServerNotRunning
+from ..base.errors import BrokerError, ServerNotRunning
 from ..base.options import ServerOptions
+from ..base.threads import RealLock
 from ..protocol.payload import Outgoing
 from ..pubsub.broker import Broker
-from ..pubsub.registry import Registry, Subscriber, fan_out
+from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, is_after, parse_offset
+from ..pubsub.registry import ABSENT, Registry, Subscriber, check_topic, fan_out
 from .bridge import HubBridge
 from .keepalive import Keepalive
 from .outbox import Flusher
+
+log = logging.getLogger("syncws")
 
 
 class Runtime:
@@ -36,6 +41,15 @@ class Runtime:
         self.broker = broker
         self.registry = Registry()
         self.registry.on_interest = broker.interest
+        #: This process's history, when history is on and the broker keeps none.
+        self.history: MemoryHistory | None = None
+        broker.configure(
+            options.history_size, options.history_ttl, options.presence_ttl, self.registry.presence_entries, self._after
+        )
+        if options.history_size and not broker.stores_history:
+            self.history = MemoryHistory(options.history_size, options.history_ttl)
+        if broker.shares_presence:
+            self.registry.on_presence = broker.presence_changed
         #: The public object that owns this runtime (``peer.server``).
         self.owner = owner
         self.sessions: set[Any] = set()  # open WebSocket sessions
@@ -62,18 +76,193 @@ class Runtime:
 
     # -- pub/sub -------------------------------------------------------------------------
     def deliver(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None) -> None:
-        """A local publish (hub thread): local subscribers first, then the broker relays it."""
+        """A local publish (hub thread): local subscribers first, then the broker relays it.
+
+        A broker that stores the history delivers it back instead, with its offset.
+        """
+        outgoing.topic = topic
+        if self.broker.stores_history:
+            self.broker.publish_stored(namespace, topic, outgoing, None if exclude is None else exclude.id)
+            return
         self._deliver_local(topic, outgoing, namespace, exclude)
         self.broker.relay(namespace, topic, outgoing)
 
-    def deliver_relayed(self, namespace: str | None, topic: str, outgoing: Outgoing) -> None:
-        """A publish from another process (any thread): local subscribers only, never relayed."""
-        self.call_in_hub(self._deliver_local, topic, outgoing, namespace)
+    def deliver_relayed(
+        self, namespace: str | None, topic: str, outgoing: Outgoing, exclude_id: str | None = None
+    ) -> None:
+        """A publish from the broker (any thread): local subscribers only, never relayed."""
+        self.call_in_hub(self._deliver_relayed, topic, outgoing, namespace, exclude_id)
+
+    def _deliver_relayed(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude_id: str | None) -> None:
+        outgoing.topic = topic
+        subscribers = None
+        exclude = None
+        if exclude_id is not None:  # our own publish, back from the broker: not to its sender
+            subscribers = self.registry.subscribers(topic, namespace)
+            exclude = next((sub for sub in subscribers if sub.id == exclude_id), None)
+        if outgoing.offset is not None or self.history is None:
+            if subscribers is None:
+                subscribers = self.registry.subscribers(topic, namespace)
+            fan_out(subscribers, outgoing, exclude)
+        else:
+            self._deliver_local(topic, outgoing, namespace, exclude)
 
     def _deliver_local(
         self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None
     ) -> None:
-        fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude)
+        history = self.history
+        if history is None:
+            fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude)
+            return
+        # Stored per namespace: the history of (namespace, topic) holds what a
+        # subscriber there would have received.
+        spaces = (
+            (namespace,) if namespace is not None else self.registry.namespaces_of(topic) | history.namespaces(topic)
+        )
+        for space in spaces:
+            stamped = history.append(space, topic, outgoing)
+            fan_out(self.registry.subscribers(topic, space), stamped, exclude=exclude)
+
+    def _after(self, fn: Callable[[], None]) -> None:
+        # FIFO through the hub: runs after every delivery handed over before it.
+        self.call_in_hub(fn)
+
+    # -- history and presence ---------------------------------------------------------------
+    @property
+    def keeps_history(self) -> bool:
+        return self.history is not None or self.broker.stores_history
+
+    def subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: Any = ABSENT) -> Recovery:
+        """Subscribe, replaying the stored publishes after ``since`` first (any thread).
+
+        With history on, no publish is delivered twice or skipped between the
+        replay and live delivery: the replay and the switch to live happen in
+        the hub with nothing delivered in between (in memory), or live
+        publishes are held back until the read from Redis is placed in their
+        order (see :meth:`_subscribe_through_broker`).
+        """
+        check_topic(topic)
+        if self.history is not None:
+            return self.in_hub(self._subscribe_in_memory, sub, topic, since, presence)  # type: ignore[no-any-return]
+        if self.broker.stores_history:
+            return self._subscribe_through_broker(sub, topic, since, presence)
+        self.registry.subscribe(sub, topic, presence)
+        return NOT_RECOVERED
+
+    def _subscribe_in_memory(self, sub: Subscriber, topic: str, since: str | None, presence: Any) -> Recovery:
+        assert self.history is not None
+        entries, recovered, newest = self.history.read(sub.namespace, topic, since)
+        if since is None:
+            entries = []
+        self.registry.subscribe(sub, topic, presence)
+        for entry in entries:
+            sub.deliver(entry)
+        return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
+
+    def _subscribe_through_broker(self, sub: Subscriber, topic: str, since: str | None, presence: Any) -> Recovery:
+        """Redis keeps the history: read it without losing or repeating a live publish.
+
+        A stand-in subscriber holds the live publishes while the read runs;
+        the broker returns once every publish stored before the read has
+        reached the hub, so those the stand-in holds up to the read's newest
+        offset are in the read (or older than ``since``), and the rest are
+        delivered after the replay.  Redis unreachable: ``recovered`` False,
+        nothing replayed, live delivery as without history.
+        """
+        holder = _Holder(sub.namespace)
+        self.registry.subscribe(holder, topic)
+        try:
+            reading = self.blocking(self.broker.read_history, sub.namespace, topic, since, None, recovering=True)
+        except BaseException:
+            self.registry.unsubscribe(holder, topic)
+            raise
+        return self.in_hub(self._finish_subscribe, sub, topic, since, presence, holder, reading)  # type: ignore[no-any-return]
+
+    def _finish_subscribe(
+        self,
+        sub: Subscriber,
+        topic: str,
+        since: str | None,
+        presence: Any,
+        holder: _Holder,
+        reading: tuple[list[Outgoing], bool, str | None] | None,
+    ) -> Recovery:
+        try:
+            if getattr(sub, "closed", False):
+                return NOT_RECOVERED
+            entries, recovered, newest = reading if reading is not None else ([], False, None)
+            if since is None:
+                entries = []
+            mark = parse_offset(newest)
+            self.registry.subscribe(sub, topic, presence)
+            for entry in entries:
+                sub.deliver(entry)
+            for held in holder.held:
+                if is_after(held.offset, mark):
+                    sub.deliver(held)
+            return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
+        finally:
+            self.registry.unsubscribe(holder, topic)  # after the real subscribe: no interest churn
+
+    def history_of(
+        self, topic: str, namespace: str, since: str | None = None, limit: int | None = None
+    ) -> list[Outgoing]:
+        """The stored publishes of (namespace, topic) after ``since``, the newest ``limit`` (any thread)."""
+        check_topic(topic)
+        if self.history is not None:
+            history = self.history
+            return self.in_hub(lambda: history.read(namespace, topic, since, limit)[0])  # type: ignore[no-any-return]
+        if self.broker.stores_history:
+            reading = self.blocking(self.broker.read_history, namespace, topic, since, limit)
+            if reading is None:
+                raise BrokerError("the history could not be read from the broker")
+            entries: list[Outgoing] = reading[0]
+            return entries
+        return []
+
+    def presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
+        """Who is subscribed to ``topic``: every process with a broker that shares presence (any thread)."""
+        check_topic(topic)
+        if self.broker.shares_presence:
+            try:
+                return self.blocking(self.broker.read_presence, topic, namespace, count_only)
+            except Exception as exc:
+                log.warning("syncws: presence could not be read from the broker, answering for this process: %s", exc)
+        local = self.registry.presence(topic, namespace)
+        return len(local) if count_only else local
+
+    # -- calling into and out of the hub ------------------------------------------------------
+    def in_hub(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the hub and return its result (any thread; waits for it)."""
+        bridge = self.bridge
+        if bridge is None or bridge.in_hub_thread():
+            return fn(*args)
+        done = RealLock()
+        done.acquire()
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, fn(*args)))
+            except BaseException as exc:
+                outcome.append((False, exc))
+            finally:
+                done.release()
+
+        bridge.call(run)
+        if not done.acquire(timeout=30):
+            raise ServerNotRunning("the server's hub did not answer")
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
+
+    def blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run blocking I/O (a Redis read) without blocking the hub: in a thread from the hub thread."""
+        bridge = self.bridge
+        if bridge is not None and bridge.in_hub_thread():
+            return gevent.get_hub().threadpool.apply(lambda: fn(*args, **kwargs))
+        return fn(*args, **kwargs)
 
     # -- hooks in threads ------------------------------------------------------------------
     def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -98,6 +287,23 @@ class Runtime:
         pool, self._hook_pool = self._hook_pool, None
         if pool is not None:
             pool.kill()
+
+
+class _Holder:
+    """Holds the live publishes of a topic while a subscriber's history is read."""
+
+    __slots__ = ("held", "namespace")
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.held: list[Outgoing] = []
+
+    @property
+    def id(self) -> str:
+        return f"holder-{id(self)}"
+
+    def deliver(self, outgoing: Outgoing) -> None:
+        self.held.append(outgoing)
 
 
 def _run_captured(context: contextvars.Context, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:

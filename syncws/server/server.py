@@ -15,18 +15,19 @@ and :attr:`Server.finished` flags.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from ..base.errors import ListenError, ServerNotRunning
+from ..base.errors import ConfigurationError, ListenError, ServerNotRunning
 from ..base.options import ServerOptions
 from ..base.threads import RealLock, start_thread
 from ..protocol.payload import Outgoing
@@ -42,6 +43,25 @@ from .outbox import Flusher
 from .runtime import Runtime
 
 log = logging.getLogger("syncws")
+
+
+class HistoryEntry(NamedTuple):
+    """One stored publish: its ``offset`` and its ``data`` (as a subscriber would decode it).
+
+    ``data`` is the value for a JSON payload (dict, list, number), ``str``
+    for text, ``bytes`` for binary.
+    """
+
+    offset: str
+    data: Any
+
+
+def _value_of(outgoing: Outgoing) -> Any:
+    if outgoing.is_binary:
+        return outgoing.payload
+    text = outgoing.payload.decode("utf-8")
+    return json.loads(text) if outgoing.is_json else text
+
 
 _current: Server | None = None
 _current_lock = RealLock()
@@ -142,6 +162,37 @@ class Server:
         """
         bridge = self.runtime.require_bridge()
         bridge.call(self.runtime.deliver, topic, Outgoing(data, compress), namespace)
+
+    def history(
+        self, topic: str, namespace: str | None = None, since: str | None = None, limit: int | None = None
+    ) -> list[HistoryEntry]:
+        """The stored publishes of ``topic`` in ``namespace``, oldest first.
+
+        For apps that render state on load.  ``since`` (exclusive) as in
+        recovery; ``limit`` keeps the newest.  ``namespace`` None: the
+        namespace ``"/"``.  Empty when history is off.  Any thread; from a
+        hook it blocks that hook only.  :class:`~syncws.BrokerError` when the
+        Redis broker cannot be read.
+        """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise ConfigurationError(f"limit must be a non-negative integer or None, not {limit!r}")
+        entries = self.runtime.history_of(topic, "/" if namespace is None else namespace, since, limit)
+        return [HistoryEntry(entry.offset or "", _value_of(entry)) for entry in entries]
+
+    def presence(self, topic: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Who is subscribed to ``topic`` now: ``[{"id": ..., "info": ...}]``.
+
+        Every WebSocket peer subscribed to it (with the ``presence=`` info it
+        passed, default None) and every event stream that passed
+        ``presence=``; across every process with the Redis broker, this
+        process's otherwise.  ``namespace`` None: every namespace.
+        """
+        result: list[dict[str, Any]] = self.runtime.presence(topic, namespace)
+        return result
+
+    def presence_count(self, topic: str, namespace: str | None = None) -> int:
+        """How many entries :meth:`presence` would return."""
+        return int(self.runtime.presence(topic, namespace, count_only=True))
 
     def close_all(self, code: int = 1001, reason: str = "going away") -> None:
         """Close every connected peer with ``code`` and ``reason`` (any thread)."""

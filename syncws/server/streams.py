@@ -10,6 +10,7 @@ away is noticed at once, even when nothing is being pushed.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -22,12 +23,17 @@ from ..base.errors import ConfigurationError, SyncwsError
 from ..base.options import is_seconds
 from ..base.threads import RealLock
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
+from ..pubsub.history import Recovery
+from ..pubsub.registry import ABSENT
 from .http import TRANSPORT_KEY
 from .runtime import Runtime
 
 log = logging.getLogger("syncws")
 
 __all__ = ["EventStream", "EventStreamMessage", "create_event_stream"]
+
+#: ``stream.subscribe(topic)``'s default ``since``: the request's ``Last-Event-ID``.
+LAST_EVENT_ID: Any = object()
 
 
 class NoTransportError(InternalServerError, SyncwsError, RuntimeError):
@@ -92,6 +98,14 @@ class EventStream:
         self._ended = False
         self._callbacks: list[Callable[[], Any]] = []
         self._callbacks_lock = RealLock()
+        self._id: str | None = None
+
+    @property
+    def id(self) -> str:
+        """A unique string of this stream's (its presence entry's id)."""
+        if self._id is None:
+            self._id = "sse-" + uuid.uuid4().hex
+        return self._id
 
     @property
     def server(self) -> Any:
@@ -154,9 +168,23 @@ class EventStream:
         self._append(outgoing.memo("sse", _publish_event))
 
     # -- pub/sub --------------------------------------------------------------
-    def subscribe(self, topic: str) -> None:
-        if not self._closed:
-            self._runtime.registry.subscribe(self, topic)
+    def subscribe(self, topic: str, *, since: Any = LAST_EVENT_ID, presence: Any = ABSENT) -> Recovery:
+        """Receive the publishes to ``topic``, each with ``id: <offset>`` when history is on.
+
+        ``since`` defaults to the request's ``Last-Event-ID``: a reconnecting
+        ``EventSource`` first gets every stored event it missed, then live
+        ones (the result says whether nothing was missing).  One
+        ``Last-Event-ID`` names a position in one topic's history: a stream
+        that subscribes to several topics resumes the one the id belongs to
+        and replays what is stored of the others, so give each resumable
+        topic its own stream, or pass ``since`` yourself.  ``presence``: show
+        this stream in the topic's presence with this info.
+        """
+        if self._closed:
+            return Recovery()
+        if since is LAST_EVENT_ID:
+            since = self.last_event_id
+        return self._runtime.subscribe(self, topic, since, presence)
 
     def unsubscribe(self, topic: str) -> None:
         self._runtime.registry.unsubscribe(self, topic)
@@ -264,7 +292,10 @@ class EventStream:
 
 def _publish_event(outgoing: Any) -> bytes:
     # Formatted once per publish, whatever the number of streams.
-    return format_event(outgoing.text).encode("utf-8")
+    offset = outgoing.offset
+    if offset is None:
+        return format_event(outgoing.text).encode("utf-8")
+    return format_event(EventStreamMessage(data=outgoing.text, id=offset)).encode("utf-8")
 
 
 def _run_callback(callback: Callable[[], Any]) -> None:

@@ -101,7 +101,7 @@ def test_envelope_round_trip(data, opcode, payload, namespace):
     origin = new_origin()
     wire = encode_envelope(origin, namespace, "topic:x", Outgoing(data))
     assert isinstance(wire, bytes)
-    got_origin, got_ns, got_topic, outgoing = decode_envelope(wire)
+    got_origin, got_ns, got_topic, outgoing, _ = decode_envelope(wire)
     assert (got_origin, got_ns, got_topic) == (origin, namespace, "topic:x")
     assert outgoing.opcode == opcode
     assert outgoing.is_binary == (opcode == OP_BINARY)
@@ -112,7 +112,7 @@ def test_envelope_round_trip(data, opcode, payload, namespace):
 
 def test_envelope_json_payload_decodes_to_the_same_value():
     value = {"user": "zoë", "n": [1, 2, {"deep": None}]}
-    _, _, _, outgoing = decode_envelope(encode_envelope("o", "/ns", "t", Outgoing(value)))
+    _, _, _, outgoing, _ = decode_envelope(encode_envelope("o", "/ns", "t", Outgoing(value)))
     assert json.loads(outgoing.text) == value
     assert outgoing.text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -161,7 +161,7 @@ def test_malformed_envelopes_raise_value_error(wire):
 
 
 def test_binary_envelope_accepts_any_bytes():
-    _, _, _, outgoing = decode_envelope(_header(b=True) + b"\n\xff\xfe")
+    _, _, _, outgoing, _ = decode_envelope(_header(b=True) + b"\n\xff\xfe")
     assert outgoing.is_binary and outgoing.payload == b"\xff\xfe"
 
 
