@@ -209,6 +209,8 @@ class Runtime:
     ) -> list[Outgoing]:
         """The stored publishes of (namespace, topic) after ``since``, the newest ``limit`` (any thread)."""
         check_topic(topic)
+        if limit == 0:
+            return []
         if self.history is not None:
             history = self.history
             return self.in_hub(lambda: history.read(namespace, topic, since, limit)[0])  # type: ignore[no-any-return]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import http.client
 import json
 import logging
 import queue
@@ -46,90 +45,9 @@ from syncws.protocol.sse import HEADERS
 
 from ..conftest import connect, wait_until
 from ..support.memory import live_greenlets
-from ..support.sse import SSEEvent, SSEParser
+from ..support.sse import SSEClient, SSEEvent, SSEParser
 
 CACHE_CONTROL = "private, no-cache, no-store, no-transform, must-revalidate, max-age=0"
-
-
-# -- a WHATWG event-stream parser ---------------------------------------------
-
-
-# -- an SSE client over http.client ---------------------------------------------
-
-
-class SSEClient:
-    """``GET`` an event stream with http.client and parse it as it arrives."""
-
-    def __init__(self, server, path: str = "/sse", headers: dict | None = None, timeout: float = 5.0) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-        all_headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        all_headers.update(headers or {})
-        self.conn.request("GET", path, headers=all_headers)
-        self.sock = self.conn.sock
-        self.response = self.conn.getresponse()
-        self.parser = SSEParser()
-        self.raw = bytearray()  # the body as received (de-chunked)
-        self.eof = False
-        self._seen = 0
-
-    @property
-    def status(self) -> int:
-        return self.response.status
-
-    def header(self, name: str) -> str | None:
-        return self.response.getheader(name)
-
-    @property
-    def events(self) -> list[SSEEvent]:
-        return self.parser.events
-
-    def _read(self, timeout: float) -> None:
-        self.sock.settimeout(timeout)
-        chunk = self.response.read1(65536)
-        if not chunk:
-            self.eof = True
-            return
-        self.raw += chunk
-        self.parser.feed(chunk)
-
-    def read_until(self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if self.eof:
-                raise AssertionError(f"stream ended while waiting for {what or predicate}; got {bytes(self.raw)!r}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {what or predicate}; got {bytes(self.raw)!r}")
-            try:
-                self._read(remaining)
-            except TimeoutError:
-                raise AssertionError(f"timed out waiting for {what or predicate}; got {bytes(self.raw)!r}") from None
-
-    def next_event(self, timeout: float = 5.0) -> SSEEvent:
-        self.read_until(lambda: len(self.parser.events) > self._seen, timeout, "an event")
-        event = self.parser.events[self._seen]
-        self._seen += 1
-        return event
-
-    def next_events(self, count: int, timeout: float = 5.0) -> list[SSEEvent]:
-        return [self.next_event(timeout) for _ in range(count)]
-
-    def wait_eof(self, timeout: float = 5.0) -> None:
-        self.read_until(lambda: self.eof, timeout, "the end of the stream")
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.response.close()
-        self.conn.close()
-
-    def __enter__(self) -> SSEClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def raw_stream(server, path: str, *, version: str = "HTTP/1.0", extra: str = "") -> socket.socket:

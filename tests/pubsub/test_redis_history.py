@@ -1,0 +1,273 @@
+"""History and presence on Redis across processes, restarts and outages.
+
+``python -m syncws tests.apps.history_app:app --broker redis://... --history-size N``
+processes share a private redis-server; each test uses a prefix of its own
+(``SYNCWS_*`` cannot set one, so the processes use the default prefix and
+each test its own topics).  The single-process behaviours, against both
+stores, are in ``tests/server/test_recovery.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from syncws import BrokerError, Publisher
+from syncws.pubsub.redis_broker import RedisBroker
+
+from ..apps.history_app import app as history_app
+from ..conftest import wait_until
+from ..support import RedisServer, SyncwsProcess
+from ..support.history import Peer, history, open_stream, presence, publish
+
+pytestmark = pytest.mark.slow  # subprocesses and Redis: not in the fast loop
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.apps.history_app:app"
+
+
+class HistoryProcess(SyncwsProcess):
+    def __init__(self, redis_url: str, *options: str) -> None:
+        super().__init__(APP, "--port", "0", "--broker", redis_url, "--history-size", "100", *options, cwd=ROOT)
+        self.url = self.wait_for_url()
+        assert wait_until(lambda: self._connected(), timeout=10), f"{self!r} never reached Redis"
+
+    def _connected(self) -> bool:
+        import requests
+
+        return bool(requests.get(self.url + "/stats", timeout=5).json()["connected"])
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def processes(redis_server):
+    """``processes(*options)`` starts one history app process; all are killed at teardown."""
+    started: list = []
+
+    def start(*options: str) -> HistoryProcess:
+        process = HistoryProcess(redis_server.url, *options)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+
+
+@pytest.fixture
+def opened():
+    clients: list = []
+    yield clients.append
+    for client in clients:
+        client.close()
+
+
+def topic_name() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def test_sse_resumes_after_the_server_process_restarts(processes, redis_server, opened):
+    topic = topic_name()
+    first = processes()
+    stream, _, _ = open_stream(first, (topic,))
+    for word in ("one", "two"):
+        publish(first, topic, word, ns="/ws/a")
+    seen = stream.next_events(2)
+    stream.close()
+    first.terminate()  # the server goes away (a deploy)...
+    with Publisher(redis_server.url) as publisher:  # ...and a job publishes meanwhile
+        for word in ("three", "four", "five"):
+            publisher.publish(topic, word, namespace="/ws/a")
+    second = processes()
+    resumed, replayed, results = open_stream(second, (topic,), last_event_id=seen[-1].last_event_id)
+    opened(resumed)
+    assert [e.data for e in replayed] == ["three", "four", "five"]
+    assert results[topic] == [True, 3, replayed[-1].last_event_id]
+    publish(second, topic, "six", ns="/ws/a")
+    assert resumed.next_event().data == "six"
+
+
+def test_a_client_resumes_on_another_process_with_the_same_offsets(processes, opened):
+    topic = topic_name()
+    a, b = processes(), processes()
+    on_a = Peer(a, "a", (topic,), envelope="1")
+    opened(on_a)
+    on_a.until_open()
+    publish(b, topic, {"n": 1}, ns="/ws/a")  # published on B, delivered on A through Redis
+    got = json.loads(on_a.get())
+    assert got["data"] == {"n": 1}
+    on_a.close()
+    for n in (2, 3):
+        publish(a, topic, {"n": n}, ns="/ws/a")
+    assert wait_until(lambda: len(history(b, topic)) == 3)
+    assert history(a, topic) == history(b, topic)  # one history, the same offsets everywhere
+    on_b = Peer(b, "a", (topic,), since=got["offset"], envelope="1")
+    opened(on_b)
+    replay, hello = on_b.until_open()
+    assert [json.loads(m)["data"] for m in replay] == [{"n": 2}, {"n": 3}]
+    assert hello["recovery"][topic] == [True, 2, history(b, topic)[-1][0]]
+
+
+def test_presence_across_processes_and_a_killed_process_vanishes_within_the_ttl(processes, opened):
+    topic = topic_name()
+    a, b = processes("--presence-ttl", "1.5"), processes("--presence-ttl", "1.5")
+    on_a = Peer(a, "a", (topic,), info=json.dumps({"on": "a"}))
+    on_b = Peer(b, "a", (topic,), info=json.dumps({"on": "b"}))
+    stream, _, _ = open_stream(b, (topic,), info=json.dumps("stream on b"))
+    for client in (on_a, on_b, stream):
+        opened(client)
+    ids = {"a": on_a.until_open()[1]["id"], "b": on_b.until_open()[1]["id"]}
+    expected = {ids["a"]: {"on": "a"}, ids["b"]: {"on": "b"}}
+
+    def infos(target):
+        return {e["id"]: e["info"] for e in presence(target, topic, "/ws/a")["presence"]}
+
+    assert wait_until(lambda: len(infos(a)) == 3)
+    for target in (a, b):
+        found = infos(target)
+        assert {k: v for k, v in found.items() if not k.startswith("sse-")} == expected
+        assert sorted(v for k, v in found.items() if k.startswith("sse-")) == ["stream on b"]
+        assert presence(target, topic, "/ws/a")["count"] == 3
+    on_a.send(op="presence", topic=topic)  # peer.presence() sees every process too
+    assert {e["id"] for e in on_a.get_json()["presence"]} == set(infos(a))
+
+    # A peer that leaves is gone at once; a process killed -9 cannot say goodbye:
+    # its entries are gone once their last refresh is older than the TTL.
+    on_a.close()
+    assert wait_until(lambda: ids["a"] not in infos(b), timeout=3)
+    b.kill()
+    killed = time.monotonic()
+    assert wait_until(lambda: infos(a) == {}, timeout=5), infos(a)
+    assert time.monotonic() - killed < 1.5 + 1.0  # the TTL, and the polling
+
+
+def test_a_publisher_stores_with_the_servers_settings(processes, redis_server, opened):
+    topic = topic_name()
+    server = processes()
+    with Publisher(redis_server.url) as publisher:
+        assert publisher.publish(topic, {"job": 1}, namespace="/ws/a") == 0  # nobody listening: stored all the same
+    assert [data for _, data in history(server, topic)] == [{"job": 1}]
+    # a namespace-less publish goes into every namespace with a history or subscriber
+    peer = Peer(server, "b", (topic,))
+    opened(peer)
+    peer.until_open()
+    with Publisher(redis_server.url) as publisher:
+        publisher.publish(topic, "to all")
+    assert peer.get() == "to all"
+    assert [d for _, d in history(server, topic, "/ws/a")] == [{"job": 1}, "to all"]
+    assert [d for _, d in history(server, topic, "/ws/b")] == ["to all"]
+
+
+def test_without_servers_keeping_history_a_publisher_only_publishes(redis_server, start_server):
+    prefix = "p" + uuid.uuid4().hex[:8]
+    broker = RedisBroker(redis_server.url, prefix=prefix)  # history off: no settings in Redis
+    server = start_server(history_app, broker=broker)
+    assert wait_until(lambda: broker.connected)
+    topic = topic_name()
+    peer = Peer(server, "a", (topic,))
+    peer.until_open()
+    try:
+        assert wait_until(lambda: redis_server.client().pubsub_numsub(f"{prefix}:all:{topic}")[0][1] == 1)
+        with Publisher(redis_server.url, prefix=prefix) as publisher:
+            assert publisher.publish(topic, "live only") == 1
+        assert peer.get() == "live only"
+        assert redis_server.client().keys(f"{prefix}:h:*") == []
+    finally:
+        peer.close()
+
+
+def test_history_ttl_on_redis_drops_old_publishes(processes, redis_server):
+    topic = topic_name()
+    server = processes("--history-ttl", "0.5")
+    publish(server, topic, "old", ns="/ws/a")
+    assert wait_until(lambda: len(history(server, topic)) == 1)
+    old = history(server, topic)[0][0]
+    time.sleep(0.7)  # older than the TTL now
+    assert history(server, topic) == []
+    publish(server, topic, "new", ns="/ws/a")
+    assert wait_until(lambda: [d for _, d in history(server, topic)] == ["new"])
+    stream, replayed, results = open_stream(server, (topic,), last_event_id=old)
+    stream.close()
+    assert [e.data for e in replayed] == ["new"] and results[topic][:2] == [False, 1]
+    ttl = redis_server.client().pttl(f"syncws:h:{quote('/ws/a', safe='')}:{topic}")
+    assert 0 < ttl <= 500  # the stream itself expires when the topic stays quiet
+
+
+def test_keys_quote_names_like_python(processes, redis_server, opened):
+    """The Lua scripts percent-encode names exactly as urllib.parse.quote(safe='')."""
+    topic = "odd:topic/é " + uuid.uuid4().hex[:6]
+    server = processes()
+    room = "r:ö%20x"
+    peer = Peer(server, quote(room, safe=""), (topic,))
+    opened(peer)
+    peer.until_open()
+    namespace = "/ws/" + room
+    publish(server, topic, "odd", ns=namespace)
+    assert peer.get() == "odd"
+    stream_key = f"syncws:h:{quote(namespace, safe='')}:{quote(topic, safe='')}"
+    assert wait_until(lambda: redis_server.client().exists(stream_key) == 1)
+    assert [d for _, d in history(server, topic, namespace)] == ["odd"]
+
+
+# -- Redis unreachable ---------------------------------------------------------------------
+
+
+def test_redis_down_live_delivery_goes_on_and_recovery_says_not_recovered(tmp_path, start_server):
+    with RedisServer(tmp_path) as own:
+        broker = RedisBroker(own.url, prefix="d" + uuid.uuid4().hex[:8], read_timeout=1.0)
+        server = start_server(history_app, broker=broker, history_size=50)
+        assert wait_until(lambda: broker.connected)
+        topic = topic_name()
+        before = Peer(server, "a", (topic,), envelope="1")
+        before.until_open()
+        try:
+            publish(server, topic, "stored", ns="/ws/a")
+            stored = json.loads(before.get())
+            assert stored["offset"]
+            own.kill()  # Redis dies
+            publish(server, topic, "while down", ns="/ws/a")
+            during = json.loads(before.get())  # still delivered here, without an offset
+            assert during == {"topic": topic, "offset": None, "data": "while down"}
+            started = time.monotonic()
+            late = Peer(server, "a", (topic,), since=stored["offset"])
+            replay, hello = late.until_open()
+            late.close()
+            assert replay == [] and hello["recovery"][topic] == [False, 0, None]
+            assert time.monotonic() - started < 3  # bounded: never a hang
+            with pytest.raises(BrokerError):
+                server.history(topic, "/ws/a")
+            assert server.presence(topic, "/ws/a") != []  # this process's presence, answered locally
+        finally:
+            before.close()
+        own.start()  # Redis is back: history works again
+        assert wait_until(lambda: broker.connected, timeout=10)
+        publish(server, topic, "after", ns="/ws/a")
+        assert wait_until(lambda: [d for _, d in history(server, topic)] == ["after"], timeout=5)
+
+
+def test_a_broken_redis_history_never_breaks_the_server(redis_server, start_server):
+    """A stream key of the wrong type: the script fails, the publish is delivered locally all the same."""
+    prefix = "w" + uuid.uuid4().hex[:8]
+    broker = RedisBroker(redis_server.url, prefix=prefix)
+    server = start_server(history_app, broker=broker, history_size=10)
+    assert wait_until(lambda: broker.connected)
+    topic = topic_name()
+    redis_server.client().set(f"{prefix}:h:{quote('/ws/a', safe='')}:{topic}", "not a stream")
+    peer = Peer(server, "a", (topic,))
+    try:
+        peer.until_open()
+        publish(server, topic, "still delivered", ns="/ws/a")
+        assert peer.get() == "still delivered"
+    finally:
+        peer.close()
+    assert server.history(topic, "/ws/a") == []  # nothing it can read as a history
