@@ -79,6 +79,11 @@ def test_the_per_handler_options_are_what_handlers_accept():
         ("port", "0", 0),
         ("log_level", "Warning", "warning"),
         ("host", "::1", "::1"),
+        ("history_size", "0", 0),
+        ("history_size", "1000", 1000),
+        ("history_ttl", "300", 300.0),
+        ("history_ttl", "none", None),
+        ("presence_ttl", "1.5", 1.5),
     ],
 )
 def test_text_is_parsed(name, text, value):
@@ -107,6 +112,10 @@ def test_text_is_parsed(name, text, value):
         ("port", "eighty"),
         ("host", " "),
         ("log_level", "loud"),
+        ("history_size", "-1"),
+        ("history_size", "lots"),
+        ("history_ttl", "0"),
+        ("presence_ttl", "none"),
     ],
 )
 def test_bad_text_says_what_was_expected(name, text):
@@ -137,6 +146,11 @@ def test_bad_text_says_what_was_expected(name, text):
         {"compression_window_bits": 8},
         {"compression_window_bits": 12.0},
         {"compression_threshold": 0},
+        {"history_size": -1},
+        {"history_size": 2.5},
+        {"history_size": None},
+        {"history_ttl": 0},
+        {"presence_ttl": None},
     ],
 )
 def test_bad_values_are_refused_by_name(options):

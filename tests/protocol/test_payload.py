@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -65,3 +66,31 @@ def test_as_text_is_the_text_form_of_any_value():
     assert as_text({"a": [1]}) == '{"a":[1]}'
     assert as_text(b"\xff") == base64.b64encode(b"\xff").decode()
     assert as_text(None) == ""
+
+
+@pytest.mark.parametrize(
+    "data, body",
+    [
+        ({"a": [1, "é"]}, '"data":{"a":[1,"é"]}'),
+        (3.5, '"data":3.5'),
+        (True, '"data":true'),
+        ('say "hi"\n', '"data":"say \\"hi\\"\\n"'),
+        ("", '"data":""'),
+        (None, '"data":""'),
+        (b"\x00\xff", '"data":"AP8=","encoding":"base64"'),
+    ],
+)
+def test_an_envelope_embeds_json_values_strings_and_base64(data, body):
+    stamped = Outgoing(data).stamped("news", "12-3")
+    envelope = stamped.envelope
+    assert envelope.opcode == OP_TEXT
+    text = envelope.payload.decode("utf-8")
+    assert text == '{"topic":"news","offset":"12-3",' + body + "}"
+    assert json.loads(text)["topic"] == "news"
+    assert stamped.envelope is envelope  # built once, whatever the number of recipients
+
+
+def test_an_unstamped_envelope_says_offset_null():
+    outgoing = Outgoing("x")
+    outgoing.topic = "t"
+    assert json.loads(outgoing.envelope.payload) == {"topic": "t", "offset": None, "data": "x"}

@@ -365,3 +365,18 @@ def test_history_off_recovery_result_and_bad_topics(start_server, opened):
     assert Recovery() == Recovery(recovered=False, replayed=0, offset=None)
     with pytest.raises(ConfigurationError):
         server.presence("")
+
+
+def test_recovery_from_hooks_in_os_threads(serve_history, opened):
+    """peer.subscribe(since=...) from a hook running in an OS thread: the replay is still exact."""
+    server = serve_history(hooks_in_threads=True)
+    topic = topic_name()
+    for word in ("a", "b", "c"):
+        publish(server, topic, word, ns="/ws/a")
+    stored = wait_stored(server, topic, 3)
+    peer = Peer(server, "a", (topic,), since=stored[0][0])
+    opened(peer)
+    replay, hello = peer.until_open()
+    assert replay == ["b", "c"] and hello["recovery"][topic] == [True, 2, stored[2][0]]
+    publish(server, topic, "live", ns="/ws/a")
+    assert peer.get() == "live"
