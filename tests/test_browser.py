@@ -1,4 +1,4 @@
-"""A real browser: headless Chromium opens examples/sse.py and reads both streams.
+"""A real browser: headless Chromium opens the examples (sse, chat, feed) and drives them.
 
 Playwright drives Debian's ``/usr/bin/chromium`` (``apt-get install chromium``;
 Playwright never downloads a browser here).  The test checks that events
@@ -263,3 +263,103 @@ def test_chromium_negotiates_permessage_deflate_and_messages_go_both_ways(browse
         assert compressed == [len(big.encode())]  # and we sent it back compressed (not "small")
     finally:
         server.stop(timeout=5)
+
+
+def feed_counts(page, prefix: str) -> dict:
+    return {name: page.text_content(f"#{prefix}-{name}") for name in ("count", "gaps", "dups", "last")}
+
+
+def wait_count(page, prefix: str, above: int) -> None:
+    page.wait_for_function(
+        f"() => Number(document.getElementById('{prefix}-count').textContent) > {above}",
+        timeout=WAIT_MS,
+        polling=100,
+    )
+
+
+def test_feed_websocket_resumes_from_its_offset_after_a_drop(browser):
+    """examples/feed.py: the page drops its WebSocket, reconnects with ?since= and misses nothing."""
+    from examples import feed as example
+
+    server = serve(example.app, host="127.0.0.1", port=0, background=True, access_log=False, history_size=1000)
+    try:
+        page = browser.new_page()
+        errors: list = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/", timeout=WAIT_MS)
+        wait_count(page, "ws", 3)
+        assert page.text_content("#ws-recovery") == "NOT recovered, replayed 0"  # a first visit: no since
+        page.click("#ws-drop")  # the page reconnects one second later, with ?since=<last offset>
+        page.wait_for_function(
+            "() => document.getElementById('ws-recovery').textContent.startsWith('recovered')",
+            timeout=WAIT_MS,
+            polling=100,
+        )
+        replayed = int(page.text_content("#ws-recovery").rsplit(" ", 1)[1])
+        assert replayed >= 1  # ticks kept coming during the second without a connection
+        seen = int(page.text_content("#ws-count"))
+        wait_count(page, "ws", seen + 2)  # and live ones after the replay
+        counts = feed_counts(page, "ws")
+        assert (counts["gaps"], counts["dups"]) == ("0", "0"), counts
+        assert int(page.text_content("#ws-reconnects")) == 1
+        assert feed_counts(page, "sse")["gaps"] == "0"
+        assert errors == []
+    finally:
+        server.stop(timeout=5)
+
+
+def test_feed_event_source_resumes_across_a_server_restart_with_redis(browser, tmp_path):
+    """History in Redis: the browser misses nothing that was published while no server ran."""
+    import json as jsonlib
+
+    from examples import feed as example
+    from syncws import Publisher
+
+    from .support import RedisServer
+
+    port = free_port()
+    with RedisServer(tmp_path) as redis_server:
+
+        def start():
+            return serve(
+                example.app,
+                host="127.0.0.1",
+                port=port,
+                background=True,
+                access_log=False,
+                history_size=1000,
+                broker=redis_server.url,
+            )
+
+        server = start()
+        try:
+            page = browser.new_page()
+            errors: list = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(server.url + "/", timeout=WAIT_MS)
+            wait_count(page, "sse", 3)
+            wait_count(page, "ws", 3)
+            server.stop(timeout=5)  # a deploy: no server for a while...
+            page.wait_for_function(
+                "() => document.getElementById('sse-state').textContent === 'reconnecting'",
+                timeout=WAIT_MS,
+                polling=100,
+            )
+            client = redis_server.client(decode_responses=False)
+            newest = client.xrevrange("syncws:h:%2Fws:ticks", count=1)[0][1]
+            n = jsonlib.loads(newest[b"d"])["n"]
+            with Publisher(redis_server.url) as publisher:  # ...while a job goes on publishing
+                for extra in range(1, 4):
+                    publisher.publish("ticks", {"n": n + extra}, namespace="/ws")
+            before = {prefix: int(page.text_content(f"#{prefix}-count")) for prefix in ("sse", "ws")}
+            server = start()  # back on the same port, with the same Redis
+            wait_count(page, "sse", before["sse"] + 5)  # the missed ticks, the job's three, then live ones
+            wait_count(page, "ws", before["ws"] + 5)
+            for prefix in ("sse", "ws"):
+                counts = feed_counts(page, prefix)
+                assert (counts["gaps"], counts["dups"]) == ("0", "0"), (prefix, counts)
+                assert int(counts["last"]) > n + 3
+            assert page.text_content("#ws-recovery").startswith("recovered")
+            assert errors == []
+        finally:
+            server.stop(timeout=5)

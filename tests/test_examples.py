@@ -26,7 +26,7 @@ def handshake_status(url: str, **kwargs) -> int:
     return refused.value.status_code
 
 
-@pytest.mark.parametrize("name", ["chat", "sse", "flask_login", "token_auth", "rooms", "channel"])
+@pytest.mark.parametrize("name", ["chat", "sse", "flask_login", "token_auth", "rooms", "channel", "feed"])
 def test_each_example_says_how_to_run_it_and_imports(name):
     source = (EXAMPLES / f"{name}.py").read_text()
     first, second = source.splitlines()[:2]
