@@ -106,7 +106,7 @@ class RedisBroker(Broker):
         self._control = f"{prefix}:ctl:{self.origin}"
         self._confirmed: set[str] = set()  # channels Redis confirmed subscribing
         self._waiters: dict[str, list[Any]] = {}  # channel or marker -> locks to release
-        self._reader: Any = None  # the client of recoveries and presence reads (thread-safe pool)
+        self._reads = _SimpleQueue()  # (script, args, result box, release) for the reader thread
         self._scripts: dict[str, Any] = {}
         self._deliver: Deliver | None = None
         self._lock = RealLock()
@@ -120,6 +120,7 @@ class RedisBroker(Broker):
         self._relay_failed = False
         self.dropped = 0  # relays dropped while Redis was unreachable
         self.connected = False  # the subscriber connection is up and subscribed
+        self._outage = False  # the subscriber lost Redis and has not reconnected yet
         self._threads_done: list[Any] = []
 
     # -- Broker interface ------------------------------------------------------
@@ -150,7 +151,7 @@ class RedisBroker(Broker):
             self._channels[channel] = 1
         if self.history_size:
             self._outbox.put((_CONFIG,))  # what a Publisher stores with
-        for target in (self._relay_loop, self._subscribe_loop):
+        for target in (self._relay_loop, self._subscribe_loop, self._read_loop):
             done = RealLock()
             done.acquire()
             self._threads_done.append(done)
@@ -162,12 +163,10 @@ class RedisBroker(Broker):
         self._running = False
         self._stopped.release()
         self._outbox.put(_STOP)
+        self._reads.put(_STOP)
         for done in self._threads_done:
             if done.acquire(timeout=5):
                 done.release()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
 
     def relay(self, namespace: str | None, topic: str, outgoing: Outgoing) -> None:
         if not self._running:
@@ -379,6 +378,7 @@ class RedisBroker(Broker):
                 # so health-checkable) even when there is no interest yet.
                 pubsub.subscribe(self._control, *channels)
                 self.connected = True
+                self._outage = False
                 if reported:
                     log.info("syncws: Redis broker subscriber reconnected")
                 reported = False
@@ -386,6 +386,7 @@ class RedisBroker(Broker):
                 self._listen(pubsub)
             except errors as exc:
                 self.connected = False
+                self._outage = True
                 if not reported:
                     self._report(exc, "subscriber")
                     reported = True
@@ -477,10 +478,55 @@ class RedisBroker(Broker):
                 self._waiters.pop(key, None)
         return False
 
-    def _read_client(self) -> Any:
-        if self._reader is None:
-            self._reader = self._client(socket_timeout=self.read_timeout)
-        return self._reader
+    def _read(self, name: str, args: list[Any]) -> Any:
+        """Run a read script through the reader thread; wait at most ``read_timeout``.
+
+        One thread owns the reading connection: a socket is only ever used by
+        the thread that made it (with gevent's monkey-patching, a socket
+        belongs to its thread's hub), and every concurrent read shares one
+        pipelined round trip.  Raises the Redis error, or TimeoutError.
+        """
+        if not self._running:
+            raise self._redis_module.ConnectionError("the broker is not running")
+        done = RealLock()
+        done.acquire()
+        box: list[Any] = []
+        self._reads.put((name, args, box, done.release))
+        if not done.acquire(timeout=self.read_timeout + 1):
+            raise TimeoutError("Redis did not answer in time")
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def _read_loop(self) -> None:
+        errors = (self._redis_module.RedisError, OSError)
+        client = self._client(socket_timeout=self.read_timeout)
+        while True:
+            first = self._reads.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while len(batch) < _BATCH:
+                try:
+                    item = self._reads.get_nowait()
+                except Empty:
+                    break
+                if item is _STOP:
+                    self._reads.put(_STOP)
+                    break
+                batch.append(item)
+            try:
+                pipe = client.pipeline(transaction=False)
+                for name, args, _, _ in batch:
+                    self._script(client, name)(args=args, client=pipe)
+                results = [(not isinstance(r, Exception), r) for r in pipe.execute(raise_on_error=False)]
+            except errors as exc:
+                results = [(False, exc)] * len(batch)
+            for (_, _, box, release), result in zip(batch, results, strict=True):
+                box.append(result)
+                release()
+        client.close()
 
     def read_history(
         self, namespace: str, topic: str, since: str | None, limit: int | None, *, recovering: bool = False
@@ -488,6 +534,8 @@ class RedisBroker(Broker):
         deadline = time.monotonic() + self.read_timeout
         marker = ""
         if recovering:
+            if self._outage:
+                return None  # known to be down: answer at once rather than wait for the timeout
             # Live delivery must be on before the read: wait until Redis confirms
             # the subscription the new local subscriber caused.
             channel = channel_name(self.prefix, namespace, topic)
@@ -506,8 +554,7 @@ class RedisBroker(Broker):
         args += [-1 if recovering and since is None else (limit or 0), "1" if recovering else "0"]
         args += [self._control if marker else "", marker]
         try:
-            reader = self._read_client()
-            recovered, newest, entries = self._script(reader, "READ")(args=args, client=reader)
+            recovered, newest, entries = self._read("READ", args)
         except (self._redis_module.RedisError, OSError) as exc:
             log.warning("syncws: reading a history from Redis failed: %s", exc)
             with self._lock:
@@ -521,8 +568,7 @@ class RedisBroker(Broker):
 
     def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
         args = [self.prefix, topic, namespace or "", "1" if count_only else "0"]
-        reader = self._read_client()
-        found = self._script(reader, "PRESENCE_READ")(args=args, client=reader)
+        found = self._read("PRESENCE_READ", args)
         if count_only:
             return int(found)
         return [{"id": found[i].decode(), "info": json.loads(found[i + 1])} for i in range(0, len(found), 2)]
