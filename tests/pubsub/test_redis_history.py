@@ -271,3 +271,30 @@ def test_a_broken_redis_history_never_breaks_the_server(redis_server, start_serv
     finally:
         peer.close()
     assert server.history(topic, "/ws/a") == []  # nothing it can read as a history
+
+
+def test_many_concurrent_recoveries_on_a_monkey_patched_server(processes, opened):
+    """python -m syncws patches the standard library: reads from many greenlets at once must still work."""
+    import threading
+
+    topic = topic_name()
+    server = processes()
+    for i in range(5):
+        publish(server, topic, i, ns="/ws/a")
+    assert wait_until(lambda: len(history(server, topic)) == 5)
+    since = history(server, topic)[1][0]
+    results: list = []
+
+    def resume() -> None:
+        peer = Peer(server, "a", (topic,), since=since)
+        opened(peer)
+        results.append(peer.until_open())
+
+    threads = [threading.Thread(target=resume) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(results) == 40
+    for replay, hello in results:
+        assert replay == ["2", "3", "4"] and hello["recovery"][topic][:2] == [True, 3]
