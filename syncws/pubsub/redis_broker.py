@@ -1,6 +1,6 @@
 """Redis pub/sub as the broker between syncws processes.
 
-All Redis I/O happens in two real OS threads of this broker, never in the
+All Redis I/O happens in three real OS threads of this broker, never in the
 server's hub, so a slow or unreachable Redis cannot stall WebSocket traffic:
 
 * the relay thread owns one connection and PUBLISHes local publishes in the
@@ -9,15 +9,17 @@ server's hub, so a slow or unreachable Redis cannot stall WebSocket traffic:
   It subscribes to a channel when the first local subscriber of that
   (namespace, topic) appears and unsubscribes when the last one leaves, so
   Redis traffic follows interest.  Messages it receives are handed to the
-  server's hub for local delivery.
+  server's hub for local delivery;
+* the reader thread owns the connection of recoveries and presence reads,
+  which callers queue and wait for (a socket is only ever used by the thread
+  that made it: under gevent's monkey-patching it belongs to that thread's
+  hub).
 
 With ``history_size`` set, publishes are stored in Redis Streams by a Lua
 script that also publishes them (:mod:`syncws.pubsub.redis_scripts`), and
 come back to their own process through the subscriber like everyone else's,
-so offsets and order agree on every process.  Recoveries and presence reads
-use a third connection, from the thread that asks (never the hub).  Presence
-entries are written by the relay thread and refreshed every third of
-``presence_ttl``.
+so offsets and order agree on every process.  Presence entries are written by
+the relay thread and refreshed every third of ``presence_ttl``.
 
 When Redis goes away, local delivery carries on; relays made meanwhile are
 dropped (delivery is at-most-once) and the error is logged once per outage
