@@ -1,11 +1,15 @@
 """A real browser: headless Chromium opens the examples (sse, chat, feed) and drives them.
 
 Playwright drives Debian's ``/usr/bin/chromium`` (``apt-get install chromium``;
-Playwright never downloads a browser here).  The test checks that events
+Playwright never downloads a browser here).  The SSE test checks that events
 arrive through ``EventSource`` (``onmessage`` and ``addEventListener``), then
 restarts the server on the same port and checks that the browser reconnects
 by itself, sending ``Last-Event-ID``, and that the update counter carries on
-from it.
+from it.  The chat test has two pages talk; the compression test checks that
+Chromium negotiates permessage-deflate; the feed tests check that a page
+loses no tick when its WebSocket drops (it resumes from its last offset) and
+when the server restarts with its history in Redis (EventSource resumes from
+``Last-Event-ID``, the WebSocket from its offset).
 """
 
 from __future__ import annotations
