@@ -889,7 +889,7 @@ def test_a_silently_dead_subscriber_connection_is_detected_and_replaced(redis_se
         publisher.publish(topic, "one")
         peer.expect("one")
         # the subscriber, and the relay connection that wrote the peer's presence
-        assert broker.connected and proxy.accepted == 2
+        assert broker.connected and wait_until(lambda: proxy.accepted == 2), proxy.accepted
         assert broker.history == [False, True] and errors == []
 
         stalled_at = time.monotonic()
@@ -915,9 +915,10 @@ def test_a_silently_dead_subscriber_connection_is_detected_and_replaced(redis_se
 def test_a_reconnection_that_hangs_is_given_up_and_retried(redis_server, r, proxy, health_checked_peer):
     """Redis accepts the TCP connection but never answers: the broker must not wait forever."""
     broker, errors, topic, peer = health_checked_peer(TrackingBroker, proxy.url, 0.5)
+    assert wait_until(lambda: proxy.accepted == 2)  # the subscriber and the relay (it wrote the peer's presence)
     proxy.blackhole = True  # from now on, connections are accepted and never answered
     proxy.stall()
-    first = proxy.accepted  # the subscriber and the relay (it wrote the peer's presence)
+    first = proxy.accepted
     assert wait_until(lambda: errors and proxy.accepted > first, timeout=5), (errors, proxy.accepted)
     time.sleep(0.5)  # the reconnection is now stuck in its handshake
     assert not broker.connected
