@@ -21,6 +21,7 @@ keyword given to ``serve()``/``Server()`` is taken as it is.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -62,6 +63,8 @@ class Kind(enum.Enum):
     TEXT = "text"  # any non-empty string
     PORT = "port"  # 0 to 65535
     WINDOW_BITS = "window bits"  # a deflate window: 9 to 15 (512 B to 32 KiB)
+    NETWORKS = "networks"  # comma-separated IP addresses or networks
+    RATE = "rate"  # a rate per second and a burst: 50/100 (a burst of the rate when left out)
 
 
 class Scope(enum.Enum):
@@ -157,6 +160,14 @@ class Option:
         elif kind is Kind.WINDOW_BITS:
             if isinstance(value, int) and not isinstance(value, bool) and 9 <= value <= 15:
                 return value
+        elif kind is Kind.NETWORKS:
+            networks = _networks(value)
+            if networks is not None:
+                return networks
+        elif kind is Kind.RATE:
+            rate = _rate(value)
+            if rate is not None:
+                return rate
         none = " or None" if self.nullable else ""
         raise ConfigurationError(f"{self.name} must be {self.expected}{none}, not {value!r}")
 
@@ -233,6 +244,52 @@ def _parse_window_bits(option: Option, text: str) -> Any:
     return value if 9 <= value <= 15 else _INVALID
 
 
+def _parse_networks(option: Option, text: str) -> Any:
+    networks = _networks([item for item in text.split(",") if item.strip()])
+    return networks if networks is not None else _INVALID
+
+
+def _networks(value: Any) -> tuple[Any, ...] | None:
+    """A tuple of ``ipaddress`` networks from a list of addresses/networks (or one), None if unusable."""
+    items = [value] if isinstance(value, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)) else value
+    kinds = (str, ipaddress.IPv4Network, ipaddress.IPv6Network)
+    try:
+        items = list(items)
+        if not items or not all(isinstance(item, kinds) for item in items):
+            return None
+        return tuple(
+            ipaddress.ip_network(item.strip() if isinstance(item, str) else item, strict=False) for item in items
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_rate(option: Option, text: str) -> Any:
+    parts = text.split("/")
+    if len(parts) > 2:
+        return _INVALID
+    numbers = []
+    for part in parts:
+        try:
+            numbers.append(float(part))
+        except ValueError:
+            numbers.append(_parse_size(option, part))
+    rate = _rate(tuple(numbers) if len(numbers) == 2 else numbers[0])
+    return rate if rate is not None else _INVALID
+
+
+def _rate(value: Any) -> tuple[float, float] | None:
+    """``(per second, burst)`` from a positive number or a pair of them; None if unusable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return None
+    rate, burst = value
+    if not (is_seconds(rate) and is_seconds(burst)):  # positive and finite, like a number of seconds
+        return None
+    return float(rate), float(burst)
+
+
 _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
     Kind.SIZE: _parse_size,
     Kind.COUNT: _parse_count,
@@ -246,6 +303,8 @@ _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
     Kind.TEXT: _parse_text,
     Kind.PORT: _parse_port,
     Kind.WINDOW_BITS: _parse_window_bits,
+    Kind.NETWORKS: _parse_networks,
+    Kind.RATE: _parse_rate,
 }
 
 _EXPECTED = {
@@ -261,6 +320,8 @@ _EXPECTED = {
     Kind.TEXT: "a non-empty string",
     Kind.PORT: "a port number from 0 to 65535",
     Kind.WINDOW_BITS: "an integer from 9 to 15",
+    Kind.NETWORKS: "a comma-separated list of IP addresses or networks (10.0.0.0/8)",
+    Kind.RATE: "a positive rate per second, and optionally /burst (50/100)",
 }
 
 _METAVARS = {
@@ -434,6 +495,61 @@ OPTIONS: tuple[Option, ...] = (
         help="origins allowed to open WebSockets ('*': any; a callable in Python); others get 403; "
         "requests without an Origin header always pass",
     ),
+    # Guardrails (docs/operations.md)
+    Option(
+        "max_connections",
+        Kind.COUNT,
+        None,
+        nullable=True,
+        shown_default="None (no cap)",
+        help="WebSocket peers plus event streams on one server process; over it a new upgrade or stream gets "
+        "503 with Retry-After (plain HTTP requests are not counted)",
+    ),
+    Option(
+        "max_connections_per_ip",
+        Kind.COUNT,
+        None,
+        nullable=True,
+        shown_default="None (no cap)",
+        help="WebSocket peers plus event streams from one client address; over it: 429",
+    ),
+    Option(
+        "trusted_proxies",
+        Kind.NETWORKS,
+        None,
+        nullable=True,
+        shown_default="None",
+        help="proxies (addresses or networks) whose X-Forwarded-For or Forwarded header gives the client "
+        "address (peer.remote_address, the per-IP cap); the header is ignored from anyone else",
+    ),
+    Option(
+        "rate_limit",
+        Kind.RATE,
+        None,
+        nullable=True,
+        per_handler=True,
+        shown_default="None (no limit)",
+        help="messages per second a peer may send, and a burst ('50/100'); over it the rate-limit policy applies",
+    ),
+    Option(
+        "rate_limit_bytes",
+        Kind.RATE,
+        None,
+        nullable=True,
+        per_handler=True,
+        shown_default="None (no limit)",
+        help="bytes per second a peer may send, and a burst ('64KiB/256KiB')",
+    ),
+    Option(
+        "rate_limit_policy",
+        Kind.CHOICE,
+        "close",
+        choices=OVERFLOW_POLICIES,
+        per_handler=True,
+        metavar="POLICY",
+        help="a peer over its rate limit: 'close' it with 1008 'rate limit exceeded', or 'drop' the message "
+        "before any hook sees it",
+    ),
     # History and presence (docs/delivery.md)
     Option(
         "history_size",
@@ -590,6 +706,12 @@ class ServerOptions:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     allowed_origins: OriginPolicy = None
+    max_connections: int | None = None
+    max_connections_per_ip: int | None = None
+    trusted_proxies: tuple[Any, ...] | None = None
+    rate_limit: tuple[float, float] | None = None
+    rate_limit_bytes: tuple[float, float] | None = None
+    rate_limit_policy: str = "close"
     history_size: int = 0
     history_ttl: float | None = None
     presence_ttl: float = 30.0

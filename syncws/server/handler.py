@@ -126,6 +126,24 @@ class WebSocketHandler:
             transport.reusable = False
             return _text_response(403, "Origin not allowed")
 
+        address = transport.remote_address
+        refused = runtime.admit(address)
+        if refused is not None:
+            return over_capacity(transport, refused)
+        try:
+            outcome = self._upgrade(environ, transport, key, agreement)
+        except BaseException:
+            runtime.release(address)
+            raise
+        if not isinstance(outcome, Session):
+            runtime.release(address)  # refused by the hook, or the client left: the slot is free again
+        return outcome
+
+    def _upgrade(
+        self, environ: dict[str, Any], transport: Transport, key: str, agreement: deflate.Agreement | None
+    ) -> Any:
+        """The ``upgrade`` hook and the ``101``; a Session, a Response, or None (the client left)."""
+        runtime = transport.runtime
         request = environ.get("werkzeug.request")
         if not isinstance(request, Request):
             request = Request(environ)
@@ -197,6 +215,16 @@ class WebSocketHandler:
         return f"<WebSocketHandler {self.hooks!r}>"
 
 
+def over_capacity(transport: Transport, status: int) -> Response:
+    """503 at ``max_connections``, 429 at ``max_connections_per_ip``; never a 101."""
+    transport.reusable = False
+    if status == 503:
+        text = "Server at its connection limit; retry shortly"
+    else:
+        text = "Too many connections from your address"
+    return _text_response(status, text, [("Retry-After", str(RETRY_AFTER)), ("Connection", "close")])
+
+
 def _shutting_down(transport: Transport) -> Response:
     # Retry-After: the client should reconnect, to a restarted or another instance.
     transport.reusable = False
@@ -242,8 +270,9 @@ def define_websocket_handler(hooks: Any = None, /, **kwargs: Any) -> WebSocketHa
 
     Besides hooks (``upgrade``, ``open``, ``message``, ``close``, ``error``),
     the keywords may be the per-handler options of the option table
-    (``max_message_size``, ``ping_interval``, ``ping_timeout``,
-    ``allowed_origins``, ``hooks_in_threads``): given, they replace the
+    (``max_message_size``, ``compression``, ``ping_interval``,
+    ``ping_timeout``, ``allowed_origins``, ``hooks_in_threads``,
+    ``rate_limit``, ``rate_limit_bytes``, ``rate_limit_policy``): given, they replace the
     server's value for this handler's connections (``None`` disables the
     limit or check for this handler, as it does on the server).
     """

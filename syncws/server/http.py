@@ -38,6 +38,7 @@ import gevent
 from gevent.pywsgi import OldMessage, WSGIHandler
 
 from ..base.errors import RequestHeadError
+from ..protocol.limits import client_address
 from .listener import ResilientWSGIServer
 from .runtime import Runtime
 
@@ -434,6 +435,11 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
         environ: dict[str, Any] = super().get_environ()
         client: Any = self.client_address  # (host, port), or a path for a unix socket
         address = client[0] if isinstance(client, tuple) else client
+        trusted = self.runtime.options.trusted_proxies
+        if trusted:
+            address = client_address(
+                address or None, environ.get("HTTP_FORWARDED"), environ.get("HTTP_X_FORWARDED_FOR"), trusted
+            )
         environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.runtime, address or None, self.server)
         return environ
 

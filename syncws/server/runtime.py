@@ -55,12 +55,44 @@ class Runtime:
         self.sessions: set[Any] = set()  # open WebSocket sessions
         self.streams: set[Any] = set()  # open event streams
         self.requests_in_flight = 0  # requests being answered (sessions and streams included)
+        self.connections = 0  # WebSocket peers and event streams admitted (the connection caps)
+        self.rate_limited = 0  # messages over a peer's rate limit, all peers
+        self._per_address: dict[str, int] = {}
         self.stopping = False  # a stop has begun: new upgrades get 503
         self.finished = False  # the stop is over
         self.bridge: HubBridge | None = None
         self.flusher: Flusher | None = None
         self.keepalive: Keepalive | None = None
         self._hook_pool: ThreadPool | None = None
+
+    # -- connection caps ---------------------------------------------------------------------
+    def admit(self, address: str | None) -> int | None:
+        """Take a connection slot for a new peer or stream (hub thread).
+
+        None when admitted (the caller must :meth:`release` it later), else
+        the status to refuse with: 503 at ``max_connections``, 429 at
+        ``max_connections_per_ip``.
+        """
+        options = self.options
+        if options.max_connections is not None and self.connections >= options.max_connections:
+            return 503
+        per_ip = options.max_connections_per_ip
+        if per_ip is not None and address is not None and self._per_address.get(address, 0) >= per_ip:
+            return 429
+        self.connections += 1
+        if address is not None:
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+        return None
+
+    def release(self, address: str | None) -> None:
+        """Give back a slot taken by :meth:`admit`."""
+        self.connections = max(0, self.connections - 1)  # (a session a test built by hand took none)
+        if address is not None:
+            left = self._per_address.get(address, 1) - 1
+            if left > 0:
+                self._per_address[address] = left
+            else:
+                self._per_address.pop(address, None)
 
     def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in the server's hub (any thread); a no-op once it has stopped."""

@@ -35,6 +35,7 @@ from ..protocol.connection import (
 )
 from ..protocol.deflate import Agreement, Inflater
 from ..protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..protocol.limits import TokenBucket
 from ..protocol.message import Message
 from .hooks import CloseDetails, Hooks
 from .outbox import Outbox
@@ -113,6 +114,16 @@ class Session:
             sock, options.max_buffer_size, options.overflow, self._on_overflow, runtime.flusher, on_drain
         )
         self.peer = Peer(self, request, namespace, context, remote_address)
+        # Rate limits: token buckets checked before the message hook; never a sleep.
+        rate = overrides.get("rate_limit", options.rate_limit)
+        rate_bytes = overrides.get("rate_limit_bytes", options.rate_limit_bytes)
+        now = time.monotonic()
+        self._message_bucket = TokenBucket(rate[0], rate[1], now) if rate else None
+        self._byte_bucket = TokenBucket(rate_bytes[0], rate_bytes[1], now) if rate_bytes else None
+        self._rate_policy = overrides.get("rate_limit_policy", options.rate_limit_policy)
+        self._limited = self._message_bucket is not None or self._byte_bucket is not None
+        #: Messages over this peer's rate limit (dropped, or the one that closed it).
+        self.rate_limited = 0
 
     @property
     def state(self) -> State:
@@ -162,6 +173,7 @@ class Session:
             self.connection.connection_lost()
             runtime.registry.remove(self.peer)
             runtime.sessions.discard(self)
+            runtime.release(self.peer.remote_address)  # the slot the handshake took (connection caps)
             if self._abort_timer is not None:
                 self._abort_timer.kill(block=False)
             self.outbox.stop()
@@ -233,6 +245,8 @@ class Session:
                 budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
                 continue
             if type(event) is Message:
+                if self._limited and not self._within_rate(event):
+                    continue
                 self._call("message", self.peer, event)
             elif type(event) is PingReceived:
                 self._pong(event.pong)
@@ -252,6 +266,23 @@ class Session:
             elif type(event) is PongReceived and self.hooks.pong is not None:
                 # (Receiving it already counted as an answer to keepalive: last_seen.)
                 self._call("pong", self.peer, event.payload)
+
+    def _within_rate(self, message: Message) -> bool:
+        """Take this message's tokens; over the limit, apply the policy (and say no)."""
+        now = time.monotonic()
+        messages, sizes = self._message_bucket, self._byte_bucket
+        allowed = messages is None or messages.take(1, now)
+        if allowed and sizes is not None:
+            allowed = sizes.take(len(message), now)
+        if allowed:
+            return True
+        self.rate_limited += 1
+        self.runtime.rate_limited += 1
+        if self._rate_policy == "close":
+            if self.rate_limited == 1:
+                log.info("syncws: peer %s over its rate limit: closing with 1008", self.peer.id)
+            self.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+        return False
 
     def _on_eof(self) -> None:
         """The stream ended (EOF or reset) without a close frame.

@@ -17,7 +17,7 @@ from typing import Any
 
 import gevent
 from gevent.event import Event
-from werkzeug.exceptions import InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from ..base.errors import ConfigurationError, SyncwsError
 from ..base.options import is_seconds
@@ -25,6 +25,7 @@ from ..base.threads import RealLock
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from ..pubsub.history import Recovery
 from ..pubsub.registry import ABSENT
+from .handler import RETRY_AFTER
 from .http import TRANSPORT_KEY
 from .runtime import Runtime
 
@@ -61,6 +62,30 @@ class NoTransportError(InternalServerError, SyncwsError, RuntimeError):
 _warned_no_transport = False
 
 
+class ConnectionLimitError(HTTPException, SyncwsError):
+    """A new event stream over ``max_connections`` (503) or ``max_connections_per_ip`` (429).
+
+    Raised by ``create_event_stream``; an ``HTTPException``, so the view's
+    answer is that status with ``Retry-After`` (syncws ``App`` and Flask
+    render it).
+    """
+
+    def __init__(self, status: int) -> None:
+        self.code = status
+        description = (
+            "Server at its connection limit; retry shortly"
+            if status == 503
+            else "Too many connections from your address"
+        )
+        super().__init__(description)
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        return [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(RETRY_AFTER))]
+
+    def get_body(self, environ: Any = None, scope: Any = None) -> str:
+        return f"{self.description}\n"
+
+
 class EventStream:
     """An open ``text/event-stream`` response (see the README's SSE section)."""
 
@@ -82,6 +107,10 @@ class EventStream:
         self.environ = environ
         self._runtime: Runtime = transport.runtime
         self._transport = transport
+        refused = self._runtime.admit(transport.remote_address)
+        if refused is not None:
+            raise ConnectionLimitError(refused)
+        self._admitted = True  # holds a connection slot until the stream ends
         transport.at_end(self._abandon)
         self.keep_alive = keep_alive
         self.retry = retry
@@ -279,6 +308,9 @@ class EventStream:
         self.close()
 
     def _finish(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._runtime.release(self._transport.remote_address)
         with self._callbacks_lock:
             self._ended = True
             callbacks, self._callbacks = self._callbacks, []

@@ -46,10 +46,14 @@ def test_the_per_handler_options_are_what_handlers_accept():
         "ping_interval",
         "ping_timeout",
         "allowed_origins",
+        "rate_limit",
+        "rate_limit_bytes",
+        "rate_limit_policy",
         "hooks_in_threads",
     )
     for name in PER_HANDLER:
-        handler = define_websocket_handler(**{name: None if BY_NAME[name].nullable else True})
+        value = None if BY_NAME[name].nullable else BY_NAME[name].default if name == "rate_limit_policy" else True
+        handler = define_websocket_handler(**{name: value})
         assert name in handler.overrides
     with pytest.raises(TypeError, match="unknown option"):
         check_overrides({"overflow": "drop"})  # a server-wide option only
@@ -79,6 +83,12 @@ def test_the_per_handler_options_are_what_handlers_accept():
         ("port", "0", 0),
         ("log_level", "Warning", "warning"),
         ("host", "::1", "::1"),
+        ("max_connections", "100", 100),
+        ("max_connections_per_ip", "none", None),
+        ("rate_limit", "50/100", (50.0, 100.0)),
+        ("rate_limit", "2.5", (2.5, 2.5)),
+        ("rate_limit_bytes", "64KiB/1MiB", (65536.0, 1048576.0)),
+        ("rate_limit_policy", "Drop", "drop"),
         ("history_size", "0", 0),
         ("history_size", "1000", 1000),
         ("history_ttl", "300", 300.0),
@@ -112,6 +122,14 @@ def test_text_is_parsed(name, text, value):
         ("port", "eighty"),
         ("host", " "),
         ("log_level", "loud"),
+        ("max_connections", "0"),
+        ("rate_limit", "0/5"),
+        ("rate_limit", "5/0"),
+        ("rate_limit", "1/2/3"),
+        ("rate_limit", "fast"),
+        ("rate_limit_policy", "sleep"),
+        ("trusted_proxies", "10.0.0.0/33"),
+        ("trusted_proxies", " , "),
         ("history_size", "-1"),
         ("history_size", "lots"),
         ("history_ttl", "0"),
@@ -146,6 +164,15 @@ def test_bad_text_says_what_was_expected(name, text):
         {"compression_window_bits": 8},
         {"compression_window_bits": 12.0},
         {"compression_threshold": 0},
+        {"max_connections": 0},
+        {"max_connections_per_ip": -1},
+        {"trusted_proxies": ["nowhere"]},
+        {"trusted_proxies": []},
+        {"trusted_proxies": [42]},
+        {"rate_limit": (1, 2, 3)},
+        {"rate_limit": "50/100"},
+        {"rate_limit": (float("inf"), 1)},
+        {"rate_limit": True},
         {"history_size": -1},
         {"history_size": 2.5},
         {"history_size": None},
