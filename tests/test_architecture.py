@@ -82,7 +82,7 @@ def test_the_tree_has_one_folder_per_layer():
     assert folders == sorted(LAYERS)
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
     # The facade and the stable aliases of the first round's module names only.
-    assert top == ["__init__", "__main__", "compat", "gunicorn", "redis_broker"]
+    assert top == ["__init__", "__main__", "compat", "gunicorn", "redis_broker", "testing"]
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
