@@ -35,6 +35,7 @@ setup(
             "ruff>=0.6",
             "mypy>=1.11",
             "coverage>=7.10",
+            "trustme>=1.1",  # TLS tests: a CA and a certificate made for the test run
         ],
     },
     entry_points={"console_scripts": ["syncws=syncws.cli.main:main"]},

@@ -367,3 +367,49 @@ def test_feed_event_source_resumes_across_a_server_restart_with_redis(browser, t
             assert errors == []
         finally:
             server.stop(timeout=5)
+
+
+TLS_PAGE = """<!doctype html><title>tls</title><script>
+window.result = {ws: null, sse: null};
+const ws = new WebSocket(`wss://${location.host}/_ws`);
+ws.onopen = () => ws.send("over tls");
+ws.onmessage = (event) => { window.result.ws = event.data; };
+const source = new EventSource("/sse");
+source.onmessage = (event) => { window.result.sse = event.data; source.close(); };
+</script>"""
+
+
+def test_chromium_over_wss_and_https_event_streams(browser, tmp_path):
+    """TLS in the server: a page served over https talks wss:// and EventSource (test certificate accepted)."""
+    import trustme
+
+    from syncws import App, create_event_stream, define_websocket_handler
+
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    app = App()
+    app.get("/", lambda request: TLS_PAGE)
+    app.get("/_ws", define_websocket_handler(message=lambda peer, msg: peer.send(f"{peer.websocket.url}: {msg}")))
+
+    @app.get("/sse")
+    def sse(request):
+        stream = create_event_stream(request, keep_alive=None)
+        stream.push(f"event over {request.scheme}")
+        return stream
+
+    server = serve(app, port=0, background=True, access_log=False, certfile=str(certfile), keyfile=str(keyfile))
+    try:
+        context = browser.new_context(ignore_https_errors=True)  # the test CA is not the browser's
+        page = context.new_page()
+        errors: list = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/", timeout=WAIT_MS)
+        page.wait_for_function("() => window.result.ws && window.result.sse", timeout=WAIT_MS, polling=100)
+        result = page.evaluate("window.result")
+        assert result == {"ws": f"wss://127.0.0.1:{server.port}/_ws: over tls", "sse": "event over https"}
+        assert errors == []
+        context.close()
+    finally:
+        server.stop(timeout=5)

@@ -80,6 +80,8 @@ def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
             args.host,
             args.port,
             broker=args.broker,
+            certfile=getattr(args, "certfile", None),
+            keyfile=getattr(args, "keyfile", None),
             access_log=getattr(args, "access_log", True),
             listener=listener,
             **server_options(args),

@@ -34,8 +34,11 @@ exactly as under ``python -m syncws``:
 * **Logging** goes to gunicorn's logs: syncws messages to the error log, one
   line per request to the access log when ``--access-logfile`` is given.
 
-Not supported: gunicorn's own TLS (``--certfile``/``--keyfile``; terminate
-TLS in a proxy in front), ``--worker-connections`` and ``--max-requests``.
+* **TLS**: gunicorn's ``--certfile``/``--keyfile`` (and its other TLS
+  settings, through gunicorn's own ``ssl_context``) serve ``https://`` and
+  ``wss://``; the TLS handshake is bounded by ``SYNCWS_HANDSHAKE_TIMEOUT``.
+
+Not supported: ``--worker-connections`` and ``--max-requests``.
 With ``--preload`` the app is imported in the arbiter, before any monkey
 patching: avoid it, as with gunicorn's gevent worker.
 """
@@ -51,7 +54,6 @@ import gevent
 from gevent import hub, monkey
 from gunicorn.workers.base import Worker as BaseWorker
 
-from ..base.errors import ConfigurationError
 from ..base.options import LIMITS, from_environ
 from ..pubsub.broker import Broker
 from ..server.listener import url_for
@@ -73,11 +75,6 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
 
     # -- process set-up (in the worker, after the fork) -----------------------------
     def init_process(self) -> None:
-        if self.cfg.is_ssl:
-            # Fails the boot with a clear message rather than serving plain text on an https port.
-            raise ConfigurationError(
-                "syncws.gunicorn.Worker does not support gunicorn's TLS options; terminate TLS in a proxy"
-            )
         monkey.patch_all()
         from gevent import socket
 
@@ -126,6 +123,7 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
             port,
             listener=first,
             access_log=bool(self.cfg.accesslog),
+            ssl_context=self._ssl_context(),
             **self._server_options(),
         )
         if type(server.broker) is Broker and self.cfg.workers > 1:
@@ -161,11 +159,18 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
         finally:
             server.finish()
 
-    @staticmethod
-    def _describe(sock: Any) -> str:
+    def _ssl_context(self) -> Any:
+        """gunicorn's TLS settings as a context (built after monkey-patching: gevent's ``ssl``)."""
+        if not self.cfg.is_ssl:
+            return None
+        from gunicorn.sock import ssl_context
+
+        return ssl_context(self.cfg)
+
+    def _describe(self, sock: Any) -> str:
         address = sock.getsockname()
         if isinstance(address, tuple):
-            return url_for(address[0], address[1])
+            return url_for(address[0], address[1], self.cfg.is_ssl)
         return f"unix:{address}"
 
     # -- signals ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 from gevent.pywsgi import WSGIServer
 from gevent.socket import socket as GeventSocket
 
-from ..base.errors import ListenError
+from ..base.errors import ConfigurationError, ListenError
 from .runtime import Runtime
 
 log = logging.getLogger("syncws")
@@ -47,13 +47,39 @@ LOG_INTERVAL = 60.0
 BACKLOG = 1024
 
 
-def url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int, tls: bool = False) -> str:
     """The URL to print for a server bound to (host, port): a wildcard host becomes 127.0.0.1."""
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def tls_context(certfile: str | None, keyfile: str | None, context: Any = None) -> Any:
+    """The server's TLS context: ``context`` as given, or one loaded from the files; None for plain HTTP.
+
+    Built with :mod:`gevent.ssl`, whose sockets yield to other greenlets
+    during the TLS handshake and I/O (a standard ``ssl.SSLContext`` is that
+    one in a monkey-patched program; pass gevent's otherwise).
+    """
+    if context is not None:
+        if certfile is not None or keyfile is not None:
+            raise ConfigurationError("give ssl_context or certfile/keyfile, not both")
+        return context
+    if certfile is None:
+        if keyfile is not None:
+            raise ConfigurationError("keyfile needs a certfile")
+        return None
+    from gevent import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS certificate {certfile!r}: {exc}") from None
+    return context
 
 
 def bind_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
@@ -97,6 +123,32 @@ class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untype
             self.handed_over.discard(sock)
             return
         super().do_close(sock, *args)
+
+    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
+        """TLS: the handshake within ``handshake_timeout``, then the request, as for plain HTTP.
+
+        gevent's version waits for the TLS handshake without a limit (a
+        client that connects and says nothing would hold a greenlet for
+        ever) and always closes the TLS socket when the request's greenlet
+        ends, also one handed over to a WebSocket session.  A client that
+        fails the handshake (plain HTTP on the TLS port, a stalled or bad
+        TLS client) is closed without an answer; it is logged at debug level.
+        """
+        client_socket.settimeout(self.syncws_runtime.options.handshake_timeout)
+        try:
+            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            log.debug("syncws: TLS handshake with %s failed: %s", address, exc)
+            client_socket.close()
+            return None
+        tls_socket.settimeout(None)
+        try:
+            return self.handle(tls_socket, address)
+        finally:
+            if tls_socket in self.handed_over:
+                self.handed_over.discard(tls_socket)
+            else:
+                tls_socket.close()
 
     @classmethod
     def get_listener(cls, address: Any, backlog: int | None = None, family: int | None = None) -> Any:

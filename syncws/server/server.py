@@ -38,7 +38,7 @@ from .bridge import HubBridge
 from .handler import prepare_frameworks
 from .http import ConnectionHandler
 from .keepalive import Keepalive
-from .listener import ResilientWSGIServer, url_for
+from .listener import ResilientWSGIServer, tls_context, url_for
 from .outbox import Flusher
 from .runtime import Runtime
 
@@ -85,6 +85,9 @@ class Server:
         broker: Any = None,
         listener: Any = None,
         gevent_websocket: bool = False,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        ssl_context: Any = None,
         **options: Any,
     ) -> None:
         if not callable(app):
@@ -97,6 +100,8 @@ class Server:
         self.host = host
         self.port = port
         self.access_log = access_log
+        #: The TLS context (https:// and wss://), or None for plain HTTP.
+        self.ssl_context = tls_context(certfile, keyfile, ssl_context)
         self.runtime = Runtime(ServerOptions(**options), make_broker(broker), owner=self)
         self._wsgi: list[ResilientWSGIServer] = []
         self._stopped: Event | None = None
@@ -130,7 +135,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return url_for(self.host, self.port)
+        """``http://host:port``, or ``https://`` with TLS."""
+        return url_for(self.host, self.port, self.ssl_context is not None)
 
     @property
     def peers(self) -> frozenset[Any]:
@@ -246,6 +252,7 @@ class Server:
             # open with nothing serving it (a browser would send its next
             # request, e.g. an EventSource reconnect, there and wait forever).
             spawn=Pool(),
+            **({"ssl_context": self.ssl_context} if self.ssl_context is not None else {}),
         )
         wsgi.syncws_runtime = self.runtime
         wsgi.access_log = self.access_log
@@ -405,7 +412,8 @@ def serve(
 
     Options: every row of the option table (``docs/reference/options.md``:
     ``max_message_size``, ``ping_interval``, ...), and ``access_log``,
-    ``broker``, ``gevent_websocket`` (serve an app written for
+    ``broker``, ``certfile``/``keyfile`` or ``ssl_context`` (TLS: https://
+    and wss://), ``gevent_websocket`` (serve an app written for
     gevent-websocket: see :mod:`syncws.compat`).
     """
     server = Server(app, host, port, **options)

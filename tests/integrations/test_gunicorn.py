@@ -311,3 +311,32 @@ def test_two_workers_with_redis_share_pub_sub_and_stop_with_1001(gunicorn, tmp_p
                 client.close()
         assert process.finish() == 0
         assert "Traceback" not in process.log, process.log
+
+
+def test_gunicorns_tls_options_serve_https_and_wss(gunicorn, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, bundle = tmp_path / "cert.pem", tmp_path / "key.pem", str(tmp_path / "ca.pem")
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    ca.cert_pem.write_to_path(bundle)
+    process = gunicorn("-w", "1", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    process.url = process.url.replace("http://", "https://", 1)
+    process.wait_for_workers(1)  # the worker says it serves https://
+    response = requests.get(process.url + "/sse", verify=bundle, stream=True, timeout=5)
+    try:
+        assert response.status_code == 200
+        assert next(line for line in response.iter_lines(decode_unicode=True) if line.startswith("data:"))
+    finally:
+        response.close()
+    client = websocket.create_connection(
+        process.url.replace("https://", "wss://", 1) + "/_ws", sslopt={"ca_certs": bundle}, timeout=5
+    )
+    try:
+        assert client.recv().startswith("pid:")
+    finally:
+        client.close()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait() == 0
