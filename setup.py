@@ -14,6 +14,8 @@ setup(
         "flask": ["flask>=3.0"],
         "django": ["django>=4.2"],
         "redis": ["redis>=5.0", "hiredis>=2.0"],
+        # Prometheus metrics on an address of their own (docs/operations.md)
+        "metrics": ["prometheus_client>=0.17"],
         # websockets' C mask function: unmasking large messages about 5 times faster (docs/performance.md)
         "speedups": ["websockets>=13"],
         # scripts/bench and scripts/bench_compare: the websockets reference server and the profiler
@@ -35,7 +37,8 @@ setup(
             "ruff>=0.6",
             "mypy>=1.11",
             "coverage>=7.10",
-            "trustme>=1.1",  # TLS tests: a CA and a certificate made for the test run
+            "trustme>=1.1",
+            "prometheus_client>=0.17",  # TLS tests: a CA and a certificate made for the test run
         ],
     },
     entry_points={"console_scripts": ["syncws=syncws.cli.main:main"]},

@@ -27,6 +27,7 @@ from .base.version import __version__
 # preparer, the gevent-websocket app wrapper); it patches nothing by itself.
 from .integrations import flask as _flask_integration  # noqa: F401
 from .integrations import gevent_websocket as _gevent_websocket_integration  # noqa: F401
+from .integrations import metrics as _metrics_integration  # noqa: F401
 from .protocol.message import Message
 from .protocol.sse import EventStreamMessage
 from .pubsub.broker import Broker

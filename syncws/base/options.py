@@ -620,6 +620,17 @@ OPTIONS: tuple[Option, ...] = (
         help="the certificate's private key, when it is not in certfile",
     ),
     Option(
+        "metrics",
+        Kind.TEXT,
+        None,
+        nullable=True,
+        scope=Scope.SERVER,
+        metavar="HOST:PORT",
+        shown_default="None (off)",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, an address of their own "
+        "(needs syncws[metrics]; docs/operations.md)",
+    ),
+    Option(
         "access_log",
         Kind.BOOL,
         True,

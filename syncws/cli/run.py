@@ -82,6 +82,7 @@ def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
             broker=args.broker,
             certfile=getattr(args, "certfile", None),
             keyfile=getattr(args, "keyfile", None),
+            metrics=getattr(args, "metrics", None),
             access_log=getattr(args, "access_log", True),
             listener=listener,
             **server_options(args),

@@ -36,15 +36,18 @@ import argparse
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections import deque
 from typing import Any
 
 from ..base.errors import ListenError
+from ..integrations.metrics import MULTIPROC_ENV
 from ..server.listener import bind_listener, url_for
 from .options import server_options
 from .run import build_server
@@ -142,9 +145,9 @@ class Master:
                 self._spawn()
         elif all(w.ready for w in self.workers.values()):
             self.announced = True
+            url = url_for(self.args.host, self.args.port, bool(getattr(self.args, "certfile", None)))
             print(
-                f"syncws: serving {self.args.app} on {url_for(self.args.host, self.args.port)} "
-                f"with {self.count} workers (Ctrl-C to stop)",
+                f"syncws: serving {self.args.app} on {url} with {self.count} workers (Ctrl-C to stop)",
                 flush=True,
             )
 
@@ -265,6 +268,8 @@ class Master:
             if pid == 0:
                 break
             ended.append((pid, status))
+            if getattr(self.args, "metrics", None):
+                mark_metrics_dead(pid)
         return ended
 
     # -- signals and pipes -----------------------------------------------------------------
@@ -365,7 +370,12 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
 
 
 def run_master(args: argparse.Namespace, count: int) -> int:
-    """Bind, fork ``count`` workers and supervise them; the CLI's exit status."""
+    """Bind, fork ``count`` workers and supervise them; the CLI's exit status.
+
+    With ``--metrics``, the workers share a prometheus_client multiprocess
+    directory (``PROMETHEUS_MULTIPROC_DIR``, made here unless it is set), so
+    a scrape answered by any worker counts every worker.
+    """
     try:
         listener = bind_listener(args.host, args.port)
     except ListenError as exc:
@@ -373,4 +383,22 @@ def run_master(args: argparse.Namespace, count: int) -> int:
         return 1
     args.port = listener.getsockname()[1]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return Master(args, listener, count).run()
+    made = None
+    if getattr(args, "metrics", None) and not os.environ.get(MULTIPROC_ENV):
+        made = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="syncws-metrics-")
+    try:
+        return Master(args, listener, count).run()
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
+def mark_metrics_dead(pid: int) -> None:
+    """A worker ended: its connection gauges no longer count (its counters still do)."""
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:  # the workers failed with a clear message already
+        return
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

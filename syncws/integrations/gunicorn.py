@@ -34,6 +34,9 @@ exactly as under ``python -m syncws``:
 * **Logging** goes to gunicorn's logs: syncws messages to the error log, one
   line per request to the access log when ``--access-logfile`` is given.
 
+* **Metrics**: ``SYNCWS_METRICS=host:port``; with more than one worker,
+  ``PROMETHEUS_MULTIPROC_DIR`` must name an empty directory (and a
+  ``child_exit`` hook should call ``mark_process_dead``: docs/operations.md).
 * **TLS**: gunicorn's ``--certfile``/``--keyfile`` (and its other TLS
   settings, through gunicorn's own ``ssl_context``) serve ``https://`` and
   ``wss://``; the TLS handshake is bounded by ``SYNCWS_HANDSHAKE_TIMEOUT``.
@@ -48,16 +51,20 @@ from __future__ import annotations
 import logging
 import os
 import socket as stdlib_socket
+import sys
 from typing import Any
 
 import gevent
 from gevent import hub, monkey
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as BaseWorker
 
+from ..base.errors import ConfigurationError
 from ..base.options import LIMITS, from_environ
 from ..pubsub.broker import Broker
 from ..server.listener import url_for
 from ..server.server import Server
+from .metrics import MULTIPROC_ENV
 
 log = logging.getLogger("syncws")
 
@@ -72,9 +79,17 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
 
     server: Server | None = None
     sockets: list[Any]
+    metrics_address: str | None = None
 
     # -- process set-up (in the worker, after the fork) -----------------------------
     def init_process(self) -> None:
+        try:
+            self.metrics_address = self._metrics_address()
+        except ConfigurationError as exc:
+            # Exit status 3 tells gunicorn's arbiter that the worker cannot boot: it stops,
+            # rather than starting replacements that would fail the same way.
+            self.log.error("syncws: %s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         monkey.patch_all()
         from gevent import socket
 
@@ -124,6 +139,7 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
             listener=first,
             access_log=bool(self.cfg.accesslog),
             ssl_context=self._ssl_context(),
+            metrics=self.metrics_address,
             **self._server_options(),
         )
         if type(server.broker) is Broker and self.cfg.workers > 1:
@@ -158,6 +174,16 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
                     gevent.sleep(min(tick, 0.1))
         finally:
             server.finish()
+
+    def _metrics_address(self) -> str | None:
+        """``SYNCWS_METRICS``; with several workers, prometheus_client's multiprocess directory is required."""
+        address: str | None = from_environ(os.environ, {"metrics"}).get("metrics")
+        if address and self.cfg.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+            raise ConfigurationError(
+                f"SYNCWS_METRICS with {self.cfg.workers} gunicorn workers needs {MULTIPROC_ENV} set to an empty "
+                "directory, so that every worker's figures reach the scrape (docs/operations.md)"
+            )
+        return address
 
     def _ssl_context(self) -> Any:
         """gunicorn's TLS settings as a context (built after monkey-patching: gevent's ``ssl``)."""

@@ -121,6 +121,8 @@ class RedisBroker(Broker):
         self._relay_down_until = 0.0
         self._relay_failed = False
         self.dropped = 0  # relays dropped while Redis was unreachable
+        self.relayed = 0  # publishes Redis took (relays and stored publishes)
+        self.reconnects = 0  # times the subscriber connection was made again after losing Redis
         self.connected = False  # the subscriber connection is up and subscribed
         self._outage = False  # the subscriber lost Redis and has not reconnected yet
         self._threads_done: list[Any] = []
@@ -297,6 +299,8 @@ class RedisBroker(Broker):
                 if isinstance(result, Exception):
                     log.warning("syncws: Redis refused a broker command: %s", result)
                     self._give_up([item])
+                elif item[0] in (_RELAY, _STORED):
+                    self.relayed += 1
             if self._relay_failed:
                 log.info("syncws: Redis broker relay is back")
             self._relay_failed = False
@@ -382,6 +386,7 @@ class RedisBroker(Broker):
                 self.connected = True
                 self._outage = False
                 if reported:
+                    self.reconnects += 1
                     log.info("syncws: Redis broker subscriber reconnected")
                 reported = False
                 backoff = 0.1

@@ -91,6 +91,9 @@ class WebSocketHandler:
                 outcome.run()
             return None
         response: Response | None = outcome
+        transport = environ.get(TRANSPORT_KEY)
+        if response is not None and transport is not None:
+            transport.runtime.counters.refuse(response.status_code)
         return response
 
     def accept(self, environ: dict[str, Any]) -> Any:

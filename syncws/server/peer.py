@@ -146,7 +146,11 @@ class Peer:
         True compresses this message, False sends it as it is, None (the
         default) compresses it when it reaches ``compression_threshold``.
         """
-        self._runtime.call_in_hub(self.deliver, Outgoing(data, compress))
+        self._runtime.call_in_hub(self._send, Outgoing(data, compress))
+
+    def _send(self, outgoing: Outgoing) -> None:
+        self._runtime.counters.sent(1, len(outgoing.payload))
+        self.deliver(outgoing)
 
     def deliver(self, outgoing: Outgoing) -> None:
         """Queue an already-serialised message (hub thread only)."""

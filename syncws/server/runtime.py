@@ -33,6 +33,46 @@ from .outbox import Flusher
 log = logging.getLogger("syncws")
 
 
+class Counters:
+    """Totals since the server started, for ``server.stats()`` and the metrics (hub thread).
+
+    Kept cheap: a publish adds its recipients in one step, never one
+    increment per recipient, so fan-out pays nothing per delivery for them.
+    """
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "messages_in",
+        "messages_out",
+        "overflow_closes",
+        "overflow_drops",
+        "rate_limited",
+        "refused",
+        "sse_opened",
+        "websocket_opened",
+    )
+
+    def __init__(self) -> None:
+        self.websocket_opened = 0
+        self.sse_opened = 0
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        self.overflow_closes = 0
+        self.overflow_drops = 0  # of connections that ended; live ones are summed on demand
+        self.rate_limited = 0
+        self.refused: dict[int, int] = {}  # upgrades and streams answered without a connection, by status
+
+    def sent(self, count: int, size: int) -> None:
+        self.messages_out += count
+        self.bytes_out += count * size
+
+    def refuse(self, status: int) -> None:
+        self.refused[status] = self.refused.get(status, 0) + 1
+
+
 class Runtime:
     """The state shared by one server and its connections (hub thread unless noted)."""
 
@@ -56,7 +96,7 @@ class Runtime:
         self.streams: set[Any] = set()  # open event streams
         self.requests_in_flight = 0  # requests being answered (sessions and streams included)
         self.connections = 0  # WebSocket peers and event streams admitted (the connection caps)
-        self.rate_limited = 0  # messages over a peer's rate limit, all peers
+        self.counters = Counters()
         self._per_address: dict[str, int] = {}
         self.stopping = False  # a stop has begun: new upgrades get 503
         self.finished = False  # the stop is over
@@ -135,7 +175,7 @@ class Runtime:
         if outgoing.offset is not None or self.history is None:
             if subscribers is None:
                 subscribers = self.registry.subscribers(topic, namespace)
-            fan_out(subscribers, outgoing, exclude)
+            self.counters.sent(fan_out(subscribers, outgoing, exclude), len(outgoing.payload))
         else:
             self._deliver_local(topic, outgoing, namespace, exclude)
 
@@ -143,8 +183,9 @@ class Runtime:
         self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None
     ) -> None:
         history = self.history
+        size = len(outgoing.payload)
         if history is None:
-            fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude)
+            self.counters.sent(fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude), size)
             return
         # Stored per namespace: the history of (namespace, topic) holds what a
         # subscriber there would have received.
@@ -153,7 +194,7 @@ class Runtime:
         )
         for space in spaces:
             stamped = history.append(space, topic, outgoing)
-            fan_out(self.registry.subscribers(topic, space), stamped, exclude=exclude)
+            self.counters.sent(fan_out(self.registry.subscribers(topic, space), stamped, exclude=exclude), size)
 
     def _after(self, fn: Callable[[], None]) -> None:
         # FIFO through the hub: runs after every delivery handed over before it.
@@ -187,9 +228,13 @@ class Runtime:
         if since is None:
             entries = []
         self.registry.subscribe(sub, topic, presence)
+        self._replay(sub, entries)
+        return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
+
+    def _replay(self, sub: Subscriber, entries: list[Outgoing]) -> None:
         for entry in entries:
             sub.deliver(entry)
-        return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
+            self.counters.sent(1, len(entry.payload))
 
     def _subscribe_through_broker(self, sub: Subscriber, topic: str, since: str | None, presence: Any) -> Recovery:
         """Redis keeps the history: read it without losing or repeating a live publish.
@@ -227,11 +272,8 @@ class Runtime:
                 entries = []
             mark = parse_offset(newest)
             self.registry.subscribe(sub, topic, presence)
-            for entry in entries:
-                sub.deliver(entry)
-            for held in holder.held:
-                if is_after(held.offset, mark):
-                    sub.deliver(held)
+            self._replay(sub, entries)
+            self._replay(sub, [held for held in holder.held if is_after(held.offset, mark)])
             return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
         finally:
             self.registry.unsubscribe(holder, topic)  # after the real subscribe: no interest churn

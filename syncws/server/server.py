@@ -70,6 +70,9 @@ _current_lock = RealLock()
 #: Integrations register here (see :mod:`syncws.integrations.gevent_websocket`),
 #: so this layer never imports them.
 APP_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
+#: ``Server(app, metrics="host:port")``: the exporter class, ``exporter(server, address)``
+#: with ``start()`` and ``stop()``.  :mod:`syncws.integrations.metrics` registers it.
+EXPORTERS: dict[str, Callable[[Any, str], Any]] = {}
 
 
 class Server:
@@ -88,6 +91,7 @@ class Server:
         certfile: str | None = None,
         keyfile: str | None = None,
         ssl_context: Any = None,
+        metrics: str | None = None,
         **options: Any,
     ) -> None:
         if not callable(app):
@@ -103,6 +107,8 @@ class Server:
         #: The TLS context (https:// and wss://), or None for plain HTTP.
         self.ssl_context = tls_context(certfile, keyfile, ssl_context)
         self.runtime = Runtime(ServerOptions(**options), make_broker(broker), owner=self)
+        #: The Prometheus exporter when ``metrics`` names an address (see docs/operations.md).
+        self.metrics = EXPORTERS["prometheus"](self, metrics) if metrics else None
         self._wsgi: list[ResilientWSGIServer] = []
         self._stopped: Event | None = None
         self._thread_done: Any | None = None
@@ -200,6 +206,65 @@ class Server:
         """How many entries :meth:`presence` would return."""
         return int(self.runtime.presence(topic, namespace, count_only=True))
 
+    def stats(self) -> dict[str, Any]:
+        """What this server process is doing and has done, as plain data (any thread).
+
+        ``connections``: open WebSocket peers and event streams, in total and
+        by namespace; ``totals``: connections opened, messages and bytes
+        received and sent (payload bytes; a publish counts once per
+        recipient) since the start; ``overflow``: peers and streams closed
+        because they stopped reading, messages dropped by the ``drop``
+        policy; ``rate_limited``: messages over a peer's rate limit;
+        ``refused``: upgrades and streams answered without a connection, by
+        status; ``broker``: relays, drops and reconnects (the Redis broker;
+        zeros in-process); ``history`` and ``presence``: stored entries and
+        local presence entries.  What each means for an operator:
+        docs/operations.md.
+        """
+        result: dict[str, Any] = self.runtime.in_hub(self._stats)
+        return result
+
+    def _stats(self) -> dict[str, Any]:
+        runtime = self.runtime
+        counters = runtime.counters
+        by_namespace: dict[str, dict[str, int]] = {}
+        for session in runtime.sessions:
+            entry = by_namespace.setdefault(session.peer.namespace, {"websocket": 0, "sse": 0})
+            entry["websocket"] += 1
+        for stream in runtime.streams:
+            entry = by_namespace.setdefault(stream.namespace, {"websocket": 0, "sse": 0})
+            entry["sse"] += 1
+        broker = runtime.broker
+        live_drops = sum(session.outbox.dropped for session in runtime.sessions if session.outbox.policy == "drop")
+        history = runtime.history.counts() if runtime.history is not None else {"histories": 0, "entries": 0}
+        return {
+            "connections": {
+                "websocket": len(runtime.sessions),
+                "sse": len(runtime.streams),
+                "by_namespace": by_namespace,
+            },
+            "totals": {
+                "websocket_connections": counters.websocket_opened,
+                "sse_connections": counters.sse_opened,
+                "messages_in": counters.messages_in,
+                "bytes_in": counters.bytes_in,
+                "messages_out": counters.messages_out,
+                "bytes_out": counters.bytes_out,
+            },
+            "overflow": {"closes": counters.overflow_closes, "drops": counters.overflow_drops + live_drops},
+            "rate_limited": counters.rate_limited,
+            "refused": dict(counters.refused),
+            "broker": {
+                "kind": type(broker).__name__,
+                "connected": getattr(broker, "connected", None),
+                "relayed": getattr(broker, "relayed", 0),
+                "dropped": getattr(broker, "dropped", 0),
+                "reconnects": getattr(broker, "reconnects", 0),
+            },
+            "history": {"size": runtime.options.history_size, "in_redis": broker.stores_history, **history},
+            "presence": {"local_entries": len(runtime.registry.presence_entries())},
+        }
+
     def close_all(self, code: int = 1001, reason: str = "going away") -> None:
         """Close every connected peer with ``code`` and ``reason`` (any thread)."""
         self.runtime.require_bridge().call(self._close_all, code, reason)
@@ -230,6 +295,12 @@ class Server:
         runtime.keepalive = Keepalive(runtime.sessions)
         runtime.broker.start(runtime.deliver_relayed, runtime.registry.interests)
         self._stopped = Event()
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except BaseException:
+                self.finish()
+                raise
         with _current_lock:
             _current = self
         log.debug("syncws: serving on %s", self.url)
@@ -344,6 +415,8 @@ class Server:
         if runtime.keepalive is not None:
             runtime.keepalive.stop()
         runtime.stop_hook_threads()
+        if self.metrics is not None:
+            self.metrics.stop()
         runtime.broker.stop()
         for wsgi in self._wsgi:
             wsgi.stop(timeout=0)

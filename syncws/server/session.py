@@ -160,6 +160,7 @@ class Session:
         runtime = self.runtime
         runtime.registry.add_peer(self.peer)
         runtime.sessions.add(self)
+        runtime.counters.websocket_opened += 1
         if runtime.stopping:
             # Accepted while the server began to stop: it would miss the 1001.
             self.close(CLOSE_GOING_AWAY, "going away")
@@ -174,6 +175,7 @@ class Session:
             runtime.registry.remove(self.peer)
             runtime.sessions.discard(self)
             runtime.release(self.peer.remote_address)  # the slot the handshake took (connection caps)
+            runtime.counters.overflow_drops += self.outbox.dropped if self.outbox.policy == "drop" else 0
             if self._abort_timer is not None:
                 self._abort_timer.kill(block=False)
             self.outbox.stop()
@@ -209,6 +211,7 @@ class Session:
         connection = self.connection
         next_event = connection.next_event
         recv = self.socket.recv
+        counters = self.runtime.counters
         wait_readable = _readable_waiter(self.socket)
         drained = False
         received, self._received = self._received, b""
@@ -245,6 +248,8 @@ class Session:
                 budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
                 continue
             if type(event) is Message:
+                counters.messages_in += 1
+                counters.bytes_in += len(event)
                 if self._limited and not self._within_rate(event):
                     continue
                 self._call("message", self.peer, event)
@@ -277,7 +282,7 @@ class Session:
         if allowed:
             return True
         self.rate_limited += 1
-        self.runtime.rate_limited += 1
+        self.runtime.counters.rate_limited += 1
         if self._rate_policy == "close":
             if self.rate_limited == 1:
                 log.info("syncws: peer %s over its rate limit: closing with 1008", self.peer.id)
@@ -379,6 +384,7 @@ class Session:
         self._abort_timer = gevent.spawn_later(self.close_timeout, self.abort)
 
     def _on_overflow(self) -> None:
+        self.runtime.counters.overflow_closes += 1
         log.warning("syncws: outbound buffer of peer %s overflowed; closing it", self.peer.id)
         self.close(CLOSE_POLICY_VIOLATION, "outbound buffer overflow")
 

@@ -109,6 +109,7 @@ class EventStream:
         self._transport = transport
         refused = self._runtime.admit(transport.remote_address)
         if refused is not None:
+            self._runtime.counters.refuse(refused)
             raise ConnectionLimitError(refused)
         self._admitted = True  # holds a connection slot until the stream ends
         transport.at_end(self._abandon)
@@ -161,7 +162,11 @@ class EventStream:
         # Through the hub like every other delivery, so a push and a publish
         # made one after the other from any thread arrive in that order.
         if not self._closed:
-            self._runtime.call_in_hub(self._append, chunk)
+            self._runtime.call_in_hub(self._push, chunk)
+
+    def _push(self, chunk: bytes) -> None:
+        self._runtime.counters.sent(1, len(chunk))
+        self._append(chunk)
 
     def _append(self, chunk: bytes) -> None:
         if self._ending:
@@ -185,6 +190,7 @@ class EventStream:
         # The client stopped reading and the body is stuck in a write: like a
         # WebSocket peer, the stream is ended rather than buffered without
         # bound.  EventSource reconnects with Last-Event-ID.
+        self._runtime.counters.overflow_closes += 1
         log.warning("syncws: event stream %s is not reading (%d bytes unsent); ending it", self.namespace, buffered)
         self._closed = self._ending = True
         self._queue.clear()
@@ -258,6 +264,7 @@ class EventStream:
         self._started = True
         runtime = self._runtime
         runtime.streams.add(self)
+        runtime.counters.sse_opened += 1
         watcher = gevent.spawn(self._watch_socket)
         try:
             yield b""  # an empty chunk makes the server send the head now

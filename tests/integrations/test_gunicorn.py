@@ -340,3 +340,34 @@ def test_gunicorns_tls_options_serve_https_and_wss(gunicorn, tmp_path):
         client.close()
     process.send_signal(signal.SIGTERM)
     assert process.wait() == 0
+
+
+def test_two_workers_metrics_need_the_multiprocess_directory_and_then_count_both(gunicorn, tmp_path):
+    from .test_metrics import scrape, value
+
+    metrics = f"127.0.0.1:{free_port()}"
+    refused = gunicorn("-w", "2", env={"SYNCWS_METRICS": metrics})
+    refused.wait()
+    assert "PROMETHEUS_MULTIPROC_DIR" in refused.log  # the worker says what is missing, and gunicorn stops
+
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    process = gunicorn("-w", "2", env={"SYNCWS_METRICS": metrics, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    process.wait_for_workers(2)
+    clients, pids = [], set()
+    while len(pids) < 2 and len(clients) < 60:
+        client = Client(process.url)
+        pids.add(client.pid)
+        clients.append(client)
+    assert len(pids) == 2
+    url = f"http://{metrics}/metrics"
+    count = len(clients)
+    assert wait_until(
+        lambda: value(scrape(url), "syncws_connections", kind="websocket") == count
+        and value(scrape(url), "syncws_websocket_connections_total") == count,
+        timeout=10,
+    ), scrape(url)
+    for client in clients:
+        client.close()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait() == 0

@@ -172,7 +172,7 @@ def test_drop_policy_discards_the_excess_before_any_hook_and_keeps_the_peer(star
     client.send("later")
     assert client.recv() == "later"
     assert list(app.received) == [*echoed, "later"]  # the hook never saw a dropped message
-    assert server.runtime.rate_limited == 45
+    assert server.stats()["rate_limited"] == 45
     client.close()
 
 
