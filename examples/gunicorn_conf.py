@@ -15,3 +15,15 @@ timeout = 30
 # SIGTERM: peers get 1001 (going away) and up to SYNCWS_SHUTDOWN_TIMEOUT (5 s) to close, within this.
 graceful_timeout = 10
 # raw_env = ["SYNCWS_BROKER=redis://127.0.0.1:6379/0"]
+# Metrics: SYNCWS_METRICS=127.0.0.1:9100 and, with more than one worker,
+# PROMETHEUS_MULTIPROC_DIR=<an empty directory> in the environment (docs/operations.md).
+
+
+def child_exit(server, worker):
+    """A worker ended: its connection gauges stop counting (prometheus_client's multiprocess mode)."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

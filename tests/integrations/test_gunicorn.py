@@ -363,8 +363,10 @@ def test_two_workers_metrics_need_the_multiprocess_directory_and_then_count_both
     url = f"http://{metrics}/metrics"
     count = len(clients)
     assert wait_until(
-        lambda: value(scrape(url), "syncws_connections", kind="websocket") == count
-        and value(scrape(url), "syncws_websocket_connections_total") == count,
+        lambda: (
+            value(scrape(url), "syncws_connections", kind="websocket") == count
+            and value(scrape(url), "syncws_websocket_connections_total") == count
+        ),
         timeout=10,
     ), scrape(url)
     for client in clients:

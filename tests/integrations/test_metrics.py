@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,19 @@ def test_every_worker_reaches_the_scrape(tmp_path):
         finally:
             process.terminate()
     assert process.proc.returncode == 0, process.err
+
+
+def test_the_example_dashboard_uses_only_metrics_the_server_exports(start_server):
+    import re
+
+    server = start_server(app_for_metrics(), metrics="127.0.0.1:0")
+    assert requests.get(server.url + "/ws", timeout=5).status_code == 426  # a refusal: its labelled counter appears
+    exported = {name.removesuffix("_total") for name, _ in scrape(f"http://127.0.0.1:{server.metrics.port}/metrics")}
+    dashboard = json.loads((ROOT / "examples" / "grafana_dashboard.json").read_text())
+    used = {
+        name.removesuffix("_total")
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"syncws_[a-z_]+", target["expr"])
+    }
+    assert used and used <= exported, used - exported
