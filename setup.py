@@ -41,7 +41,11 @@ setup(
             "prometheus_client>=0.17",  # TLS tests: a CA and a certificate made for the test run
         ],
     },
-    entry_points={"console_scripts": ["syncws=syncws.cli.main:main"]},
+    entry_points={
+        "console_scripts": ["syncws=syncws.cli.main:main"],
+        # the syncws_client fixture for users' tests (syncws/integrations/pytest_plugin.py)
+        "pytest11": ["syncws = syncws.integrations.pytest_plugin"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",

@@ -140,3 +140,11 @@ def test_server_options_and_errors_outside_the_block():
             client.websocket("/ws")
         assert refused.value.response.status_code == 503
     assert client.server is None
+
+
+def test_the_pytest_fixture_starts_and_stops_clients(syncws_client):
+    client = syncws_client(make_app())
+    assert client.get("/hello?name=fixture").text == "hello fixture"
+    with client.websocket("/ws") as ws:
+        ws.send("via the fixture")
+        assert ws.receive() == "via the fixture"
