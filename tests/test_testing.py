@@ -21,7 +21,12 @@ def make_app() -> flask.Flask:
         else:
             peer.send(msg)  # an echo, binary stays binary
 
+    def upgrade(request):
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        return {"protocol": "chat.v2"} if "chat.v2" in offered else None
+
     echo = define_websocket_handler(
+        upgrade=upgrade,
         open=lambda peer: peer.subscribe("news"),
         message=message,
     )
@@ -76,6 +81,14 @@ def test_websocket_send_receive_json_binary_and_close():
         assert ws.close_code == 1000  # the server answered the close
         with pytest.raises(ConnectionClosed):
             ws.send("after close")
+
+
+def test_subprotocols_and_headers_reach_the_upgrade():
+    with TestClient(make_app()) as client:
+        with client.websocket("/ws", subprotocols=["chat.v1", "chat.v2"]) as ws:
+            assert ws.subprotocol == "chat.v2" and ws.headers["sec-websocket-protocol"] == "chat.v2"
+        with client.websocket("/ws") as plain:
+            assert plain.subprotocol == ""
 
 
 def test_receive_times_out_and_reports_the_servers_close():
