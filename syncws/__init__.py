@@ -37,7 +37,7 @@ from .server.handler import WebSocketHandler, define_websocket_handler
 from .server.hooks import CloseDetails, Hooks
 from .server.peer import Peer
 from .server.server import HistoryEntry, Server, current_server, publish, serve
-from .server.streams import EventStream, create_event_stream
+from .server.streams import ConnectionLimitError, EventStream, create_event_stream
 from .web.app import App
 from .web.mount import mount
 
@@ -47,6 +47,7 @@ __all__ = [
     "BrokerError",
     "CloseDetails",
     "ConfigurationError",
+    "ConnectionLimitError",
     "DependencyMissing",
     "EventStream",
     "EventStreamMessage",

@@ -14,9 +14,11 @@
         ├── HandshakeError                     a malformed WebSocket upgrade request
         └── RequestHeadError                   a request head over the limits or malformed
 
-Two classes outside this module join the family: ``NoTransportError`` (an
+Three classes outside this module join the family: ``NoTransportError`` (an
 event stream under a server that is not syncws; also werkzeug's
-``InternalServerError`` so frameworks render it as a 500) and the
+``InternalServerError`` so frameworks render it as a 500),
+``ConnectionLimitError`` (an event stream over a connection cap; a werkzeug
+``HTTPException`` answered with 503 or 429) and the
 gevent-websocket compatibility layer's ``WebSocketError`` (also
 gevent-websocket's own class, which such apps catch).
 

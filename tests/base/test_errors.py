@@ -28,6 +28,11 @@ def test_the_classes_that_join_from_elsewhere():
     assert issubclass(WebSocketError, errors.SyncwsError)
     assert issubclass(WebSocketError, geventwebsocket.exceptions.WebSocketError)
     assert issubclass(NoTransportError, errors.SyncwsError) and issubclass(NoTransportError, RuntimeError)
+    from werkzeug.exceptions import HTTPException
+
+    assert issubclass(syncws.ConnectionLimitError, errors.SyncwsError)
+    assert issubclass(syncws.ConnectionLimitError, HTTPException)
+    assert syncws.ConnectionLimitError(429).code == 429
 
 
 def test_standard_bases_keep_old_except_clauses_working():
@@ -35,6 +40,7 @@ def test_standard_bases_keep_old_except_clauses_working():
     assert issubclass(errors.ServerNotRunning, RuntimeError)
     assert issubclass(errors.DependencyMissing, RuntimeError)
     assert issubclass(errors.ListenError, OSError)
+    assert issubclass(errors.BrokerError, ConnectionError)
 
 
 def test_http_errors_carry_status_message_and_headers():
