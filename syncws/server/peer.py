@@ -153,12 +153,20 @@ class Peer:
         self.deliver(outgoing)
 
     def deliver(self, outgoing: Outgoing) -> None:
-        """Queue an already-serialised message (hub thread only)."""
+        """Queue an already-serialised message (hub thread only).
+
+        A peer with an enveloped subscription gets :meth:`_deliver_enveloped`
+        in its place, so the fan-out to every other peer pays nothing for
+        envelopes.
+        """
+        deflate = self._deflate
+        self._session.outbox.put(outgoing.frame if deflate is None else outgoing.frame_for(deflate, self._threshold))
+
+    def _deliver_enveloped(self, outgoing: Outgoing) -> None:
         envelopes = self._envelopes
         if envelopes is not None and outgoing.topic in envelopes:
             outgoing = outgoing.envelope  # built once per publish, shared by the recipients
-        deflate = self._deflate
-        self._session.outbox.put(outgoing.frame if deflate is None else outgoing.frame_for(deflate, self._threshold))
+        Peer.deliver(self, outgoing)
 
     def ping(self, data: str | bytes = b"") -> None:
         """Send a ping (the ``pong`` hook sees the answer); at most 125 bytes of data."""
@@ -215,6 +223,7 @@ class Peer:
         if envelope:
             if self._envelopes is None:
                 self._envelopes = set()
+                self.deliver = self._deliver_enveloped  # type: ignore[method-assign]
             self._envelopes.add(topic)
         elif self._envelopes is not None:
             self._envelopes.discard(topic)
