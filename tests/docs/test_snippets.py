@@ -4,7 +4,9 @@ Each ```python block is saved to a file of its own and run in a fresh
 interpreter, as ``__main__``, from an empty directory.  The only change the
 harness makes is the address: every server binds 127.0.0.1 on a free port (a
 snippet may say ``port=3000``; two tests must not fight over it).  A snippet
-that ends by itself must exit 0.  A snippet that serves until it is stopped
+that ends by itself must exit 0 (one that starts a server with
+``background=True`` or through ``TestClient`` and handles no Ctrl-C is such
+a script).  A snippet that serves until it is stopped
 must start a server, answer an HTTP request on it, and exit 0 on SIGINT, as a
 user's Ctrl-C would stop it; a foreground ``serve()`` must log its URL when it
 starts and a line when it stops.
@@ -102,9 +104,11 @@ def test_snippet_runs_as_written(source, tmp_path, redis_url):
             line = proc.stdout.readline()
             if line.startswith(READY):
                 url = line[len(READY) :].strip()
-        # A snippet that starts a background server and has no Ctrl-C handling
-        # is a script: it stops its server and ends by itself.
-        ends_by_itself = url is None or ("background=True" in source and "KeyboardInterrupt" not in source)
+        # A snippet that starts a background server (itself, or through the test
+        # client) and has no Ctrl-C handling is a script: it stops its server and
+        # ends by itself.
+        background = "background=True" in source or "TestClient(" in source
+        ends_by_itself = url is None or (background and "KeyboardInterrupt" not in source)
         if ends_by_itself:
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, f"snippet failed:\n{err}"
