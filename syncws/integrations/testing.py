@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from ..base.errors import SyncwsError
 from ..protocol.frames import (
@@ -164,8 +165,6 @@ def _body(data: Any, payload: Any) -> tuple[bytes | None, dict[str, str]]:
     if payload is not None:
         return json.dumps(payload).encode("utf-8"), {"Content-Type": "application/json"}
     if isinstance(data, Mapping):
-        from urllib.parse import urlencode
-
         return urlencode(data).encode("ascii"), {"Content-Type": "application/x-www-form-urlencoded"}
     if isinstance(data, str):
         return data.encode("utf-8"), {"Content-Type": "text/plain; charset=utf-8"}

@@ -243,29 +243,15 @@ class RedisBroker(Broker):
                 log.exception("syncws: on_broker_error raised")
 
     def _next_batch(self, timeout: float | None) -> list[Any] | None:
-        """Block for one item (at most ``timeout``), then take whatever else is already waiting.
+        """Block for one relay item (at most ``timeout``), then take what else waits (see :func:`_batch`).
 
-        None means stop; an empty batch, that the timeout passed.  Batching
-        makes a burst one Redis round trip per ``_BATCH`` items instead of
-        one per item.
+        None means stop; an empty batch, that the timeout passed.
         """
         try:
             first = self._outbox.get(timeout=timeout)
         except Empty:
             return []
-        if first is _STOP:
-            return None
-        batch = [first]
-        while len(batch) < _BATCH:
-            try:
-                item = self._outbox.get_nowait()
-            except Empty:
-                break
-            if item is _STOP:
-                self._outbox.put(_STOP)  # seen after this batch is sent
-                break
-            batch.append(item)
-        return batch
+        return _batch(self._outbox, first)
 
     def _relay_loop(self) -> None:
         client = self._client(socket_timeout=5)
@@ -510,19 +496,9 @@ class RedisBroker(Broker):
         errors = (self._redis_module.RedisError, OSError)
         client = self._client(socket_timeout=self.read_timeout)
         while True:
-            first = self._reads.get()
-            if first is _STOP:
+            batch = _batch(self._reads, self._reads.get())
+            if batch is None:
                 break
-            batch = [first]
-            while len(batch) < _BATCH:
-                try:
-                    item = self._reads.get_nowait()
-                except Empty:
-                    break
-                if item is _STOP:
-                    self._reads.put(_STOP)
-                    break
-                batch.append(item)
             try:
                 pipe = client.pipeline(transaction=False)
                 for name, args, _, _ in batch:
@@ -579,6 +555,28 @@ class RedisBroker(Broker):
         if count_only:
             return int(found)
         return [{"id": found[i].decode(), "info": json.loads(found[i + 1])} for i in range(0, len(found), 2)]
+
+
+def _batch(queue: Any, first: Any) -> list[Any] | None:
+    """``first`` and whatever else is already waiting in ``queue``, up to ``_BATCH``; None for stop.
+
+    A stop found behind other items is put back, to be seen after this
+    batch is sent.  Batching makes a burst one Redis round trip per
+    ``_BATCH`` items instead of one per item.
+    """
+    if first is _STOP:
+        return None
+    batch = [first]
+    while len(batch) < _BATCH:
+        try:
+            item = queue.get_nowait()
+        except Empty:
+            break
+        if item is _STOP:
+            queue.put(_STOP)
+            break
+        batch.append(item)
+    return batch
 
 
 def _from_entry(topic: str, entry: Any) -> Outgoing:
