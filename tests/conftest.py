@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import websocket
@@ -64,6 +65,15 @@ def start_server() -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.stop(timeout=2)
+
+
+@pytest.fixture
+def opened(start_server) -> Iterator[Callable[[Any], None]]:
+    """``opened(client)``: close that client at teardown, before the test's servers stop."""
+    clients: list = []
+    yield clients.append
+    for client in clients:
+        client.close()
 
 
 def ws_url(server: Server, path: str = "/_ws") -> str:

@@ -35,7 +35,6 @@ from typing import Any
 import pytest
 import redis
 import requests
-import websocket
 
 from syncws import Publisher
 from syncws.base.options import BY_NAME
@@ -44,7 +43,7 @@ from syncws.pubsub.redis_broker import RedisBroker
 
 from ..apps.broker_app import app as broker_app
 from ..conftest import wait_until
-from ..support import RedisServer, SyncwsProcess, free_port, subprocess_env
+from ..support import QueuedWebSocket, RedisServer, SyncwsProcess, free_port, new_topic, subprocess_env
 
 ENV_VAR = BY_NAME["broker"].env_var
 
@@ -56,10 +55,6 @@ PREFIX = "syncws"  # the default prefix, as the subprocess servers use it
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def new_topic() -> str:
-    return "t" + uuid.uuid4().hex[:12]
 
 
 def ch(namespace: str | None, topic: str, prefix: str = PREFIX) -> str:
@@ -119,39 +114,16 @@ def base_url(target: Any) -> str:
     return target.url  # a ServerProcess or an in-process Server
 
 
-class Client:
-    """A websocket-client connection whose messages a reader thread queues.
-
-    Text arrives as ``str``, binary as ``bytes``.
-    """
+class Client(QueuedWebSocket):
+    """A peer of the broker app; its open ack is read at once (``id``)."""
 
     def __init__(self, target: Any, path: str = "/_ws", subs: tuple = ()) -> None:
         query = ("?" + "&".join(f"sub={t}" for t in subs)) if subs else ""
         url = base_url(target).replace("http://", "ws://", 1) + path + query
-        self.name = f"{path}@{base_url(target)}"
-        self.ws = websocket.create_connection(url, timeout=5)
-        self.ws.settimeout(None)
-        self.queue: queue.Queue = queue.Queue()
-        self.closed = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(url, f"{path}@{base_url(target)}")
         hello = self.get_json()
         assert hello["ack"] == "open", hello
         self.id = hello["id"]
-
-    def _read(self) -> None:
-        try:
-            while True:
-                opcode, data = self.ws.recv_data()
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    break
-                self.queue.put(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode("utf-8"))
-        except Exception:
-            pass
-        finally:
-            self.closed.set()
-
-    def send(self, **cmd: Any) -> None:
-        self.ws.send(json.dumps(cmd))
 
     def pub(self, topic: str, data: Any = None, *, b64: bytes | None = None) -> None:
         """peer.publish on the server, without an ack (a marker proves arrival)."""
@@ -159,15 +131,6 @@ class Client:
             self.send(op="pub", topic=topic, b64=base64.b64encode(b64).decode(), ack=False)
         else:
             self.send(op="pub", topic=topic, data=data, ack=False)
-
-    def get(self, timeout: float = 5.0) -> Any:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"{self.name}: nothing received in {timeout} s") from None
-
-    def get_json(self, timeout: float = 5.0) -> Any:
-        return json.loads(self.get(timeout))
 
     def expect(self, *values: Any, timeout: float = 5.0) -> None:
         """The next messages are exactly ``values``, in order."""

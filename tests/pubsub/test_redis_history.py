@@ -22,7 +22,7 @@ from syncws.pubsub.redis_broker import RedisBroker
 
 from ..apps.history_app import app as history_app
 from ..conftest import wait_until
-from ..support import RedisServer, SyncwsProcess
+from ..support import RedisServer, SyncwsProcess, new_topic
 from ..support.history import Peer, history, open_stream, presence, publish
 
 pytestmark = pytest.mark.slow  # subprocesses and Redis: not in the fast loop
@@ -64,20 +64,8 @@ def processes(redis_server):
         process.terminate()
 
 
-@pytest.fixture
-def opened():
-    clients: list = []
-    yield clients.append
-    for client in clients:
-        client.close()
-
-
-def topic_name() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
 def test_sse_resumes_after_the_server_process_restarts(processes, redis_server, opened):
-    topic = topic_name()
+    topic = new_topic()
     first = processes()
     stream, _, _ = open_stream(first, (topic,))
     for word in ("one", "two"):
@@ -98,7 +86,7 @@ def test_sse_resumes_after_the_server_process_restarts(processes, redis_server, 
 
 
 def test_a_client_resumes_on_another_process_with_the_same_offsets(processes, opened):
-    topic = topic_name()
+    topic = new_topic()
     a, b = processes(), processes()
     on_a = Peer(a, "a", (topic,), envelope="1")
     opened(on_a)
@@ -119,7 +107,7 @@ def test_a_client_resumes_on_another_process_with_the_same_offsets(processes, op
 
 
 def test_presence_across_processes_and_a_killed_process_vanishes_within_the_ttl(processes, opened):
-    topic = topic_name()
+    topic = new_topic()
     a, b = processes("--presence-ttl", "1.5"), processes("--presence-ttl", "1.5")
     on_a = Peer(a, "a", (topic,), info=json.dumps({"on": "a"}))
     on_b = Peer(b, "a", (topic,), info=json.dumps({"on": "b"}))
@@ -152,7 +140,7 @@ def test_presence_across_processes_and_a_killed_process_vanishes_within_the_ttl(
 
 
 def test_a_publisher_stores_with_the_servers_settings(processes, redis_server, opened):
-    topic = topic_name()
+    topic = new_topic()
     server = processes()
     with Publisher(redis_server.url) as publisher:
         assert publisher.publish(topic, {"job": 1}, namespace="/ws/a") == 0  # nobody listening: stored all the same
@@ -173,7 +161,7 @@ def test_without_servers_keeping_history_a_publisher_only_publishes(redis_server
     broker = RedisBroker(redis_server.url, prefix=prefix)  # history off: no settings in Redis
     server = start_server(history_app, broker=broker)
     assert wait_until(lambda: broker.connected)
-    topic = topic_name()
+    topic = new_topic()
     peer = Peer(server, "a", (topic,))
     peer.until_open()
     try:
@@ -187,7 +175,7 @@ def test_without_servers_keeping_history_a_publisher_only_publishes(redis_server
 
 
 def test_history_ttl_on_redis_drops_old_publishes(processes, redis_server):
-    topic = topic_name()
+    topic = new_topic()
     server = processes("--history-ttl", "0.5")
     publish(server, topic, "old", ns="/ws/a")
     assert wait_until(lambda: len(history(server, topic)) == 1)
@@ -227,7 +215,7 @@ def test_redis_down_live_delivery_goes_on_and_recovery_says_not_recovered(tmp_pa
         broker = RedisBroker(own.url, prefix="d" + uuid.uuid4().hex[:8], read_timeout=1.0)
         server = start_server(history_app, broker=broker, history_size=50)
         assert wait_until(lambda: broker.connected)
-        topic = topic_name()
+        topic = new_topic()
         before = Peer(server, "a", (topic,), envelope="1")
         before.until_open()
         try:
@@ -261,7 +249,7 @@ def test_a_broken_redis_history_never_breaks_the_server(redis_server, start_serv
     broker = RedisBroker(redis_server.url, prefix=prefix)
     server = start_server(history_app, broker=broker, history_size=10)
     assert wait_until(lambda: broker.connected)
-    topic = topic_name()
+    topic = new_topic()
     redis_server.client().set(f"{prefix}:h:{quote('/ws/a', safe='')}:{topic}", "not a stream")
     peer = Peer(server, "a", (topic,))
     try:
@@ -277,7 +265,7 @@ def test_many_concurrent_recoveries_on_a_monkey_patched_server(processes, opened
     """python -m syncws patches the standard library: reads from many greenlets at once must still work."""
     import threading
 
-    topic = topic_name()
+    topic = new_topic()
     server = processes()
     for i in range(5):
         publish(server, topic, i, ns="/ws/a")

@@ -25,7 +25,7 @@ from syncws.pubsub.redis_broker import RedisBroker
 
 from ..apps.history_app import app as history_app
 from ..conftest import wait_until
-from ..support import RedisServer
+from ..support import RedisServer, new_topic
 from ..support.history import Peer, history, offsets_after, open_stream, presence, publish
 
 
@@ -53,19 +53,6 @@ def serve_history(request, start_server):
     return start
 
 
-@pytest.fixture
-def opened():
-    """Clients to close at teardown (before the servers stop)."""
-    clients: list = []
-    yield clients.append
-    for client in clients:
-        client.close()
-
-
-def topic_name() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
 def wait_stored(server, topic, count, ns="/ws/a"):
     """Publishes are stored asynchronously (through the hub; on Redis, the relay thread)."""
     assert wait_until(lambda: len(history(server, topic, ns)) >= count, timeout=5), history(server, topic, ns)
@@ -77,7 +64,7 @@ def wait_stored(server, topic, count, ns="/ws/a"):
 
 def test_sse_resume_replays_exactly_the_missed_events_then_goes_live(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     first, before, results = open_stream(server, (topic,))
     opened(first)
     assert before == [] and results[topic] == [False, 0, None]  # nothing stored yet, no Last-Event-ID
@@ -104,7 +91,7 @@ def test_sse_resume_replays_exactly_the_missed_events_then_goes_live(serve_histo
 
 def test_sse_without_history_has_no_ids_and_recovers_nothing(start_server, opened):
     server = start_server(history_app)  # history_size 0: the default
-    topic = topic_name()
+    topic = new_topic()
     stream, before, results = open_stream(server, (topic,), last_event_id="123-4")
     opened(stream)
     assert before == [] and results[topic] == [False, 0, None]
@@ -117,7 +104,7 @@ def test_sse_without_history_has_no_ids_and_recovers_nothing(start_server, opene
 
 def test_a_trimmed_history_is_not_recovered_and_the_retained_tail_is_replayed(serve_history, opened):
     server = serve_history(history_size=3)
-    topic = topic_name()
+    topic = new_topic()
     publish(server, topic, "zero", ns="/ws/a")
     oldest = wait_stored(server, topic, 1)[0][0]
     for word in ("one", "two", "three", "four"):
@@ -132,7 +119,7 @@ def test_a_trimmed_history_is_not_recovered_and_the_retained_tail_is_replayed(se
 @pytest.mark.parametrize("stale", ["garbage", "1-1", "99999999999-0", "-", "12-x", "ünïcode-1", "9" * 80])
 def test_an_offset_from_another_history_or_no_offset_at_all_is_stale(serve_history, opened, stale):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     for word in ("a", "b"):
         publish(server, topic, word, ns="/ws/a")
     stored = wait_stored(server, topic, 2)
@@ -144,7 +131,7 @@ def test_an_offset_from_another_history_or_no_offset_at_all_is_stale(serve_histo
 
 def test_an_offset_of_another_topic_is_stale(serve_history, opened):
     server = serve_history()
-    topic, other = topic_name(), topic_name()
+    topic, other = new_topic(), new_topic()
     publish(server, other, "elsewhere", ns="/ws/a")
     publish(server, topic, "here", ns="/ws/a")
     foreign = wait_stored(server, other, 1)[0][0]
@@ -156,7 +143,7 @@ def test_an_offset_of_another_topic_is_stale(serve_history, opened):
 
 def test_resuming_from_the_newest_offset_replays_nothing_and_is_recovered(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     publish(server, topic, "only", ns="/ws/a")
     newest = wait_stored(server, topic, 1)[0][0]
     stream, replayed, results = open_stream(server, (topic,), last_event_id=newest)
@@ -166,7 +153,7 @@ def test_resuming_from_the_newest_offset_replays_nothing_and_is_recovered(serve_
 
 def test_stream_since_overrides_last_event_id(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     for word in ("a", "b", "c"):
         publish(server, topic, word, ns="/ws/a")
     stored = wait_stored(server, topic, 3)
@@ -180,7 +167,7 @@ def test_stream_since_overrides_last_event_id(serve_history, opened):
 
 def test_ws_since_replays_raw_messages_then_live_ones(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     for i in range(4):
         publish(server, topic, {"i": i}, ns="/ws/a")
     stored = wait_stored(server, topic, 4)
@@ -195,7 +182,7 @@ def test_ws_since_replays_raw_messages_then_live_ones(serve_history, opened):
 
 def test_ws_envelopes_carry_topic_offset_and_data_of_every_kind(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     publish(server, topic, {"k": [1, "two"]}, ns="/ws/a")
     first = wait_stored(server, topic, 1)[0][0]
     peer = Peer(server, "a", (topic,), since=first, envelope="1")
@@ -224,7 +211,7 @@ def test_ws_envelopes_carry_topic_offset_and_data_of_every_kind(serve_history, o
 
 def test_a_peer_publish_is_stored_and_never_echoed_to_its_sender(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     sender = Peer(server, "a", (topic,), envelope="1")
     other = Peer(server, "a", (topic,), envelope="1")
     for peer in (sender, other):
@@ -243,7 +230,7 @@ def test_a_peer_publish_is_stored_and_never_echoed_to_its_sender(serve_history, 
 
 def test_a_publish_without_namespace_goes_into_every_namespace_with_a_subscriber_or_a_history(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     peer = Peer(server, "a", (topic,))  # /ws/a: a subscriber
     opened(peer)
     peer.until_open()
@@ -259,7 +246,7 @@ def test_a_publish_without_namespace_goes_into_every_namespace_with_a_subscriber
 
 def test_server_history_since_and_limit(serve_history):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     for i in range(6):
         publish(server, topic, i, ns="/ws/a")
     stored = wait_stored(server, topic, 6)
@@ -268,7 +255,7 @@ def test_server_history_since_and_limit(serve_history):
     assert history(server, topic, limit=2) == stored[4:]
     assert history(server, topic, since=stored[1][0], limit=3) == stored[3:]
     assert history(server, topic, limit=0) == []
-    assert history(server, topic_name()) == []
+    assert history(server, new_topic()) == []
     with pytest.raises(ConfigurationError):
         server.history(topic, "/ws/a", limit=-1)
     with pytest.raises(ConfigurationError):
@@ -281,7 +268,7 @@ def test_server_history_since_and_limit(serve_history):
 def test_publishes_racing_the_subscribe_are_neither_lost_nor_repeated(serve_history, opened):
     """Thousands of publishes from three threads while clients keep resuming from offsets."""
     server = serve_history(history_size=10_000)
-    topic = topic_name()
+    topic = new_topic()
     publish(server, topic, {"start": True}, ns="/ws/a")
     start = wait_stored(server, topic, 1)[0][0]
     stop = threading.Event()
@@ -329,7 +316,7 @@ def test_publishes_racing_the_subscribe_are_neither_lost_nor_repeated(serve_hist
 
 def test_presence_lists_peers_with_their_info_and_streams_that_asked(serve_history, opened):
     server = serve_history()
-    topic = topic_name()
+    topic = new_topic()
     alice = Peer(server, "a", (topic,), info=json.dumps({"name": "alice"}))
     bob = Peer(server, "a", (topic,))  # no info: present with None
     elsewhere = Peer(server, "b", (topic,))
@@ -358,7 +345,7 @@ def test_presence_lists_peers_with_their_info_and_streams_that_asked(serve_histo
 
 def test_history_off_recovery_result_and_bad_topics(start_server, opened):
     server = start_server(history_app)
-    topic = topic_name()
+    topic = new_topic()
     peer = Peer(server, "a", (topic,), since="1-1")
     opened(peer)
     assert peer.until_open()[1]["recovery"][topic] == [False, 0, None]
@@ -370,7 +357,7 @@ def test_history_off_recovery_result_and_bad_topics(start_server, opened):
 def test_recovery_from_hooks_in_os_threads(serve_history, opened):
     """peer.subscribe(since=...) from a hook running in an OS thread: the replay is still exact."""
     server = serve_history(hooks_in_threads=True)
-    topic = topic_name()
+    topic = new_topic()
     for word in ("a", "b", "c"):
         publish(server, topic, word, ns="/ws/a")
     stored = wait_stored(server, topic, 3)

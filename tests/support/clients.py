@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import socket
+import threading
+import uuid
+from typing import Any
 
 import pytest
 import websocket
@@ -14,6 +19,50 @@ from .frames import client_frame, split_frame
 from .http import new_key, read_head, upgrade_request
 
 OPEN_RAW_CLIENTS: list = []
+
+
+def new_topic() -> str:
+    """A topic no other test uses."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+class QueuedWebSocket:
+    """A websocket-client connection whose messages a reader thread queues (text as ``str``, binary as ``bytes``).
+
+    ``send(**cmd)`` sends a JSON command; ``get``/``get_json`` take the next message or fail the test.
+    """
+
+    def __init__(self, url: str, name: str = "") -> None:
+        self.name = name or url
+        self.ws = websocket.create_connection(url, timeout=5)
+        self.ws.settimeout(None)
+        self.queue: queue.Queue = queue.Queue()
+        self.closed = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                opcode, data = self.ws.recv_data()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                self.queue.put(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode("utf-8"))
+        except Exception:
+            pass
+        finally:
+            self.closed.set()
+
+    def send(self, **cmd: Any) -> None:
+        self.ws.send(json.dumps(cmd))
+
+    def get(self, timeout: float = 5.0) -> Any:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.name}: nothing received in {timeout} s") from None
+
+    def get_json(self, timeout: float = 5.0) -> Any:
+        return json.loads(self.get(timeout))
 
 
 def app_with(path: str = "/_ws", handler=None, **hooks) -> App:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
-import queue
-import threading
 from typing import Any
 from urllib.parse import urlencode
 
 import requests
-import websocket
 
+from .clients import QueuedWebSocket
 from .sse import SSEClient
 
 __all__ = ["Peer", "history", "offsets_after", "open_stream", "presence", "publish"]
@@ -20,38 +19,12 @@ def _base(target: Any) -> str:
     return target if isinstance(target, str) else target.url
 
 
-class Peer:
+class Peer(QueuedWebSocket):
     """A WebSocket client of ``/ws/<room>``; a reader thread queues what arrives (text as str)."""
 
     def __init__(self, target: Any, room: str = "a", subs: tuple = (), **query: Any) -> None:
         params = [("sub", topic) for topic in subs] + [(k, v) for k, v in query.items() if v is not None]
-        url = _base(target).replace("http://", "ws://", 1) + f"/ws/{room}?" + urlencode(params)
-        self.ws = websocket.create_connection(url, timeout=5)
-        self.ws.settimeout(None)
-        self.queue: queue.Queue = queue.Queue()
-        self.closed = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            while True:
-                opcode, data = self.ws.recv_data()
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    break
-                self.queue.put(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode("utf-8"))
-        except Exception:
-            pass
-        finally:
-            self.closed.set()
-
-    def get(self, timeout: float = 5.0) -> Any:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"nothing received in {timeout} s") from None
-
-    def get_json(self, timeout: float = 5.0) -> Any:
-        return json.loads(self.get(timeout))
+        super().__init__(_base(target).replace("http://", "ws://", 1) + f"/ws/{room}?" + urlencode(params))
 
     def until_open(self) -> tuple[list, dict]:
         """Everything before the open ack (the replay), and the ack."""
@@ -61,9 +34,6 @@ class Peer:
             if isinstance(item, str) and item.startswith('{"ack":"open"'):
                 return before, json.loads(item)
             before.append(item)
-
-    def send(self, **cmd: Any) -> None:
-        self.ws.send(json.dumps(cmd))
 
     def close(self) -> None:
         try:
@@ -89,8 +59,6 @@ def publish(target: Any, topic: str, data: Any, ns: str | None = None) -> None:
     """``server.publish`` through the app (JSON data: a dict, list or number)."""
     form = {"topic": topic, "ns": ns or ""}
     if isinstance(data, bytes):
-        import base64
-
         form["b64"] = base64.b64encode(data).decode()
     elif isinstance(data, str):
         form["data"] = data
