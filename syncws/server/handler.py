@@ -218,14 +218,17 @@ class WebSocketHandler:
         return f"<WebSocketHandler {self.hooks!r}>"
 
 
+#: What a refusal at a connection cap says, by status (upgrades and event streams alike).
+OVER_CAPACITY = {
+    503: "Server at its connection limit; retry shortly",
+    429: "Too many connections from your address",
+}
+
+
 def over_capacity(transport: Transport, status: int) -> Response:
     """503 at ``max_connections``, 429 at ``max_connections_per_ip``; never a 101."""
     transport.reusable = False
-    if status == 503:
-        text = "Server at its connection limit; retry shortly"
-    else:
-        text = "Too many connections from your address"
-    return _text_response(status, text, [("Retry-After", str(RETRY_AFTER)), ("Connection", "close")])
+    return _text_response(status, OVER_CAPACITY[status], [("Retry-After", str(RETRY_AFTER)), ("Connection", "close")])
 
 
 def _shutting_down(transport: Transport) -> Response:

@@ -201,10 +201,6 @@ class Runtime:
         self.call_in_hub(fn)
 
     # -- history and presence ---------------------------------------------------------------
-    @property
-    def keeps_history(self) -> bool:
-        return self.history is not None or self.broker.stores_history
-
     def subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: Any = ABSENT) -> Recovery:
         """Subscribe, replaying the stored publishes after ``since`` first (any thread).
 

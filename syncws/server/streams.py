@@ -25,7 +25,7 @@ from ..base.threads import RealLock
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from ..pubsub.history import Recovery
 from ..pubsub.registry import ABSENT
-from .handler import RETRY_AFTER
+from .handler import OVER_CAPACITY, RETRY_AFTER
 from .http import TRANSPORT_KEY
 from .runtime import Runtime
 
@@ -72,12 +72,7 @@ class ConnectionLimitError(HTTPException, SyncwsError):
 
     def __init__(self, status: int) -> None:
         self.code = status
-        description = (
-            "Server at its connection limit; retry shortly"
-            if status == 503
-            else "Too many connections from your address"
-        )
-        super().__init__(description)
+        super().__init__(OVER_CAPACITY[status])
 
     def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
         return [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(RETRY_AFTER))]
