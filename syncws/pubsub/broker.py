@@ -137,16 +137,19 @@ def encode_envelope(origin: str, namespace: str | None, topic: str, outgoing: Ou
     Header fields: ``v`` version, ``o`` origin process, ``n`` namespace,
     ``t`` topic, ``b`` binary, ``j`` JSON payload; a stored publish (made by
     the Redis broker's script) adds ``f`` its offset and ``x`` the id of the
-    publishing peer.
+    publishing peer, and ``k`` when servers with and without history share
+    the prefix: "h" for a copy meant for servers with history only, "p" for
+    the others.
     """
     header = {"v": 1, "o": origin, "n": namespace, "t": topic, "b": outgoing.is_binary, "j": outgoing.is_json}
     return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + outgoing.payload
 
 
-def decode_envelope(data: bytes) -> tuple[str, str | None, str, Outgoing, str | None]:
-    """Return (origin, namespace, topic, outgoing, exclude_id); ValueError on anything malformed.
+def decode_envelope(data: bytes) -> tuple[str, str | None, str, Outgoing, str | None, str | None]:
+    """Return (origin, namespace, topic, outgoing, exclude_id, audience); ValueError on anything malformed.
 
-    ``outgoing.offset`` is the offset of a stored publish, else None.
+    ``outgoing.offset`` is the offset of a stored publish, else None;
+    ``audience`` "h" or "p" (see :func:`encode_envelope`), else None.
     """
     head, sep, payload = data.partition(b"\n")
     if not sep:
@@ -159,12 +162,14 @@ def decode_envelope(data: bytes) -> tuple[str, str | None, str, Outgoing, str | 
         raise ValueError("relayed message without an origin")
     if not isinstance(topic, str) or not (namespace is None or isinstance(namespace, str)):
         raise ValueError("relayed message with a bad namespace or topic")
-    offset, exclude = header.get("f"), header.get("x")
+    offset, exclude, audience = header.get("f"), header.get("x"), header.get("k")
     if not (offset is None or isinstance(offset, str)) or not (exclude is None or isinstance(exclude, str)):
         raise ValueError("relayed message with a bad offset or sender")
+    if audience not in (None, "h", "p"):
+        raise ValueError("relayed message with an unknown audience")
     opcode = OP_BINARY if header.get("b") else OP_TEXT
     if opcode == OP_TEXT:
         payload.decode("utf-8")  # a text frame must be UTF-8: UnicodeDecodeError is a ValueError
     outgoing = Outgoing.from_payload(opcode, payload, is_json=opcode == OP_TEXT and header.get("j") is True)
     outgoing.topic, outgoing.offset = topic, offset
-    return origin, namespace, topic, outgoing, exclude
+    return origin, namespace, topic, outgoing, exclude, audience

@@ -3,12 +3,14 @@
 Cron jobs, Celery tasks and scripts publish to the same Redis channels the
 servers listen on, in plain synchronous code: no gevent, no hub, no threads.
 When the servers keep a history (``history_size``), a publisher's publishes
-are stored in it too, with the servers' settings (read from Redis by the
-same script that stores and publishes).
+are stored in it too, with the settings of the servers alive now (read from
+Redis by the same script that stores and publishes): settings that a server
+which stopped more than ``presence_ttl`` ago left behind are not used.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..protocol.payload import Outgoing
@@ -16,6 +18,8 @@ from . import redis_scripts
 from .broker import new_origin
 from .redis_broker import require_redis
 from .registry import check_topic
+
+log = logging.getLogger("syncws.broker")
 
 
 class Publisher:
@@ -28,6 +32,7 @@ class Publisher:
         self.prefix = prefix
         self.origin = new_origin()
         self._script = self._client.register_script(redis_scripts.PUBLISH)
+        self._warned = False
 
     def publish(self, topic: str, data: Any, *, namespace: str | None = None) -> int:
         """Send ``data`` to every subscriber of ``topic`` on every server process.
@@ -40,7 +45,15 @@ class Publisher:
         """
         check_topic(topic)
         args = redis_scripts.publish_args(self.prefix, self.origin, namespace, topic, Outgoing(data))
-        return int(self._script(args=args))
+        received, disagree = self._script(args=args)
+        if disagree and not self._warned:
+            self._warned = True
+            log.warning(
+                "syncws: the servers under Redis prefix %r disagree on history settings; this publish was stored "
+                "with the largest history_size (their logs say which servers differ)",
+                self.prefix,
+            )
+        return int(received)
 
     def close(self) -> None:
         self._client.close()

@@ -67,7 +67,7 @@ _SimpleQueue = get_original("queue", "SimpleQueue")
 
 _STOP = object()
 _BATCH = 1000  # relays sent to Redis in one pipelined round trip at most
-_RELAY, _STORED, _PRESENCE, _CONFIG = range(4)  # what an item of the relay queue asks for
+_RELAY, _STORED, _PRESENCE, _ANNOUNCE = range(4)  # what an item of the relay queue asks for
 
 
 def require_redis() -> Any:
@@ -126,6 +126,10 @@ class RedisBroker(Broker):
         self.connected = False  # the subscriber connection is up and subscribed
         self._outage = False  # the subscriber lost Redis and has not reconnected yet
         self._threads_done: list[Any] = []
+        #: Some live servers of this prefix keep a history and some do not (from the last
+        #: announcement): publishes to every namespace then go out for both (redis_scripts).
+        self.fleet_mixed = False
+        self._fleet_warning = ""  # what was last logged about the other servers' settings
 
     # -- Broker interface ------------------------------------------------------
     def configure(
@@ -153,8 +157,7 @@ class RedisBroker(Broker):
         self._running = True
         for channel in (channel_name(self.prefix, ns, topic) for ns, topic in interests()):
             self._channels[channel] = 1
-        if self.history_size:
-            self._outbox.put((_CONFIG,))  # what a Publisher stores with
+        self._outbox.put((_ANNOUNCE,))  # this process's settings, for Publishers and the other servers
         for target in (self._relay_loop, self._subscribe_loop, self._read_loop):
             done = RealLock()
             done.acquire()
@@ -265,7 +268,7 @@ class RedisBroker(Broker):
                 break
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + refresh
-                batch.append(None)  # refresh this process's presence entries
+                batch += [None, (_ANNOUNCE,)]  # refresh this process's presence entries and settings
             if not batch:
                 continue
             if time.monotonic() < self._relay_down_until:
@@ -287,6 +290,8 @@ class RedisBroker(Broker):
                     self._give_up([item])
                 elif item[0] in (_RELAY, _STORED):
                     self.relayed += 1
+                elif item[0] == _ANNOUNCE:
+                    self._compare_settings(result)
             if self._relay_failed:
                 log.info("syncws: Redis broker relay is back")
             self._relay_failed = False
@@ -314,7 +319,15 @@ class RedisBroker(Broker):
             elif kind == _STORED:
                 _, namespace, topic, outgoing, exclude = item
                 args = redis_scripts.publish_args(
-                    prefix, self.origin, namespace, topic, outgoing, exclude, self.history_size, self._ttl_ms()
+                    prefix,
+                    self.origin,
+                    namespace,
+                    topic,
+                    outgoing,
+                    exclude,
+                    self.history_size,
+                    self._ttl_ms(),
+                    self.fleet_mixed,
                 )
                 self._script(client, "PUBLISH")(args=args, client=pipe)
             elif kind == _PRESENCE:
@@ -324,10 +337,9 @@ class RedisBroker(Broker):
                 else:
                     args = [prefix, int(self.presence_ttl * 1000), namespace, topic, entry_id, info]
                     self._script(client, "PRESENCE_ADD")(args=args, client=pipe)
-            else:  # _CONFIG
-                pipe.hset(
-                    f"{prefix}:config", mapping={"history_size": self.history_size, "history_ttl": self._ttl_ms()}
-                )
+            else:  # _ANNOUNCE
+                args = [prefix, self.origin, int(self.presence_ttl * 1000), self.history_size, self._ttl_ms()]
+                self._script(client, "ANNOUNCE")(args=args, client=pipe)
         results = pipe.execute(raise_on_error=False)
         return [(item, result) for item, result in zip(owners, results, strict=True) if item is not None]
 
@@ -340,6 +352,41 @@ class RedisBroker(Broker):
             for namespace, topic, entry_id, info in entries[start : start + 500]:
                 args += [namespace, topic, entry_id, to_json(info)]
             script(args=args, client=pipe)
+
+    def _compare_settings(self, values: list[Any]) -> None:
+        """Log (once per change) when the live servers of this prefix disagree on history settings.
+
+        A disagreement is a deployment mistake (a server started without the
+        others' ``--history-size``): publishes still reach every subscriber
+        (see ``fleet_mixed``), but only the servers with history store them.
+        """
+        mine = f"{self.history_size} {self._ttl_ms()}"
+        others: dict[str, int] = {}
+        sizes = set()
+        for raw in values:
+            value = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+            size, _, ttl = value.partition(" ")
+            sizes.add(size != "0")
+            if value != mine:
+                text = f"history_size={size}" + (f" history_ttl={int(ttl) / 1000:g}s" if ttl not in ("", "0") else "")
+                others[text] = others.get(text, 0) + 1
+        self.fleet_mixed = len(sizes) > 1
+        warning = ", ".join(f"{text} ({count} process{'es' if count > 1 else ''})" for text, count in sorted(others.items()))
+        if warning == self._fleet_warning:
+            return
+        self._fleet_warning = warning
+        if warning:
+            log.warning(
+                "syncws: servers sharing the Redis prefix %r disagree on history settings: this process has "
+                "history_size=%d history_ttl=%s, others have %s. Every subscriber still gets every publish, but "
+                "only servers with history store them: give every server the same --history-size/--history-ttl.",
+                self.prefix,
+                self.history_size,
+                self.history_ttl,
+                warning,
+            )
+        else:
+            log.info("syncws: every server sharing the Redis prefix %r has the same history settings now", self.prefix)
 
     def _give_up(self, batch: list[Any]) -> None:
         """Redis did not take these: relays are dropped (counted), stored publishes delivered locally."""
@@ -442,10 +489,12 @@ class RedisBroker(Broker):
 
     def _on_message(self, data: bytes) -> None:
         try:
-            origin, namespace, topic, outgoing, exclude = decode_envelope(data)
+            origin, namespace, topic, outgoing, exclude, audience = decode_envelope(data)
         except ValueError as exc:
             log.warning("syncws: dropped a malformed relayed message: %s", exc)
             return
+        if audience is not None and (audience == "h") != self.stores_history:
+            return  # the copy for servers with (h) or without (p) history; this process takes the other
         if origin == self.origin and outgoing.offset is None:
             return  # our own relay, already delivered locally (stored publishes come back: see above)
         deliver = self._deliver

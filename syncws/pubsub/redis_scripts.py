@@ -15,8 +15,16 @@ with ``safe=''``, so that ':' in a name cannot make two keys collide):
   ``b`` binary, ``j`` JSON, ``t`` time in ms (for ``history_ttl``).
 * ``{prefix}:hn:{q(topic)}``: the namespaces with a history or a subscriber
   of the topic (where a publish without namespace is stored).
-* ``{prefix}:config``: the servers' ``history_size`` and ``history_ttl`` (ms),
-  read by a :class:`~syncws.pubsub.publisher.Publisher`.
+* ``{prefix}:servers`` (sorted set: a server process's origin, scored by the
+  time its announcement expires, in ms) and ``{prefix}:settings`` (hash:
+  origin -> ``"<history_size> <history_ttl ms>"``): the settings of the server
+  processes alive now.  Each process announces itself at start and every
+  third of ``presence_ttl`` (see ``ANNOUNCE``); a process that stopped counts
+  for ``presence_ttl`` more (a restart loses nothing a Publisher publishes
+  meanwhile), then its settings are dropped.  A
+  :class:`~syncws.pubsub.publisher.Publisher` stores with the live servers'
+  settings, and with none when no server is alive: settings a past server
+  left can never change what a publish does.
 * ``{prefix}:p:{q(namespace)}:{q(topic)}`` (sorted set: entry id, scored by
   its expiry in ms) and ``{prefix}:pi:...`` (hash: entry id -> info JSON):
   presence; ``{prefix}:pn:{q(topic)}``: namespaces with presence.
@@ -42,8 +50,15 @@ def publish_args(
     exclude_id: str | None = None,
     size: int = -1,
     ttl_ms: int = 0,
+    mixed: bool = False,
 ) -> list[Any]:
-    """The ARGV of :data:`PUBLISH` (``size`` -1: the servers' settings, as a Publisher does)."""
+    """The ARGV of :data:`PUBLISH`.
+
+    ``size`` -1: the live servers' settings, as a Publisher does.  ``mixed``:
+    some live servers keep no history (what the caller's last announcement
+    found), so a publish to every namespace also goes out on the
+    all-namespaces channel, for them.
+    """
     return [
         prefix,
         origin,
@@ -57,6 +72,7 @@ def publish_args(
         ttl_ms,
         new_epoch(),
         outgoing.payload,
+        "1" if mixed else "0",
     ]
 
 
@@ -78,6 +94,17 @@ end
 local function each_chunk(list, fn)  -- unpack() takes a few thousand values at most
   for i = 1, #list, 1000 do fn({unpack(list, i, math.min(i + 999, #list))}) end
 end
+local function prune(z, h, now)  -- drop the members of z scored <= now, and their fields in h
+  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+    each_chunk(expired, function(ids) redis.call('HDEL', h, unpack(ids)) end)
+  end
+end
+local function live_settings(prefix)  -- "<size> <ttl ms>" of every server process alive now
+  prune(prefix .. ':servers', prefix .. ':settings', now_ms())
+  return redis.call('HVALS', prefix .. ':settings')
+end
 local function last_id(key)
   local info = redis.pcall('XINFO', 'STREAM', key)
   if type(info) ~= 'table' or info.err then return nil end
@@ -89,18 +116,41 @@ end
 """
 
 #: ARGV: prefix, origin, namespace, has namespace (0/1), topic, binary (0/1),
-#: json (0/1), exclude id ('' none), history size (-1: the servers' config),
-#: ttl ms (0 none), a new epoch, payload.  Returns how many subscriber
-#: connections received it.
+#: json (0/1), exclude id ('' none), history size (-1: the live servers'
+#: settings), ttl ms (0 none), a new epoch, payload, mixed (0/1: some live
+#: servers keep no history).  Returns ``{receivers, disagree}``: how many
+#: subscriber connections received it, and 1 when ``size`` was -1 and the live
+#: servers' settings differ.
+#:
+#: When servers with and without history share the prefix (a misconfiguration
+#: the servers log), a publish to every namespace is stored and published per
+#: namespace for the servers with history (header ``k`` "h"), and published
+#: once more on the all-namespaces channel for the others (``k`` "p"): each
+#: server takes the copy meant for it, so every subscriber gets it once.
 PUBLISH = (
     _COMMON
     + r"""
 local prefix, origin, namespace, hasns, topic = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', ARGV[5]
 local binary, isjson, exclude = ARGV[6], ARGV[7], ARGV[8]
 local size, ttl, epoch, payload = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12]
-if size < 0 then
-  local config = redis.call('HMGET', prefix .. ':config', 'history_size', 'history_ttl')
-  size, ttl = tonumber(config[1]) or 0, tonumber(config[2]) or 0
+local mixed, disagree = ARGV[13] == '1', 0
+if size < 0 then  -- a Publisher: the largest size and the longest ttl (0: none) of the live servers
+  local with, without, first = 0, 0, nil
+  size, ttl = 0, -1
+  for _, value in ipairs(live_settings(prefix)) do
+    local s, t = string.match(value, '^(%d+) (%d+)$')
+    s, t = tonumber(s), tonumber(t)
+    if s > 0 then
+      with = with + 1
+      if s > size then size = s end
+      if ttl ~= 0 and (t == 0 or t > ttl) then ttl = t end
+    else
+      without = without + 1
+    end
+    if first == nil then first = value elseif value ~= first then disagree = 1 end
+  end
+  if ttl < 0 then ttl = 0 end
+  mixed = with > 0 and without > 0
 end
 local tq = q(topic)
 local head = {v = 1, o = origin, t = topic, b = binary == '1', j = isjson == '1'}
@@ -111,7 +161,7 @@ if size <= 0 then
     head.n = namespace
     channel = prefix .. ':ns:' .. q(namespace) .. ':' .. tq
   end
-  return redis.call('PUBLISH', channel, cjson.encode(head) .. '\n' .. payload)
+  return {redis.call('PUBLISH', channel, cjson.encode(head) .. '\n' .. payload), disagree}
 end
 local spaces_key = prefix .. ':hn:' .. tq
 local spaces
@@ -145,9 +195,32 @@ for _, ns in ipairs(spaces) do
   end
   head.n = ns
   head.f = id
+  if mixed and not hasns then head.k = 'h' end
   received = received + redis.call('PUBLISH', prefix .. ':ns:' .. nq .. ':' .. tq, cjson.encode(head) .. '\n' .. payload)
 end
-return received
+if mixed and not hasns then
+  head.n, head.f, head.k = nil, nil, 'p'
+  received = received + redis.call('PUBLISH', prefix .. ':all:' .. tq, cjson.encode(head) .. '\n' .. payload)
+end
+return {received, disagree}
+"""
+)
+
+#: ARGV: prefix, origin, lifetime ms, history size, history ttl ms (0 none).
+#: A server process says it is alive, with its settings, for the lifetime;
+#: returns every live process's settings, its own included (see the keys above).
+ANNOUNCE = (
+    _COMMON
+    + r"""
+local prefix, origin, life, size, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local servers, settings = prefix .. ':servers', prefix .. ':settings'
+redis.call('ZADD', servers, now_ms() + life, origin)
+redis.call('HSET', settings, origin, size .. ' ' .. ttl)
+local values = live_settings(prefix)
+local last = redis.call('ZRANGE', servers, -1, -1, 'WITHSCORES')[2]  -- the latest expiry
+redis.call('PEXPIREAT', servers, last)  -- both keys go when the last process has gone
+redis.call('PEXPIREAT', settings, last)
+return values
 """
 )
 
@@ -259,11 +332,7 @@ local count, out = 0, {}
 for _, ns in ipairs(spaces) do
   local suffix = q(ns) .. ':' .. tq
   local z, h = prefix .. ':p:' .. suffix, prefix .. ':pi:' .. suffix
-  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-  if #expired > 0 then
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-    each_chunk(expired, function(ids) redis.call('HDEL', h, unpack(ids)) end)
-  end
+  prune(z, h, now)
   if count_only then
     count = count + redis.call('ZCARD', z)
   else

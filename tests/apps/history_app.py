@@ -3,7 +3,7 @@
 * WebSocket ``/ws/<room>`` (namespace: the path): on open, subscribes to every
   ``?sub=`` topic with ``since=?since``, ``envelope=?envelope`` (``1``) and
   ``presence=?info`` (JSON), then sends ``{"ack": "open", "id": ...,
-  "recovery": {topic: [recovered, replayed, offset]}}``.  JSON commands:
+  "recovery": {topic: [recovered, replayed, offset]}, "pid": <the process>}``.  JSON commands:
   ``{"op": "pub", "topic": t, "data": d}`` (``peer.publish``),
   ``{"op": "presence", "topic": t}`` -> ``{"presence": [...]}``.
 * ``/events?topic=t&ns=n[&since=s][&info=json]``: an event stream subscribed
@@ -35,7 +35,7 @@ def _open(peer):
     for topic in args.getlist("sub"):
         recovery = peer.subscribe(topic, since=args.get("since"), envelope=args.get("envelope") == "1", presence=info)
         results[topic] = _result(recovery)
-    peer.send({"ack": "open", "id": peer.id, "recovery": results})
+    peer.send({"ack": "open", "id": peer.id, "recovery": results, "pid": os.getpid()})
 
 
 def _message(peer, message):

@@ -101,8 +101,8 @@ def test_envelope_round_trip(data, opcode, payload, namespace):
     origin = new_origin()
     wire = encode_envelope(origin, namespace, "topic:x", Outgoing(data))
     assert isinstance(wire, bytes)
-    got_origin, got_ns, got_topic, outgoing, _ = decode_envelope(wire)
-    assert (got_origin, got_ns, got_topic) == (origin, namespace, "topic:x")
+    got_origin, got_ns, got_topic, outgoing, _, audience = decode_envelope(wire)
+    assert (got_origin, got_ns, got_topic, audience) == (origin, namespace, "topic:x", None)
     assert outgoing.opcode == opcode
     assert outgoing.is_binary == (opcode == OP_BINARY)
     assert outgoing.payload == payload
@@ -112,7 +112,7 @@ def test_envelope_round_trip(data, opcode, payload, namespace):
 
 def test_envelope_json_payload_decodes_to_the_same_value():
     value = {"user": "zoë", "n": [1, 2, {"deep": None}]}
-    _, _, _, outgoing, _ = decode_envelope(encode_envelope("o", "/ns", "t", Outgoing(value)))
+    _, _, _, outgoing, _, _ = decode_envelope(encode_envelope("o", "/ns", "t", Outgoing(value)))
     assert json.loads(outgoing.text) == value
     assert outgoing.text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -153,6 +153,8 @@ def _header(**fields) -> bytes:
         _header(o=_MISSING) + b"\npayload",  # no origin: cannot tell our own from others
         _header(o=123) + b"\npayload",
         _header(b=False) + b"\n\xff\xfe not utf-8",  # a text payload must be UTF-8
+        _header(k="x") + b"\npayload",  # an audience other than h (history) and p (plain)
+        _header(k=1) + b"\npayload",
     ],
 )
 def test_malformed_envelopes_raise_value_error(wire):
@@ -160,8 +162,13 @@ def test_malformed_envelopes_raise_value_error(wire):
         decode_envelope(wire)
 
 
+@pytest.mark.parametrize("audience", ["h", "p"])
+def test_an_envelope_says_which_servers_it_is_for(audience):
+    assert decode_envelope(_header(k=audience) + b"\nx")[5] == audience
+
+
 def test_binary_envelope_accepts_any_bytes():
-    _, _, _, outgoing, _ = decode_envelope(_header(b=True) + b"\n\xff\xfe")
+    _, _, _, outgoing, _, _ = decode_envelope(_header(b=True) + b"\n\xff\xfe")
     assert outgoing.is_binary and outgoing.payload == b"\xff\xfe"
 
 

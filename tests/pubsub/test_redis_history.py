@@ -10,6 +10,7 @@ stores, are in ``tests/server/test_recovery.py``.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -286,3 +287,113 @@ def test_many_concurrent_recoveries_on_a_monkey_patched_server(processes, opened
     assert len(results) == 40
     for replay, hello in results:
         assert replay == ["2", "3", "4"] and hello["recovery"][topic][:2] == [True, 3]
+
+
+# -- settings that belong to the servers alive now ------------------------------------------
+
+
+@pytest.fixture
+def plain(redis_server):
+    """``plain(*options)``: a ``python -m syncws`` of the history app with the broker and no history, and its URL."""
+    started: list = []
+
+    def start(*options: str) -> tuple[SyncwsProcess, str]:
+        process = SyncwsProcess(APP, "--port", "0", "--broker", redis_server.url, *options, cwd=ROOT)
+        started.append(process)
+        return process, process.wait_for_url()
+
+    yield start
+    for process in started:
+        process.terminate()
+
+
+def _peers_on(server_url: str, topic: str, count: int) -> tuple[list, set]:
+    """``count`` peers of ``/ws/a`` subscribed to ``topic``, and the pids of the processes they landed on."""
+    peers, pids = [], set()
+    for _ in range(count):
+        peer = Peer(server_url, "a", (topic,))
+        peers.append(peer)
+        pids.add(peer.until_open()[1]["pid"])
+    return peers, pids
+
+
+def _wait_subscribed(redis_server, channel: str, processes: int) -> None:
+    client = redis_server.client()
+    assert wait_until(lambda: client.pubsub_numsub(channel)[0][1] >= processes), channel
+
+
+def _each_gets_once(receivers: list, expected: str, marker: str) -> None:
+    """Every receiver gets ``expected`` and then ``marker``: once each, nothing in between."""
+    for receiver in receivers:
+        got = [receiver.get(), receiver.get()] if isinstance(receiver, Peer) else receiver.next_events(2)
+        assert [getattr(item, "data", item) for item in got] == [expected, marker], receiver
+
+
+def test_a_stopped_servers_history_settings_never_silence_a_publish(processes, plain, redis_server, opened):
+    """Issue 21: a history server stops, servers without history start: a Publisher's publish reaches them all."""
+    topic = new_topic()
+    first = processes()  # history_size 100 ...
+    first.terminate()  # ... stopped: its settings stay in force for presence_ttl (a restart loses nothing)
+    second, url = plain("--workers", "2")
+    peers, pids = _peers_on(url, topic, 12)
+    for peer in peers:
+        opened(peer)
+    stream, _, _ = open_stream(url, (topic,), ns="/ws/a")
+    opened(stream)
+    _wait_subscribed(redis_server, f"syncws:all:{topic}", len(pids))
+    with Publisher(redis_server.url) as publisher:
+        assert publisher.publish(topic, "to everyone") >= 1
+        publisher.publish(topic, "marker")
+    _each_gets_once([*peers, stream], "to everyone", "marker")
+    # the workers say that the servers disagree, and how
+    assert wait_until(lambda: "disagree on history settings" in second.err), second.err
+    assert re.search(r"this process has history_size=0 .* others have history_size=100 \(\d+ process", second.err)
+
+
+def test_servers_with_and_without_history_each_deliver_a_publish_once(processes, plain, redis_server, opened):
+    """Both kinds alive at once (a misconfiguration, logged): every subscriber gets each publish exactly once."""
+    topic = new_topic()
+    keeping = processes()
+    other, plain_url = plain()
+    here = [Peer(keeping, "a", (topic,)), Peer(plain_url, "a", (topic,)), Peer(plain_url, "b", (topic,))]
+    for peer in here:
+        opened(peer)
+        peer.until_open()
+    _wait_subscribed(redis_server, f"syncws:ns:%2Fws%2Fa:{topic}", 2)
+    assert wait_until(lambda: "disagree on history settings" in other.err + keeping.err)
+    time.sleep(0.2)  # both processes have read the other's announcement (the log line comes after)
+    with Publisher(redis_server.url) as publisher:
+        publisher.publish(topic, "from a job")
+        publisher.publish(topic, "marker")
+    _each_gets_once(here, "from a job", "marker")
+    publish(keeping, topic, "from the history server")  # every namespace, stored
+    publish(keeping, topic, "marker")
+    _each_gets_once(here, "from the history server", "marker")
+    assert [d for _, d in history(keeping, topic)] == ["from a job", "marker", "from the history server", "marker"]
+
+
+def test_settings_of_servers_gone_longer_than_presence_ttl_are_ignored(tmp_path, opened):
+    topic = new_topic()
+    with RedisServer(tmp_path) as redis_server:  # its own: no other test's servers are alive in it
+        first = HistoryProcess(redis_server.url, "--presence-ttl", "1")
+        client = redis_server.client()
+        try:
+            assert wait_until(lambda: client.hvals("syncws:settings") == ["100 0"])
+        finally:
+            first.terminate()
+        time.sleep(1.2)  # its announcement has expired
+        second = SyncwsProcess(APP, "--port", "0", "--broker", redis_server.url, cwd=ROOT)
+        try:
+            peer = Peer(second.wait_for_url(), "a", (topic,))
+            opened(peer)
+            peer.until_open()
+            _wait_subscribed(redis_server, f"syncws:all:{topic}", 1)
+            with Publisher(redis_server.url) as publisher:
+                assert publisher.publish(topic, "live") == 1
+            assert peer.get() == "live"
+            assert client.keys("syncws:h:*") == []  # nothing stored with the stale settings
+            assert client.hvals("syncws:settings") == ["0 0"]  # only the live server's settings remain
+            assert "disagree" not in second.err
+        finally:
+            peer.close()
+            second.terminate()
