@@ -99,6 +99,14 @@ raise_open_file_limit()
 
 app = App()
 app.get("/", lambda request: "syncws bench app: WebSockets at /echo and /fanout")
+
+
+@app.get("/sleep")
+def sleep(request):
+    """A view that blocks: ``time.sleep`` (it yields only when the process is monkey-patched)."""
+    time.sleep(float(request.args.get("s", "2")))
+    return "slept"
+
 app.get("/echo", define_websocket_handler(message=echo, max_message_size=32 * 1024 * 1024))
 app.get("/sse", sse)
 app.get("/sse_topic", sse_topic)

@@ -40,7 +40,7 @@ OriginPolicy = Callable[[str], Any] | frozenset[str] | None
 
 OVERFLOW_POLICIES = ("close", "drop")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-DEFAULT_HOOK_THREADS = 10  # pool size for hooks_in_threads=True
+THREAD_MODES = ("auto", "on", "off")
 
 _NONE_WORDS = ("none", "off", "unlimited")
 _TRUE_WORDS = ("1", "true", "yes", "on")
@@ -57,7 +57,7 @@ class Kind(enum.Enum):
     SECONDS = "seconds"  # a positive, finite number
     CHOICE = "choice"  # one of ``choices``
     ORIGINS = "origins"  # comma-separated origins, '*', or (in Python) a callable
-    THREADS = "threads"  # on/off or a number of threads
+    SWITCH = "switch"  # auto, on or off (True and False in Python)
     BOOL = "bool"  # 1/true/yes/on or 0/false/no/off
     FLAG = "flag"  # a flag without a value (true when given)
     TEXT = "text"  # any non-empty string
@@ -146,9 +146,11 @@ class Option:
                 return value
         elif kind is Kind.ORIGINS:
             return normalize_origins(value)
-        elif kind is Kind.THREADS:
-            if isinstance(value, bool) or (isinstance(value, int) and value > 0):
-                return value
+        elif kind is Kind.SWITCH:
+            if isinstance(value, bool):
+                return "on" if value else "off"
+            if isinstance(value, str) and value.lower() in THREAD_MODES:
+                return value.lower()
         elif kind in (Kind.BOOL, Kind.FLAG):
             return bool(value)
         elif kind is Kind.TEXT:
@@ -212,13 +214,15 @@ def _parse_origins(option: Option, text: str) -> Any:
     return items if items else _INVALID
 
 
-def _parse_threads(option: Option, text: str) -> Any:
+def _parse_switch(option: Option, text: str) -> Any:
     lower = text.lower()
-    if lower in ("on", "true", "yes"):
-        return True
-    if lower in ("off", "false", "no", "none", "0"):
-        return False
-    return _parse_count(option, text)
+    if lower == "auto":
+        return lower
+    if lower in _TRUE_WORDS:
+        return "on"
+    if lower in _FALSE_WORDS:
+        return "off"
+    return _INVALID
 
 
 def _parse_bool(option: Option, text: str) -> Any:
@@ -297,7 +301,7 @@ _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
     Kind.SECONDS: _parse_seconds,
     Kind.CHOICE: _parse_choice,
     Kind.ORIGINS: _parse_origins,
-    Kind.THREADS: _parse_threads,
+    Kind.SWITCH: _parse_switch,
     Kind.BOOL: _parse_bool,
     Kind.FLAG: _parse_bool,
     Kind.TEXT: _parse_text,
@@ -314,7 +318,7 @@ _EXPECTED = {
     Kind.SECONDS: "a positive number of seconds",
     Kind.CHOICE: "one of {choices}",
     Kind.ORIGINS: "a comma-separated list of origins or '*'",
-    Kind.THREADS: "'on' (10 threads), 'off' or a positive number of threads",
+    Kind.SWITCH: "'auto', 'on' or 'off' (True or False in Python)",
     Kind.BOOL: "one of " + "/".join(_TRUE_WORDS + _FALSE_WORDS),
     Kind.FLAG: "one of " + "/".join(_TRUE_WORDS + _FALSE_WORDS),
     Kind.TEXT: "a non-empty string",
@@ -330,7 +334,7 @@ _METAVARS = {
     Kind.AMOUNT: "N",
     Kind.SECONDS: "SECONDS",
     Kind.ORIGINS: "ORIGINS",
-    Kind.THREADS: "N",
+    Kind.SWITCH: "MODE",
 }
 
 
@@ -586,15 +590,22 @@ OPTIONS: tuple[Option, ...] = (
         shown_default="5 s",
         help="on SIGTERM/SIGINT or stop(), how long peers get to answer the 1001 close",
     ),
-    # Hooks that block without yielding to gevent
+    # Code that blocks without yielding to gevent (docs/how-to/embedding.md)
     Option(
-        "hooks_in_threads",
-        Kind.THREADS,
-        False,
+        "threads",
+        Kind.SWITCH,
+        "auto",
         per_handler=True,
-        shown_default="off",
-        help="run hooks in a pool of OS threads (on: 10, or a number), for hooks that block without "
-        "yielding to gevent (un-patched I/O, C drivers)",
+        help="run views, hooks and event-stream callbacks in a pool of OS threads, so that code which blocks "
+        "(time.sleep, requests, C drivers) delays only its own request or peer; 'auto': on unless the process "
+        "is gevent-monkey-patched (python -m syncws patches); per handler: where its hooks run",
+    ),
+    Option(
+        "thread_pool_size",
+        Kind.COUNT,
+        20,
+        help="OS threads in that pool; when all are busy, further views and hooks wait for one "
+        "(server.stats()['threads'] shows how often)",
     ),
     # The server itself
     Option("host", Kind.TEXT, "127.0.0.1", scope=Scope.SERVER, metavar="HOST", help="interface to bind"),
@@ -750,19 +761,12 @@ class ServerOptions:
     history_ttl: float | None = None
     presence_ttl: float = 30.0
     shutdown_timeout: float = 5.0
-    hooks_in_threads: bool | int = False
+    threads: str = "auto"
+    thread_pool_size: int = 20
 
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, BY_NAME[f.name].validate(getattr(self, f.name)))
-
-    @property
-    def hook_threads(self) -> int:
-        """The size of the hook thread pool."""
-        threads = self.hooks_in_threads
-        if isinstance(threads, bool) or not threads:
-            return DEFAULT_HOOK_THREADS
-        return threads
 
 
 _SCOPE_TEXT = {

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from gevent.monkey import get_original
+from gevent.monkey import get_original, is_module_patched
 
 RealLock: Callable[[], Any] = get_original("_thread", "allocate_lock")
 _start_new_thread: Callable[..., int] = get_original("_thread", "start_new_thread")
@@ -38,3 +38,18 @@ def start_thread(target: Callable[..., Any], *args: Any) -> int:
         target(*args)
 
     return _start_new_thread(run, ())
+
+
+def monkey_patched() -> bool:
+    """Whether blocking calls of the standard library yield to gevent in this process.
+
+    True when ``socket`` and ``time`` are patched (``python -m syncws`` and
+    ``gevent.monkey.patch_all()`` patch both): a view that sleeps or does
+    network I/O then blocks only its own greenlet.
+    """
+    return bool(is_module_patched("socket") and is_module_patched("time"))
+
+
+def use_threads(mode: str) -> bool:
+    """The ``threads`` option's answer for this process: "on", "off", or "auto" (on unless monkey-patched)."""
+    return mode == "on" or (mode == "auto" and not monkey_patched())

@@ -205,11 +205,15 @@ def _no_start_response(status: str, headers: list[Any], exc_info: Any = None) ->
 class GeventWebSocketApp:
     """The WSGI wrapper :func:`gevent_websocket` returns."""
 
+    #: An app written for gevent-websocket waits on gevent objects: the server
+    #: calls it in the hub, never in the thread pool (see the ``threads`` option).
+    syncws_in_hub = True
+
     def __init__(self, app: Callable[..., Any], **overrides: Any) -> None:
         self.app = app
         # The inbox and its events belong to the hub: these hooks never run
-        # in the thread pool, whatever the server's hooks_in_threads says.
-        self.overrides = {**overrides, "hooks_in_threads": False}
+        # in the thread pool, whatever the server's threads option says.
+        self.overrides = {**overrides, "threads": "off"}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if (
@@ -262,8 +266,8 @@ def gevent_websocket(app: Callable[..., Any], **overrides: Any) -> GeventWebSock
     (``max_message_size``, ``ping_interval``, ``ping_timeout``,
     ``allowed_origins``); by default the server's apply.
     """
-    if "hooks_in_threads" in overrides:
-        raise TypeError("hooks_in_threads does not apply: a gevent-websocket app runs in its own greenlet")
+    if "threads" in overrides:
+        raise TypeError("threads does not apply: a gevent-websocket app runs in its own greenlet, in the hub")
     return GeventWebSocketApp(app, **check_overrides(overrides))
 
 

@@ -65,6 +65,7 @@ COUNTERS = (
     (("broker", "relayed"), "syncws_broker_relayed", "publishes the broker handed to Redis"),
     (("broker", "dropped"), "syncws_broker_dropped", "publishes the broker could not hand to Redis"),
     (("broker", "reconnects"), "syncws_broker_reconnects", "times the broker reconnected to Redis"),
+    (("threads", "waited"), "syncws_thread_waits", "views and hooks that found every pool thread busy"),
 )
 
 
@@ -101,6 +102,9 @@ class Metrics:
         self._presence = prometheus.Gauge(
             "syncws_presence_entries", "local presence entries", registry=registry, **gauge_mode
         )
+        self._threads = prometheus.Gauge(
+            "syncws_threads", "views and hooks in the thread pool, by state", ["state"], registry=registry, **gauge_mode
+        )
         self._seen: dict[Any, float] = {}
         self._wsgi: WSGIServer | None = None
         self._refresher: Any = None
@@ -117,6 +121,8 @@ class Metrics:
             self._connections.labels(kind=kind).set(stats["connections"][kind])
         self._history.set(stats["history"]["entries"])
         self._presence.set(stats["presence"]["local_entries"])
+        for state in ("busy", "queued"):
+            self._threads.labels(state=state).set(stats["threads"][state])
 
     def _advance(self, key: Any, counter: Any, value: float) -> None:
         delta = value - self._seen.get(key, 0)

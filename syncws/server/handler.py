@@ -10,11 +10,13 @@ in the environ.  Otherwise it answers like any WSGI app: nothing was upgraded.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import gevent
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
@@ -87,13 +89,18 @@ class WebSocketHandler:
         """Run (or hand over) the connection; return a Response when nothing was upgraded."""
         outcome = self.accept(environ)
         if isinstance(outcome, Session):
-            if not (detach and environ[TRANSPORT_KEY].hand_over(outcome.run)):
+            transport = environ[TRANSPORT_KEY]
+            if _in_pool_thread(outcome.runtime):
+                # A view in the thread pool: the connection is served in the hub, in
+                # a greenlet of its own, and the view returns (its thread is free).
+                outcome.runtime.in_hub(_run_detached, transport, outcome)
+            elif not (detach and transport.hand_over(outcome.run)):
                 outcome.run()
             return None
         response: Response | None = outcome
         transport = environ.get(TRANSPORT_KEY)
         if response is not None and transport is not None:
-            transport.runtime.counters.refuse(response.status_code)
+            transport.runtime.refuse(response.status_code)
         return response
 
     def accept(self, environ: dict[str, Any]) -> Any:
@@ -153,8 +160,8 @@ class WebSocketHandler:
         try:
             decision = None
             if self.hooks.upgrade is not None:
-                if self.overrides.get("hooks_in_threads", runtime.options.hooks_in_threads):
-                    decision = runtime.run_in_thread(self.hooks.upgrade, request)
+                if runtime.hooks_threaded(self.overrides):
+                    decision = runtime.run_in_thread(self.hooks.upgrade, request)  # where it is, in a pool thread
                 else:
                     decision = self.hooks.upgrade(request)
             if isinstance(decision, Response):
@@ -168,6 +175,25 @@ class WebSocketHandler:
 
         if runtime.stopping:  # the stop began while the upgrade hook ran
             return _shutting_down(transport)
+        if _in_pool_thread(runtime):
+            # The socket belongs to the hub: the 101 and the session are made there.
+            session = runtime.in_hub(self._switch, environ, transport, key, agreement, request, accepted, spawn=True)
+            if session is not None:
+                session.context = contextvars.copy_context()  # the view's (Flask's contexts) for the hooks
+            return session
+        return self._switch(environ, transport, key, agreement, request, accepted)
+
+    def _switch(
+        self,
+        environ: dict[str, Any],
+        transport: Transport,
+        key: str,
+        agreement: deflate.Agreement | None,
+        request: Request,
+        accepted: _Acceptance,
+    ) -> Session | None:
+        """Write the ``101`` and make the session (hub thread); None when the client left."""
+        runtime = transport.runtime
         try:
             headers = accepted.headers
             if agreement is not None:
@@ -179,7 +205,7 @@ class WebSocketHandler:
         # has no body (a request with one is refused), so the server's body
         # reader, which holds the socket's reader objects, is not needed.
         environ["wsgi.input"] = io.BytesIO()
-        session = Session(
+        return Session(
             runtime,
             transport.socket,
             received,
@@ -192,7 +218,6 @@ class WebSocketHandler:
             self.overrides,
             agreement,
         )
-        return session
 
     def _negotiate_compression(self, environ: dict[str, Any], options: Any) -> deflate.Agreement | None:
         """permessage-deflate, when this handler or the server enables it and the client offers it."""
@@ -229,6 +254,19 @@ def over_capacity(transport: Transport, status: int) -> Response:
     """503 at ``max_connections``, 429 at ``max_connections_per_ip``; never a 101."""
     transport.reusable = False
     return _text_response(status, OVER_CAPACITY[status], [("Retry-After", str(RETRY_AFTER)), ("Connection", "close")])
+
+
+def _in_pool_thread(runtime: Any) -> bool:
+    """True in a thread of the server's pool (a view there), not in its hub."""
+    bridge = runtime.bridge
+    return bridge is not None and not bridge.in_hub_thread()
+
+
+def _run_detached(transport: Transport, session: Session) -> None:
+    # In the hub: the listener's pool serves the connection from now on (or, with
+    # no listener, a greenlet of its own).
+    if not transport.hand_over(session.run):
+        gevent.spawn(session.run)
 
 
 def _shutting_down(transport: Transport) -> Response:
@@ -277,7 +315,7 @@ def define_websocket_handler(hooks: Any = None, /, **kwargs: Any) -> WebSocketHa
     Besides hooks (``upgrade``, ``open``, ``message``, ``close``, ``error``),
     the keywords may be the per-handler options of the option table
     (``max_message_size``, ``compression``, ``ping_interval``,
-    ``ping_timeout``, ``allowed_origins``, ``hooks_in_threads``,
+    ``ping_timeout``, ``allowed_origins``, ``threads``,
     ``rate_limit``, ``rate_limit_bytes``, ``rate_limit_policy``): given, they replace the
     server's value for this handler's connections (``None`` disables the
     limit or check for this handler, as it does on the server).

@@ -72,6 +72,7 @@ class Transport:
         "_listener",
         "aborted",
         "handed_over",
+        "hub_body",
         "remote_address",
         "reusable",
         "rfile",
@@ -97,6 +98,9 @@ class Transport:
         self.handed_over = False  # hand_over() was called: the HTTP handler must let go of the socket
         self.reusable = True  # False: close the connection after this response
         self.aborted = False  # abort() was called: errors on this socket are expected
+        #: The response body must be iterated in the hub (an event stream's), even when
+        #: the view ran in the thread pool.
+        self.hub_body = False
         self._at_end: list[Any] = []
 
     def at_end(self, callback: Any) -> None:
@@ -431,6 +435,28 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
         if self.server.access_log:
             super().log_request()
 
+    def _call_application(self, application: Any, environ: dict[str, Any], transport: Transport) -> Any:
+        """Call the app here, in the connection's greenlet, or in the thread pool (the ``threads`` option).
+
+        In the pool, a view that blocks (``time.sleep``, a C driver) holds one
+        pool thread, never the hub.  What the view touches of the connection
+        goes through the hub: the request body (:class:`HubInput`), the
+        ``write`` callable of ``start_response``, a WebSocket upgrade (see
+        ``handler.py``).  A body that may block (a generator) is pulled in the
+        pool too, a chunk per hand-off (:class:`ThreadedBody`); a list, and an
+        event stream's body, are iterated here.
+        """
+        runtime = self.runtime
+        if not runtime.threaded or getattr(application, "syncws_in_hub", False):
+            return application(environ, self.start_response)
+        environ["wsgi.input"] = HubInput(environ["wsgi.input"], runtime)
+        return runtime.run_in_thread(_open_body, application, environ, self._start_response_in_thread, transport)
+
+    def _start_response_in_thread(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        self.start_response(status, headers, exc_info)
+        runtime = self.runtime
+        return lambda data: runtime.in_hub(self.write, data, spawn=True)  # PEP 3333's write(), through the hub
+
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
         client: Any = self.client_address  # (host, port), or a path for a unix socket
@@ -450,7 +476,7 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
         transport = environ[TRANSPORT_KEY]
         try:
             try:
-                self.result = application(environ, self.start_response)
+                self.result = self._call_application(application, environ, transport)
             except Exception:
                 if not transport.upgraded:
                     raise  # gevent answers 500 as usual
@@ -480,3 +506,75 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
                 close = None
                 self.result = None
                 transport.finish()
+
+
+_END: Any = object()
+
+
+def _open_body(application: Any, environ: dict[str, Any], start_response: Any, transport: Transport) -> Any:
+    # In a pool thread: the app's call, and the first chunk of a body that may block.
+    result = application(environ, start_response)
+    if transport.upgraded or transport.hub_body or isinstance(result, (list, tuple)):
+        return result
+    return ThreadedBody(result, transport.runtime)
+
+
+class ThreadedBody:
+    """A response body whose chunks are pulled in the thread pool: a generator may block there.
+
+    Made in a pool thread, where it takes the first chunk at once (one
+    hand-off for the call and the first chunk); each later chunk is one more
+    hand-off, and so is the end (where the app's ``close`` runs, in the pool).
+    """
+
+    def __init__(self, result: Any, runtime: Runtime) -> None:
+        self._result = result
+        self._runtime = runtime
+        self._iterator = iter(result)
+        self._closed = False
+        self._first = self._next()
+
+    def _next(self) -> Any:
+        chunk = next(self._iterator, _END)
+        if chunk is _END:
+            self._close()
+        return chunk
+
+    def __iter__(self) -> Any:
+        chunk, self._first = self._first, _END
+        while chunk is not _END:
+            yield chunk
+            chunk = self._runtime.run_in_thread(self._next)
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._runtime.run_in_thread(self._close)
+
+
+class HubInput:
+    """The request body for a view in the thread pool: each read runs in the hub, which owns the socket."""
+
+    __slots__ = ("_input", "_runtime")
+
+    def __init__(self, wsgi_input: Any, runtime: Runtime) -> None:
+        self._input = wsgi_input
+        self._runtime = runtime
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._runtime.in_hub(self._input.read, size, spawn=True)  # type: ignore[no-any-return]
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._runtime.in_hub(self._input.readline, size, spawn=True)  # type: ignore[no-any-return]
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return self._runtime.in_hub(self._input.readlines, hint, spawn=True)  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from gevent.threadpool import ThreadPool
 
 from ..base.errors import BrokerError, ServerNotRunning
 from ..base.options import ServerOptions
-from ..base.threads import RealLock
+from ..base.threads import RealLock, use_threads
 from ..protocol.payload import Outgoing
 from ..pubsub.broker import Broker
 from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, is_after, parse_offset
@@ -29,6 +28,7 @@ from ..pubsub.registry import ABSENT, Registry, Subscriber, check_topic, fan_out
 from .bridge import HubBridge
 from .keepalive import Keepalive
 from .outbox import Flusher
+from .pool import WorkerPool
 
 log = logging.getLogger("syncws")
 
@@ -103,7 +103,10 @@ class Runtime:
         self.bridge: HubBridge | None = None
         self.flusher: Flusher | None = None
         self.keepalive: Keepalive | None = None
-        self._hook_pool: ThreadPool | None = None
+        self._pool: WorkerPool | None = None
+        #: Views, hooks and event-stream callbacks run in the thread pool (the ``threads`` option).
+        self.threaded = use_threads(options.threads)
+        self._slots_lock = RealLock()  # admit/release/refuse: views in pool threads call them too
 
     # -- connection caps ---------------------------------------------------------------------
     def admit(self, address: str | None) -> int | None:
@@ -111,28 +114,35 @@ class Runtime:
 
         None when admitted (the caller must :meth:`release` it later), else
         the status to refuse with: 503 at ``max_connections``, 429 at
-        ``max_connections_per_ip``.
+        ``max_connections_per_ip``.  Any thread (a view in the thread pool opens streams).
         """
         options = self.options
-        if options.max_connections is not None and self.connections >= options.max_connections:
-            return 503
-        per_ip = options.max_connections_per_ip
-        if per_ip is not None and address is not None and self._per_address.get(address, 0) >= per_ip:
-            return 429
-        self.connections += 1
-        if address is not None:
-            self._per_address[address] = self._per_address.get(address, 0) + 1
-        return None
+        with self._slots_lock:
+            if options.max_connections is not None and self.connections >= options.max_connections:
+                return 503
+            per_ip = options.max_connections_per_ip
+            if per_ip is not None and address is not None and self._per_address.get(address, 0) >= per_ip:
+                return 429
+            self.connections += 1
+            if address is not None:
+                self._per_address[address] = self._per_address.get(address, 0) + 1
+            return None
 
     def release(self, address: str | None) -> None:
-        """Give back a slot taken by :meth:`admit`."""
-        self.connections = max(0, self.connections - 1)  # (a session a test built by hand took none)
-        if address is not None:
-            left = self._per_address.get(address, 1) - 1
-            if left > 0:
-                self._per_address[address] = left
-            else:
-                self._per_address.pop(address, None)
+        """Give back a slot taken by :meth:`admit` (any thread)."""
+        with self._slots_lock:
+            self.connections = max(0, self.connections - 1)  # (a session a test built by hand took none)
+            if address is not None:
+                left = self._per_address.get(address, 1) - 1
+                if left > 0:
+                    self._per_address[address] = left
+                else:
+                    self._per_address.pop(address, None)
+
+    def refuse(self, status: int) -> None:
+        """Count an upgrade or stream answered without a connection (any thread)."""
+        with self._slots_lock:
+            self.counters.refuse(status)
 
     def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in the server's hub (any thread); a no-op once it has stopped."""
@@ -304,8 +314,12 @@ class Runtime:
         return len(local) if count_only else local
 
     # -- calling into and out of the hub ------------------------------------------------------
-    def in_hub(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in the hub and return its result (any thread; waits for it)."""
+    def in_hub(self, fn: Callable[..., Any], *args: Any, spawn: bool = False) -> Any:
+        """Run ``fn(*args)`` in the hub and return its result (any thread; waits for it).
+
+        ``spawn``: in a greenlet of its own, for a ``fn`` that may wait (a socket
+        read or write); otherwise in the hub's loop, where nothing may block.
+        """
         bridge = self.bridge
         if bridge is None or bridge.in_hub_thread():
             return fn(*args)
@@ -321,8 +335,11 @@ class Runtime:
             finally:
                 done.release()
 
-        bridge.call(run)
-        if not done.acquire(timeout=30):
+        if spawn:
+            bridge.call(gevent.spawn, run)
+        else:
+            bridge.call(run)
+        if not done.acquire(timeout=-1 if spawn else 30):  # (-1: no limit) a socket operation has its own timeouts
             raise ServerNotRunning("the server's hub did not answer")
         ok, value = outcome[0]
         if ok:
@@ -336,29 +353,44 @@ class Runtime:
             return gevent.get_hub().threadpool.apply(lambda: fn(*args, **kwargs))
         return fn(*args, **kwargs)
 
-    # -- hooks in threads ------------------------------------------------------------------
-    def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in the hook thread pool; block only the calling greenlet.
+    # -- views and hooks in threads ------------------------------------------------------------
+    def run_in_thread(self, fn: Callable[..., Any], *args: Any, context: contextvars.Context | None = None) -> Any:
+        """Run ``fn(*args)`` in the thread pool; block only the calling greenlet.
 
-        Hub thread only.  The caller's context variables go along (a Flask app
-        or request context, for instance); the result is returned and an
-        exception, ``SystemExit`` included, re-raised here.
+        From the hub thread.  Anywhere else (already in a pool thread: an
+        ``upgrade`` hook under a view, say) ``fn`` runs at once, where it is.
+        The caller's context variables go along, or those of ``context`` (a
+        WebSocket whose view ran in a pool thread keeps the view's: Flask's
+        app and request contexts); the result is returned and an exception,
+        ``SystemExit`` included, re-raised here.
         """
-        if self.finished:
-            return fn(*args)  # the pool is gone; a last close hook runs here
-        pool = self._hook_pool
+        bridge = self.bridge
+        if self.finished or bridge is None or not bridge.in_hub_thread():
+            return fn(*args)  # not in the hub, or the pool is gone (a last close hook runs here)
+        pool = self._pool
         if pool is None:
-            pool = self._hook_pool = ThreadPool(self.options.hook_threads, hub=gevent.get_hub())
-        ok, value = pool.apply(_run_captured, (contextvars.copy_context(), fn, args))
-        if ok:
-            return value
-        raise value
+            pool = self._pool = WorkerPool(self.options.thread_pool_size, bridge)
+        return pool.apply(contextvars.copy_context() if context is None else context.copy(), fn, args)
+
+    def hooks_threaded(self, overrides: Any) -> bool:
+        """Whether a handler's hooks run in the pool: its own ``threads`` if it set one, else the server's."""
+        mode = overrides.get("threads", "auto")
+        return self.threaded if mode == "auto" else mode == "on"
+
+    def thread_stats(self) -> dict[str, Any]:
+        """The thread pool, for ``server.stats()`` and the metrics (hub thread)."""
+        pool = self._pool
+        if pool is None:
+            counts = {"size": self.options.thread_pool_size, "busy": 0, "queued": 0, "waited": 0, "tasks": 0}
+        else:
+            counts = pool.stats()
+        return {"enabled": self.threaded, **counts}
 
     def stop_hook_threads(self) -> None:
         """Idle threads exit; a hook still running finishes in its thread."""
-        pool, self._hook_pool = self._hook_pool, None
+        pool, self._pool = self._pool, None
         if pool is not None:
-            pool.kill()
+            pool.close()
 
 
 class _Holder:
@@ -376,12 +408,3 @@ class _Holder:
 
     def deliver(self, outgoing: Outgoing) -> None:
         self.held.append(outgoing)
-
-
-def _run_captured(context: contextvars.Context, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
-    # In a pool thread: hand back (ok, result or exception) so that any
-    # exception, SystemExit included, reaches the hook's caller in the hub.
-    try:
-        return True, context.run(fn, *args)
-    except BaseException as exc:
-        return False, exc

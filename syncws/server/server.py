@@ -218,7 +218,10 @@ class Server:
         ``refused``: upgrades and streams answered without a connection, by
         status; ``broker``: relays, drops and reconnects (the Redis broker;
         zeros in-process); ``history`` and ``presence``: stored entries and
-        local presence entries.  What each means for an operator:
+        local presence entries; ``threads``: the pool of the ``threads``
+        option (``enabled``, ``size``, ``busy``, ``queued``: waiting for a
+        thread now, ``waited``: how many found every thread busy, ``tasks``:
+        how many ran).  What each means for an operator:
         docs/operations.md.
         """
         result: dict[str, Any] = self.runtime.in_hub(self._stats)
@@ -263,6 +266,7 @@ class Server:
             },
             "history": {"size": runtime.options.history_size, "in_redis": broker.stores_history, **history},
             "presence": {"local_entries": len(runtime.registry.presence_entries())},
+            "threads": runtime.thread_stats(),
         }
 
     def close_all(self, code: int = 1001, reason: str = "going away") -> None:

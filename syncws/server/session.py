@@ -14,6 +14,7 @@ one peer's hooks can only ever run one at a time, in arrival order.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 import time
@@ -99,7 +100,10 @@ class Session:
         self.deflate = agreement
         #: Run hooks in the server's thread pool (a blocking hook then blocks
         #: only this peer); the read loop waits for each, so order is kept.
-        self.hooks_in_threads = bool(overrides.get("hooks_in_threads", options.hooks_in_threads))
+        self.hooks_in_threads = runtime.hooks_threaded(overrides)
+        #: The context variables hooks run with in the pool: the view's, when
+        #: the view ran in a pool thread (None: the session greenlet's).
+        self.context: contextvars.Context | None = None
         self._received = received  # bytes that came with the upgrade request, after its head
         self.runtime = runtime
         self.socket = sock
@@ -333,7 +337,7 @@ class Session:
 
     def _invoke(self, hook: Any, *args: Any) -> Any:
         if self.hooks_in_threads:
-            return self.runtime.run_in_thread(hook, *args)
+            return self.runtime.run_in_thread(hook, *args, context=self.context)
         return hook(*args)
 
     def _report(self, error: BaseException) -> None:

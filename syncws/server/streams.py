@@ -104,7 +104,7 @@ class EventStream:
         self._transport = transport
         refused = self._runtime.admit(transport.remote_address)
         if refused is not None:
-            self._runtime.counters.refuse(refused)
+            self._runtime.refuse(refused)
             raise ConnectionLimitError(refused)
         self._admitted = True  # holds a connection slot until the stream ends
         transport.at_end(self._abandon)
@@ -253,16 +253,21 @@ class EventStream:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
         start_response("200 OK", list(HEADERS))
         self._transport.reusable = False  # the socket is watched; never reuse it
+        self._transport.hub_body = True  # the body waits on gevent objects: never iterated in a pool thread
         return self._body()
 
     def _body(self) -> Iterator[bytes]:
+        # An empty chunk first makes the server send the head now; nothing else
+        # happens before it, because a framework may take the first chunk where
+        # the view ran (werkzeug's run_wsgi_app does, in a pool thread with the
+        # threads option), and everything after it needs the hub.
+        yield b""
         self._started = True
         runtime = self._runtime
         runtime.streams.add(self)
         runtime.counters.sse_opened += 1
         watcher = gevent.spawn(self._watch_socket)
         try:
-            yield b""  # an empty chunk makes the server send the head now
             if self.retry is not None:
                 yield format_retry(self.retry).encode("ascii")
             queue = self._queue
@@ -316,8 +321,12 @@ class EventStream:
         with self._callbacks_lock:
             self._ended = True
             callbacks, self._callbacks = self._callbacks, []
+        runtime = self._runtime
         for callback in callbacks:
-            _run_callback(callback)
+            if runtime.threaded:  # a callback that blocks holds a pool thread, not the hub
+                runtime.run_in_thread(_run_callback, callback)
+            else:
+                _run_callback(callback)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -49,7 +49,7 @@ def test_the_per_handler_options_are_what_handlers_accept():
         "rate_limit",
         "rate_limit_bytes",
         "rate_limit_policy",
-        "hooks_in_threads",
+        "threads",
     )
     for name in PER_HANDLER:
         value = None if BY_NAME[name].nullable else BY_NAME[name].default if name == "rate_limit_policy" else True
@@ -75,9 +75,12 @@ def test_the_per_handler_options_are_what_handlers_accept():
         ("compression_window_bits", "9", 9),
         ("compression_window_bits", "15", 15),
         ("allowed_origins", "https://a.example, *", ["https://a.example", "*"]),
-        ("hooks_in_threads", "on", True),
-        ("hooks_in_threads", "off", False),
-        ("hooks_in_threads", "4", 4),
+        ("threads", "on", "on"),
+        ("threads", "yes", "on"),
+        ("threads", "off", "off"),
+        ("threads", "0", "off"),
+        ("threads", "AUTO", "auto"),
+        ("thread_pool_size", "4", 4),
         ("access_log", "no", False),
         ("no_monkey_patch", "1", True),
         ("port", "0", 0),
@@ -116,7 +119,9 @@ def test_text_is_parsed(name, text, value):
         ("compression_window_bits", "16"),
         ("compression_window_bits", "x"),
         ("allowed_origins", " , "),
-        ("hooks_in_threads", "many"),
+        ("threads", "many"),
+        ("threads", "4"),
+        ("thread_pool_size", "0"),
         ("access_log", "maybe"),
         ("port", "70000"),
         ("port", "eighty"),
@@ -154,8 +159,11 @@ def test_bad_text_says_what_was_expected(name, text):
         {"close_timeout": math.nan},
         {"ping_interval": -1},
         {"overflow": "explode"},
-        {"hooks_in_threads": 0},
-        {"hooks_in_threads": "yes"},
+        {"threads": 0},
+        {"threads": "yes"},
+        {"threads": None},
+        {"thread_pool_size": 0},
+        {"thread_pool_size": True},
         {"allowed_origins": 42},
         {"allowed_origins": [""]},
         {"max_header_count": None},
@@ -187,11 +195,12 @@ def test_bad_values_are_refused_by_name(options):
 
 
 def test_values_are_normalised():
-    options = ServerOptions(allowed_origins=["https://A.example/", "*"], hooks_in_threads=3)
+    options = ServerOptions(allowed_origins=["https://A.example/", "*"], threads=True)
     assert options.allowed_origins == frozenset({"https://a.example", "*"})
-    assert options.hook_threads == 3
-    assert ServerOptions(hooks_in_threads=True).hook_threads == 10
-    assert ServerOptions().hook_threads == 10
+    assert options.threads == "on"
+    assert ServerOptions(threads=False).threads == "off"
+    assert ServerOptions(threads="Auto").threads == "auto"
+    assert (ServerOptions().threads, ServerOptions().thread_pool_size) == ("auto", 20)
 
 
 def test_the_environment_is_read_by_variable_and_blank_means_unset():

@@ -174,13 +174,21 @@ def _echo_handler():
 
 
 @pytest.mark.parametrize(
-    ("how", "handed_over"),
-    [("app", True), ("mount", True), ("plain wsgi", False)],
+    ("how", "threads", "handed_over"),
+    [
+        ("app", "off", True),
+        ("mount", "off", True),
+        ("plain wsgi", "off", False),
+        ("app", "on", True),
+        ("plain wsgi", "on", True),
+    ],
 )
-def test_app_and_mount_hand_the_session_over_a_plain_wsgi_caller_keeps_it(start_server, how, handed_over):
+def test_app_and_mount_hand_the_session_over_a_plain_wsgi_caller_keeps_it(start_server, how, threads, handed_over):
     # syncws's App and mount() let the HTTP handler's greenlet end at the
     # upgrade (cheaper idle connections); a caller of our own may have set up
-    # something around the call (Flask's request context), so it keeps the session.
+    # something around the call (Flask's request context), so it keeps the session,
+    # unless it runs in the thread pool: then the session always moves to the hub
+    # (the hooks keep the caller's context variables).
     handler = _echo_handler()
     if how == "app":
         app = App()
@@ -192,7 +200,7 @@ def test_app_and_mount_hand_the_session_over_a_plain_wsgi_caller_keeps_it(start_
         def app(environ, start_response):
             return handler(environ, start_response)
 
-    server = start_server(app)
+    server = start_server(app, threads=threads)
     before = _live_http_handlers()
     clients = [websocket.create_connection(ws_url(server), timeout=5) for _ in range(5)]
     for i, client in enumerate(clients):

@@ -356,7 +356,7 @@ def test_history_off_recovery_result_and_bad_topics(start_server, opened):
 
 def test_recovery_from_hooks_in_os_threads(serve_history, opened):
     """peer.subscribe(since=...) from a hook running in an OS thread: the replay is still exact."""
-    server = serve_history(hooks_in_threads=True)
+    server = serve_history(threads="on")
     topic = new_topic()
     for word in ("a", "b", "c"):
         publish(server, topic, word, ns="/ws/a")

@@ -1,9 +1,11 @@
-"""Embedding in a plain, un-patched program, and hooks in a thread pool.
+"""Embedding in a plain, un-patched program: views and hooks in a thread pool.
 
 This test process is not monkey-patched (see conftest.py): ``time.sleep`` in
-a hook really blocks the OS thread it runs in.  With ``hooks_in_threads`` the
-hooks run in the server's thread pool, so a blocking hook holds up only its
-own peer; without it, it freezes the server's hub and every peer with it.
+a view or a hook really blocks the OS thread it runs in.  With the ``threads``
+option (``auto``, the default, is on in an un-patched process) views and
+hooks run in the server's thread pool, so blocking code holds up only its own
+request or peer; with ``threads="off"`` it freezes the server's hub and every
+connection with it.
 """
 
 from __future__ import annotations
@@ -54,23 +56,144 @@ def echo_time_while_another_sleeps(server, started: threading.Event) -> float:
     return elapsed
 
 
-def test_a_blocking_hook_in_a_thread_does_not_delay_other_peers(start_server):
+def test_by_default_a_blocking_hook_does_not_delay_other_peers(start_server):
     started = threading.Event()
-    server = start_server(sleeper_app(started), hooks_in_threads=True)
+    server = start_server(sleeper_app(started))  # threads="auto": on, this process is not patched
     assert echo_time_while_another_sleeps(server, started) < 0.5
 
 
 def test_the_per_handler_option_does_the_same(start_server):
     started = threading.Event()
-    server = start_server(sleeper_app(started, hooks_in_threads=True))
+    server = start_server(sleeper_app(started, threads=True), threads="off")
     assert echo_time_while_another_sleeps(server, started) < 0.5
 
 
 def test_without_threads_a_blocking_hook_blocks_every_peer(start_server):
     # Documents why the option exists: an un-patched sleep stops the server's hub.
     started = threading.Event()
-    server = start_server(sleeper_app(started))
+    server = start_server(sleeper_app(started), threads="off")
     assert echo_time_while_another_sleeps(server, started) > 0.8
+
+
+def test_a_handler_can_keep_its_hooks_in_the_hub(start_server):
+    started = threading.Event()
+    server = start_server(sleeper_app(started, threads="off"))
+    assert echo_time_while_another_sleeps(server, started) > 0.8
+
+
+def blocking_view_app(started: threading.Event) -> App:
+    app = App()
+
+    @app.get("/slow")
+    def slow(request):
+        started.set()
+        time.sleep(2.0)  # an un-patched blocking call: a C driver, requests, an old library
+        return "done"
+
+    app.get("/_ws", define_websocket_handler(message=lambda peer, msg: peer.send(msg.text())))
+    return app
+
+
+def echo_time_while_a_view_sleeps(server, started: threading.Event) -> tuple[float, str]:
+    client = connect(server)
+    client.send("warm-up")
+    assert client.recv() == "warm-up"
+    answers: list = []
+    view = threading.Thread(target=lambda: answers.append(requests.get(server.url + "/slow", timeout=10).text))
+    view.start()
+    assert started.wait(5)
+    t0 = time.monotonic()
+    client.send("ping")
+    assert client.recv() == "ping"
+    elapsed = time.monotonic() - t0
+    view.join(10)
+    client.close()
+    return elapsed, answers[0]
+
+
+@pytest.mark.parametrize("threads", ["auto", "on"])
+def test_a_view_that_blocks_does_not_stall_a_websocket(start_server, threads):
+    """Issue 21: a WSGI view sleeping 2 s, a WebSocket echo on another connection meanwhile."""
+    started = threading.Event()
+    server = start_server(blocking_view_app(started), threads=threads)
+    elapsed, answer = echo_time_while_a_view_sleeps(server, started)
+    assert answer == "done"
+    assert elapsed < 0.2
+
+
+def test_with_threads_off_a_view_that_blocks_stalls_every_connection(start_server):
+    started = threading.Event()
+    server = start_server(blocking_view_app(started), threads="off")
+    elapsed, answer = echo_time_while_a_view_sleeps(server, started)
+    assert answer == "done"
+    assert elapsed > 1.0
+
+
+def test_a_full_pool_shows_in_the_stats_and_requests_wait_for_a_thread(start_server):
+    release = threading.Event()
+    running: list = []
+    app = App()
+
+    @app.get("/hold")
+    def hold(request):
+        running.append(1)
+        release.wait(10)
+        return "held"
+
+    server = start_server(app, thread_pool_size=2)
+    answers: list = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(requests.get(server.url + "/hold", timeout=10).text))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: server.stats()["threads"]["queued"] == 1)
+    stats = server.stats()["threads"]
+    assert len(running) == 2  # the third waits for a thread
+    assert (stats["enabled"], stats["size"], stats["busy"], stats["waited"]) == (True, 2, 2, 1)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers == ["held"] * 3
+    assert wait_until(lambda: server.stats()["threads"]["busy"] == 0)
+    assert server.stats()["threads"]["tasks"] >= 3
+
+
+def test_views_in_threads_read_bodies_stream_and_write(start_server):
+    """What a view touches of its connection goes through the hub: bodies, generators, write()."""
+    app = App()
+
+    @app.post("/echo")
+    def echo(request):
+        return request.get_data()
+
+    def streaming(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            for n in range(3):
+                time.sleep(0.05)  # a generator that blocks between chunks
+                yield f"chunk {n}\n".encode()
+
+        return body()
+
+    def legacy_write(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written, ")
+        return [b"returned"]
+
+    routes = {"/stream": streaming, "/write": legacy_write}
+
+    def wsgi(environ, start_response):
+        return routes.get(environ["PATH_INFO"], app)(environ, start_response)
+
+    server = start_server(wsgi)
+    body = b"x" * 300_000
+    assert requests.post(server.url + "/echo", data=body, timeout=10).content == body
+    assert requests.get(server.url + "/stream", timeout=10).text == "chunk 0\nchunk 1\nchunk 2\n"
+    assert requests.get(server.url + "/write", timeout=10).text == "written, returned"
+    assert server.stats()["threads"]["enabled"] is True
 
 
 def test_each_peers_hooks_keep_their_order_in_threads(start_server):
@@ -93,7 +216,7 @@ def test_each_peers_hooks_keep_their_order_in_threads(start_server):
             upgrade=upgrade, message=message, close=lambda p, d: events.append((p.context["name"], "closed"))
         ),
     )
-    server = start_server(app, hooks_in_threads=4)
+    server = start_server(app, thread_pool_size=4)
     clients = {name: connect(server, f"/_ws?name={name}") for name in ("a", "b")}
     for n in range(100):
         for client in clients.values():
@@ -118,10 +241,10 @@ def test_hooks_run_in_pool_threads_and_errors_still_close_with_1011(start_server
     app.get(
         "/threads",
         define_websocket_handler(
-            open=open_, message=message, error=lambda p, e: errors.append(e), hooks_in_threads=True
+            open=open_, message=message, error=lambda p, e: errors.append(e), threads=True
         ),
     )
-    app.get("/hub", define_websocket_handler(open=open_))
+    app.get("/hub", define_websocket_handler(open=open_, threads=False))
     server = start_server(app)
     in_pool = connect(server, "/threads")
     in_hub = connect(server, "/hub")
@@ -134,8 +257,8 @@ def test_hooks_run_in_pool_threads_and_errors_still_close_with_1011(start_server
 def test_bad_pool_sizes_are_refused():
     for bad in (0, -1, 1.5, "4"):
         with pytest.raises(ValueError):
-            ServerOptions(hooks_in_threads=bad)
-    assert ServerOptions(hooks_in_threads=8).hooks_in_threads == 8
+            ServerOptions(thread_pool_size=bad)
+    assert ServerOptions(thread_pool_size=8).thread_pool_size == 8
 
 
 def test_a_host_program_publishes_from_its_main_thread_then_stops(start_server):

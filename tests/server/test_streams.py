@@ -105,9 +105,9 @@ def stream_app(path: str = "/sse", *, setup: Callable | None = None, **options):
 def sse_server(start_server):
     """Start an App from :func:`stream_app`; returns ``(server, opened_streams)``."""
 
-    def start(path: str = "/sse", *, setup: Callable | None = None, **options):
+    def start(path: str = "/sse", *, setup: Callable | None = None, threads: str = "auto", **options):
         app, opened = stream_app(path, setup=setup, **options)
-        return start_server(app), opened
+        return start_server(app, threads=threads), opened
 
     return start
 
@@ -627,7 +627,9 @@ def test_push_and_close_from_a_greenlet_of_the_server(sse_server):
         stream.on_closed(lambda: callbacks.append("closed"))
         gevent.spawn(loop)
 
-    server, _opened = sse_server(setup=setup, keep_alive=None)
+    # gevent.spawn in a view needs the view in the hub (threads off; a view in a pool thread
+    # starts OS threads instead: docs/how-to/embedding.md)
+    server, _opened = sse_server(setup=setup, keep_alive=None, threads="off")
     with SSEClient(server) as client:
         client.wait_eof()
         assert [e.data for e in client.events] == [f"tick {n}" for n in range(5)]
