@@ -4,7 +4,8 @@
 The same as the command line
 ``gunicorn -k syncws.gunicorn.Worker -w 4 -b 127.0.0.1:8000 examples.chat:app``.
 More than one worker needs a broker for pub/sub between them: set
-SYNCWS_BROKER in the environment (or uncomment ``raw_env`` below).
+SYNCWS_BROKER in the environment (or uncomment ``raw_env`` below); without one
+the workers refuse to boot and gunicorn says so.
 """
 
 worker_class = "syncws.gunicorn.Worker"

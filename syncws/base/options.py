@@ -723,6 +723,14 @@ def from_environ(environ: Mapping[str, str], names: Any = None) -> dict[str, Any
     return found
 
 
+def workers_need_a_broker(given: str, remedy: str) -> str:
+    """What ``--workers N`` and ``gunicorn -w N`` say when no broker is set: ``given`` is the setting, ``remedy`` the fix."""
+    return (
+        f"{given} needs a broker: with in-memory pub/sub each worker would have its own subscribers, "
+        f"so a publish would reach only the clients of one worker; {remedy}"
+    )
+
+
 def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Validate per-handler overrides; TypeError for a name that is not one."""
     unknown = set(overrides) - set(PER_HANDLER)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..base.errors import ConfigurationError
-from ..base.options import BY_NAME, OPTIONS, Scope
+from ..base.options import BY_NAME, OPTIONS, Scope, workers_need_a_broker
 from ..base.version import __version__
 from . import reloader
 from .options import add_option, resolve_options, server_options
@@ -61,12 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1:
         if not args.broker:
             given = f"--workers {workers}" if workers_flag else f"{BY_NAME['workers'].env_var}={workers}"
-            print(
-                f"syncws: error: {given} needs a broker: with in-memory pub/sub each worker would "
-                "have its own subscribers, so a publish would reach only the clients of one worker; "
-                "pass --broker redis://HOST:6379/0 (or set SYNCWS_BROKER), or use --workers 1",
-                file=sys.stderr,
-            )
+            remedy = "pass --broker redis://HOST:6379/0 (or set SYNCWS_BROKER), or use --workers 1"
+            print(f"syncws: error: {workers_need_a_broker(given, remedy)}", file=sys.stderr)
             return 2
         configure_logging(args.log_level)
         return run_master(args, workers)

@@ -20,8 +20,9 @@ exactly as under ``python -m syncws``:
 * **Pub/sub across workers** needs a broker, as with ``--workers``: the
   ``SYNCWS_BROKER`` environment variable (``redis://host:port/db``), which
   may also be given as ``gunicorn -e SYNCWS_BROKER=...`` or ``raw_env`` in a
-  gunicorn config file.  Without one, a publish reaches only the clients of
-  the worker it was made on (a warning is logged when ``-w`` is above 1).
+  gunicorn config file.  With ``-w`` above 1 and no broker the worker refuses
+  to boot (gunicorn stops), saying so, as ``--workers`` does: a publish would
+  reach only the clients of the worker it was made on.
 * **Graceful shutdown.**  On SIGTERM (``gunicorn``'s graceful stop, also
   used for ``HUP`` reloads and ``TTOU``) the worker stops accepting, closes
   every WebSocket with 1001 (going away), ends every event stream and exits
@@ -60,8 +61,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as BaseWorker
 
 from ..base.errors import ConfigurationError
-from ..base.options import LIMITS, from_environ
-from ..pubsub.broker import Broker
+from ..base.options import LIMITS, from_environ, workers_need_a_broker
 from ..server.listener import url_for
 from ..server.server import Server
 from .metrics import MULTIPROC_ENV
@@ -84,6 +84,7 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
     # -- process set-up (in the worker, after the fork) -----------------------------
     def init_process(self) -> None:
         try:
+            self._check_broker()
             self.metrics_address = self._metrics_address()
         except ConfigurationError as exc:
             # Exit status 3 tells gunicorn's arbiter that the worker cannot boot: it stops,
@@ -142,12 +143,6 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
             metrics=self.metrics_address,
             **self._server_options(),
         )
-        if type(server.broker) is Broker and self.cfg.workers > 1:
-            log.warning(
-                "syncws: %d gunicorn workers without SYNCWS_BROKER: a publish reaches only the clients "
-                "of the worker it is made on",
-                self.cfg.workers,
-            )
         self.server = server
         server.start()
         # More than one -b: the same server (registry, sessions, drain) accepts on each.
@@ -174,6 +169,18 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
                     gevent.sleep(min(tick, 0.1))
         finally:
             server.finish()
+
+    def _check_broker(self) -> None:
+        """More than one worker needs ``SYNCWS_BROKER``, as ``--workers`` needs ``--broker``."""
+        workers = self.cfg.workers
+        if workers > 1 and not from_environ(os.environ, {"broker"}).get("broker"):
+            raise ConfigurationError(
+                workers_need_a_broker(
+                    f"gunicorn -w {workers}",
+                    "set SYNCWS_BROKER=redis://HOST:6379/0 in the environment (or raw_env in a gunicorn "
+                    "config file), or use -w 1",
+                )
+            )
 
     def _metrics_address(self) -> str | None:
         """``SYNCWS_METRICS``; with several workers, prometheus_client's multiprocess directory is required."""

@@ -342,34 +342,47 @@ def test_gunicorns_tls_options_serve_https_and_wss(gunicorn, tmp_path):
     assert process.wait() == 0
 
 
+def test_two_workers_without_a_broker_are_refused_as_workers_is(gunicorn):
+    """Issue 21: gunicorn -w 2 without SYNCWS_BROKER delivered a publish to some clients only; now it stops."""
+    refused = gunicorn("-w", "2")
+    assert refused.wait() != 0
+    assert "gunicorn -w 2 needs a broker: with in-memory pub/sub each worker would have its own subscribers" in (
+        refused.log
+    )
+    assert "set SYNCWS_BROKER=redis://HOST:6379/0" in refused.log
+
+
 def test_two_workers_metrics_need_the_multiprocess_directory_and_then_count_both(gunicorn, tmp_path):
     from .test_metrics import scrape, value
 
     metrics = f"127.0.0.1:{free_port()}"
-    refused = gunicorn("-w", "2", env={"SYNCWS_METRICS": metrics})
-    refused.wait()
-    assert "PROMETHEUS_MULTIPROC_DIR" in refused.log  # the worker says what is missing, and gunicorn stops
+    with RedisServer(tmp_path) as redis_server:
+        broker = {"SYNCWS_BROKER": redis_server.url}
+        refused = gunicorn("-w", "2", env={"SYNCWS_METRICS": metrics, **broker})
+        refused.wait()
+        assert "PROMETHEUS_MULTIPROC_DIR" in refused.log  # the worker says what is missing, and gunicorn stops
 
-    shared = tmp_path / "metrics"
-    shared.mkdir()
-    process = gunicorn("-w", "2", env={"SYNCWS_METRICS": metrics, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
-    process.wait_for_workers(2)
-    clients, pids = [], set()
-    while len(pids) < 2 and len(clients) < 60:
-        client = Client(process.url)
-        pids.add(client.pid)
-        clients.append(client)
-    assert len(pids) == 2
-    url = f"http://{metrics}/metrics"
-    count = len(clients)
-    assert wait_until(
-        lambda: (
-            value(scrape(url), "syncws_connections", kind="websocket") == count
-            and value(scrape(url), "syncws_websocket_connections_total") == count
-        ),
-        timeout=10,
-    ), scrape(url)
-    for client in clients:
-        client.close()
-    process.send_signal(signal.SIGTERM)
-    assert process.wait() == 0
+        shared = tmp_path / "metrics"
+        shared.mkdir()
+        env = {"SYNCWS_METRICS": metrics, "PROMETHEUS_MULTIPROC_DIR": str(shared), **broker}
+        process = gunicorn("-w", "2", env=env)
+        process.wait_for_workers(2)
+        clients, pids = [], set()
+        while len(pids) < 2 and len(clients) < 60:
+            client = Client(process.url)
+            pids.add(client.pid)
+            clients.append(client)
+        assert len(pids) == 2
+        url = f"http://{metrics}/metrics"
+        count = len(clients)
+        assert wait_until(
+            lambda: (
+                value(scrape(url), "syncws_connections", kind="websocket") == count
+                and value(scrape(url), "syncws_websocket_connections_total") == count
+            ),
+            timeout=10,
+        ), scrape(url)
+        for client in clients:
+            client.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait() == 0
