@@ -17,9 +17,10 @@ restart of the server (and is shared by every process), so the ticks
 published while no server ran are replayed too.
 """
 
-import gevent
+import threading
+import time
 
-from syncws import App, create_event_stream, current_server, define_websocket_handler
+from syncws import App, ServerNotRunning, create_event_stream, current_server, define_websocket_handler
 
 NAMESPACE = "/ws"  # the WebSocket's path: the stream publishes into the same history
 app = App()
@@ -30,16 +31,22 @@ def produce(server):
     """Publish a tick every 0.2 s, numbered on from the newest one in the history."""
     newest = server.history("ticks", NAMESPACE, limit=1)
     n = newest[0].data["n"] if newest else 0
-    while True:
+    while not server.finished:
         n += 1
-        server.publish("ticks", {"n": n}, namespace=NAMESPACE)
-        gevent.sleep(0.2)
+        try:
+            server.publish("ticks", {"n": n}, namespace=NAMESPACE)
+        except ServerNotRunning:
+            return  # the server stopped meanwhile
+        time.sleep(0.2)
 
 
 def start_producing(server):
     producer = _producers.get(server)
-    if producer is None or producer.dead:  # once per server, on its first client
-        _producers[server] = gevent.spawn(produce, server)
+    if producer is None or not producer.is_alive():  # once per server, on its first client
+        # A thread: a greenlet when the process is patched, an OS thread when it is not
+        # (then this runs in the server's thread pool, where gevent.spawn starts nothing).
+        _producers[server] = threading.Thread(target=produce, args=(server,), daemon=True)
+        _producers[server].start()
 
 
 def on_open(peer):

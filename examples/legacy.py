@@ -10,8 +10,9 @@ any thread.  Open http://127.0.0.1:3000: the page shows the counter through a
 WebSocket (``/_ws``) and through Server-Sent Events (``/events``).
 
 The hooks use the standard library's blocking calls (``time.sleep`` here, a
-blocking database driver in real life): ``hooks_in_threads=True`` runs them
-in a thread pool so that one slow hook does not freeze every other peer.
+blocking database driver in real life): the process is not monkey-patched, so
+the server runs views and hooks in a pool of OS threads (the ``threads`` option,
+``auto`` by default) and one slow hook does not freeze every other peer.
 Ctrl-C ends the loop, then ``server.stop()`` closes the peers (1001) and ends
 the streams before the program exits.
 """
@@ -60,7 +61,7 @@ def on_message(peer, message):
     peer.send({"reply": f"slowly processed {message.text()!r}"})
 
 
-app.get("/_ws", define_websocket_handler(open=on_open, message=on_message, hooks_in_threads=True))
+app.get("/_ws", define_websocket_handler(open=on_open, message=on_message))
 
 
 @app.get("/events")

@@ -11,9 +11,8 @@ server and start it again: the browser reconnects on its own, sends the last
 
 import json
 import random
+import threading
 import time
-
-import gevent
 
 from syncws import App, create_event_stream
 
@@ -21,18 +20,21 @@ app = App()
 
 
 def set_interval(callback, seconds):
-    """JavaScript's ``setInterval``: call ``callback`` every ``seconds`` in a greenlet.
+    """JavaScript's ``setInterval``: call ``callback`` every ``seconds`` in a thread of its own.
 
+    A ``threading.Thread`` is a greenlet when the process is monkey-patched
+    (``python -m syncws``) and an OS thread when it is not (the view then runs
+    in the server's thread pool, where ``gevent.spawn`` would start nothing).
     Returns the function that stops it (``clearInterval``).
     """
+    stopped = threading.Event()
 
     def loop():
-        while True:
-            gevent.sleep(seconds)
+        while not stopped.wait(seconds):
             callback()
 
-    greenlet = gevent.spawn(loop)
-    return lambda: greenlet.kill(block=False)
+    threading.Thread(target=loop, daemon=True).start()
+    return stopped.set
 
 
 @app.get("/sse")

@@ -31,6 +31,7 @@ stay plain ``TypeError``, as Python itself raises them.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 
@@ -58,7 +59,10 @@ class ListenError(SyncwsError, OSError):
     """The server cannot listen on its address; the message says which and why."""
 
     def __init__(self, host: str, port: int, cause: OSError) -> None:
-        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {cause.strerror or cause}")
+        text = f"cannot listen on {host}:{port}: {cause.strerror or cause}"
+        if cause.errno == errno.EADDRINUSE:
+            text += "; another program has that port: pick another (--port, or serve(port=...)) or stop it"
+        super().__init__(cause.errno, text)
 
     def __str__(self) -> str:
         return str(self.strerror)

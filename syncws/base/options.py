@@ -20,6 +20,7 @@ keyword given to ``serve()``/``Server()`` is taken as it is.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import ipaddress
 import logging
@@ -723,12 +724,51 @@ def from_environ(environ: Mapping[str, str], names: Any = None) -> dict[str, Any
     return found
 
 
+def did_you_mean(name: str, candidates: Any) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``candidates``, or ""."""
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_option_names(options: Mapping[str, Any], where: str, extra: Any = ()) -> None:
+    """TypeError naming ``where`` (``serve()``) for a keyword that is no option, with the closest one."""
+    known = [o.name for o in OPTIONS if o.scope is not Scope.CLI] + list(extra)
+    for name in options:
+        if name not in known:
+            hint = did_you_mean(name, known)
+            if name in BY_NAME:
+                hint = f" ({name} is for the command line only: {BY_NAME[name].flag})"
+            raise TypeError(f"{where} got an unknown option {name!r}{hint}; the options: docs/reference/options.md")
+
+
 def workers_need_a_broker(given: str, remedy: str) -> str:
     """What ``--workers N`` and ``gunicorn -w N`` say when no broker is set: ``given`` is the setting, ``remedy`` the fix."""
     return (
         f"{given} needs a broker: with in-memory pub/sub each worker would have its own subscribers, "
         f"so a publish would reach only the clients of one worker; {remedy}"
     )
+
+
+#: ``SYNCWS_*`` variables that are not options: the reloader's and the test scripts'.
+OTHER_VARIABLES = frozenset(
+    {
+        "SYNCWS_RELOADER_FD",
+        "SYNCWS_RELOADER_RESTARTED",
+        "SYNCWS_AUTOBAHN",
+        "SYNCWS_AUTOBAHN_HOME",
+        "SYNCWS_OTHER_PYTHONS",
+    }
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``SYNCWS_*`` variable that names no option (a typo is otherwise silently ignored)."""
+    known = {option.env_var for option in OPTIONS} | OTHER_VARIABLES
+    return [
+        f"{name} is not a syncws setting and is ignored{did_you_mean(name, known)}"
+        for name in sorted(environ)
+        if name.startswith("SYNCWS_") and name not in known
+    ]
 
 
 def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:

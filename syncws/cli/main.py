@@ -6,20 +6,29 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..base.errors import ConfigurationError
-from ..base.options import BY_NAME, OPTIONS, Scope, workers_need_a_broker
+from ..base.options import BY_NAME, OPTIONS, Scope, unknown_variables, workers_need_a_broker
 from ..base.version import __version__
 from . import reloader
 from .options import add_option, resolve_options, server_options
 from .run import configure_logging, run_server
 from .workers import GRACEFUL_TIMEOUT, run_master
 
+EXAMPLE = "python -m syncws myapp:app --host 0.0.0.0 --port 8000 --workers 2 --broker redis://127.0.0.1:6379/0"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        """The error and a hint, without argparse's whole usage text before it."""
+        self.exit(2, f"syncws: error: {message}\nExample: {EXAMPLE}\nAll the options: python -m syncws --help\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m syncws",
-        description="Serve a WSGI app (syncws App, Flask, any callable) with WebSockets and SSE.",
+        description=f"Serve a WSGI app (syncws App, Flask, any callable) with WebSockets and SSE.  Example: {EXAMPLE}",
         epilog="SIGTERM or Ctrl-C closes every WebSocket with 1001 (going away), ends every event "
         "stream and exits 0 once they are closed (at most --shutdown-timeout seconds; a second "
         "signal exits at once); "
@@ -35,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     limits = parser.add_argument_group(
         "limits", "each also read from the environment variable SYNCWS_<LIMIT> (e.g. SYNCWS_PING_INTERVAL)"
     )
-    for option in OPTIONS:
+    # The server's own options first (--host and --port at the top), then the limits.
+    for option in sorted(OPTIONS, key=lambda o: o.scope is Scope.LIMIT):
         add_option(limits if option.scope is Scope.LIMIT else general, option)
     parser.add_argument("--version", action="version", version=f"syncws {__version__}")
     return parser
@@ -43,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for warning in unknown_variables(os.environ):
+        print(f"syncws: warning: {warning}", file=sys.stderr)
     workers_flag = "workers" in vars(args)
     try:
         resolve_options(args)

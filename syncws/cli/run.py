@@ -29,14 +29,15 @@ def load_app(spec: str) -> Callable[..., Any]:
         return all(part.isidentifier() for part in name.split("."))
 
     if not dotted(module_name) or (":" in spec and not dotted(attr)):
-        raise ImportStringError(f"expected 'module:app', got {spec!r}")
+        raise ImportStringError(f"expected 'module:app', got {spec!r}{_as_import_string(module_name, attr)}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ImportStringError(f"cannot import module {module_name!r}: no such module") from None
+            hint = _as_import_string(module_name, attr) if module_name.endswith(".py") else ""
+            raise ImportStringError(f"cannot import module {module_name!r}: no such module{hint}") from None
         raise
     names = [attr] if attr else ["app", "application"]
     for name in names:
@@ -52,6 +53,15 @@ def load_app(spec: str) -> Callable[..., Any]:
         return app
     wanted = attr or "'app' or 'application'"
     raise ImportStringError(f"module {module_name!r} has no attribute {wanted}")
+
+
+def _as_import_string(path: str, attr: str) -> str:
+    """For a file path given where a module is expected: what to type instead."""
+    stem = path.removesuffix(".py")
+    module = ".".join(part for part in stem.replace(os.sep, "/").split("/") if part not in ("", "."))
+    if module == path or not all(part.isidentifier() for part in module.split(".")):
+        return ""
+    return f": a module, not a file; type {module}:{attr or 'app'} (from the folder that holds {module.split('.')[0]})"
 
 
 def configure_logging(level: str) -> None:

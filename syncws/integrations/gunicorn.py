@@ -61,7 +61,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as BaseWorker
 
 from ..base.errors import ConfigurationError
-from ..base.options import LIMITS, from_environ, workers_need_a_broker
+from ..base.options import LIMITS, from_environ, unknown_variables, workers_need_a_broker
 from ..server.listener import url_for
 from ..server.server import Server
 from .metrics import MULTIPROC_ENV
@@ -128,6 +128,8 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
     # -- the main loop --------------------------------------------------------------------
     def run(self) -> None:
         self._route_logs()
+        for warning in unknown_variables(os.environ):
+            log.warning("syncws: %s", warning)
         first, *others = self.sockets
         address = first.getsockname()
         host, port = (address[0], address[1]) if isinstance(address, tuple) else ("127.0.0.1", 0)

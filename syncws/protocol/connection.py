@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from ..base.errors import ConfigurationError, ProtocolError
 from .frames import (
@@ -106,6 +107,20 @@ class Failed:
 
 
 Event = Message | PingReceived | PongReceived | CloseReceived | Failed
+
+
+def check_close(code: Any, reason: Any) -> None:
+    """ConfigurationError (a ValueError) for a close code or reason that may not be sent.
+
+    Called where a close is asked for, before it crosses to the hub, so the
+    caller gets the error in every thread.
+    """
+    if not isinstance(code, int) or isinstance(code, bool) or not is_valid_close_code(code):
+        raise ConfigurationError(
+            f"invalid close code {code!r}: use 1000-1003, 1007-1014 or 3000-4999 (an application's own)"
+        )
+    if not isinstance(reason, str):
+        raise ConfigurationError(f"a close reason is a str, not {type(reason).__name__}")
 
 
 class Connection:
@@ -210,10 +225,9 @@ class Connection:
 
         ConfigurationError (a ValueError) for a code that may not be sent.
         """
+        check_close(code, reason)
         if self.state is not State.OPEN:
             return None
-        if not isinstance(code, int) or isinstance(code, bool) or not is_valid_close_code(code):
-            raise ConfigurationError(f"invalid close code {code!r}")
         self.state = State.LOCAL_CLOSING
         self.close_code, self.close_reason = code, reason
         return encode_frame(OP_CLOSE, encode_close_payload(code, reason))

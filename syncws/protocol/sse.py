@@ -57,7 +57,11 @@ def to_message(item: MessageLike) -> EventStreamMessage:
     if isinstance(item, Mapping):
         unknown = set(item) - {"data", "id", "event", "retry"}
         if unknown:
-            raise ConfigurationError(f"unknown event field(s): {', '.join(sorted(map(str, unknown)))}")
+            raise ConfigurationError(
+                f"unknown event field(s): {', '.join(sorted(map(str, unknown)))}; a dict given to push() is one "
+                "event's fields: data, id, event, retry.  To send a JSON object, make it the data: "
+                'push({"data": {...}}) (dict and list data is sent as JSON)'
+            )
         return EventStreamMessage(**item)
     raise TypeError(f"push() takes str, dict or EventStreamMessage (or a list of them), not {type(item).__name__}")
 

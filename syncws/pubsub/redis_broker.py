@@ -371,7 +371,9 @@ class RedisBroker(Broker):
                 text = f"history_size={size}" + (f" history_ttl={int(ttl) / 1000:g}s" if ttl not in ("", "0") else "")
                 others[text] = others.get(text, 0) + 1
         self.fleet_mixed = len(sizes) > 1
-        warning = ", ".join(f"{text} ({count} process{'es' if count > 1 else ''})" for text, count in sorted(others.items()))
+        warning = ", ".join(
+            f"{text} ({count} process{'es' if count > 1 else ''})" for text, count in sorted(others.items())
+        )
         if warning == self._fleet_warning:
             return
         self._fleet_warning = warning

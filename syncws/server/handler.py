@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from ..base.errors import ConfigurationError, HandshakeError
-from ..base.options import PER_HANDLER, check_overrides, origin_allowed
+from ..base.options import BY_NAME, PER_HANDLER, check_overrides, did_you_mean, origin_allowed
 from ..protocol import deflate, handshake
 from .hooks import HOOK_NAMES, Hooks
 from .http import TRANSPORT_KEY, Transport
@@ -322,9 +322,17 @@ def define_websocket_handler(hooks: Any = None, /, **kwargs: Any) -> WebSocketHa
     """
     unknown = sorted(k for k in kwargs if k not in HOOK_NAMES and k not in PER_HANDLER)
     if unknown:
+        name = unknown[0]
+        option = BY_NAME.get(name)
+        if option is not None:
+            raise TypeError(
+                f"{name} is a server-wide option, not a per-handler one: set it on serve(..., {name}=...) or "
+                f"Server(...), with {option.flag} on the command line, or with {option.env_var}; a handler may "
+                f"override {', '.join(PER_HANDLER)}"
+            )
         raise TypeError(
-            f"unknown hook or option name(s): {', '.join(unknown)}; hooks: {', '.join(HOOK_NAMES)}; "
-            f"options: {', '.join(PER_HANDLER)}"
+            f"unknown hook or option name(s): {', '.join(unknown)}{did_you_mean(name, (*HOOK_NAMES, *PER_HANDLER))}; "
+            f"hooks: {', '.join(HOOK_NAMES)}; options: {', '.join(PER_HANDLER)}"
         )
     overrides = check_overrides({k: kwargs.pop(k) for k in list(kwargs) if k in PER_HANDLER})
     prepare_frameworks()

@@ -17,6 +17,7 @@ from gevent.event import Event
 
 from ..base.errors import ConfigurationError
 from ..base.threads import RealLock
+from ..protocol.connection import check_close
 from ..protocol.deflate import Agreement
 from ..protocol.frames import OP_PING, encode_frame
 from ..protocol.payload import Outgoing
@@ -139,14 +140,22 @@ class Peer:
         return self._session.closed
 
     # -- sending -----------------------------------------------------------
-    def send(self, data: Any, *, compress: bool | None = None) -> None:
-        """Send to this peer only.
+    def send(self, data: Any, *, compress: bool | None = None) -> bool:
+        """Send to this peer only; False when the peer is closed (nothing is sent).
 
-        ``compress`` matters on a connection that agreed to permessage-deflate:
-        True compresses this message, False sends it as it is, None (the
-        default) compresses it when it reaches ``compression_threshold``.
+        True means the message was queued for the peer (from another thread:
+        handed to the server while the peer was open; a close that comes
+        first still drops it).  Sending to a closed peer is not an error: a
+        peer may go at any moment, and a publisher should not have to race
+        it; check the result when it matters.  ``compress`` matters on a
+        connection that agreed to permessage-deflate: True compresses this
+        message, False sends it as it is, None (the default) compresses it
+        when it reaches ``compression_threshold``.
         """
+        if self._session.closed:
+            return False
         self._runtime.call_in_hub(self._send, Outgoing(data, compress))
+        return True
 
     def _send(self, outgoing: Outgoing) -> None:
         self._runtime.counters.sent(1, len(outgoing.payload))
@@ -249,7 +258,12 @@ class Peer:
 
     # -- closing -----------------------------------------------------------
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Graceful close: a close frame, then the socket once the client answers."""
+        """Graceful close: a close frame, then the socket once the client answers.
+
+        ConfigurationError (a ValueError) for a code or reason that may not
+        be sent, from any thread; a no-op once the peer is closing.
+        """
+        check_close(code, reason)
         self._runtime.call_in_hub(self._session.close, code, reason)
 
     def terminate(self) -> None:

@@ -15,16 +15,23 @@ call waits in a backlog; the counts say how often (``server.stats()``).
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from gevent._hub_local import get_hub_if_exists
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
 from ..base.threads import RealLock, start_thread
 from .bridge import HubBridge
 
+log = logging.getLogger("syncws")
+
 _SimpleQueue = get_original("queue", "SimpleQueue")
+
+
+_warned = False  # the gevent-in-a-pool-thread warning is logged once per process
 
 
 class WorkerPool:
@@ -80,11 +87,25 @@ class WorkerPool:
                 outcome = (False, exc)
             bridge.call(waiter.switch, outcome)
             del task, waiter, outcome  # nothing of this call stays alive while the worker waits
+            if get_hub_if_exists() is not None:
+                self._gevent_used()
             with self._lock:
                 if self.backlog:
                     self.backlog -= 1  # a call waits in the queue: take it
                 else:
                     self.idle += 1
+
+    def _gevent_used(self) -> None:
+        # A view or hook started a greenlet here (gevent.spawn): it would never run, silently.
+        global _warned
+        if not _warned:
+            _warned = True
+            log.warning(
+                "syncws: a view or hook in the thread pool used gevent (gevent.spawn, a gevent Event...): "
+                "greenlets started in a pool thread never run. Start an OS thread (threading.Thread) "
+                "instead, run it in the server's hub (server.call_in_hub(gevent.spawn, fn)), or set "
+                "threads='off' (docs/how-to/embedding.md)"
+            )
 
     def close(self) -> None:
         """Workers end once the calls already queued have run."""

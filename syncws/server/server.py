@@ -28,7 +28,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from ..base.errors import ConfigurationError, ListenError, ServerNotRunning
-from ..base.options import ServerOptions
+from ..base.options import ServerOptions, check_option_names
 from ..base.threads import RealLock, start_thread
 from ..protocol.payload import Outgoing
 from ..pubsub.broker import Broker
@@ -96,6 +96,7 @@ class Server:
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
+        check_option_names(options, "Server()")
         prepare_frameworks()  # Flask: match upgrades as HTTP, the view decides
         if gevent_websocket:
             # An app written for gevent-websocket: upgrade before calling it.
@@ -493,11 +494,18 @@ def serve(
     and wss://), ``gevent_websocket`` (serve an app written for
     gevent-websocket: see :mod:`syncws.compat`).
     """
+    check_option_names(options, "serve()", ("listener", "gevent_websocket", "ssl_context"))
     server = Server(app, host, port, **options)
-    if background:
-        return server.start_in_thread()
     _ensure_logging()
-    server.start()
+    if background:
+        server.start_in_thread()
+        log.info("syncws: serving on %s (in a background thread; server.stop() stops it)", server.url)
+        return server
+    try:
+        server.start()
+    except ListenError as exc:
+        # A script's main call: one line that says what to change, not a chained traceback.
+        raise SystemExit(f"syncws: error: {exc}") from None
     log.info("syncws: serving on %s (Ctrl-C to stop)", server.url)
     server.serve_forever()
     log.info("syncws: stopped")

@@ -240,9 +240,7 @@ def test_hooks_run_in_pool_threads_and_errors_still_close_with_1011(start_server
     app = App()
     app.get(
         "/threads",
-        define_websocket_handler(
-            open=open_, message=message, error=lambda p, e: errors.append(e), threads=True
-        ),
+        define_websocket_handler(open=open_, message=message, error=lambda p, e: errors.append(e), threads=True),
     )
     app.get("/hub", define_websocket_handler(open=open_, threads=False))
     server = start_server(app)
