@@ -233,7 +233,65 @@ def test_port_in_use_is_a_one_line_error(cli):
     lines = [line for line in process.err.strip().splitlines() if line]
     assert lines[-1].startswith("syncws: error:")
     assert str(port) in lines[-1]
+    assert "--port" in lines[-1]  # says what to change
     assert "Traceback" not in process.err
+
+
+def test_a_foreground_serve_on_a_port_in_use_says_so_in_one_line(cli, tmp_path):
+    """Issue 21: ``python myapp.py`` with serve() on a taken port: one line, not a chained traceback."""
+    import subprocess
+    import sys
+
+    from ..support import subprocess_env
+
+    (tmp_path / "myapp.py").write_text(
+        "import sys\nfrom syncws import App, serve\nserve(App(), port=int(sys.argv[1]))\n", encoding="utf-8"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "myapp.py", str(port)],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"syncws: error: cannot listen on 127.0.0.1:{port}") and "--port" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "hint"),
+    [("myapp.py", "type myapp:app"), ("pkg/myapp.py", "type pkg.myapp:app"), ("./pkg/myapp.py:api", "pkg.myapp:api")],
+)
+def test_a_file_path_instead_of_an_import_string_says_what_to_type(cli, spec, hint):
+    process = cli(spec, "--port", "0", files={"myapp.py": SYNCWS_APP})
+    assert process.finish() == 2
+    lines = process.err.strip().splitlines()
+    assert len(lines) == 1 and hint in lines[0], process.err
+
+
+def test_a_misspelled_variable_is_warned_about(cli):
+    process = cli("nosuchmodule:app", env={"SYNCWS_PORTT": "9999", "SYNCWS_PING_INTERVAL": "5"})
+    assert process.finish() == 2
+    assert "syncws: warning: SYNCWS_PORTT is not a syncws setting and is ignored (did you mean 'SYNCWS_PORT'?)" in (
+        process.err
+    )
+    assert "SYNCWS_PING_INTERVAL" not in process.err
+
+
+def test_a_bad_flag_is_the_error_and_a_hint_not_the_whole_usage(cli):
+    process = cli("myapp:app", "--max-mesage-size", "1")
+    assert process.finish() == 2
+    lines = process.err.strip().splitlines()
+    assert lines[0] == "syncws: error: unrecognized arguments: --max-mesage-size 1"
+    assert lines[1].startswith("Example: python -m syncws myapp:app --host")
+    assert len(lines) == 3 and "usage:" not in process.err
 
 
 def test_help(cli, tmp_path):
@@ -243,11 +301,13 @@ def test_help(cli, tmp_path):
     assert "usage:" in out
     for option in ("--host", "--port", "app"):
         assert option in out
+    assert "Example: python -m syncws myapp:app" in out
+    assert out.index("--host") < out.index("--port") < out.index("--max-message-size")  # the server's first
     assert process.err == ""
 
 
 def test_missing_app_argument_is_a_usage_error(cli):
     process = cli()
     assert process.finish() == 2
-    assert "usage:" in process.err
+    assert process.err.startswith("syncws: error: the following arguments are required: app\nExample:")
     assert "Traceback" not in process.err

@@ -245,3 +245,12 @@ def test_unsupported_types_raise_type_error(bad):
 def test_unknown_fields_raise_value_error(bad):
     with pytest.raises(ValueError):
         format_event(bad)
+
+
+def test_a_json_object_pushed_as_fields_says_how_to_send_it():
+    with pytest.raises(ValueError) as info:
+        format_event({"hello": 1})
+    message = str(info.value)
+    assert message.startswith("unknown event field(s): hello; a dict given to push() is one event's fields: data, id")
+    assert 'push({"data": {...}})' in message
+    assert format_event({"data": {"hello": 1}}) == 'data: {"hello":1}\n\n'  # what the message suggests works

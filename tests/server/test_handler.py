@@ -226,3 +226,16 @@ def test_a_session_that_fails_after_the_hand_over_is_logged_and_its_socket_close
             client.recv()  # the server closed the connection
     assert wait_until(lambda: "error in a WebSocket session" in caplog.text)
     client.close()
+
+
+def test_a_server_wide_option_given_to_a_handler_says_where_to_set_it():
+    with pytest.raises(TypeError) as info:
+        define_websocket_handler(max_buffer_size=1024)
+    message = str(info.value)
+    assert message.startswith("max_buffer_size is a server-wide option, not a per-handler one: set it on serve(")
+    assert "--max-buffer-size" in message and "SYNCWS_MAX_BUFFER_SIZE" in message
+
+
+def test_a_misspelled_hook_suggests_the_closest_name():
+    with pytest.raises(TypeError, match=r"unknown hook or option name\(s\): mesage \(did you mean 'message'\?\)"):
+        define_websocket_handler(mesage=print)

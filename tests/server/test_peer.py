@@ -208,6 +208,34 @@ def test_peer_close_from_another_thread(start_server):
     assert closes.get(timeout=5) == (4100, "from thread")
 
 
+def test_a_bad_close_raises_in_the_callers_thread_and_send_says_when_the_peer_is_gone(start_server):
+    """Issue 21: peer.close(999) raised in a hook but only logged from an OS thread; send was a silent no-op."""
+    peers: queue.Queue = queue.Queue()
+    server = start_server(app_with(open=peers.put))
+    client = connect(server)
+    peer = peers.get(timeout=5)
+    outcome: queue.Queue = queue.Queue()
+
+    def from_a_thread():
+        for bad in ((999, ""), (1005, ""), (1000, b"bytes")):
+            try:
+                peer.close(*bad)
+            except ValueError as exc:
+                outcome.put(str(exc))
+        outcome.put(peer.send("still open"))
+
+    threading.Thread(target=from_a_thread).start()
+    assert outcome.get(timeout=5).startswith("invalid close code 999")
+    assert outcome.get(timeout=5).startswith("invalid close code 1005")
+    assert outcome.get(timeout=5) == "a close reason is a str, not bytes"
+    assert outcome.get(timeout=5) is True
+    assert client.recv() == "still open"
+    peer.close(4000, "bye")
+    assert recv_close(client) == (4000, "bye")
+    assert wait_until(lambda: peer.closed)
+    assert peer.send("too late") is False
+
+
 # -- payloads ----------------------------------------------------------------
 
 PAYLOADS = {

@@ -290,3 +290,41 @@ def test_port_in_use_raises_at_start(start_server):
         serve(make_app(), host="127.0.0.1", port=server.port, background=True, access_log=False)
     # The running server is not disturbed.
     assert requests.get(server.url + "/", timeout=5).text == "home"
+
+
+# -- what a new user sees (issue 21) ----------------------------------------------------------
+
+
+def test_a_background_server_logs_where_it_listens(caplog):
+    import logging
+
+    from syncws import App, serve
+
+    with caplog.at_level(logging.INFO, logger="syncws"):
+        server = serve(App(), port=0, background=True, access_log=False)
+    try:
+        assert f"syncws: serving on {server.url} (in a background thread" in caplog.text
+    finally:
+        server.stop(timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        ("serve", "serve() got an unknown option 'max_mesage_size' (did you mean 'max_message_size'?)"),
+        ("Server", "Server() got an unknown option 'max_mesage_size' (did you mean 'max_message_size'?)"),
+    ],
+)
+def test_an_unknown_keyword_names_the_call_and_the_closest_option(call, expected):
+    import syncws
+
+    with pytest.raises(TypeError) as info:
+        getattr(syncws, call)(syncws.App(), port=0, max_mesage_size=10)
+    assert str(info.value).startswith(expected)
+
+
+def test_a_command_line_option_given_to_serve_says_where_it_belongs():
+    import syncws
+
+    with pytest.raises(TypeError, match=r"workers is for the command line only: --workers"):
+        syncws.serve(syncws.App(), port=0, workers=2)
