@@ -107,6 +107,7 @@ def sleep(request):
     time.sleep(float(request.args.get("s", "2")))
     return "slept"
 
+
 app.get("/echo", define_websocket_handler(message=echo, max_message_size=32 * 1024 * 1024))
 app.get("/sse", sse)
 app.get("/sse_topic", sse_topic)
