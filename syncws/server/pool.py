@@ -34,6 +34,17 @@ _SimpleQueue = get_original("queue", "SimpleQueue")
 _warned = False  # the gevent-in-a-pool-thread warning is logged once per process
 
 
+def _run(task: tuple[Any, ...], bridge: HubBridge) -> None:
+    # A function of its own, so that its locals (the call's arguments, its result)
+    # are gone when it returns, not kept by an idle worker until its next call.
+    context, fn, args, waiter = task
+    try:
+        outcome = (True, context.run(fn, *args))
+    except BaseException as exc:  # SystemExit too: it is re-raised in the caller, not here
+        outcome = (False, exc)
+    bridge.call(waiter.switch, outcome)
+
+
 class WorkerPool:
     """Up to ``size`` OS threads that run calls for greenlets of one hub."""
 
@@ -80,13 +91,8 @@ class WorkerPool:
             task = queue.get()
             if task is None:
                 return
-            context, fn, args, waiter = task
-            try:
-                outcome = (True, context.run(fn, *args))
-            except BaseException as exc:  # SystemExit too: it is re-raised in the caller, not here
-                outcome = (False, exc)
-            bridge.call(waiter.switch, outcome)
-            del task, waiter, outcome  # nothing of this call stays alive while the worker waits
+            _run(task, bridge)
+            del task  # nothing of a call (a peer in its arguments) stays alive while the worker waits
             if get_hub_if_exists() is not None:
                 self._gevent_used()
             with self._lock:

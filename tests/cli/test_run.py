@@ -128,7 +128,9 @@ def test_a_bad_variable_is_a_one_line_error(variable, value, words):
 def test_bad_flags_are_refused_by_argparse():
     for argv in (["--port", "-1"], ["--log-level", "chatty"]):
         result = run_cli("mod:app", *argv)
-        assert result.returncode == 2 and "usage:" in result.stderr
+        assert result.returncode == 2 and "usage:" not in result.stderr  # the error and a hint, not the usage
+        assert result.stderr.startswith(f"syncws: error: argument {argv[0]}")
+        assert "python -m syncws --help" in result.stderr
 
 
 def test_version():
