@@ -303,7 +303,7 @@ def test_more_than_one_worker_without_a_broker_is_refused(run, args, env, named)
 def test_a_bad_worker_count_is_a_usage_error(run, value):
     process = run("chat:app", "--port", str(free_port()), "--workers", value)
     assert process.finish() == 2
-    assert "usage:" in process.err
+    assert process.err.startswith("syncws: error: argument --workers")  # the error and a hint, not the usage
     assert "--workers" in process.err and "positive integer" in process.err
     assert "Traceback" not in process.err
 
