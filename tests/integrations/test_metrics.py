@@ -86,6 +86,42 @@ def test_metrics_match_what_the_clients_did(start_server):
     assert requests.get(metrics_url.replace("/metrics", "/other"), timeout=5).status_code == 404
 
 
+def test_a_full_thread_pool_shows_in_the_metrics(start_server):
+    import threading
+
+    release = threading.Event()
+    app = App()
+
+    @app.get("/hold")
+    def hold(request):
+        release.wait(10)
+        return "held"
+
+    server = start_server(app, metrics="127.0.0.1:0", thread_pool_size=1)
+    url = f"http://127.0.0.1:{server.metrics.port}/metrics"
+    answers: list = []
+    clients = [
+        threading.Thread(target=lambda: answers.append(requests.get(server.url + "/hold", timeout=10).text))
+        for _ in range(2)
+    ]
+    for client in clients:
+        client.start()
+    try:
+        assert wait_until(
+            lambda: (
+                value(scrape(url), "syncws_threads", state="busy") == 1
+                and value(scrape(url), "syncws_threads", state="queued") == 1
+            )
+        ), scrape(url)
+        assert value(scrape(url), "syncws_thread_waits_total") == 1
+    finally:
+        release.set()
+        for client in clients:
+            client.join(10)
+    assert answers == ["held", "held"]
+    assert wait_until(lambda: value(scrape(url), "syncws_threads", state="queued") == 0)
+
+
 def test_bad_metrics_settings(start_server):
     with pytest.raises(ConfigurationError, match="HOST:PORT"):
         serve(App(), port=0, background=True, metrics="9100")
