@@ -89,12 +89,9 @@ class WebSocketHandler:
         """Run (or hand over) the connection; return a Response when nothing was upgraded."""
         outcome = self.accept(environ)
         if isinstance(outcome, Session):
-            transport = environ[TRANSPORT_KEY]
-            if _in_pool_thread(outcome.runtime):
-                # A view in the thread pool: the connection is served in the hub, in
-                # a greenlet of its own, and the view returns (its thread is free).
-                outcome.runtime.in_hub(_run_detached, transport, outcome)
-            elif not (detach and transport.hand_over(outcome.run)):
+            # In a pool thread the session already runs in the hub (see _upgrade): the view
+            # returns and its thread is free.
+            if not _in_pool_thread(outcome.runtime) and not (detach and environ[TRANSPORT_KEY].hand_over(outcome.run)):
                 outcome.run()
             return None
         response: Response | None = outcome
@@ -176,11 +173,12 @@ class WebSocketHandler:
         if runtime.stopping:  # the stop began while the upgrade hook ran
             return _shutting_down(transport)
         if _in_pool_thread(runtime):
-            # The socket belongs to the hub: the 101 and the session are made there.
-            session = runtime.in_hub(self._switch, environ, transport, key, agreement, request, accepted, spawn=True)
-            if session is not None:
-                session.context = contextvars.copy_context()  # the view's (Flask's contexts) for the hooks
-            return session
+            # The socket belongs to the hub: the 101 is written and the session made and
+            # started there, in one hand-off; its hooks keep the view's context variables
+            # (Flask's contexts).
+            context = contextvars.copy_context()
+            args = (environ, transport, key, agreement, request, accepted, context)
+            return runtime.in_hub(self._switch, *args, spawn=True)
         return self._switch(environ, transport, key, agreement, request, accepted)
 
     def _switch(
@@ -191,8 +189,13 @@ class WebSocketHandler:
         agreement: deflate.Agreement | None,
         request: Request,
         accepted: _Acceptance,
+        context: contextvars.Context | None = None,
     ) -> Session | None:
-        """Write the ``101`` and make the session (hub thread); None when the client left."""
+        """Write the ``101`` and make the session (hub thread); None when the client left.
+
+        ``context``: the upgrade came from a view in a pool thread; the session
+        gets those context variables for its hooks and starts here, detached.
+        """
         runtime = transport.runtime
         try:
             headers = accepted.headers
@@ -205,7 +208,7 @@ class WebSocketHandler:
         # has no body (a request with one is refused), so the server's body
         # reader, which holds the socket's reader objects, is not needed.
         environ["wsgi.input"] = io.BytesIO()
-        return Session(
+        session = Session(
             runtime,
             transport.socket,
             received,
@@ -218,6 +221,11 @@ class WebSocketHandler:
             self.overrides,
             agreement,
         )
+        if context is not None:
+            session.context = context
+            if not transport.hand_over(session.run):  # the listener's pool serves it (or, without one,
+                gevent.spawn(session.run)  # a greenlet of its own)
+        return session
 
     def _negotiate_compression(self, environ: dict[str, Any], options: Any) -> deflate.Agreement | None:
         """permessage-deflate, when this handler or the server enables it and the client offers it."""
@@ -260,13 +268,6 @@ def _in_pool_thread(runtime: Any) -> bool:
     """True in a thread of the server's pool (a view there), not in its hub."""
     bridge = runtime.bridge
     return bridge is not None and not bridge.in_hub_thread()
-
-
-def _run_detached(transport: Transport, session: Session) -> None:
-    # In the hub: the listener's pool serves the connection from now on (or, with
-    # no listener, a greenlet of its own).
-    if not transport.hand_over(session.run):
-        gevent.spawn(session.run)
 
 
 def _shutting_down(transport: Transport) -> Response:
