@@ -24,6 +24,7 @@ import base64
 import http.client
 import json
 import os
+import select
 import socket
 import struct
 import time
@@ -128,8 +129,17 @@ class TestClient:
     def websocket(
         self, path: str, headers: Mapping[str, str] | None = None, subprotocols: list[str] | None = None
     ) -> WebSocket:
-        """Open a WebSocket (a context manager); :class:`HandshakeRefused` when there is no 101."""
-        return WebSocket(self._running().port, path, headers or {}, subprotocols or [])
+        """Open a WebSocket (a context manager); :class:`HandshakeRefused` when there is no 101.
+
+        Returns once the server's ``open`` hook for it has run (or the server
+        has sent something or closed, at most 5 s): with the ``threads`` option
+        hooks of different peers run in different threads, and a test that
+        connects two clients and then sends expects both to be subscribed.
+        """
+        server = self._running()
+        ws = WebSocket(server.port, path, headers or {}, subprotocols or [])
+        ws._wait_for_open(server)
+        return ws
 
     def event_stream(self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5.0) -> EventStream:
         """GET an event stream: iterate it for :class:`Event` objects; it ends when the server ends it."""
@@ -169,6 +179,17 @@ def _body(data: Any, payload: Any) -> tuple[bytes | None, dict[str, str]]:
     if isinstance(data, str):
         return data.encode("utf-8"), {"Content-Type": "text/plain; charset=utf-8"}
     return data, {}
+
+
+def _open_hook_ran(runtime: Any, address: Any) -> bool:
+    # In the server's hub: whether the session of the client at ``address`` has run its open hook.
+    for session in runtime.sessions:
+        try:
+            if session.socket.getpeername() == address:
+                return bool(session.opened)
+        except OSError:
+            continue
+    return False
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -233,6 +254,14 @@ class WebSocket:
         #: The subprotocol the server chose ("" when none).
         self.subprotocol = response_headers.get("sec-websocket-protocol", "")
         self.headers = response_headers
+
+    def _wait_for_open(self, server: Server) -> None:
+        address = self._sock.getsockname()
+        runtime = server.runtime
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not runtime.in_hub(_open_hook_ran, runtime, address):
+            if self._buffer or select.select([self._sock], [], [], 0.002)[0]:
+                return  # the server sent something (a welcome, a close): open has done its part
 
     def __enter__(self) -> WebSocket:
         return self

@@ -113,6 +113,9 @@ class Session:
         self.close_timeout = options.close_timeout
         self._abort_timer: gevent.Greenlet[..., Any] | None = None
         self._queued_pongs = 0
+        #: The ``open`` hook has returned (or raised): hooks of other peers may run in
+        #: other threads, so a test waits for this before it relies on what open did.
+        self.opened = False
         on_drain = self._on_drain if hooks.drain is not None else None
         self.outbox = Outbox(
             sock, options.max_buffer_size, options.overflow, self._on_overflow, runtime.flusher, on_drain
@@ -173,6 +176,7 @@ class Session:
             keepalive.watch(self.connection.ping_interval, self.connection.ping_timeout)
         try:
             self._call("open", self.peer)
+            self.opened = True
             self._read_loop()
         finally:
             self.connection.connection_lost()

@@ -55,5 +55,10 @@ def test_protocol_and_listen_errors():
     assert (error.code, error.reason, str(error)) == (1009, "message exceeds 10 bytes", "message exceeds 10 bytes")
     cause = OSError(errno.EADDRINUSE, "Address already in use")
     listen = errors.ListenError("127.0.0.1", 3000, cause)
-    assert str(listen) == "cannot listen on 127.0.0.1:3000: Address already in use"
+    assert str(listen) == (
+        "cannot listen on 127.0.0.1:3000: Address already in use; another program has that port: "
+        "pick another (--port, or serve(port=...)) or stop it"
+    )
     assert listen.errno == errno.EADDRINUSE
+    other = errors.ListenError("0.0.0.0", 80, OSError(errno.EACCES, "Permission denied"))
+    assert str(other) == "cannot listen on 0.0.0.0:80: Permission denied"  # the port hint only where it helps
