@@ -24,7 +24,8 @@ from syncws import App, ServerNotRunning, create_event_stream, current_server, d
 
 NAMESPACE = "/ws"  # the WebSocket's path: the stream publishes into the same history
 app = App()
-_producers = {}  # server -> its producer greenlet
+_producers = {}  # server -> its producer thread
+_producers_lock = threading.Lock()  # views and hooks may run in several threads at once
 
 
 def produce(server):
@@ -41,12 +42,13 @@ def produce(server):
 
 
 def start_producing(server):
-    producer = _producers.get(server)
-    if producer is None or not producer.is_alive():  # once per server, on its first client
-        # A thread: a greenlet when the process is patched, an OS thread when it is not
-        # (then this runs in the server's thread pool, where gevent.spawn starts nothing).
-        _producers[server] = threading.Thread(target=produce, args=(server,), daemon=True)
-        _producers[server].start()
+    with _producers_lock:
+        producer = _producers.get(server)
+        if producer is None or not producer.is_alive():  # once per server, on its first client
+            # A thread: a greenlet when the process is patched, an OS thread when it is not
+            # (then this runs in the server's thread pool, where gevent.spawn starts nothing).
+            _producers[server] = threading.Thread(target=produce, args=(server,), daemon=True)
+            _producers[server].start()
 
 
 def on_open(peer):
