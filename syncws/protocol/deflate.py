@@ -36,6 +36,7 @@ from .frames import CLOSE_INVALID_DATA, CLOSE_TOO_BIG
 
 __all__ = [
     "EXTENSION",
+    "MAX_EXTENSIONS_LENGTH",
     "Agreement",
     "Inflater",
     "compress",
@@ -52,8 +53,15 @@ _MEM_LEVEL = 5  # 8 KiB of hash table instead of zlib's default 128 KiB (websock
 # RFC 7230 tokens and quoted strings, as RFC 6455 §9.1 writes the header.
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
-_PARAM = re.compile(rf"\s*({_TOKEN})\s*(?:=\s*({_TOKEN}|{_QUOTED}))?\s*")
-_NAME = re.compile(rf"\s*({_TOKEN})\s*")
+# Matched against stripped text: no two ``\s*`` side by side, so a value padded
+# with thousands of spaces is rejected in linear time (two adjacent ``\s*``
+# backtrack quadratically: 16,000 spaces cost a second of hub time).
+_PARAM = re.compile(rf"({_TOKEN})(?:\s*=\s*({_TOKEN}|{_QUOTED}))?")
+_NAME = re.compile(_TOKEN)
+#: No real offer comes near this (a full permessage-deflate offer is under 120
+#: characters); longer values are refused with 400 before any parsing.  A
+#: constant, not an option: ``max_header_size`` already bounds the whole block.
+MAX_EXTENSIONS_LENGTH = 4096
 
 Params = list[tuple[str, str | None]]
 
@@ -64,25 +72,27 @@ def parse_extensions(values: list[str]) -> list[tuple[str, Params]]:
     Raises :class:`HandshakeError` (400) when a value does not follow the
     header's grammar.
     """
+    if sum(len(value) for value in values) > MAX_EXTENSIONS_LENGTH:
+        raise HandshakeError(400, f"Sec-WebSocket-Extensions is longer than {MAX_EXTENSIONS_LENGTH} characters")
     offers: list[tuple[str, Params]] = []
     for value in values:
         for item in _split(value, ","):
             if not item.strip():
                 continue  # "a, , b": empty list elements are allowed (RFC 7230 §7)
             parts = _split(item, ";")
-            name = _NAME.fullmatch(parts[0])
+            name = _NAME.fullmatch(parts[0].strip())
             if name is None:
-                raise HandshakeError(400, f"malformed Sec-WebSocket-Extensions: {value!r}")
+                raise HandshakeError(400, f"malformed Sec-WebSocket-Extensions: {value[:80]!r}")
             params: Params = []
             for part in parts[1:]:
-                match = _PARAM.fullmatch(part)
+                match = _PARAM.fullmatch(part.strip())
                 if match is None:
-                    raise HandshakeError(400, f"malformed Sec-WebSocket-Extensions: {value!r}")
+                    raise HandshakeError(400, f"malformed Sec-WebSocket-Extensions: {value[:80]!r}")
                 raw = match.group(2)
                 if raw is not None and raw.startswith('"'):
                     raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
                 params.append((match.group(1).lower(), raw))
-            offers.append((name.group(1).lower(), params))
+            offers.append((name.group(0).lower(), params))
     return offers
 
 

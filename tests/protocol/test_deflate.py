@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from syncws import HandshakeError, ProtocolError
-from syncws.protocol.deflate import Agreement, Inflater, compress, negotiate, parse_extensions
+from syncws.protocol.deflate import MAX_EXTENSIONS_LENGTH, Agreement, Inflater, compress, negotiate, parse_extensions
 from syncws.protocol.frames import OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT, Frame, FrameParser, encode_frame
 from syncws.protocol.payload import Outgoing
 
@@ -47,6 +47,23 @@ def test_empty_list_elements_are_skipped_and_quoted_values_unescaped():
 def test_a_header_that_does_not_parse_fails_the_handshake_with_400(header):
     with pytest.raises(HandshakeError) as info:
         parse_extensions([header])
+    assert info.value.status == 400
+
+
+def test_padding_is_allowed_around_every_part_and_refused_inside_one():
+    offers = parse_extensions(["  permessage-deflate  ;  client_max_window_bits  =  10  ,  x-foo  "])
+    assert offers == [("permessage-deflate", [("client_max_window_bits", "10")]), ("x-foo", [])]
+    with pytest.raises(HandshakeError) as info:
+        parse_extensions(["permessage-deflate; a" + " " * 4000 + "@"])  # linear: no two \\s* side by side
+    assert info.value.status == 400
+    assert len(str(info.value)) < 200  # the value is not echoed whole
+
+
+def test_a_value_longer_than_the_bound_is_refused_before_parsing():
+    within = "permessage-deflate; client_max_window_bits" + " " * (MAX_EXTENSIONS_LENGTH - 42)
+    assert parse_extensions([within]) == [("permessage-deflate", [("client_max_window_bits", None)])]
+    with pytest.raises(HandshakeError, match="longer than 4096") as info:
+        parse_extensions([within, " "])  # the bound is on every header line together
     assert info.value.status == 400
 
 
