@@ -31,6 +31,11 @@ from .runtime import Runtime
 
 log = logging.getLogger("syncws")
 
+#: What an event stream's client may send after its request before the stream
+#: is ended.  EventSource sends nothing; this leaves room for the rest of a
+#: request body the view did not read.  Not an option: no client needs more.
+_MAX_UPLOAD = 64 * 1024
+
 __all__ = ["EventStream", "EventStreamMessage", "create_event_stream"]
 
 #: ``stream.subscribe(topic)``'s default ``since``: the request's ``Last-Event-ID``.
@@ -305,11 +310,22 @@ class EventStream:
             self._finish()
 
     def _watch_socket(self) -> None:
-        """Return when the client goes away: EventSource never sends after its request."""
+        """Return when the client goes away: EventSource never sends after its request.
+
+        Whatever a client sends anyway is read and dropped, one read per turn
+        of the hub (a read of data already there never yields, so a client
+        uploading without pause would otherwise hold the hub), and past
+        ``_MAX_UPLOAD`` bytes the stream is ended: that is not an EventSource.
+        """
         sock = self._transport.socket
+        received = 0
         try:
-            while sock.recv(4096):
-                pass
+            while data := sock.recv(16384):
+                received += len(data)
+                if received > _MAX_UPLOAD:
+                    log.info("syncws: an event stream's client sent %d bytes; ending the stream", received)
+                    break
+                gevent.sleep(0)
         except (OSError, ValueError):
             pass
         self.close()

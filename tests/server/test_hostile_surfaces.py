@@ -60,3 +60,35 @@ def test_a_padded_extensions_header_is_refused_without_stalling_the_hub(echo_pro
         statuses = hammer(attack)
     healthy.check()
     assert statuses and set(statuses) == {400}, set(statuses)
+
+
+# -- 2. event streams ----------------------------------------------------------------------
+
+
+def test_bytes_sent_on_an_open_event_stream_neither_stall_the_hub_nor_keep_it(echo_process):
+    # The stream's socket watcher read in a loop that never yielded: 4
+    # uploading streams gave the healthy peer 0.5-0.9 s.
+    url = echo_process()
+    server = _Server(url)
+    chunk = b"x" * 65536
+
+    def attack() -> int:
+        sent = 0
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            try:
+                while sent < 64 * 1024 * 1024:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                return sent  # the server ended the stream
+        return -1
+
+    with HealthyPeer(ws_of(url)) as healthy:
+        uploads = hammer(attack, threads=4)
+    healthy.check()
+    # Every stream was ended by the server, after about the 64 KiB it allows
+    # (plus what the kernel's buffers took before the close reached us).
+    assert uploads and -1 not in uploads
+    assert max(uploads) < 16 * 1024 * 1024, max(uploads)

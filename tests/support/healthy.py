@@ -34,7 +34,9 @@ FLOOD_SCALE = 5 if TRACED else 1
 GIL_SHARED_BOUND = P99_BOUND * 2.5
 
 ECHO_APP = """
-from syncws import App, define_websocket_handler
+import json
+
+from syncws import App, create_event_stream, define_websocket_handler
 
 
 def message(peer, message):
@@ -42,8 +44,40 @@ def message(peer, message):
     peer.send(str(len(message)) if message.is_binary else message)
 
 
+def command(peer, message):
+    # An app that passes what its clients send straight to the pub/sub API, as
+    # a naive app would: {"sub": topic, "since": ..., "presence": ...},
+    # {"unsub": topic}, {"pub": topic, "data": ...}, {"who": topic}.  Errors
+    # go back to the client as {"error": ...}.
+    request = message.json()
+    try:
+        if "sub" in request:
+            kwargs = {k: request[k] for k in ("since", "presence") if k in request}
+            recovery = peer.subscribe(request["sub"], **kwargs)
+            answer = {"subscribed": request["sub"], "recovered": recovery.recovered, "replayed": recovery.replayed}
+        elif "unsub" in request:
+            peer.unsubscribe(request["unsub"])
+            answer = {"unsubscribed": request["unsub"]}
+        elif "pub" in request:
+            peer.publish(request["pub"], request["data"])
+            answer = {"published": request["pub"]}
+        else:
+            answer = {"present": len(peer.presence(request["who"]))}
+    except Exception as exc:
+        answer = {"error": f"{type(exc).__name__}: {exc}"}
+    peer.send(json.dumps(answer))
+
+
+def events(request):
+    stream = create_event_stream(request)
+    stream.subscribe(request.args.get("topic", "feed"))  # resumes from Last-Event-ID
+    return stream
+
+
 app = App()
 app.get("/_ws", define_websocket_handler(message=message))
+app.get("/commands", define_websocket_handler(message=command))
+app.get("/sse", events)
 """
 
 
