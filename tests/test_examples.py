@@ -53,6 +53,11 @@ def test_nginx_snippet_proxies_websockets_and_sse():
     ):
         assert directive in conf
     assert conf.count("{") == conf.count("}")
+    # Every proxied location overwrites what syncws reads (X-Forwarded-For) and
+    # clears the header it does not: nothing a client sends decides its address.
+    proxied = conf.count("proxy_pass ")
+    assert conf.count("proxy_set_header X-Forwarded-For $remote_addr;") == proxied
+    assert conf.count('proxy_set_header Forwarded "";') == proxied
 
 
 # -- flask_login ---------------------------------------------------------------------------

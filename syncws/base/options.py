@@ -525,8 +525,18 @@ OPTIONS: tuple[Option, ...] = (
         nullable=True,
         metavar="NETWORKS",
         shown_default="None",
-        help="proxies (addresses or networks) whose X-Forwarded-For or Forwarded header gives the client "
-        "address (peer.remote_address, the per-IP cap); the header is ignored from anyone else",
+        help="proxies (addresses or networks) whose forwarded_header gives the client address "
+        "(peer.remote_address, the per-IP cap); the header is ignored from anyone else",
+    ),
+    Option(
+        "forwarded_header",
+        Kind.CHOICE,
+        "x-forwarded-for",
+        choices=("x-forwarded-for", "forwarded"),
+        metavar="HEADER",
+        help="the one header trusted_proxies set the client address in (nginx's proxy_add_x_forwarded_for: "
+        "x-forwarded-for; RFC 7239: forwarded); the other is ignored, since a proxy passes it on as the "
+        "client wrote it",
     ),
     Option(
         "rate_limit",
@@ -802,6 +812,7 @@ class ServerOptions:
     max_connections: int | None = None
     max_connections_per_ip: int | None = None
     trusted_proxies: tuple[Any, ...] | None = None
+    forwarded_header: str = "x-forwarded-for"
     rate_limit: tuple[float, float] | None = None
     rate_limit_bytes: tuple[float, float] | None = None
     rate_limit_policy: str = "close"

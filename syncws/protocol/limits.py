@@ -8,6 +8,7 @@ peer is closed or its message dropped before any hook sees it; caps answer
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Sequence
 
@@ -68,25 +69,49 @@ def forwarded_for(header: str) -> list[str]:
     return found
 
 
+class ForwardedHeader(enum.Enum):
+    """The header a trusted proxy reports the client's address in (``forwarded_header``).
+
+    Exactly one is read: a proxy overwrites or appends to the header it is
+    configured to set and passes any other through untouched, so reading a
+    second one would believe whatever a client put there.
+    """
+
+    X_FORWARDED_FOR = "x-forwarded-for"
+    FORWARDED = "forwarded"
+
+    @property
+    def environ_key(self) -> str:
+        return "HTTP_" + self.value.upper().replace("-", "_")
+
+    def chain(self, header: str) -> list[str]:
+        """The addresses the header lists, client first."""
+        return forwarded_for(header) if self is ForwardedHeader.FORWARDED else header.split(",")
+
+
 def client_address(
-    peer: str | None, forwarded: str | None, x_forwarded_for: str | None, trusted: Sequence[Network]
+    peer: str | None,
+    header: str | None,
+    trusted: Sequence[Network],
+    kind: ForwardedHeader = ForwardedHeader.X_FORWARDED_FOR,
 ) -> str | None:
     """The client's address: ``peer`` unless it is a trusted proxy.
 
-    From a trusted proxy, the chain it reports (``Forwarded``'s ``for=``,
-    else ``X-Forwarded-For``) is walked from the right, skipping trusted
-    proxies; the first address that is not one is the client.  Anything
-    unparsable in the chain stops the walk there and the last trusted hop's
-    view is kept (the address of the proxy itself): a forged or garbled
-    header never yields an address the proxies did not vouch for.  From
-    anyone else the headers are ignored.
+    From a trusted proxy, the chain in ``header`` (the value of the one header
+    ``kind`` names) is walked from the right, skipping trusted proxies; the
+    first address that is not one is the client.  Anything unparsable in the
+    chain stops the walk there and the last trusted hop's view is kept (the
+    address of the proxy itself): a forged or garbled header never yields an
+    address the proxies did not vouch for, and what a client wrote to the left
+    of what its proxy appended is never reached.  From anyone else the header
+    is ignored.
     """
     if peer is None or not trusted:
         return peer
     current = _address(peer)
     if current is None or not _trusted(current, trusted):
         return peer
-    chain = forwarded_for(forwarded) if forwarded else (x_forwarded_for or "").split(",")
+    chain = kind.chain(header) if header else []
     client = peer
     for hop in reversed([item for item in chain if item.strip()]):
         address = _address(hop)

@@ -38,7 +38,7 @@ import gevent
 from gevent.pywsgi import OldMessage, WSGIHandler
 
 from ..base.errors import RequestHeadError
-from ..protocol.limits import client_address
+from ..protocol.limits import ForwardedHeader, client_address
 from .listener import ResilientWSGIServer
 from .runtime import Runtime
 
@@ -463,9 +463,8 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
         address = client[0] if isinstance(client, tuple) else client
         trusted = self.runtime.options.trusted_proxies
         if trusted:
-            address = client_address(
-                address or None, environ.get("HTTP_FORWARDED"), environ.get("HTTP_X_FORWARDED_FOR"), trusted
-            )
+            kind = ForwardedHeader(self.runtime.options.forwarded_header)
+            address = client_address(address or None, environ.get(kind.environ_key), trusted, kind)
         environ[TRANSPORT_KEY] = Transport(self.socket, self.rfile, self.runtime, address or None, self.server)
         return environ
 

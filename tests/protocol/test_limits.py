@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from syncws.protocol.limits import TokenBucket, client_address, forwarded_for
+from syncws.protocol.limits import ForwardedHeader, TokenBucket, client_address, forwarded_for
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -29,33 +29,42 @@ def test_a_cost_beyond_the_burst_passes_only_from_a_full_bucket_and_leaves_a_deb
     assert half.take(60, 0.0) and not half.take(250, 0.0)  # not full: refused
 
 
+XFF, FWD = ForwardedHeader.X_FORWARDED_FOR, ForwardedHeader.FORWARDED
+
+
 @pytest.mark.parametrize(
-    "peer, forwarded, xff, expected",
+    "peer, header, kind, expected",
     [
-        ("203.0.113.9", None, "1.2.3.4", "203.0.113.9"),  # not a trusted proxy: headers ignored
-        ("10.0.0.2", None, "1.2.3.4", "1.2.3.4"),
-        ("10.0.0.2", None, "1.2.3.4, 10.0.0.7", "1.2.3.4"),  # two proxies of ours
-        ("10.0.0.2", None, "6.6.6.6, 1.2.3.4", "1.2.3.4"),  # a forged left part is never reached
-        ("10.0.0.2", None, "10.0.0.9, 10.0.0.7", "10.0.0.9"),  # every hop trusted: the first
-        ("10.0.0.2", None, "nonsense, 1.2.3.4", "1.2.3.4"),
-        ("10.0.0.2", None, "1.2.3.4, nonsense", "10.0.0.2"),  # garbled last hop: the proxy itself
-        ("10.0.0.2", None, "", "10.0.0.2"),
-        ("10.0.0.2", None, None, "10.0.0.2"),
-        ("10.0.0.2", None, "1.2.3.4:5678", "1.2.3.4"),
-        ("::1", None, "2001:db8::1", "2001:db8::1"),
-        ("10.0.0.2", 'for=192.0.2.60;proto=http, for="[2001:db8::17]:4711"', "9.9.9.9", "2001:db8::17"),
-        ("10.0.0.2", "for=192.0.2.43", None, "192.0.2.43"),
-        ("10.0.0.2", "proto=https", "1.2.3.4", "10.0.0.2"),  # Forwarded without for=: not X-Forwarded-For
-        ("/run/syncws.sock", None, "1.2.3.4", "/run/syncws.sock"),  # not an IP address
-        (None, None, "1.2.3.4", None),
+        ("203.0.113.9", "1.2.3.4", XFF, "203.0.113.9"),  # not a trusted proxy: the header is ignored
+        ("10.0.0.2", "1.2.3.4", XFF, "1.2.3.4"),
+        ("10.0.0.2", "1.2.3.4, 10.0.0.7", XFF, "1.2.3.4"),  # two proxies of ours
+        ("10.0.0.2", "6.6.6.6, 1.2.3.4", XFF, "1.2.3.4"),  # a forged left part is never reached
+        ("10.0.0.2", "10.0.0.9, 10.0.0.7", XFF, "10.0.0.9"),  # every hop trusted: the first
+        ("10.0.0.2", "nonsense, 1.2.3.4", XFF, "1.2.3.4"),
+        ("10.0.0.2", "1.2.3.4, nonsense", XFF, "10.0.0.2"),  # garbled last hop: the proxy itself
+        ("10.0.0.2", "", XFF, "10.0.0.2"),
+        ("10.0.0.2", None, XFF, "10.0.0.2"),
+        ("10.0.0.2", "1.2.3.4:5678", XFF, "1.2.3.4"),
+        ("::1", "2001:db8::1", XFF, "2001:db8::1"),
+        ("10.0.0.2", 'for=192.0.2.60;proto=http, for="[2001:db8::17]:4711"', FWD, "2001:db8::17"),
+        ("10.0.0.2", "for=192.0.2.43", FWD, "192.0.2.43"),
+        ("10.0.0.2", "proto=https", FWD, "10.0.0.2"),  # no for=: the proxy itself
+        ("10.0.0.2", "for=6.6.6.6, for=1.2.3.4", FWD, "1.2.3.4"),  # a forged left part again
+        ("/run/syncws.sock", "1.2.3.4", XFF, "/run/syncws.sock"),  # not an IP address
+        (None, "1.2.3.4", XFF, None),
     ],
 )
-def test_client_address(peer, forwarded, xff, expected):
-    assert client_address(peer, forwarded, xff, TRUSTED) == expected
+def test_client_address(peer, header, kind, expected):
+    assert client_address(peer, header, TRUSTED, kind) == expected
 
 
 def test_without_trusted_proxies_the_peer_is_the_client():
-    assert client_address("10.0.0.2", None, "1.2.3.4", ()) == "10.0.0.2"
+    assert client_address("10.0.0.2", "1.2.3.4", ()) == "10.0.0.2"
+
+
+def test_each_kind_names_its_environ_key():
+    assert XFF.environ_key == "HTTP_X_FORWARDED_FOR"
+    assert FWD.environ_key == "HTTP_FORWARDED"
 
 
 def test_forwarded_for_values_in_order():

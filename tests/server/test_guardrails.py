@@ -111,8 +111,11 @@ def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(start_server):
     trusting = start_server(guarded_app(), trusted_proxies=["127.0.0.0/8"])
     assert who(trusting, "X-Forwarded-For: 198.51.100.7") == "198.51.100.7"
     assert who(trusting, "X-Forwarded-For: 6.6.6.6, 198.51.100.7") == "198.51.100.7"
-    assert who(trusting, 'Forwarded: for="[2001:db8::5]:4711"') == "2001:db8::5"
+    assert who(trusting, 'Forwarded: for="[2001:db8::5]:4711"') == "127.0.0.1"  # not the header read
     assert who(trusting) == "127.0.0.1"
+    rfc = start_server(guarded_app(), trusted_proxies=["127.0.0.0/8"], forwarded_header="forwarded")
+    assert who(rfc, 'Forwarded: for="[2001:db8::5]:4711"') == "2001:db8::5"
+    assert who(rfc, "X-Forwarded-For: 198.51.100.7") == "127.0.0.1"
     untrusting = start_server(guarded_app(), trusted_proxies=["10.0.0.0/8"])
     assert who(untrusting, "X-Forwarded-For: 198.51.100.7") == "127.0.0.1"  # we are not a trusted proxy
     plain = start_server(guarded_app())
@@ -131,6 +134,37 @@ def test_the_per_ip_cap_counts_the_forwarded_client(start_server):
         assert upgrade(server, extra="X-Forwarded-For: 198.51.100.3\r\n")[0] == 101  # another client
     finally:
         held.close()
+
+
+def test_a_client_cannot_escape_the_per_ip_cap_with_headers_of_its_own(start_server):
+    # Behind nginx's documented config the proxy appends the address it saw
+    # to X-Forwarded-For and passes any Forwarded header on as the client
+    # wrote it.  Before, syncws preferred Forwarded: 19 connections with a
+    # cap of 5, each with an address the client chose.
+    server = start_server(guarded_app(), trusted_proxies=["127.0.0.1"], max_connections_per_ip=5)
+    statuses = []
+    held = []
+    for n in range(12):
+        headers = [f"Forwarded: for=203.0.113.{n}", f"X-Forwarded-For: 6.6.6.{n}, 198.51.100.9"]
+        try:
+            held.append(
+                websocket.create_connection(server.url.replace("http", "ws") + "/_ws", timeout=5, header=headers)
+            )
+            statuses.append(101)
+        except websocket.WebSocketBadStatusException as exc:
+            statuses.append(exc.status_code)
+    try:
+        assert statuses == [101] * 5 + [429] * 7
+        held[0].send("who")
+        assert json.loads(held[0].recv())["address"] == "198.51.100.9"
+    finally:
+        for client in held:
+            client.close()
+
+
+def test_bad_forwarded_header_is_refused():
+    with pytest.raises(ConfigurationError, match="forwarded_header"):
+        serve(App(), port=0, background=True, forwarded_header="x-real-ip")
 
 
 def test_bad_trusted_proxies_are_refused():
