@@ -38,8 +38,9 @@ Deliver = Callable[[str | None, str, Outgoing, "str | None"], None]
 Interests = Callable[[], list[tuple[str | None, str]]]
 #: Every local presence entry: ``[(namespace, topic, id, info)]``.
 PresenceEntries = Callable[[], list[tuple[str, str, str, Any]]]
-#: ``after_deliveries(fn)``: run ``fn`` once every delivery handed over so far has been made.
-AfterDeliveries = Callable[[Callable[[], None]], None]
+#: ``after_deliveries(fn)``: run ``fn`` in the server's hub once every delivery handed over so
+#: far has been made; False when the server is not running (``fn`` will not run).
+AfterDeliveries = Callable[[Callable[[], None]], bool]
 
 
 class Broker:

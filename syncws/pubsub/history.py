@@ -71,6 +71,24 @@ def parse_offset(offset: object) -> tuple[int, int] | None:
     return int(epoch), int(seq)
 
 
+def check_since(since: object) -> str | None:
+    """``since`` as a subscribe or a history read takes it: an offset, or None to recover nothing.
+
+    Anything but a string or None raises :class:`TypeError` (an app passing a
+    client's JSON straight through, say).  A string that is not an offset
+    (too long, the wrong shape: a forged or garbled ``Last-Event-ID``) names
+    no position in any history, so it recovers nothing: it becomes None, and
+    the subscriber gets live publishes only and ``recovered=False``.  Checked
+    at the API's edge, so a bad value never reaches a store (a Redis read is
+    pipelined with other subscribers' reads).
+    """
+    if since is None:
+        return None
+    if not isinstance(since, str):
+        raise TypeError(f"since must be an offset (a str) or None, not {type(since).__name__}")
+    return since if parse_offset(since) is not None else None
+
+
 def is_after(offset: str | None, mark: tuple[int, int] | None) -> bool:
     """Whether a delivered publish comes after ``mark`` in the same history.
 

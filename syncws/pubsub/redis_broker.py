@@ -44,7 +44,7 @@ from typing import Any
 from gevent.monkey import get_original
 
 from ..base.errors import DependencyMissing
-from ..base.threads import RealLock, start_thread
+from ..base.threads import RealLock, ThreadLog, start_thread
 from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..protocol.payload import Outgoing, to_json
 from . import redis_scripts
@@ -130,6 +130,8 @@ class RedisBroker(Broker):
         #: announcement): publishes to every namespace then go out for both (redis_scripts).
         self.fleet_mixed = False
         self._fleet_warning = ""  # what was last logged about the other servers' settings
+        #: Every log line of this broker: its threads and its reads run outside the hub.
+        self._log = ThreadLog(log)
 
     # -- Broker interface ------------------------------------------------------
     def configure(
@@ -145,6 +147,7 @@ class RedisBroker(Broker):
         self.presence_ttl = presence_ttl
         self._presence_entries = presence_entries
         self._after_deliveries = after_deliveries
+        self._log.hand_off = after_deliveries
 
     @property
     def stores_history(self) -> bool:  # type: ignore[override]
@@ -220,7 +223,7 @@ class RedisBroker(Broker):
         try:
             target()
         except Exception:
-            log.exception("syncws: broker thread crashed")
+            self._log.exception("syncws: broker thread crashed")
         finally:
             done.release()
 
@@ -237,13 +240,13 @@ class RedisBroker(Broker):
         return 0 if self.history_ttl is None else max(1, int(self.history_ttl * 1000))
 
     def _report(self, error: BaseException, what: str) -> None:
-        log.warning("syncws: Redis broker %s failed: %s", what, error)
+        self._log.warning("syncws: Redis broker %s failed: %s", what, error)
         callback = self.on_broker_error
         if callback is not None:
             try:
                 callback(error)
             except Exception:
-                log.exception("syncws: on_broker_error raised")
+                self._log.exception("syncws: on_broker_error raised")
 
     def _next_batch(self, timeout: float | None) -> list[Any] | None:
         """Block for one relay item (at most ``timeout``), then take what else waits (see :func:`_batch`).
@@ -286,14 +289,14 @@ class RedisBroker(Broker):
                 continue
             for item, result in results:
                 if isinstance(result, Exception):
-                    log.warning("syncws: Redis refused a broker command: %s", result)
+                    self._log.warning("syncws: Redis refused a broker command: %s", result)
                     self._give_up([item])
                 elif item[0] in (_RELAY, _STORED):
                     self.relayed += 1
                 elif item[0] == _ANNOUNCE:
                     self._compare_settings(result)
             if self._relay_failed:
-                log.info("syncws: Redis broker relay is back")
+                self._log.info("syncws: Redis broker relay is back")
             self._relay_failed = False
             backoff = 0.1
         client.close()
@@ -378,7 +381,7 @@ class RedisBroker(Broker):
             return
         self._fleet_warning = warning
         if warning:
-            log.warning(
+            self._log.warning(
                 "syncws: servers sharing the Redis prefix %r disagree on history settings: this process has "
                 "history_size=%d history_ttl=%s, others have %s. Every subscriber still gets every publish, but "
                 "only servers with history store them: give every server the same --history-size/--history-ttl.",
@@ -388,7 +391,9 @@ class RedisBroker(Broker):
                 warning,
             )
         else:
-            log.info("syncws: every server sharing the Redis prefix %r has the same history settings now", self.prefix)
+            self._log.info(
+                "syncws: every server sharing the Redis prefix %r has the same history settings now", self.prefix
+            )
 
     def _give_up(self, batch: list[Any]) -> None:
         """Redis did not take these: relays are dropped (counted), stored publishes delivered locally."""
@@ -422,7 +427,7 @@ class RedisBroker(Broker):
                 self._outage = False
                 if reported:
                     self.reconnects += 1
-                    log.info("syncws: Redis broker subscriber reconnected")
+                    self._log.info("syncws: Redis broker subscriber reconnected")
                 reported = False
                 backoff = 0.1
                 self._listen(pubsub)
@@ -493,7 +498,7 @@ class RedisBroker(Broker):
         try:
             origin, namespace, topic, outgoing, exclude, audience = decode_envelope(data)
         except ValueError as exc:
-            log.warning("syncws: dropped a malformed relayed message: %s", exc)
+            self._log.warning("syncws: dropped a malformed relayed message: %s", exc)
             return
         if audience is not None and (audience == "h") != self.stores_history:
             return  # the copy for servers with (h) or without (p) history; this process takes the other
@@ -544,23 +549,36 @@ class RedisBroker(Broker):
         raise value
 
     def _read_loop(self) -> None:
-        errors = (self._redis_module.RedisError, OSError)
         client = self._client(socket_timeout=self.read_timeout)
         while True:
             batch = _batch(self._reads, self._reads.get())
             if batch is None:
                 break
-            try:
-                pipe = client.pipeline(transaction=False)
-                for name, args, _, _ in batch:
-                    self._script(client, name)(args=args, client=pipe)
-                results = [(not isinstance(r, Exception), r) for r in pipe.execute(raise_on_error=False)]
-            except errors as exc:
-                results = [(False, exc)] * len(batch)
+            results = self._run_reads(client, batch)
             for (_, _, box, release), result in zip(batch, results, strict=True):
                 box.append(result)
                 release()
         client.close()
+
+    def _run_reads(self, client: Any, batch: list[Any]) -> list[tuple[bool, Any]]:
+        """One pipelined round trip for the batch; ``(ok, result or error)`` per read.
+
+        An error that is not the connection's (an argument redis-py cannot
+        encode fails the whole pipeline before anything is sent) is one
+        caller's: each read is then run on its own, so a bad one fails alone.
+        """
+        redis = self._redis_module
+        try:
+            pipe = client.pipeline(transaction=False)
+            for name, args, _, _ in batch:
+                self._script(client, name)(args=args, client=pipe)
+            return [(not isinstance(r, Exception), r) for r in pipe.execute(raise_on_error=False)]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            return [(False, exc)] * len(batch)
+        except redis.RedisError as exc:
+            if len(batch) == 1:
+                return [(False, exc)]
+            return [self._run_reads(client, [read])[0] for read in batch]
 
     def read_history(
         self, namespace: str, topic: str, since: str | None, limit: int | None, *, recovering: bool = False
@@ -590,7 +608,7 @@ class RedisBroker(Broker):
         try:
             recovered, newest, entries = self._read("READ", args)
         except (self._redis_module.RedisError, OSError) as exc:
-            log.warning("syncws: reading a history from Redis failed: %s", exc)
+            self._log.warning("syncws: reading a history from Redis failed: %s", exc)
             with self._lock:
                 self._waiters.pop(marker, None)
             return None

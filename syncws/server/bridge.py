@@ -32,15 +32,19 @@ class HubBridge:
     def in_hub_thread(self) -> bool:
         return get_hub_if_exists() is self.hub
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the hub's thread: now if we are there, soon otherwise."""
+    def call(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in the hub's thread: now if we are there, soon otherwise.
+
+        False when the bridge is closed and ``fn`` will not run.
+        """
         if self.in_hub_thread():
             fn(*args)
-            return
+            return True
         if self._closed:
-            return
+            return False
         self._calls.append((fn, args))  # deque.append is atomic across threads
         self._watcher.send()
+        return True
 
     def _drain(self) -> None:
         # At most _DRAIN_BATCH calls per wake-up: threads that queue calls

@@ -23,7 +23,7 @@ from ..base.options import ServerOptions
 from ..base.threads import RealLock, use_threads
 from ..protocol.payload import Outgoing
 from ..pubsub.broker import Broker
-from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, is_after, parse_offset
+from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, check_since, is_after, parse_offset
 from ..pubsub.registry import ABSENT, Registry, Subscriber, check_topic, fan_out
 from .bridge import HubBridge
 from .keepalive import Keepalive
@@ -144,11 +144,10 @@ class Runtime:
         with self._slots_lock:
             self.counters.refuse(status)
 
-    def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the server's hub (any thread); a no-op once it has stopped."""
+    def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in the server's hub (any thread); a no-op (False) once it has stopped."""
         bridge = self.bridge
-        if bridge is not None:
-            bridge.call(fn, *args)
+        return bridge is not None and bridge.call(fn, *args)
 
     def require_bridge(self) -> HubBridge:
         bridge = self.bridge
@@ -206,9 +205,9 @@ class Runtime:
             stamped = history.append(space, topic, outgoing)
             self.counters.sent(fan_out(self.registry.subscribers(topic, space), stamped, exclude=exclude), size)
 
-    def _after(self, fn: Callable[[], None]) -> None:
+    def _after(self, fn: Callable[[], None]) -> bool:
         # FIFO through the hub: runs after every delivery handed over before it.
-        self.call_in_hub(fn)
+        return self.call_in_hub(fn)
 
     # -- history and presence ---------------------------------------------------------------
     def subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: Any = ABSENT) -> Recovery:
@@ -221,6 +220,7 @@ class Runtime:
         order (see :meth:`_subscribe_through_broker`).
         """
         check_topic(topic)
+        since = check_since(since)
         if self.history is not None:
             return self.in_hub(self._subscribe_in_memory, sub, topic, since, presence)  # type: ignore[no-any-return]
         if self.broker.stores_history:
@@ -252,10 +252,17 @@ class Runtime:
         delivered after the replay.  Redis unreachable: ``recovered`` False,
         nothing replayed, live delivery as without history.
         """
-        holder = _Holder(sub.namespace)
+        holder = _Holder(sub.namespace, max(_HOLD_AT_LEAST, self.options.history_size))
         self.registry.subscribe(holder, topic)
+        # A read waits at most read_timeout for the subscription's confirmation and
+        # about as long for the answer; this bounds the wait even if it hangs.
+        timeout = 2 * getattr(self.broker, "read_timeout", 3.0) + 2
         try:
-            reading = self.blocking(self.broker.read_history, sub.namespace, topic, since, None, recovering=True)
+            reading = self.blocking(
+                self.broker.read_history, sub.namespace, topic, since, None, recovering=True, timeout=timeout
+            )
+        except TimeoutError:
+            reading = None  # as when Redis cannot be read: live delivery, recovered=False
         except BaseException:
             self.registry.unsubscribe(holder, topic)
             raise
@@ -280,6 +287,8 @@ class Runtime:
             self.registry.subscribe(sub, topic, presence)
             self._replay(sub, entries)
             self._replay(sub, [held for held in holder.held if is_after(held.offset, mark)])
+            if holder.overflowed:
+                recovered = False  # live publishes past the bound were not kept for this subscriber
             return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
         finally:
             self.registry.unsubscribe(holder, topic)  # after the real subscribe: no interest churn
@@ -289,6 +298,7 @@ class Runtime:
     ) -> list[Outgoing]:
         """The stored publishes of (namespace, topic) after ``since``, the newest ``limit`` (any thread)."""
         check_topic(topic)
+        since = check_since(since)
         if limit == 0:
             return []
         if self.history is not None:
@@ -346,11 +356,20 @@ class Runtime:
             return value
         raise value
 
-    def blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run blocking I/O (a Redis read) without blocking the hub: in a thread from the hub thread."""
+    def blocking(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run blocking I/O (a Redis read) without blocking the hub: in a thread from the hub thread.
+
+        ``timeout``: from the hub, raise :class:`TimeoutError` when the thread
+        has not answered by then (what it runs must bound its own waits; this
+        is the backstop that keeps a caller from waiting for ever).
+        """
         bridge = self.bridge
         if bridge is not None and bridge.in_hub_thread():
-            return gevent.get_hub().threadpool.apply(lambda: fn(*args, **kwargs))
+            task = gevent.get_hub().threadpool.spawn(lambda: fn(*args, **kwargs))
+            try:
+                return task.get(timeout=timeout)
+            except gevent.Timeout:
+                raise TimeoutError("a blocking call did not return in time") from None
         return fn(*args, **kwargs)
 
     # -- views and hooks in threads ------------------------------------------------------------
@@ -393,18 +412,33 @@ class Runtime:
             pool.close()
 
 
+#: A recovery holds at least this many live publishes (else ``history_size``) while it reads.
+_HOLD_AT_LEAST = 1000
+
+
 class _Holder:
-    """Holds the live publishes of a topic while a subscriber's history is read."""
+    """Holds the live publishes of a topic while a subscriber's history is read.
 
-    __slots__ = ("held", "namespace")
+    At most ``limit``: a read that takes long while a topic is busy would
+    otherwise keep every publish meanwhile (180,000 of them, 74 MiB, when
+    reads hung).  Past it publishes are not kept and the recovery reports
+    ``recovered=False``, so the client knows to reload.
+    """
 
-    def __init__(self, namespace: str) -> None:
+    __slots__ = ("held", "limit", "namespace", "overflowed")
+
+    def __init__(self, namespace: str, limit: int) -> None:
         self.namespace = namespace
+        self.limit = limit
         self.held: list[Outgoing] = []
+        self.overflowed = False
 
     @property
     def id(self) -> str:
         return f"holder-{id(self)}"
 
     def deliver(self, outgoing: Outgoing) -> None:
-        self.held.append(outgoing)
+        if len(self.held) < self.limit:
+            self.held.append(outgoing)
+        else:
+            self.overflowed = True

@@ -54,7 +54,12 @@ def command(peer, message):
         if "sub" in request:
             kwargs = {k: request[k] for k in ("since", "presence") if k in request}
             recovery = peer.subscribe(request["sub"], **kwargs)
-            answer = {"subscribed": request["sub"], "recovered": recovery.recovered, "replayed": recovery.replayed}
+            answer = {
+                "subscribed": request["sub"],
+                "recovered": recovery.recovered,
+                "replayed": recovery.replayed,
+                "offset": recovery.offset,
+            }
         elif "unsub" in request:
             peer.unsubscribe(request["unsub"])
             answer = {"unsubscribed": request["unsub"]}
