@@ -593,6 +593,14 @@ OPTIONS: tuple[Option, ...] = (
         help="with the Redis broker, presence entries of a process that stopped without cleaning up vanish "
         "within this (each process refreshes its own every third of it)",
     ),
+    Option(
+        "max_presence_size",
+        Kind.SIZE,
+        4096,
+        nullable=True,
+        shown_default="4 KiB",
+        help="largest presence info (as JSON) a subscribe may show; over it: ConfigurationError in subscribe",
+    ),
     # Stopping
     Option(
         "shutdown_timeout",
@@ -819,6 +827,7 @@ class ServerOptions:
     history_size: int = 0
     history_ttl: float | None = None
     presence_ttl: float = 30.0
+    max_presence_size: int | None = 4096
     shutdown_timeout: float = 5.0
     threads: str = "auto"
     thread_pool_size: int = 20

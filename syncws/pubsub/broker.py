@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +37,9 @@ Deliver = Callable[[str | None, str, Outgoing, "str | None"], None]
 #: Every (namespace, topic) with local subscribers, plus (None, topic) per topic.
 Interests = Callable[[], list[tuple[str | None, str]]]
 #: Every local presence entry: ``[(namespace, topic, id, info)]``.
-PresenceEntries = Callable[[], list[tuple[str, str, str, Any]]]
+#: ``presence_entries()``: this process's presence entries, ``(namespace, topic, id, info JSON)``,
+#: in slices (see ``Registry.presence_slices``).
+PresenceEntries = Callable[[], Iterator[list[tuple[str, str, str, str]]]]
 #: ``after_deliveries(fn)``: run ``fn`` in the server's hub once every delivery handed over so
 #: far has been made; False when the server is not running (``fn`` will not run).
 AfterDeliveries = Callable[[Callable[[], None]], bool]
@@ -104,7 +106,7 @@ class Broker:
         raise NotImplementedError
 
     def presence_changed(self, namespace: str, topic: str, entry_id: str, info: Any) -> None:
-        """A local presence entry appeared (``info``) or went (``registry.ABSENT``); never blocks."""
+        """A local presence entry appeared (``info``, JSON text) or went (``registry.ABSENT``); never blocks."""
 
     def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
         """Every process's presence of ``topic`` (``shares_presence`` brokers only; blocking)."""

@@ -46,7 +46,7 @@ from gevent.monkey import get_original
 from ..base.errors import DependencyMissing
 from ..base.threads import RealLock, ThreadLog, start_thread
 from ..protocol.frames import OP_BINARY, OP_TEXT
-from ..protocol.payload import Outgoing, to_json
+from ..protocol.payload import Outgoing
 from . import redis_scripts
 from .broker import (
     AfterDeliveries,
@@ -115,6 +115,9 @@ class RedisBroker(Broker):
         self._channels: dict[str, int] = {}  # channel -> 1 while there is local interest
         self._commands: deque[Any] = deque()  # (subscribe?, channel) for the subscriber thread
         self._outbox = _SimpleQueue()
+        #: (namespace, topic, entry id) -> info JSON, or None for a removal; sent by the relay thread.
+        self._presence_pending: dict[tuple[str, str, str], str | None] = {}
+        self.presence_dropped = 0  # presence changes not sent because too many were waiting
         self._running = False
         self._stopped = RealLock()  # held until stop(): a backoff wait that stop() cuts short
         self._stopped.acquire()
@@ -201,8 +204,27 @@ class RedisBroker(Broker):
             deliver(namespace, topic, outgoing, exclude_id)
 
     def presence_changed(self, namespace: str, topic: str, entry_id: str, info: Any) -> None:
-        if self._running:
-            self._outbox.put((_PRESENCE, namespace, topic, entry_id, None if info is ABSENT else to_json(info)))
+        """Coalesced per entry: only an entry's last state is sent, on the relay's next round trip.
+
+        Publishes and presence changes never share a bound: a client that
+        subscribes and unsubscribes in a loop used to fill the relay queue
+        (186,000 items) and make it drop publishes.  At most ``max_pending``
+        entries wait; past that a change to a new entry is dropped (counted in
+        ``presence_dropped``): an addition comes back with the next refresh
+        (every ``presence_ttl / 3``), a removal expires after ``presence_ttl``.
+        """
+        if not self._running:
+            return
+        key = (namespace, topic, entry_id)
+        with self._lock:
+            pending = self._presence_pending
+            if key not in pending and len(pending) >= self.max_pending:
+                self.presence_dropped += 1
+                return
+            wake = not pending
+            pending[key] = None if info is ABSENT else info
+        if wake:
+            self._outbox.put((_PRESENCE,))
 
     def interest(self, namespace: str | None, topic: str, present: bool) -> None:
         channel = channel_name(self.prefix, namespace, topic)
@@ -334,27 +356,38 @@ class RedisBroker(Broker):
                 )
                 self._script(client, "PUBLISH")(args=args, client=pipe)
             elif kind == _PRESENCE:
-                _, namespace, topic, entry_id, info = item
-                if info is None:
-                    self._script(client, "PRESENCE_REMOVE")(args=[prefix, namespace, topic, entry_id], client=pipe)
-                else:
-                    args = [prefix, int(self.presence_ttl * 1000), namespace, topic, entry_id, info]
-                    self._script(client, "PRESENCE_ADD")(args=args, client=pipe)
+                with self._lock:
+                    changes, self._presence_pending = self._presence_pending, {}
+                self._send_presence(pipe, changes)
+                owners[-1:] = [None] * (len(pipe.command_stack) - queued)
             else:  # _ANNOUNCE
                 args = [prefix, self.origin, int(self.presence_ttl * 1000), self.history_size, self._ttl_ms()]
                 self._script(client, "ANNOUNCE")(args=args, client=pipe)
         results = pipe.execute(raise_on_error=False)
         return [(item, result) for item, result in zip(owners, results, strict=True) if item is not None]
 
-    def _refresh_presence(self, pipe: Any) -> None:
-        entries = self._presence_entries() if self._presence_entries is not None else []
+    def _send_presence(self, pipe: Any, changes: dict[tuple[str, str, str], str | None]) -> None:
+        additions: list[Any] = []
+        remove = self._script(pipe, "PRESENCE_REMOVE")
+        for (namespace, topic, entry_id), info in changes.items():
+            if info is None:
+                remove(args=[self.prefix, namespace, topic, entry_id], client=pipe)
+            else:
+                additions += [namespace, topic, entry_id, info]
+        self._add_presence(pipe, additions)
+
+    def _add_presence(self, pipe: Any, flat: list[Any]) -> None:
+        """PRESENCE_ADD for ``flat`` (namespace, topic, id, info, ...), 500 entries per script call."""
         script = self._script(pipe, "PRESENCE_ADD")
         ttl = int(self.presence_ttl * 1000)
-        for start in range(0, len(entries), 500):
-            args: list[Any] = [self.prefix, ttl]
-            for namespace, topic, entry_id, info in entries[start : start + 500]:
-                args += [namespace, topic, entry_id, to_json(info)]
-            script(args=args, client=pipe)
+        for start in range(0, len(flat), 2000):
+            script(args=[self.prefix, ttl, *flat[start : start + 2000]], client=pipe)
+
+    def _refresh_presence(self, pipe: Any) -> None:
+        if self._presence_entries is None:
+            return
+        for entries in self._presence_entries():
+            self._add_presence(pipe, [value for entry in entries for value in entry])
 
     def _compare_settings(self, values: list[Any]) -> None:
         """Log (once per change) when the live servers of this prefix disagree on history settings.

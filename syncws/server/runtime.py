@@ -18,13 +18,13 @@ from typing import Any
 
 import gevent
 
-from ..base.errors import BrokerError, ServerNotRunning
+from ..base.errors import BrokerError, ConfigurationError, ServerNotRunning
 from ..base.options import ServerOptions
 from ..base.threads import RealLock, use_threads
-from ..protocol.payload import Outgoing
+from ..protocol.payload import Outgoing, to_json
 from ..pubsub.broker import Broker
 from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, check_since, is_after, parse_offset
-from ..pubsub.registry import ABSENT, Registry, Subscriber, check_topic, fan_out
+from ..pubsub.registry import ABSENT, PresenceInfo, Registry, Subscriber, check_topic, fan_out
 from .bridge import HubBridge
 from .keepalive import Keepalive
 from .outbox import Flusher
@@ -84,7 +84,7 @@ class Runtime:
         #: This process's history, when history is on and the broker keeps none.
         self.history: MemoryHistory | None = None
         broker.configure(
-            options.history_size, options.history_ttl, options.presence_ttl, self.registry.presence_entries, self._after
+            options.history_size, options.history_ttl, options.presence_ttl, self.registry.presence_slices, self._after
         )
         if options.history_size and not broker.stores_history:
             self.history = MemoryHistory(options.history_size, options.history_ttl)
@@ -221,12 +221,30 @@ class Runtime:
         """
         check_topic(topic)
         since = check_since(since)
+        presence = self.check_presence(presence)
         if self.history is not None:
             return self.in_hub(self._subscribe_in_memory, sub, topic, since, presence)  # type: ignore[no-any-return]
         if self.broker.stores_history:
             return self._subscribe_through_broker(sub, topic, since, presence)
         self.registry.subscribe(sub, topic, presence)
         return NOT_RECOVERED
+
+    def check_presence(self, info: Any) -> Any:
+        """``info`` as a :class:`PresenceInfo` (ABSENT stays ABSENT); its JSON within ``max_presence_size``.
+
+        Checked where the app calls, so it gets the error: a value that is not
+        JSON-able raises TypeError, a large one :class:`ConfigurationError`
+        (one peer could otherwise store 50 infos of 900 KB on every refresh).
+        """
+        if info is ABSENT or isinstance(info, PresenceInfo):
+            return info
+        text = to_json(info)
+        limit = self.options.max_presence_size
+        if limit is not None and len(text) > limit // 4:  # else even 4-byte characters fit
+            size = len(text.encode("utf-8"))
+            if size > limit:
+                raise ConfigurationError(f"presence info is {size} bytes of JSON, over max_presence_size ({limit})")
+        return PresenceInfo(info, text)
 
     def _subscribe_in_memory(self, sub: Subscriber, topic: str, since: str | None, presence: Any) -> Recovery:
         assert self.history is not None

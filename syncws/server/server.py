@@ -266,7 +266,7 @@ class Server:
                 "reconnects": getattr(broker, "reconnects", 0),
             },
             "history": {"size": runtime.options.history_size, "in_redis": broker.stores_history, **history},
-            "presence": {"local_entries": len(runtime.registry.presence_entries())},
+            "presence": {"local_entries": runtime.registry.presence_count()},
             "threads": runtime.thread_stats(),
         }
 

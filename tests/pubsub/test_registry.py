@@ -398,3 +398,48 @@ def test_subscribe_rejects_bad_topics(start_server):
         assert results.get(timeout=5) in ("ConfigurationError", "TypeError")  # ConfigurationError is a ValueError
     assert server.registry.counts()["topics"] == 0
     client.close()
+
+
+# -- presence bookkeeping ------------------------------------------------------------------
+
+
+def test_presence_is_counted_without_walking_and_its_info_is_bounded(start_server):
+    answers: queue.Queue = queue.Queue()
+
+    def message(peer, message):
+        request = message.json()
+        try:
+            if "sub" in request:
+                info = request.get("info")
+                peer.subscribe(request["sub"], presence={1, 2} if info == "a set" else info)
+            else:
+                peer.unsubscribe(request["unsub"])
+            answers.put("ok")
+        except Exception as exc:
+            answers.put(f"{type(exc).__name__}: {exc}")
+
+    app = App()
+    app.get("/_ws", define_websocket_handler(message=message))
+    server = start_server(app, max_presence_size=1000)
+    client = connect(server, "/_ws")
+
+    def ask(**request) -> str:
+        client.send(json.dumps(request))
+        return answers.get(timeout=5)
+
+    def count() -> int:
+        return server.stats()["presence"]["local_entries"]
+
+    for i in range(5):
+        assert ask(sub=f"t{i}", info={"i": i}) == "ok"
+    assert ask(sub="t0", info={"again": True}) == "ok"  # the same entry, new info
+    assert count() == 5 and server.presence("t0") == [{"id": server.presence("t0")[0]["id"], "info": {"again": True}}]
+    assert ask(unsub="t1") == "ok" and count() == 4
+    assert ask(sub="big", info="x" * 998) == "ok"  # 1,000 bytes of JSON with its quotes
+    assert ask(sub="bigger", info="x" * 999).startswith("ConfigurationError: presence info is 1001 bytes")
+    assert ask(sub="wide", info="é" * 499) == "ok"  # 1,000 bytes: counted in UTF-8, not in characters
+    assert ask(sub="wider", info="é" * 500).startswith("ConfigurationError: presence info is 1002 bytes")
+    assert ask(sub="odd", info="a set").startswith("TypeError")  # not JSON-able: said where the app called
+    assert server.presence("bigger") == [] and count() == 6  # t0, t2-t4, big, wide
+    client.close()
+    assert wait_until(lambda: count() == 0)

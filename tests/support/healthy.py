@@ -60,6 +60,10 @@ def command(peer, message):
                 "replayed": recovery.replayed,
                 "offset": recovery.offset,
             }
+        elif "subs" in request:  # many topics at once
+            for topic in request["subs"]:
+                peer.subscribe(topic, presence=request.get("presence"))
+            answer = {"subscribed": len(request["subs"])}
         elif "unsub" in request:
             peer.unsubscribe(request["unsub"])
             answer = {"unsubscribed": request["unsub"]}
