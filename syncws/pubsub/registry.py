@@ -37,6 +37,7 @@ class PresenceInfo(NamedTuple):
     info: Any
     text: str
 
+
 #: Told when a presence entry appears (its info as JSON text) or goes (``ABSENT``):
 #: ``(namespace, topic, id, info)``; runs under the registry's lock.
 PresenceListener = Callable[[str, str, str, Any], None]
