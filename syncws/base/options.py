@@ -586,6 +586,15 @@ OPTIONS: tuple[Option, ...] = (
         help="drop stored publishes older than this; on Redis, a topic with no publish for this long loses its stream",
     ),
     Option(
+        "history_max_topics",
+        Kind.COUNT,
+        10_000,
+        nullable=True,
+        shown_default="10000",
+        help="in-memory history: most (namespace, topic) histories kept; a new one past it forgets the one "
+        "published to least recently (topic names may come from clients); on Redis, history_ttl bounds them",
+    ),
+    Option(
         "presence_ttl",
         Kind.SECONDS,
         30.0,
@@ -826,6 +835,7 @@ class ServerOptions:
     rate_limit_policy: str = "close"
     history_size: int = 0
     history_ttl: float | None = None
+    history_max_topics: int | None = 10_000
     presence_ttl: float = 30.0
     max_presence_size: int | None = 4096
     shutdown_timeout: float = 5.0

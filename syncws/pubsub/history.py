@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 from ..protocol.payload import Outgoing
 
-#: How often (seconds) a history with an age limit looks for topics whose every entry expired.
-_SWEEP_EVERY = 10.0
+#: Expired histories forgotten per publish at most (they are found in O(1) each).
+_SWEEP_SLICE = 100
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,13 @@ def is_after(offset: str | None, mark: tuple[int, int] | None) -> bool:
 
 
 class _Entry:
-    __slots__ = ("is_json", "opcode", "payload", "seq", "stored_at")
+    """One stored publish: the message as every replay sends it, and when it was stored."""
 
-    def __init__(self, seq: int, stored_at: float, outgoing: Outgoing) -> None:
-        self.seq = seq
+    __slots__ = ("outgoing", "stored_at")
+
+    def __init__(self, stored_at: float, outgoing: Outgoing) -> None:
         self.stored_at = stored_at
-        self.opcode = outgoing.opcode
-        self.payload = outgoing.payload
-        self.is_json = outgoing.is_json
+        self.outgoing = outgoing
 
 
 class _TopicHistory:
@@ -118,6 +118,7 @@ class _TopicHistory:
     def __init__(self, size: int) -> None:
         self.epoch = new_epoch()
         self.last = 0  # seq of the newest publish ever stored; 0: none yet
+        # Consecutive seqs: entries[i] is publish last - len(entries) + 1 + i.
         self.entries: deque[_Entry] = deque(maxlen=size)
         self.touched = 0.0
 
@@ -126,34 +127,65 @@ class MemoryHistory:
     """The newest ``size`` publishes of each (namespace, topic), kept in this process.
 
     Memory per stored publish: its payload plus about 150 bytes (measured in
-    docs/delivery.md).  With ``ttl`` set, publishes older than ``ttl`` are
-    dropped, and a topic whose publishes all expired is forgotten entirely
-    (its epoch too: an offset from before reports ``recovered=False``).
+    docs/delivery.md); a publish that has been replayed also keeps the
+    frames built for it (about its size again per wire form), so the next
+    replay does not build or compress them again.  With ``ttl`` set,
+    publishes older than ``ttl`` are dropped, and a topic whose publishes
+    all expired is forgotten entirely (its epoch too: an offset from before
+    reports ``recovered=False``).
+
+    At most ``max_topics`` histories are kept: a new one past that forgets
+    the one published to least recently (histories are kept in that
+    order, so finding it costs nothing), because topic names may come from
+    clients.  Expired histories are forgotten from the same end, at most
+    ``_SWEEP_SLICE`` per publish, so no sweep walks them all at once.
     """
 
-    def __init__(self, size: int, ttl: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        size: int,
+        ttl: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_topics: int | None = None,
+    ) -> None:
         self.size = size
         self.ttl = ttl
+        self.max_topics = max_topics
         self._clock = clock
-        self._histories: dict[tuple[str, str], _TopicHistory] = {}
+        # Least recently published first: the end that expires and is evicted.
+        self._histories: OrderedDict[tuple[str, str], _TopicHistory] = OrderedDict()
         self._namespaces: dict[str, set[str]] = {}  # topic -> namespaces with a history of it
-        self._swept = clock()
+        self._entries = 0  # stored publishes in every history: counted, never summed
+        self.evicted = 0  # histories forgotten because there were max_topics
 
     # -- writing ---------------------------------------------------------------------
     def append(self, namespace: str, topic: str, outgoing: Outgoing) -> Outgoing:
         """Store a publish; return the copy stamped with its offset, for delivery."""
         now = self._clock()
-        if self.ttl is not None and now - self._swept > max(self.ttl, _SWEEP_EVERY):
+        if self.ttl is not None:
             self._sweep(now)
         key = (namespace, topic)
         history = self._histories.get(key)
         if history is None:
+            if self.max_topics is not None and len(self._histories) >= self.max_topics:
+                self._forget(next(iter(self._histories)))
+                self.evicted += 1
             history = self._histories[key] = _TopicHistory(self.size)
             self._namespaces.setdefault(topic, set()).add(namespace)
+        else:
+            self._histories.move_to_end(key)
         history.last += 1
         history.touched = now
-        history.entries.append(_Entry(history.last, now, outgoing))
-        return outgoing.stamped(topic, format_offset(history.epoch, history.last))
+        offset = format_offset(history.epoch, history.last)
+        # Its own copy, not the live one: the frames a live fan-out builds are
+        # not kept for as long as the history keeps the publish.
+        stored = Outgoing.from_payload(outgoing.opcode, outgoing.payload, outgoing.compress, is_json=outgoing.is_json)
+        stored.topic, stored.offset = topic, offset
+        entries = history.entries
+        if len(entries) < self.size:
+            self._entries += 1
+        entries.append(_Entry(now, stored))
+        return outgoing.stamped(topic, offset)
 
     def namespaces(self, topic: str) -> frozenset[str]:
         """The namespaces that hold a history of ``topic``."""
@@ -166,30 +198,29 @@ class MemoryHistory:
         """``(publishes after since, recovered, newest offset)``.
 
         Without ``since`` every stored publish is returned and ``recovered``
-        is False.  ``limit`` keeps the newest.
+        is False.  ``limit`` keeps the newest.  The publishes are the stored
+        objects themselves, shared by every reader (treat them as read-only):
+        a replay to many subscribers frames and compresses each once.  Costs
+        the number returned, not the number stored.
         """
         history = self._histories.get((namespace, topic))
         if history is None:
             return [], False, None
         self._expire(history, self._clock())
-        entries = list(history.entries)
+        entries = history.entries
+        first = history.last - len(entries) + 1  # seq of entries[0]
+        take = len(entries)
         mark = parse_offset(since) if since is not None else None
         recovered = False
         if mark is not None and mark[0] == history.epoch and mark[1] <= history.last:
-            first = entries[0].seq if entries else history.last + 1
             recovered = first <= mark[1] + 1  # nothing between since and the oldest kept was dropped
             if recovered:
-                entries = [entry for entry in entries if entry.seq > mark[1]]
+                take = history.last - mark[1]
         if limit is not None:
-            entries = entries[-limit:] if limit else []
-        stamped = [self._stamp(history, topic, entry) for entry in entries]
-        return stamped, recovered, format_offset(history.epoch, history.last) if history.last else None
-
-    @staticmethod
-    def _stamp(history: _TopicHistory, topic: str, entry: _Entry) -> Outgoing:
-        outgoing = Outgoing.from_payload(entry.opcode, entry.payload, is_json=entry.is_json)
-        outgoing.topic, outgoing.offset = topic, format_offset(history.epoch, entry.seq)
-        return outgoing
+            take = min(take, limit)
+        found = [entry.outgoing for entry in islice(reversed(entries), take)]
+        found.reverse()
+        return found, recovered, format_offset(history.epoch, history.last) if history.last else None
 
     # -- expiry ----------------------------------------------------------------------
     def _expire(self, history: _TopicHistory, now: float) -> None:
@@ -198,18 +229,28 @@ class MemoryHistory:
         entries, oldest = history.entries, now - self.ttl
         while entries and entries[0].stored_at < oldest:
             entries.popleft()
+            self._entries -= 1
 
     def _sweep(self, now: float) -> None:
-        """Forget histories whose newest publish expired (ttl set): topics are not kept forever."""
-        self._swept = now
+        """Forget histories whose newest publish expired (ttl set), oldest first, a slice at a time."""
         assert self.ttl is not None
-        for key in [key for key, h in self._histories.items() if now - h.touched > self.ttl]:
-            del self._histories[key]
-            namespace, topic = key
-            spaces = self._namespaces[topic]
-            spaces.discard(namespace)
-            if not spaces:
-                del self._namespaces[topic]
+        histories, oldest = self._histories, now - self.ttl
+        for _ in range(_SWEEP_SLICE):
+            if not histories:
+                return
+            key = next(iter(histories))
+            if histories[key].touched >= oldest:
+                return
+            self._forget(key)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        history = self._histories.pop(key)
+        self._entries -= len(history.entries)
+        namespace, topic = key
+        spaces = self._namespaces[topic]
+        spaces.discard(namespace)
+        if not spaces:
+            del self._namespaces[topic]
 
     def counts(self) -> dict[str, int]:
-        return {"histories": len(self._histories), "entries": sum(len(h.entries) for h in self._histories.values())}
+        return {"histories": len(self._histories), "entries": self._entries}

@@ -87,7 +87,9 @@ class Runtime:
             options.history_size, options.history_ttl, options.presence_ttl, self.registry.presence_slices, self._after
         )
         if options.history_size and not broker.stores_history:
-            self.history = MemoryHistory(options.history_size, options.history_ttl)
+            self.history = MemoryHistory(
+                options.history_size, options.history_ttl, max_topics=options.history_max_topics
+            )
         if broker.shares_presence:
             self.registry.on_presence = broker.presence_changed
         #: The public object that owns this runtime (``peer.server``).
@@ -248,9 +250,8 @@ class Runtime:
 
     def _subscribe_in_memory(self, sub: Subscriber, topic: str, since: str | None, presence: Any) -> Recovery:
         assert self.history is not None
-        entries, recovered, newest = self.history.read(sub.namespace, topic, since)
-        if since is None:
-            entries = []
+        # Without since nothing is replayed: read the newest offset only.
+        entries, recovered, newest = self.history.read(sub.namespace, topic, since, None if since else 0)
         self.registry.subscribe(sub, topic, presence)
         self._replay(sub, entries)
         return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)

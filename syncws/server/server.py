@@ -240,7 +240,12 @@ class Server:
             entry["sse"] += 1
         broker = runtime.broker
         live_drops = sum(session.outbox.dropped for session in runtime.sessions if session.outbox.policy == "drop")
-        history = runtime.history.counts() if runtime.history is not None else {"histories": 0, "entries": 0}
+        memory = runtime.history
+        history = (
+            {**memory.counts(), "evicted": memory.evicted}
+            if memory is not None
+            else {"histories": 0, "entries": 0, "evicted": 0}
+        )
         return {
             "connections": {
                 "websocket": len(runtime.sessions),

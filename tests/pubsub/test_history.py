@@ -141,3 +141,41 @@ def test_namespaces_lists_where_a_topic_has_a_history():
 )
 def test_is_after(offset, mark, after):
     assert is_after(offset, mark) is after
+
+
+def test_past_max_topics_the_least_recently_published_history_is_forgotten():
+    history = MemoryHistory(10, max_topics=3)
+    first = fill(history, 2, topic="a")
+    fill(history, 1, topic="b")
+    fill(history, 1, topic="c")
+    fill(history, 1, topic="a")  # "a" is the most recent now, "b" the least
+    fill(history, 1, topic="d")
+    assert history.read("/", "b") == ([], False, None)
+    assert history.namespaces("b") == frozenset()
+    entries, recovered, _ = history.read("/", "a", first[0])
+    assert recovered and len(entries) == 2
+    assert history.counts() == {"histories": 3, "entries": 5} and history.evicted == 1
+
+
+def test_the_sweep_forgets_expired_histories_a_slice_per_publish():
+    clock = Clock()
+    history = MemoryHistory(10, ttl=5, clock=clock)
+    for n in range(250):
+        history.append("/", f"t{n}", Outgoing("x"))
+    clock.now += 10
+    history.append("/", "fresh", Outgoing("y"))  # 100 expired histories at most per publish
+    assert history.counts() == {"histories": 151, "entries": 151}
+    history.append("/", "fresh", Outgoing("y"))
+    history.append("/", "fresh", Outgoing("y"))
+    assert history.counts() == {"histories": 1, "entries": 3}
+
+
+def test_reads_share_the_stored_publishes_and_cost_what_they_return():
+    history = MemoryHistory(1000)
+    offsets = fill(history, 1000)
+    first, _, _ = history.read("/", "t", offsets[-3])
+    again, _, _ = history.read("/", "t", offsets[-3])
+    assert [e.offset for e in first] == offsets[-2:]
+    assert all(a is b for a, b in zip(first, again, strict=True))  # one object: framed and compressed once
+    assert history.read("/", "t", limit=0) == ([], False, offsets[-1])
+    assert [e.offset for e in history.read("/", "t", limit=2)[0]] == offsets[-2:]

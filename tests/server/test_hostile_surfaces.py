@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 import websocket
+from websockets.sync.client import connect as websockets_connect
 
 from ..support import HealthyPeer, RedisServer, free_port, http_exchange, parse_response, upgrade_request, ws_of
 
@@ -257,3 +258,72 @@ def test_presence_at_scale_is_refreshed_and_counted_without_stalls(echo_process,
     healthy.check()
     assert scrapes and set(scrapes) == {200_000}
     crowd.close()
+
+
+# -- 7, 8. history -------------------------------------------------------------------------
+
+
+def metric(address: str, name: str) -> float:
+    text = requests.get(f"http://{address}/metrics", timeout=10).text
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def test_client_chosen_topics_cannot_grow_the_history_without_bound(echo_process):
+    # One client publishing to new topics made 800,000 histories in 20 s
+    # (+786 MiB), and the sweep walked them all at once (0.3-0.55 s stalls).
+    metrics = f"127.0.0.1:{free_port()}"
+    url = echo_process(
+        "--history-size", "10", "--history-ttl", "5", "--history-max-topics", "5000", "--metrics", metrics
+    )
+    sent = []
+
+    def attack() -> None:
+        client = Commands(url)
+        for n in range(2000):
+            client.ws.send(json.dumps({"pub": f"topic-{threading.get_ident()}-{len(sent)}-{n}", "data": n}))
+        for _ in range(2000):
+            client.ws.recv()
+        sent.append(2000)
+        client.close()
+
+    with HealthyPeer(ws_of(url)) as healthy:
+        hammer(attack, threads=2, seconds=4)
+    healthy.check()
+    assert sum(sent) > 5000  # more topics than the bound
+    assert metric(metrics, "syncws_history_entries") == 5000  # one publish per topic, 5,000 topics kept
+
+
+def test_replays_are_framed_and_compressed_once_for_every_subscriber(echo_process):
+    # Every read copied and re-stamped the whole history, and each replayed
+    # entry was compressed again per subscriber: 16 peers re-subscribing
+    # gave the healthy peer 279-336 ms.
+    url = echo_process("--history-size", "1000", "--compression", "deflate")
+    publisher = Commands(url)
+    oldest = None
+    for n in range(1000):
+        publisher.ask(pub="big", data=f"entry {n} " + "lorem ipsum dolor sit amet " * 40)
+    client = Commands(url)
+    oldest = client.ask(sub="big")["offset"]  # the newest: resume from one a thousand back
+    epoch, seq = oldest.split("-")
+    oldest = f"{epoch}-{int(seq) - 999}"
+    client.close()
+    replays: list[int] = []
+
+    def attack() -> None:
+        with websockets_connect(url.replace("http://", "ws://", 1) + "/commands", compression="deflate") as ws:
+            for _ in range(5):
+                ws.send(json.dumps({"sub": "big", "since": oldest}))
+                received = 0
+                while not (text := ws.recv()).startswith("{"):
+                    received += 1
+                answer = json.loads(text)
+                assert answer["recovered"] and answer["replayed"] == received == 999
+                replays.append(received)
+                ws.send(json.dumps({"unsub": "big"}))
+                assert json.loads(ws.recv()) == {"unsubscribed": "big"}
+
+    with HealthyPeer(ws_of(url)) as healthy:
+        hammer(attack, threads=16, seconds=3)
+    healthy.check()
+    assert len(replays) >= 16
+    publisher.close()
