@@ -300,6 +300,9 @@ class FrameParser:
     def __init__(self, max_message_size: int | None, inflater: Inflater | None = None) -> None:
         self.max_message_size = max_message_size
         self.inflater = inflater  # permessage-deflate was agreed: RSV1 marks a compressed message
+        #: Bytes produced by inflating so far: the work a small compressed frame
+        #: causes, which its wire size does not show (the I/O layer's fairness counts it).
+        self.inflated = 0
         self._compressed = False  # the message being assembled is compressed
         self._buf = bytearray()
         self._pos = 0
@@ -513,6 +516,7 @@ class FrameParser:
         if self._compressed:
             assert self.inflater is not None  # RSV1 is refused without one
             data = self.inflater.inflate(data, self._fin and done, self.max_message_size)
+            self.inflated += len(data)
         if self._text:
             self._check_utf8(data, self._fin and done)
         if not done:

@@ -48,7 +48,7 @@ log = logging.getLogger("syncws")
 _EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
 _READ_SIZE = 64 * 1024  # one socket read takes up to this much
 _READY_STATES = {State.OPEN: 1, State.LOCAL_CLOSING: 2, State.REMOTE_CLOSING: 2, State.CLOSED: 3}
-_FAIR_BUDGET = 16  # units of work (a frame, a read, 4 KiB read) between fairness checks
+_FAIR_BUDGET = 16  # units of work (a frame, a read, 4 KiB read or inflated) between fairness checks
 _FAIR_SLICE = 0.002  # seconds one connection may hold the hub before it yields
 _YIELD = 0.0001  # a timer, not sleep(0): gevent runs callbacks 50 at a time before it checks the clock
 _MAX_QUEUED_PONGS = 16  # then only the most recent ping is answered (RFC 6455 §5.5.3)
@@ -229,6 +229,8 @@ class Session:
         seen = loop.iteration
         since = perf_counter()
         budget = _FAIR_BUDGET
+        parser = connection.parser
+        inflated = parser.inflated
         while True:
             if budget <= 0:
                 budget = _FAIR_BUDGET
@@ -239,6 +241,9 @@ class Session:
                     seen, since = loop.iteration, perf_counter()
             budget -= 1
             event = next_event()
+            if parser.inflated != inflated:  # inflating costs by its output, like a read by its size
+                budget -= (parser.inflated - inflated) >> 12
+                inflated = parser.inflated
             if event is None:
                 if not connection.needs_data:
                     continue  # a fragment, or data after our close: count it, go on

@@ -257,6 +257,16 @@ def test_the_limit_applies_to_the_inflated_size():
     assert parse_all(deflating_parser(limit=5000), rsv1_frame(OP_BINARY, data)) == [Frame(True, OP_BINARY, b"a" * 5000)]
 
 
+def test_the_parser_counts_what_it_inflates():
+    data = client_message(client_compressor(), b"a" * 5000)
+    parser = deflating_parser(limit=None)
+    assert (
+        parse_all(parser, rsv1_frame(OP_BINARY, data) + rsv1_frame(OP_BINARY, data))
+        == [Frame(True, OP_BINARY, b"a" * 5000)] * 2
+    )
+    assert parser.inflated == 10_000  # the work, where the wire shows under 200 bytes
+
+
 def test_inflated_text_must_be_utf8():
     data = client_message(client_compressor(), b"ok \xff not utf-8")
     assert violation(deflating_parser(), rsv1_frame(OP_TEXT, data)) == 1007

@@ -13,13 +13,25 @@ import re
 import socket
 import threading
 import time
+import zlib
 
 import pytest
 import requests
 import websocket
 from websockets.sync.client import connect as websockets_connect
 
-from ..support import HealthyPeer, RedisServer, free_port, http_exchange, parse_response, upgrade_request, ws_of
+from syncws.protocol import OP_BINARY, OP_TEXT, encode_frame
+
+from ..support import (
+    HealthyPeer,
+    RawClient,
+    RedisServer,
+    free_port,
+    http_exchange,
+    parse_response,
+    upgrade_request,
+    ws_of,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -327,3 +339,43 @@ def test_replays_are_framed_and_compressed_once_for_every_subscriber(echo_proces
     healthy.check()
     assert len(replays) >= 16
     publisher.close()
+
+
+# -- 9. inflating --------------------------------------------------------------------------
+
+
+def test_inflating_counts_toward_fairness_by_its_output(echo_process):
+    # 989-byte frames that each inflate to 1 MB (within the limit): the
+    # fairness budget counted wire bytes, so 8 such clients gave the healthy
+    # peer 432-471 ms (the same data uncompressed: 30-94 ms).
+    url = echo_process("--compression", "deflate")
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = compressor.compress(bytes(1_000_000)) + compressor.flush(zlib.Z_SYNC_FLUSH)[:-4]
+    assert len(payload) < 1200
+    frame = encode_frame(OP_BINARY, payload, mask=b"\x01\x02\x03\x04", rsv1=True)
+    offer = "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n"
+    answered: list[int] = []
+
+    def attack() -> None:
+        with RawClient(_Server(url), extra=offer, timeout=30) as raw:
+            sent = 0
+
+            def send() -> None:
+                nonlocal sent
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and sent < 160:  # 160 MB to inflate per client
+                    raw.sock.sendall(frame * 8)
+                    sent += 8
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            received = 0
+            while sender.is_alive() or received < sent:
+                assert raw.read_frame() == (OP_TEXT, b"1000000")  # each inflated whole
+                received += 1
+            answered.append(received)
+
+    with HealthyPeer(ws_of(url)) as healthy:
+        hammer(attack, threads=8, seconds=0.1)  # one 3-second attack per thread
+    healthy.check()
+    assert len(answered) == 8 and min(answered) > 0
