@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any
 
+import gevent
 from gevent.pywsgi import WSGIServer
 from gevent.socket import socket as GeventSocket
 
@@ -134,13 +135,28 @@ class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untype
         fails the handshake (plain HTTP on the TLS port, a stalled or bad
         TLS client) is closed without an answer; it is logged at debug level.
         """
-        client_socket.settimeout(self.syncws_runtime.options.handshake_timeout)
+        limit = self.syncws_runtime.options.handshake_timeout
+        client_socket.settimeout(limit)
+        # The socket timeout bounds each read; this bounds the whole handshake
+        # (a ClientHello trickled a byte a second stayed open for ever).
         try:
-            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
-        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
-            log.debug("syncws: TLS handshake with %s failed: %s", address, exc)
+            tls_socket = self.wrap_socket(client_socket, **{**self.ssl_args, "do_handshake_on_connect": False})
+        except (OSError, ValueError) as exc:
+            log.debug("syncws: TLS with %s failed: %s", address, exc)
             client_socket.close()
             return None
+        deadline = gevent.Timeout(limit)
+        deadline.start()
+        try:
+            tls_socket.do_handshake()
+        except (OSError, ValueError, gevent.Timeout) as exc:  # ssl.SSLError and timeouts are OSErrors
+            if isinstance(exc, gevent.Timeout) and exc is not deadline:
+                raise  # someone else's
+            log.debug("syncws: TLS handshake with %s failed: %s", address, exc or "timed out")
+            tls_socket.close()
+            return None
+        finally:
+            deadline.close()
         tls_socket.settimeout(None)
         try:
             return self.handle(tls_socket, address)

@@ -85,6 +85,33 @@ def test_a_tls_client_that_never_finishes_its_handshake_is_dropped(tls_server):
         assert time.monotonic() - started < 4  # ...after handshake_timeout (1 s), not never
 
 
+def test_a_client_hello_trickled_a_byte_at_a_time_is_dropped_at_the_handshake_timeout(tls_server):
+    # Each read was bounded, not the handshake: one byte every 0.5 s (under
+    # the 1 s timeout) kept the connection open for as long as the client liked.
+    hello = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = hello.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    client_hello = outgoing.read()
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as sock:
+        started = time.monotonic()
+        try:
+            for byte in client_hello:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.5)
+                if time.monotonic() - started > 6:
+                    break
+        except OSError:
+            pass  # reset by the server: what we want
+        sock.settimeout(1)
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 3  # handshake_timeout (1 s) for the whole handshake
+
+
 def test_plain_http_on_the_tls_port_is_closed_cleanly(tls_server, cert_files):
     with socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
