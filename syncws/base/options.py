@@ -670,6 +670,21 @@ OPTIONS: tuple[Option, ...] = (
         "(needs syncws[metrics]; docs/operations.md)",
     ),
     Option(
+        "metrics_max_connections",
+        Kind.COUNT,
+        16,
+        help="most connections the metrics address serves at once; more wait in the listen backlog "
+        "(so it can never use up the process's file descriptors)",
+    ),
+    Option(
+        "metrics_timeout",
+        Kind.SECONDS,
+        10.0,
+        shown_default="10 s",
+        help="a metrics connection is closed this long after it was accepted, whatever it is doing "
+        "(a scrape takes milliseconds; an idle or trickling client cannot hold a slot)",
+    ),
+    Option(
         "access_log",
         Kind.BOOL,
         True,
@@ -839,6 +854,8 @@ class ServerOptions:
     presence_ttl: float = 30.0
     max_presence_size: int | None = 4096
     shutdown_timeout: float = 5.0
+    metrics_max_connections: int = 16
+    metrics_timeout: float = 10.0
     threads: str = "auto"
     thread_pool_size: int = 20
 

@@ -24,6 +24,7 @@ import socket
 from typing import Any
 
 import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from ..base.errors import ConfigurationError, DependencyMissing
@@ -158,7 +159,15 @@ class Metrics:
                 f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
         self.port = listener.getsockname()[1]
-        self._wsgi = WSGIServer(listener, self._app, log=None, error_log=logging.getLogger("syncws.error"))
+        options = self.server.runtime.options
+        self._wsgi = _MetricsServer(
+            listener,
+            self._app,
+            log=None,
+            error_log=logging.getLogger("syncws.error"),
+            spawn=Pool(options.metrics_max_connections),
+        )
+        self._wsgi.connection_timeout = options.metrics_timeout
         self._wsgi.start()
         self._refresher = gevent.spawn(self._refresh_forever)
         log.info("syncws: metrics on http://%s:%d/metrics", self.host, self.port)
@@ -184,6 +193,25 @@ class Metrics:
         body = prometheus.generate_latest(registry)
         start_response("200 OK", [("Content-Type", prometheus.CONTENT_TYPE_LATEST)])
         return [body]
+
+
+class _MetricsServer(WSGIServer):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+    """gevent's WSGI server, bounded: nothing a client of the metrics address does can reach the main port.
+
+    A plain ``WSGIServer`` kept every idle connection for ever: 560 of them
+    used up the process's descriptors and the public port stopped accepting.
+    Here a pool of ``metrics_max_connections`` greenlets serves them (while it
+    is full, gevent stops accepting and clients wait in the listen backlog,
+    which holds no descriptor of ours), and each connection is closed
+    ``metrics_timeout`` after it was accepted, whatever it is doing.
+    """
+
+    connection_timeout = 10.0
+
+    def handle(self, sock: Any, address: Any) -> None:
+        sock.settimeout(self.connection_timeout)
+        with gevent.Timeout(self.connection_timeout, False):
+            super().handle(sock, address)
 
 
 EXPORTERS["prometheus"] = Metrics

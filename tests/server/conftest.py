@@ -9,11 +9,15 @@ from ..support import ECHO_APP, SyncwsRunner
 
 @pytest.fixture
 def echo_process(tmp_path):
-    """``echo_process(*flags)``: the URL of a ``python -m syncws`` echo server with those flags."""
+    """``echo_process(*flags, prelude="")``: the URL of a ``python -m syncws`` echo server with those flags.
+
+    ``prelude``: Python run before the app's module (to lower a process limit, say).
+    """
     with SyncwsRunner(tmp_path) as run:
 
-        def start(*flags: str) -> str:
-            process = run("echo_app:app", "--port", "0", "--no-access-log", *flags, files={"echo_app.py": ECHO_APP})
+        def start(*flags: str, prelude: str = "") -> str:
+            files = {"echo_app.py": prelude + ECHO_APP}
+            process = run("echo_app:app", "--port", "0", "--no-access-log", *flags, files=files)
             return process.wait_for_url()
 
         yield start

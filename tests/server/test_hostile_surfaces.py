@@ -379,3 +379,36 @@ def test_inflating_counts_toward_fairness_by_its_output(echo_process):
         hammer(attack, threads=8, seconds=0.1)  # one 3-second attack per thread
     healthy.check()
     assert len(answered) == 8 and min(answered) > 0
+
+
+# -- 11. the metrics listener --------------------------------------------------------------
+
+
+def test_idle_metrics_connections_cannot_starve_the_public_port(echo_process):
+    # A plain WSGIServer kept 560 idle connections for ever: the process ran
+    # out of descriptors and its public port stopped accepting.  Here the
+    # process has 256 descriptors and 400 idle metrics connections are opened.
+    metrics = f"127.0.0.1:{free_port()}"
+    prelude = "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+    url = echo_process("--metrics", metrics, "--metrics-timeout", "2", prelude=prelude)
+    host, port = metrics.split(":")
+    idle = []
+    try:
+        with HealthyPeer(ws_of(url)) as healthy:
+            for _ in range(400):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex((host, int(port)))  # completes in the kernel's backlog or not at all
+                idle.append(sock)
+            time.sleep(1)
+            clients = [websocket.create_connection(ws_of(url), timeout=5) for _ in range(50)]
+            for n, client in enumerate(clients):
+                client.send(f"still accepting {n}")
+                assert client.recv() == f"still accepting {n}"
+                client.close()
+            time.sleep(3)  # past metrics_timeout: the idle ones are closed, the queued ones served
+            assert metric(metrics, "syncws_websocket_connections_total") >= 51  # scrapes are answered again
+        healthy.check()
+    finally:
+        for sock in idle:
+            sock.close()
