@@ -217,6 +217,9 @@ class Connection:
 
     def _fail(self, error: ProtocolError) -> Failed:
         self._input_done = True  # the stream cannot be parsed any further
+        # A verdict on the peer's bytes, not a bug: its traceback (into the parser)
+        # would tie the frames that handle the event, and their session, to it.
+        error.__traceback__ = None
         return Failed(error, self.close(error.code, error.reason))
 
     # -- closing ---------------------------------------------------------------------
@@ -233,10 +236,11 @@ class Connection:
         return encode_frame(OP_CLOSE, encode_close_payload(code, reason))
 
     def connection_lost(self) -> None:
-        """The transport is gone (EOF, reset, or we hung up)."""
+        """The transport is gone (EOF, reset, or we hung up); what the parser holds is let go."""
         if self.close_code is None and self.state is State.OPEN:
             self.close_code, self.close_reason = CLOSE_ABNORMAL, ""
         self.state = State.CLOSED
+        self.parser.release()
 
     # -- keepalive -------------------------------------------------------------------
     def keepalive(self, now: float) -> KeepaliveAction:

@@ -334,3 +334,6 @@ class Outbox:
         if writer is not None and not writer.dead:
             writer.kill(block=False)
         self._finished()
+        # The callbacks are the session's bound methods: a cycle that would keep
+        # the session (and what hangs off it) until the cycle collector ran.
+        self._on_overflow = self._on_drain = None

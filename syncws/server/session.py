@@ -190,6 +190,22 @@ class Session:
             self._close_socket()
             connection = self.connection
             self._call("close", self.peer, CloseDetails(connection.close_code, connection.close_reason))
+            self._detach()
+
+    def _detach(self) -> None:
+        """Leave the peer a link to what is left of this session, and nothing that refers back.
+
+        Peer and session refer to each other, and the request to itself
+        through its environ: cycles that only the cycle collector frees,
+        with everything hanging off them.  The peer an app keeps answers as
+        a closed one; the session is freed by reference counting when its
+        greenlet ends.
+        """
+        peer = self.peer
+        peer._session = _EndedSession(self)
+        environ = getattr(peer.request, "environ", None)
+        if isinstance(environ, dict) and environ.get("werkzeug.request") is peer.request:
+            del environ["werkzeug.request"]
 
     def _read_loop(self) -> None:
         """Read, feed the connection and dispatch its events until the connection ends.
@@ -225,6 +241,7 @@ class Session:
         received, self._received = self._received, b""
         if received:
             connection.receive_data(received, time.monotonic())
+        del received  # nothing read is kept referenced while this peer idles
         loop = gevent.get_hub().loop
         seen = loop.iteration
         since = perf_counter()
@@ -257,8 +274,9 @@ class Session:
                     self._on_eof()
                     return
                 drained = len(data) < _READ_SIZE
-                connection.receive_data(data, time.monotonic())
                 budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
+                connection.receive_data(data, time.monotonic())
+                del data  # the parser has it: not kept referenced (64 KiB) while this peer idles
                 continue
             if type(event) is Message:
                 counters.messages_in += 1
@@ -417,3 +435,27 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.peer.id} {self.connection.state.value}>"
+
+
+class _EndedSession:
+    """What an ended session leaves its peer (a :class:`~syncws.server.peer.SessionLink`): a closed one."""
+
+    __slots__ = ("deflate", "extensions", "outbox", "protocol", "runtime", "socket", "url")
+
+    closed = True
+    ready_state = _READY_STATES[State.CLOSED]
+
+    def __init__(self, session: Session) -> None:
+        self.runtime = session.runtime
+        self.outbox = session.outbox  # stopped: takes nothing, buffers nothing
+        self.protocol = session.protocol
+        self.url = session.url
+        self.extensions = session.extensions
+        self.socket = session.socket
+        self.deflate = session.deflate
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Already closed: nothing to do."""
+
+    def abort(self) -> None:
+        """Already closed: nothing to do."""

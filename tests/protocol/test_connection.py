@@ -186,6 +186,7 @@ def test_a_violation_fails_the_connection_with_the_right_code(data, code):
     [event] = events(connection, data)
     assert isinstance(event, Failed)
     assert isinstance(event.error, ProtocolError) and event.error.code == code
+    assert event.error.__traceback__ is None  # no frames (and the session handling them) tied to the event
     assert unmasked(event.reply)[0] == OP_CLOSE
     assert struct.unpack("!H", unmasked(event.reply)[1][:2])[0] == code
     assert connection.state is State.LOCAL_CLOSING

@@ -553,3 +553,22 @@ def test_long_close_reason_is_cut_on_a_character_boundary():
     assert len(payload) <= 125
     code, reason = decode_close_payload(payload)  # would raise 1007 on a cut character
     assert code == 4000 and reason == "é" * 61
+
+
+def test_a_large_buffer_is_let_go_once_everything_in_it_is_consumed():
+    parser = FrameParser(None)
+    parser.feed(client_frame(OP_BINARY, bytes(60_000)))
+    assert parser.next_frame() == Frame(True, OP_BINARY, bytes(60_000))
+    assert sys.getsizeof(parser._buf) < 200  # a fresh, empty buffer: not 60 KB kept until the next read
+    small = FrameParser(None)
+    small.feed(client_frame(OP_TEXT, b"hi") + client_frame(OP_TEXT, b"ho"))
+    assert small.next_frame() == Frame(True, OP_TEXT, b"hi")
+    assert small.next_frame() == Frame(True, OP_TEXT, b"ho")
+
+
+def test_release_drops_a_half_assembled_message():
+    parser = FrameParser(None)
+    parser.feed(client_frame(OP_TEXT, b"half", fin=False) + client_frame(OP_CONTINUATION, b"ab")[:8])
+    assert parser.next_frame() is None and parser.buffered
+    parser.release()
+    assert parser.buffered == 0 and parser._message == [] and parser.inflater is None
