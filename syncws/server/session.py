@@ -153,9 +153,7 @@ class Session:
     @property
     def url(self) -> str:
         """The request URL in its ``ws://`` or ``wss://`` form."""
-        url: str = self.peer.request.url
-        scheme, _, rest = url.partition("://")
-        return ("wss://" if scheme == "https" else "ws://") + rest
+        return _ws_url(self.peer.request)
 
     def _on_drain(self) -> None:
         # From the flusher or the writer: the hook runs in a greenlet of its
@@ -440,7 +438,7 @@ class Session:
 class _EndedSession:
     """What an ended session leaves its peer (a :class:`~syncws.server.peer.SessionLink`): a closed one."""
 
-    __slots__ = ("deflate", "extensions", "outbox", "protocol", "runtime", "socket", "url")
+    __slots__ = ("_request", "deflate", "extensions", "outbox", "protocol", "runtime", "socket")
 
     closed = True
     ready_state = _READY_STATES[State.CLOSED]
@@ -449,13 +447,23 @@ class _EndedSession:
         self.runtime = session.runtime
         self.outbox = session.outbox  # stopped: takes nothing, buffers nothing
         self.protocol = session.protocol
-        self.url = session.url
+        self._request = session.peer.request
         self.extensions = session.extensions
         self.socket = session.socket
         self.deflate = session.deflate
+
+    @property
+    def url(self) -> str:
+        return _ws_url(self._request)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Already closed: nothing to do."""
 
     def abort(self) -> None:
         """Already closed: nothing to do."""
+
+
+def _ws_url(request: Any) -> str:
+    url: str = request.url
+    scheme, _, rest = url.partition("://")
+    return ("wss://" if scheme == "https" else "ws://") + rest

@@ -302,7 +302,9 @@ def test_two_thousand_abrupt_disconnects_leave_nothing_behind(start_server):
     # Warm up (imports, allocator pools, thread stacks), then take the baseline.
     run_cycles(server, 0, 200)
     assert wait_until(lambda: settled(server) and len(closed) == 200, 10)
-    # Server-wide greenlets (the keepalive ticker) may outlive the peers; none per peer may.
+    # Server-wide greenlets (the keepalive ticker) may outlive the peers; none per peer
+    # may (the last ones may still be returning from their close hook: wait for them).
+    assert wait_until(lambda: len(live_greenlets(server)) <= 1, 10), live_greenlets(server)
     server_wide = set(live_greenlets(server))
     assert len(server_wide) <= 1, server_wide
     gc.collect()

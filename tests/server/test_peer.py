@@ -567,3 +567,21 @@ def test_wait_for_drain_in_a_hook_paces_a_producer(start_server):
         for _ in range(20):
             assert raw.read_frame() == (OP_BINARY, b"y" * 65536)
         assert [results.get(timeout=5) for _ in range(20)] == [True] * 20
+
+
+def test_a_peer_kept_after_its_close_answers_as_a_closed_one(start_server):
+    # The ended session is freed when it ends; the peer keeps a closed stand-in.
+    kept = []
+    server = start_server(app_with(open=kept.append))
+    client = connect(server, "/_ws?x=1")
+    assert wait_until(lambda: kept)
+    client.close()
+    peer = kept[0]
+    assert wait_until(lambda: peer.closed)
+    assert wait_until(lambda: type(peer.websocket).__name__ == "_EndedSession")
+    assert peer.send("late") is False
+    assert peer.buffered_amount == 0
+    assert peer.websocket.ready_state == 3
+    assert peer.websocket.url == f"ws://127.0.0.1:{server.port}/_ws?x=1"
+    peer.close(1000)  # nothing to do, no error
+    assert peer.wait_for_drain(timeout=0.1) is True

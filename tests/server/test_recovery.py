@@ -289,9 +289,15 @@ def test_publishes_racing_the_subscribe_are_neither_lost_nor_repeated(serve_hist
     publish(server, topic, {"start": True}, ns="/ws/a")
     start = wait_stored(server, topic, 1)[0][0]
     stop = threading.Event()
+    # Half-way, the publishers wait for a first client to have resumed, so at
+    # least one resume happens while they run, however slow the machine (under
+    # coverage.py a connect can outlast all 3,000 publishes).
+    first_resumed = threading.Event()
 
     def publisher(base: int) -> None:
         for i in range(base, base + 1000):
+            if i == base + 500:
+                first_resumed.wait(10)
             server.publish(topic, {"i": i}, namespace="/ws/a")
             if i % 50 == 0:
                 threading.Event().wait(0.001)
@@ -308,6 +314,7 @@ def test_publishes_racing_the_subscribe_are_neither_lost_nor_repeated(serve_hist
         replay, hello = peer.until_open()
         assert hello["recovery"][topic][0] is True
         resumed.append((since, [json.loads(m) for m in replay], peer))
+        first_resumed.set()
         since = hello["recovery"][topic][2] or since
         if len(resumed) >= 12:
             break
