@@ -85,6 +85,7 @@ def test_a_tls_client_that_never_finishes_its_handshake_is_dropped(tls_server):
         assert time.monotonic() - started < 4  # ...after handshake_timeout (1 s), not never
 
 
+@pytest.mark.slow
 def test_a_client_hello_trickled_a_byte_at_a_time_is_dropped_at_the_handshake_timeout(tls_server):
     # Each read was bounded, not the handshake: one byte every 0.5 s (under
     # the 1 s timeout) kept the connection open for as long as the client liked.
