@@ -36,7 +36,6 @@ from ..protocol.payload import Outgoing
 Deliver = Callable[[str | None, str, Outgoing, "str | None"], None]
 #: Every (namespace, topic) with local subscribers, plus (None, topic) per topic.
 Interests = Callable[[], list[tuple[str | None, str]]]
-#: Every local presence entry: ``[(namespace, topic, id, info)]``.
 #: ``presence_entries()``: this process's presence entries, ``(namespace, topic, id, info JSON)``,
 #: in slices (see ``Registry.presence_slices``).
 PresenceEntries = Callable[[], Iterator[list[tuple[str, str, str, str]]]]
@@ -53,6 +52,9 @@ class Broker:
     stores_history = False
     #: :meth:`read_presence` answers for every process.
     shares_presence = False
+    #: Seconds a blocking read (:meth:`read_history`, :meth:`read_presence`) waits at most
+    #: for the store; the server bounds its own wait for a recovery from it.
+    read_timeout = 3.0
 
     def configure(
         self,

@@ -48,10 +48,20 @@ class HubBridge:
             return True
         if self._closed:
             return False
-        calls = self._calls
-        if len(calls) >= _BACKLOG:
+        if len(self._calls) >= _BACKLOG:
             self._wait_for_room()
-        calls.append((fn, args))  # deque.append is atomic across threads
+        return self.hand_back(fn, *args)
+
+    def hand_back(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Queue ``fn(*args)`` for the hub from another thread, never waiting for room.
+
+        For calls whose number is bounded elsewhere (the thread pool's results:
+        one per busy worker), which the hub is waiting for: they must not wait
+        behind the backpressure meant for threads that publish without pause.
+        """
+        if self._closed:
+            return False
+        self._calls.append((fn, args))  # deque.append is atomic across threads
         self._watcher.send()
         return True
 

@@ -152,7 +152,7 @@ class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untype
         except (OSError, ValueError, gevent.Timeout) as exc:  # ssl.SSLError and timeouts are OSErrors
             if isinstance(exc, gevent.Timeout) and exc is not deadline:
                 raise  # someone else's
-            log.debug("syncws: TLS handshake with %s failed: %s", address, exc or "timed out")
+            log.debug("syncws: TLS handshake with %s failed: %r", address, exc)
             tls_socket.close()
             return None
         finally:

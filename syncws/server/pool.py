@@ -42,7 +42,7 @@ def _run(task: tuple[Any, ...], bridge: HubBridge) -> None:
         outcome = (True, context.run(fn, *args))
     except BaseException as exc:  # SystemExit too: it is re-raised in the caller, not here
         outcome = (False, exc)
-    bridge.call(waiter.switch, outcome)
+    bridge.hand_back(waiter.switch, outcome)  # the hub waits for it: no backpressure
 
 
 class WorkerPool:

@@ -238,7 +238,7 @@ class Runtime:
         JSON-able raises TypeError, a large one :class:`ConfigurationError`
         (one peer could otherwise store 50 infos of 900 KB on every refresh).
         """
-        if info is ABSENT or isinstance(info, PresenceInfo):
+        if info is ABSENT:
             return info
         text = to_json(info)
         limit = self.options.max_presence_size
@@ -275,7 +275,7 @@ class Runtime:
         self.registry.subscribe(holder, topic)
         # A read waits at most read_timeout for the subscription's confirmation and
         # about as long for the answer; this bounds the wait even if it hangs.
-        timeout = 2 * getattr(self.broker, "read_timeout", 3.0) + 2
+        timeout = 2 * self.broker.read_timeout + 2
         try:
             reading = self.blocking(
                 self.broker.read_history, sub.namespace, topic, since, None, recovering=True, timeout=timeout

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from syncws import App, ConfigurationError, create_event_stream, define_websocket_handler, serve
 
 from ..conftest import connect, wait_until
-from ..support import RedisServer, SyncwsProcess, free_port, http_exchange, parse_response, upgrade_request
+from ..support import HoldingApp, RedisServer, SyncwsProcess, free_port, http_exchange, parse_response, upgrade_request
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,25 +87,10 @@ def test_metrics_match_what_the_clients_did(start_server):
 
 
 def test_a_full_thread_pool_shows_in_the_metrics(start_server):
-    import threading
-
-    release = threading.Event()
-    app = App()
-
-    @app.get("/hold")
-    def hold(request):
-        release.wait(10)
-        return "held"
-
-    server = start_server(app, metrics="127.0.0.1:0", thread_pool_size=1)
+    holding = HoldingApp()
+    server = start_server(holding.app, metrics="127.0.0.1:0", thread_pool_size=1)
     url = f"http://127.0.0.1:{server.metrics.port}/metrics"
-    answers: list = []
-    clients = [
-        threading.Thread(target=lambda: answers.append(requests.get(server.url + "/hold", timeout=10).text))
-        for _ in range(2)
-    ]
-    for client in clients:
-        client.start()
+    holding.request(server, 2)
     try:
         assert wait_until(
             lambda: (
@@ -115,10 +100,8 @@ def test_a_full_thread_pool_shows_in_the_metrics(start_server):
         ), scrape(url)
         assert value(scrape(url), "syncws_thread_waits_total") == 1
     finally:
-        release.set()
-        for client in clients:
-            client.join(10)
-    assert answers == ["held", "held"]
+        holding.release()
+    assert holding.answers == ["held", "held"]
     assert wait_until(lambda: value(scrape(url), "syncws_threads", state="queued") == 0)
 
 

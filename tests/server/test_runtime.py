@@ -20,7 +20,7 @@ from syncws import App, create_event_stream, define_websocket_handler
 from syncws.base.options import ServerOptions
 
 from ..conftest import connect, wait_until
-from ..support import recv_close
+from ..support import HoldingApp, recv_close
 
 
 def sleeper_app(started: threading.Event, **handler_options) -> App:
@@ -130,32 +130,15 @@ def test_with_threads_off_a_view_that_blocks_stalls_every_connection(start_serve
 
 
 def test_a_full_pool_shows_in_the_stats_and_requests_wait_for_a_thread(start_server):
-    release = threading.Event()
-    running: list = []
-    app = App()
-
-    @app.get("/hold")
-    def hold(request):
-        running.append(1)
-        release.wait(10)
-        return "held"
-
-    server = start_server(app, thread_pool_size=2)
-    answers: list = []
-    threads = [
-        threading.Thread(target=lambda: answers.append(requests.get(server.url + "/hold", timeout=10).text))
-        for _ in range(3)
-    ]
-    for thread in threads:
-        thread.start()
+    holding = HoldingApp()
+    server = start_server(holding.app, thread_pool_size=2)
+    holding.request(server, 3)
     assert wait_until(lambda: server.stats()["threads"]["queued"] == 1)
     stats = server.stats()["threads"]
-    assert len(running) == 2  # the third waits for a thread
+    assert len(holding.running) == 2  # the third waits for a thread
     assert (stats["enabled"], stats["size"], stats["busy"], stats["waited"]) == (True, 2, 2, 1)
-    release.set()
-    for thread in threads:
-        thread.join(10)
-    assert answers == ["held"] * 3
+    holding.release()
+    assert holding.answers == ["held"] * 3
     assert wait_until(lambda: server.stats()["threads"]["busy"] == 0)
     assert server.stats()["threads"]["tasks"] >= 3
 

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+import requests
 import websocket
 
 from syncws import App, define_websocket_handler
@@ -63,6 +64,38 @@ class QueuedWebSocket:
 
     def get_json(self, timeout: float = 5.0) -> Any:
         return json.loads(self.get(timeout))
+
+
+class HoldingApp:
+    """An app whose ``GET /hold`` view blocks until :meth:`release`: fills a server's thread pool on demand."""
+
+    def __init__(self) -> None:
+        self.app = App()
+        self.app.get("/hold", self._hold)
+        self.running: list[int] = []  # one per view that started
+        self.answers: list[str] = []  # the bodies the clients got
+        self._released = threading.Event()
+        self._clients: list[threading.Thread] = []
+
+    def _hold(self, request) -> str:
+        self.running.append(1)
+        self._released.wait(10)
+        return "held"
+
+    def request(self, server, count: int) -> None:
+        """Send ``count`` requests to ``/hold``, each from a thread of its own."""
+        for _ in range(count):
+            client = threading.Thread(
+                target=lambda: self.answers.append(requests.get(server.url + "/hold", timeout=10).text)
+            )
+            client.start()
+            self._clients.append(client)
+
+    def release(self) -> None:
+        """Let every view return, and wait for the clients' answers."""
+        self._released.set()
+        for client in self._clients:
+            client.join(10)
 
 
 def app_with(path: str = "/_ws", handler=None, **hooks) -> App:
