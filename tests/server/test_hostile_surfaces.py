@@ -232,6 +232,20 @@ def test_presence_churn_never_costs_a_publish(echo_process, redis_server):
             pass  # the server stopped taking this churner's bytes: it churned enough
         client.close()
 
+    def listen() -> None:
+        # Read all along: websocket-client answers the server's pings only
+        # inside recv(), and a slow CI run once left this listener silent past
+        # ping_interval + ping_timeout, so the server rightly closed it.
+        listener.ws.settimeout(1)
+        deadline = time.monotonic() + 120
+        while len(listener.received) < 300 and time.monotonic() < deadline:
+            try:
+                listener.received.append(listener.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                pass
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
     churners = [threading.Thread(target=churn, daemon=True) for _ in range(4)]
     for churner in churners:
         churner.start()
@@ -240,13 +254,7 @@ def test_presence_churn_never_costs_a_publish(echo_process, redis_server):
     for i in range(300):
         publisher.ask(pub="news", data=f"n-{i}")
         time.sleep(0.01)
-    deadline = time.monotonic() + 10
-    listener.ws.settimeout(1)
-    while len(listener.received) < 300 and time.monotonic() < deadline:
-        try:
-            listener.received.append(listener.ws.recv())
-        except websocket.WebSocketTimeoutException:
-            pass
+    reader.join(10)
     stop.set()
     for churner in churners:
         churner.join(10)
