@@ -22,6 +22,7 @@ from ..protocol.deflate import Agreement
 from ..protocol.frames import OP_PING, encode_frame
 from ..protocol.payload import Outgoing
 from ..pubsub.history import Recovery
+from ..pubsub.registry import check_user
 from .runtime import Runtime
 
 
@@ -93,7 +94,12 @@ class Peer:
         self._runtime = session.runtime
         self._deflate = session.deflate  # permessage-deflate agreed: frames may be compressed
         self._threshold = session.runtime.options.compression_threshold
-        self._envelopes: set[str] | None = None  # topics whose publishes arrive as JSON envelopes
+        self._user: str | None = None
+        #: What the application knows of :attr:`user` (any JSON-able value), set with :meth:`identify`.
+        self.user_info: Any = None
+        #: Told ``(peer, topic)`` after ``server.unsubscribe(user, topic)`` removed a subscription of
+        #: this peer (the channels layer tells its client); hub thread or any.
+        self.on_revoked: Callable[[Peer, str], None] | None = None
 
     # -- introspection -----------------------------------------------------
     @property
@@ -110,6 +116,23 @@ class Peer:
                 if peer_id is None:
                     peer_id = self._id = str(uuid.uuid4())
         return peer_id
+
+    @property
+    def user(self) -> str | None:
+        """Who this peer is, once :meth:`identify` said so (the channels ``connect`` hook does); else None."""
+        return self._user
+
+    def identify(self, user: str | int | None, info: Any = None) -> None:
+        """Say which user this peer is, so ``server.disconnect(user=...)`` and ``server.unsubscribe`` find it.
+
+        ``user``: a string or an integer (kept as its string), None to forget it.
+        """
+        if user is not None:
+            user = check_user(user)
+        if user != self._user:
+            self._runtime.registry.identify(self, self._user, user)
+            self._user = user
+        self.user_info = info
 
     @property
     def server(self) -> Any:
@@ -164,18 +187,11 @@ class Peer:
     def deliver(self, outgoing: Outgoing) -> None:
         """Queue an already-serialised message (hub thread only).
 
-        A peer with an enveloped subscription gets :meth:`_deliver_enveloped`
-        in its place, so the fan-out to every other peer pays nothing for
-        envelopes.
+        An enveloped subscription's publishes arrive here already enveloped:
+        the fan-out resolves the envelope once per publish (``registry.fan_out``).
         """
         deflate = self._deflate
         self._session.outbox.put(outgoing.frame if deflate is None else outgoing.frame_for(deflate, self._threshold))
-
-    def _deliver_enveloped(self, outgoing: Outgoing) -> None:
-        envelopes = self._envelopes
-        if envelopes is not None and outgoing.topic in envelopes:
-            outgoing = outgoing.envelope  # built once per publish, shared by the recipients
-        Peer.deliver(self, outgoing)
 
     def ping(self, data: str | bytes = b"") -> None:
         """Send a ping (the ``pong`` hook sees the answer); at most 125 bytes of data."""
@@ -229,19 +245,10 @@ class Peer:
         """
         if self._session.closed:
             return Recovery()
-        if envelope:
-            if self._envelopes is None:
-                self._envelopes = set()
-                self.deliver = self._deliver_enveloped  # type: ignore[method-assign]
-            self._envelopes.add(topic)
-        elif self._envelopes is not None:
-            self._envelopes.discard(topic)
-        return self._runtime.subscribe(self, topic, since, presence)
+        return self._runtime.subscribe(self, topic, since, presence, envelope)
 
     def unsubscribe(self, topic: str) -> None:
         self._runtime.registry.unsubscribe(self, topic)
-        if self._envelopes is not None:
-            self._envelopes.discard(topic)
 
     def presence(self, topic: str) -> list[dict[str, Any]]:
         """Who is subscribed to ``topic`` in this namespace, on every process: ``[{"id", "info"}]``."""

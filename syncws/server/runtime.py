@@ -92,6 +92,7 @@ class Runtime:
             )
         if broker.shares_presence:
             self.registry.on_presence = broker.presence_changed
+        broker.on_command = self.command_received
         #: The public object that owns this runtime (``peer.server``).
         self.owner = owner
         self.sessions: set[Any] = set()  # open WebSocket sessions
@@ -181,11 +182,11 @@ class Runtime:
         subscribers = None
         exclude = None
         if exclude_id is not None:  # our own publish, back from the broker: not to its sender
-            subscribers = self.registry.subscribers(topic, namespace)
-            exclude = next((sub for sub in subscribers if sub.id == exclude_id), None)
+            subscribers = self.registry.recipients(topic, namespace)
+            exclude = next((sub for sub, _ in subscribers if sub.id == exclude_id), None)
         if outgoing.offset is not None or self.history is None:
             if subscribers is None:
-                subscribers = self.registry.subscribers(topic, namespace)
+                subscribers = self.registry.recipients(topic, namespace)
             self.counters.sent(fan_out(subscribers, outgoing, exclude), len(outgoing.payload))
         else:
             self._deliver_local(topic, outgoing, namespace, exclude)
@@ -196,7 +197,7 @@ class Runtime:
         history = self.history
         size = len(outgoing.payload)
         if history is None:
-            self.counters.sent(fan_out(self.registry.subscribers(topic, namespace), outgoing, exclude=exclude), size)
+            self.counters.sent(fan_out(self.registry.recipients(topic, namespace), outgoing, exclude=exclude), size)
             return
         # Stored per namespace: the history of (namespace, topic) holds what a
         # subscriber there would have received.
@@ -205,15 +206,52 @@ class Runtime:
         )
         for space in spaces:
             stamped = history.append(space, topic, outgoing)
-            self.counters.sent(fan_out(self.registry.subscribers(topic, space), stamped, exclude=exclude), size)
+            self.counters.sent(fan_out(self.registry.recipients(topic, space), stamped, exclude=exclude), size)
 
     def _after(self, fn: Callable[[], None]) -> bool:
         # FIFO through the hub: runs after every delivery handed over before it.
         return self.call_in_hub(fn)
 
+    # -- revoking (server.disconnect, server.unsubscribe) -------------------------------------
+    def command(self, command: dict[str, Any]) -> None:
+        """Apply a revoke here and send it to every other process (any thread)."""
+        self.call_in_hub(self.apply_command, command)
+        self.broker.command(command)
+
+    def command_received(self, command: dict[str, Any]) -> None:
+        """A revoke from another process (the broker's thread)."""
+        self.call_in_hub(self.apply_command, command)
+
+    def apply_command(self, command: dict[str, Any]) -> None:
+        """Close or unsubscribe this process's peers of ``command["user"]`` (hub thread).
+
+        Fields are checked where the command was made; one from another
+        process is checked again for its types, and a bad one is logged and dropped.
+        """
+        try:
+            op, user = command["op"], command["user"]
+            peers = self.registry.peers_of(user)
+            if op == "disconnect":
+                code, reason = command.get("code", 4003), command.get("reason", "")
+                for peer in peers:
+                    peer.close(code, reason)
+            else:
+                topic, namespace = command["topic"], command.get("namespace")
+                for peer in peers:
+                    if (namespace is None or peer.namespace == namespace) and topic in peer.topics:
+                        peer.unsubscribe(topic)
+                        if peer.on_revoked is not None:
+                            peer.on_revoked(peer, topic)
+        except Exception:
+            log.exception("syncws: could not apply the command %r", command)
+
     # -- history and presence ---------------------------------------------------------------
-    def subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: Any = ABSENT) -> Recovery:
+    def subscribe(
+        self, sub: Subscriber, topic: str, since: str | None, presence: Any = ABSENT, envelope: bool = False
+    ) -> Recovery:
         """Subscribe, replaying the stored publishes after ``since`` first (any thread).
+
+        ``envelope``: publishes (the replay too) reach ``sub`` as their JSON envelope.
 
         With history on, no publish is delivered twice or skipped between the
         replay and live delivery: the replay and the switch to live happen in
@@ -225,10 +263,10 @@ class Runtime:
         since = check_since(since)
         presence = self.check_presence(presence)
         if self.history is not None:
-            return self.in_hub(self._subscribe_in_memory, sub, topic, since, presence)  # type: ignore[no-any-return]
+            return self.in_hub(self._subscribe_in_memory, sub, topic, since, presence, envelope)  # type: ignore[no-any-return]
         if self.broker.stores_history:
-            return self._subscribe_through_broker(sub, topic, since, presence)
-        self.registry.subscribe(sub, topic, presence)
+            return self._subscribe_through_broker(sub, topic, since, presence, envelope)
+        self.registry.subscribe(sub, topic, presence, envelope)
         return NOT_RECOVERED
 
     def check_presence(self, info: Any) -> Any:
@@ -248,20 +286,24 @@ class Runtime:
                 raise ConfigurationError(f"presence info is {size} bytes of JSON, over max_presence_size ({limit})")
         return PresenceInfo(info, text)
 
-    def _subscribe_in_memory(self, sub: Subscriber, topic: str, since: str | None, presence: Any) -> Recovery:
+    def _subscribe_in_memory(
+        self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool
+    ) -> Recovery:
         assert self.history is not None
         # Without since nothing is replayed: read the newest offset only.
         entries, recovered, newest = self.history.read(sub.namespace, topic, since, None if since else 0)
-        self.registry.subscribe(sub, topic, presence)
-        self._replay(sub, entries)
+        self.registry.subscribe(sub, topic, presence, envelope)
+        self._replay(sub, entries, envelope)
         return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
 
-    def _replay(self, sub: Subscriber, entries: list[Outgoing]) -> None:
+    def _replay(self, sub: Subscriber, entries: list[Outgoing], envelope: bool) -> None:
         for entry in entries:
-            sub.deliver(entry)
+            sub.deliver(entry.envelope if envelope else entry)
             self.counters.sent(1, len(entry.payload))
 
-    def _subscribe_through_broker(self, sub: Subscriber, topic: str, since: str | None, presence: Any) -> Recovery:
+    def _subscribe_through_broker(
+        self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool
+    ) -> Recovery:
         """Redis keeps the history: read it without losing or repeating a live publish.
 
         A stand-in subscriber holds the live publishes while the read runs;
@@ -285,7 +327,8 @@ class Runtime:
         except BaseException:
             self.registry.unsubscribe(holder, topic)
             raise
-        return self.in_hub(self._finish_subscribe, sub, topic, since, presence, holder, reading)  # type: ignore[no-any-return]
+        args = (sub, topic, since, presence, envelope, holder, reading)
+        return self.in_hub(self._finish_subscribe, *args)  # type: ignore[no-any-return]
 
     def _finish_subscribe(
         self,
@@ -293,6 +336,7 @@ class Runtime:
         topic: str,
         since: str | None,
         presence: Any,
+        envelope: bool,
         holder: _Holder,
         reading: tuple[list[Outgoing], bool, str | None] | None,
     ) -> Recovery:
@@ -303,9 +347,9 @@ class Runtime:
             if since is None:
                 entries = []
             mark = parse_offset(newest)
-            self.registry.subscribe(sub, topic, presence)
-            self._replay(sub, entries)
-            self._replay(sub, [held for held in holder.held if is_after(held.offset, mark)])
+            self.registry.subscribe(sub, topic, presence, envelope)
+            self._replay(sub, entries, envelope)
+            self._replay(sub, [held for held in holder.held if is_after(held.offset, mark)], envelope)
             if holder.overflowed:
                 recovered = False  # live publishes past the bound were not kept for this subscriber
             return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
