@@ -16,6 +16,8 @@ setup(
         "redis": ["redis>=5.0", "hiredis>=2.0"],
         # Prometheus metrics on an address of their own (docs/operations.md)
         "metrics": ["prometheus_client>=0.17"],
+        # the channels client, syncws.client (docs/channels.md): websockets' sync client
+        "client": ["websockets>=13"],
         # websockets' C mask function: unmasking large messages about 5 times faster (docs/performance.md)
         "speedups": ["websockets>=13"],
         # scripts/bench and scripts/bench_compare: the websockets reference server and the profiler

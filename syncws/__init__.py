@@ -3,12 +3,15 @@
 This module is the public face: everything a user imports comes from here.
 The layers underneath (see ``docs/architecture.md``) are, bottom to top,
 :mod:`syncws.base`, :mod:`syncws.protocol`, :mod:`syncws.pubsub`,
-:mod:`syncws.server`, :mod:`syncws.web`, :mod:`syncws.integrations` and
-:mod:`syncws.cli`; each imports only from the ones below it.
+:mod:`syncws.server`, :mod:`syncws.web`, :mod:`syncws.channels`,
+:mod:`syncws.integrations` and :mod:`syncws.cli`; each imports only from the
+ones below it (:mod:`syncws.client`, the channels client, only from
+``base`` and ``protocol``).
 """
 
 from .base.errors import (
     BrokerError,
+    ClientClosed,
     ConfigurationError,
     DependencyMissing,
     HandshakeError,
@@ -16,12 +19,16 @@ from .base.errors import (
     ImportStringError,
     ListenError,
     ProtocolError,
+    Refused,
+    RequestFailed,
     RequestHeadError,
+    RPCError,
     ServerNotRunning,
     SyncwsError,
 )
 from .base.options import ServerOptions
 from .base.version import __version__
+from .channels import Channels
 
 # Importing the integrations registers them with the server layer (the Flask
 # preparer, the gevent-websocket app wrapper); it patches nothing by itself.
@@ -45,6 +52,8 @@ __all__ = [
     "App",
     "Broker",
     "BrokerError",
+    "Channels",
+    "ClientClosed",
     "CloseDetails",
     "ConfigurationError",
     "ConnectionLimitError",
@@ -61,7 +70,10 @@ __all__ = [
     "Peer",
     "ProtocolError",
     "Publisher",
+    "RPCError",
     "Recovery",
+    "Refused",
+    "RequestFailed",
     "RequestHeadError",
     "Server",
     "ServerNotRunning",

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import websocket
 
-from syncws import serve
+from syncws import App, Channels, serve
+from syncws.client import Client
 from syncws.server.server import Server
 
 _create_connection = websocket.create_connection
@@ -111,3 +112,36 @@ def raw_request(server: Server, data: bytes, timeout: float = 5.0) -> bytes:
         except TimeoutError:
             pass
         return b"".join(chunks)
+
+
+# -- channels: an endpoint on a real server, and clients closed at teardown ----------------
+@pytest.fixture
+def clients(start_server) -> Iterator[Callable[..., Client]]:
+    """``clients(url, **options)``: a Client, closed before the test's servers stop."""
+    made: list[Client] = []
+
+    def make(url: str, **options: Any) -> Client:
+        options.setdefault("timeout", 5)
+        options.setdefault("backoff_base", 0.05)
+        options.setdefault("backoff_cap", 0.5)
+        client = Client(url, **options)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def endpoint(start_server) -> Callable[..., tuple[Any, str, Channels]]:
+    """``endpoint(channels=None, **server_options)``: ``(server, its ws:// URL, the Channels)``."""
+
+    def start(channels: Channels | None = None, **options: Any) -> tuple[Any, str, Channels]:
+        channels = channels if channels is not None else Channels()
+        app = App()
+        app.get("/_syncws", channels)
+        server = start_server(app, **options)
+        return server, ws_url(server, "/_syncws"), channels
+
+    return start

@@ -20,7 +20,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "syncws"
 
 #: Bottom to top.  The top-level modules (the facade and the stable aliases) may import anything.
-LAYERS = ["base", "protocol", "pubsub", "server", "web", "integrations", "cli"]
+LAYERS = ["base", "protocol", "client", "pubsub", "server", "web", "channels", "integrations", "cli"]
 FACADE = len(LAYERS)
 
 #: Third-party and standard modules a layer must not import (prefixes).
@@ -28,6 +28,8 @@ FORBIDDEN = {
     "base": ("gevent.socket", "gevent.pywsgi", "gevent.event", "socket", "werkzeug", "redis", "select"),
     "protocol": ("gevent", "geventwebsocket", "socket", "select", "threading", "time", "werkzeug", "redis"),
     "pubsub": ("werkzeug", "gevent.pywsgi", "geventwebsocket"),
+    # The client runs in plain threads (a script, a Celery task): no gevent, no server stack.
+    "client": ("gevent", "geventwebsocket", "werkzeug", "redis"),
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 import websocket
 
-from .conftest import connect, ws_url
+from .conftest import connect, wait_until, ws_url
 from .support import assert_nothing_received
 
 pytestmark = pytest.mark.slow  # subprocesses, browsers, Redis or load: not in the fast loop
@@ -26,7 +26,9 @@ def handshake_status(url: str, **kwargs) -> int:
     return refused.value.status_code
 
 
-@pytest.mark.parametrize("name", ["chat", "sse", "flask_login", "token_auth", "rooms", "channel", "feed"])
+@pytest.mark.parametrize(
+    "name", ["chat", "sse", "flask_login", "token_auth", "rooms", "channel", "feed", "channels_chat"]
+)
 def test_each_example_says_how_to_run_it_and_imports(name):
     source = (EXAMPLES / f"{name}.py").read_text()
     first, second = source.splitlines()[:2]
@@ -218,6 +220,52 @@ def test_channels_are_isolated(start_server):
 
 
 # -- chat and sse (the examples that were there before) ---------------------------------------
+
+
+def test_channels_chat_private_rooms_history_presence_and_kick(start_server, clients):
+    from syncws.base.errors import ClientClosed, RequestFailed
+
+    from examples import channels_chat as example
+
+    server = start_server(example.app, history_size=100)
+    url = ws_url(server, "/_syncws")
+
+    def token(user):
+        answer = requests.get(server.url + "/token", params={"user": user}, timeout=5)
+        assert answer.status_code == 200
+        return answer.text
+
+    assert requests.get(server.url + "/token", params={"user": "mallory"}, timeout=5).status_code == 403
+    events: list = []
+    alice = clients(url, get_token=lambda: token("alice"))
+    general = alice.subscribe("general", presence_events=True, on_presence=events.append)
+    staff = alice.subscribe("staff")
+    bob = clients(url, get_token=lambda: token("bob"))
+    with pytest.raises(RequestFailed, match="bob is not a member of staff"):
+        bob.subscribe("staff")
+    bobs = bob.subscribe("general")
+    bob.publish("general", {"text": "hi all"})
+    assert general.get(5).data == bobs.get(5).data == {"text": "hi all"}
+    alice.publish("staff", {"text": "staff only"})
+    assert staff.get(5).data == {"text": "staff only"}
+    assert bob.rpc("history", {"room": "general"}) == [{"text": "hi all"}]
+    with pytest.raises(RequestFailed, match="forbidden"):
+        bob.rpc("history", {"room": "staff"})
+    assert sorted(m["user"] for m in alice.presence("general")) == ["alice", "bob"]
+    assert wait_until(lambda: [(e["type"], e["user"]) for e in events] == [("join", "alice"), ("join", "bob")])
+    with pytest.raises(RequestFailed, match="admins only"):
+        bob.rpc("kick", {"user": "alice"})
+    assert alice.rpc("kick", {"user": "bob"}) is True
+    assert wait_until(lambda: bob.closed)
+    assert (bob.close_code, bob.close_reason) == (4003, "kicked by alice")
+    assert wait_until(lambda: events[-1]["type"] == "leave" and events[-1]["user"] == "bob")
+    good = example.make_token("alice")
+    forged = clients(url, token=good[:-1] + ("0" if good[-1] != "0" else "1"))
+    with pytest.raises(ClientClosed, match="bad signature"):
+        forged.wait_connected(5)
+    stale = clients(url, token=example.make_token("alice", seconds=-1))
+    with pytest.raises(ClientClosed, match="token expired"):
+        stale.wait_connected(5)
 
 
 def test_chat_example_over_real_sockets(start_server):

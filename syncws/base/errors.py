@@ -10,6 +10,10 @@
     ├── ListenError (also OSError)             the address cannot be bound (in use, no permission)
     ├── BrokerError (also ConnectionError)     the broker (Redis) could not answer a read
     ├── ProtocolError                          the peer broke RFC 6455; ``code`` is the close code
+    ├── Refused                                a channels hook says no; ``reason`` goes to the client
+    ├── RPCError                               a channels RPC fails with ``code`` and ``message`` for the client
+    ├── RequestFailed                          (client) the server answered a request with an error
+    ├── ClientClosed (also ConnectionError)    (client) the connection ended for good; ``code``, ``reason``
     └── HTTPError                              a request is refused; ``status``, ``message``, ``headers``
         ├── HandshakeError                     a malformed WebSocket upgrade request
         └── RequestHeadError                   a request head over the limits or malformed
@@ -77,6 +81,53 @@ class ProtocolError(SyncwsError):
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Refused(SyncwsError):
+    """Raised by a channels ``connect``, ``refresh`` or ``authorize`` hook: no, and why.
+
+    ``reason`` (at most 100 characters are sent) is shown to the client: in
+    the close frame for ``connect`` and ``refresh``, in the error reply for
+    ``authorize``.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RPCError(SyncwsError):
+    """Raised by a channels RPC method: the client's call fails with ``{code, message}``.
+
+    Any other exception from a method reaches the client as ``internal``,
+    its details in the server's log only.
+    """
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class RequestFailed(SyncwsError):
+    """The channels client's request got an error reply: ``code`` (``forbidden``, ...) and ``message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ClientClosed(SyncwsError, ConnectionError):
+    """The channels client stopped: closed, or a close code after which it must not reconnect.
+
+    ``code`` is the close code (None when the client itself closed), ``reason`` its reason.
+    """
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"the connection is closed ({code}: {reason})" if code is not None else "the client is closed")
         self.code = code
         self.reason = reason
 

@@ -39,6 +39,8 @@ Interests = Callable[[], list[tuple[str | None, str]]]
 #: ``presence_entries()``: this process's presence entries, ``(namespace, topic, id, info JSON)``,
 #: in slices (see ``Registry.presence_slices``).
 PresenceEntries = Callable[[], Iterator[list[tuple[str, str, str, str]]]]
+#: ``on_command(command)``: a revoke sent by another process (see :func:`encode_command`), from any thread.
+OnCommand = Callable[[dict[str, Any]], None]
 #: ``after_deliveries(fn)``: run ``fn`` in the server's hub once every delivery handed over so
 #: far has been made; False when the server is not running (``fn`` will not run).
 AfterDeliveries = Callable[[Callable[[], None]], bool]
@@ -55,6 +57,8 @@ class Broker:
     #: Seconds a blocking read (:meth:`read_history`, :meth:`read_presence`) waits at most
     #: for the store; the server bounds its own wait for a recovery from it.
     read_timeout = 3.0
+    #: Set by the server before :meth:`start`: applies a command from another process.
+    on_command: OnCommand | None = None
 
     def configure(
         self,
@@ -114,6 +118,13 @@ class Broker:
         """Every process's presence of ``topic`` (``shares_presence`` brokers only; blocking)."""
         raise NotImplementedError
 
+    def command(self, command: dict[str, Any]) -> None:
+        """Send a revoke to the other processes (the server applied it locally already); never blocks.
+
+        In-process: nothing to send.  Every process calls its ``on_command``
+        with it; a process drops the ones it sent itself.
+        """
+
 
 LocalBroker = Broker
 
@@ -134,6 +145,30 @@ def channel_name(prefix: str, namespace: str | None, topic: str) -> str:
 
 def new_origin() -> str:
     return uuid.uuid4().hex
+
+
+#: The operations of a command: what ``server.disconnect`` and ``server.unsubscribe`` send.
+COMMAND_OPS = frozenset({"disconnect", "unsubscribe"})
+
+
+def command_channel(prefix: str) -> str:
+    """The one channel every server of ``prefix`` listens on for commands."""
+    return f"{prefix}:cmd"
+
+
+def encode_command(origin: str, op: str, **fields: Any) -> bytes:
+    """A command as JSON: ``v`` version, ``o`` origin, ``op`` and its fields (``user``, ``topic``, ...)."""
+    return json.dumps({"v": 1, "o": origin, "op": op, **fields}, separators=(",", ":")).encode("utf-8")
+
+
+def decode_command(data: bytes) -> dict[str, Any]:
+    """A command sent by :func:`encode_command`; ValueError on anything malformed."""
+    command = json.loads(data)
+    if not isinstance(command, dict) or command.get("v") != 1 or command.get("op") not in COMMAND_OPS:
+        raise ValueError("unknown command")
+    if not isinstance(command.get("o"), str) or not isinstance(command.get("user"), str):
+        raise ValueError("command without an origin or a user")
+    return command
 
 
 def encode_envelope(origin: str, namespace: str | None, topic: str, outgoing: Outgoing) -> bytes:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..protocol.connection import check_close
 from ..protocol.payload import Outgoing
 from . import redis_scripts
-from .broker import new_origin
+from .broker import command_channel, encode_command, new_origin
 from .redis_broker import require_redis
-from .registry import check_topic
+from .registry import check_topic, check_user
 
 log = logging.getLogger("syncws.broker")
 
@@ -54,6 +55,24 @@ class Publisher:
                 self.prefix,
             )
         return int(received)
+
+    def disconnect(self, user: str | int, reason: str = "", code: int = 4003) -> int:
+        """Close every connection of ``user`` on every server process (``Peer.identify`` names users).
+
+        For a job that bans a user; the same as ``server.disconnect`` in a
+        server.  Returns how many server processes received it.
+        """
+        check_close(code, reason)
+        return self._command("disconnect", check_user(user), reason=reason, code=code)
+
+    def unsubscribe(self, user: str | int, topic: str, *, namespace: str | None = None) -> int:
+        """Remove ``user``'s subscriptions to ``topic`` (in ``namespace``, or every one) on every process."""
+        check_topic(topic)
+        return self._command("unsubscribe", check_user(user), topic=topic, namespace=namespace)
+
+    def _command(self, op: str, user: str, **fields: Any) -> int:
+        data = encode_command(self.origin, op, user=user, **fields)
+        return int(self._client.publish(command_channel(self.prefix), data))
 
     def close(self) -> None:
         self._client.close()

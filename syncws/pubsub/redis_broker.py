@@ -55,7 +55,10 @@ from .broker import (
     Interests,
     PresenceEntries,
     channel_name,
+    command_channel,
+    decode_command,
     decode_envelope,
+    encode_command,
     encode_envelope,
     new_origin,
 )
@@ -106,6 +109,7 @@ class RedisBroker(Broker):
         self._presence_entries: PresenceEntries | None = None
         self._after_deliveries: AfterDeliveries | None = None
         self._control = f"{prefix}:ctl:{self.origin}"
+        self._commands_channel = command_channel(prefix)
         self._confirmed: set[str] = set()  # channels Redis confirmed subscribing
         self._waiters: dict[str, list[Any]] = {}  # channel or marker -> locks to release
         self._reads = _SimpleQueue()  # (script, args, result box, release) for the reader thread
@@ -455,7 +459,7 @@ class RedisBroker(Broker):
                     channels = list(self._channels)
                 # A private control channel keeps the connection subscribed (and
                 # so health-checkable) even when there is no interest yet.
-                pubsub.subscribe(self._control, *channels)
+                pubsub.subscribe(self._control, self._commands_channel, *channels)
                 self.connected = True
                 self._outage = False
                 if reported:
@@ -506,8 +510,11 @@ class RedisBroker(Broker):
             last_heard, pinged = now, False
             kind = message.get("type")
             if kind == "message":
-                if message["channel"] == self._control.encode():
+                channel = message["channel"]
+                if channel == self._control.encode():
                     self._release(message["data"].decode("ascii", "replace"))
+                elif channel == self._commands_channel.encode():
+                    self._on_command(message["data"])
                 else:
                     self._on_message(message["data"])
             elif kind in ("subscribe", "unsubscribe"):
@@ -526,6 +533,25 @@ class RedisBroker(Broker):
             waiters = self._waiters.pop(key, [])
         for release in waiters:
             release()
+
+    def command(self, command: dict[str, Any]) -> None:
+        if not self._running:
+            return
+        if self._outbox.qsize() >= self.max_pending:
+            self.dropped += 1
+            return
+        data = encode_command(self.origin, command["op"], **{k: v for k, v in command.items() if k != "op"})
+        self._outbox.put((_RELAY, self._commands_channel, data))
+
+    def _on_command(self, data: bytes) -> None:
+        try:
+            command = decode_command(data)
+        except ValueError as exc:
+            self._log.warning("syncws: dropped a malformed broker command: %s", exc)
+            return
+        handler = self.on_command
+        if command["o"] != self.origin and handler is not None:
+            handler(command)
 
     def _on_message(self, data: bytes) -> None:
         try:

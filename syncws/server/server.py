@@ -30,10 +30,11 @@ from gevent.pool import Pool
 from ..base.errors import ConfigurationError, ListenError, ServerNotRunning
 from ..base.options import ServerOptions, check_option_names
 from ..base.threads import RealLock, start_thread
+from ..protocol.connection import check_close
 from ..protocol.payload import Outgoing
 from ..pubsub.broker import Broker
 from ..pubsub.factory import make_broker
-from ..pubsub.registry import Registry
+from ..pubsub.registry import Registry, check_topic, check_user
 from .bridge import HubBridge
 from .handler import prepare_frameworks
 from .http import ConnectionHandler
@@ -175,6 +176,25 @@ class Server:
         """
         bridge = self.runtime.require_bridge()
         bridge.call(self.runtime.deliver, topic, Outgoing(data, compress), namespace)
+
+    def disconnect(self, *, user: str | int, reason: str = "", code: int = 4003) -> None:
+        """Close every connection of ``user`` (:meth:`Peer.identify <syncws.Peer.identify>`) on every process.
+
+        Through the broker when there is one (a process that Redis cannot
+        reach misses it); 4003 is the channels protocol's "disconnected"
+        code, after which its clients do not reconnect.  Any thread.
+        """
+        check_close(code, reason)
+        self.runtime.command({"op": "disconnect", "user": check_user(user), "reason": reason, "code": code})
+
+    def unsubscribe(self, user: str | int, topic: str, *, namespace: str | None = None) -> None:
+        """Remove ``user``'s subscriptions to ``topic`` (in ``namespace``, else every one) on every process.
+
+        The peer's ``on_revoked`` callback is told (a channels client gets an
+        ``unsubscribed`` message).  Any thread.
+        """
+        check_topic(topic)
+        self.runtime.command({"op": "unsubscribe", "user": check_user(user), "topic": topic, "namespace": namespace})
 
     def history(
         self, topic: str, namespace: str | None = None, since: str | None = None, limit: int | None = None

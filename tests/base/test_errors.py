@@ -36,6 +36,7 @@ def test_the_classes_that_join_from_elsewhere():
 
 
 def test_standard_bases_keep_old_except_clauses_working():
+    assert issubclass(errors.ClientClosed, ConnectionError)
     assert issubclass(errors.ConfigurationError, ValueError)
     assert issubclass(errors.ServerNotRunning, RuntimeError)
     assert issubclass(errors.DependencyMissing, RuntimeError)
@@ -62,3 +63,19 @@ def test_protocol_and_listen_errors():
     assert listen.errno == errno.EADDRINUSE
     other = errors.ListenError("0.0.0.0", 80, OSError(errno.EACCES, "Permission denied"))
     assert str(other) == "cannot listen on 0.0.0.0:80: Permission denied"  # the port hint only where it helps
+
+
+def test_the_channels_errors_carry_what_the_client_is_told():
+    assert errors.Refused("members only").reason == "members only"
+    failure = errors.RPCError("no_room", "there is no such room")
+    assert (failure.code, failure.message, str(failure)) == (
+        "no_room",
+        "there is no such room",
+        "no_room: there is no such room",
+    )
+    assert str(errors.RPCError("gone")) == "gone"
+    failed = errors.RequestFailed("forbidden", "subscribe refused")
+    assert (failed.code, failed.message) == ("forbidden", "subscribe refused")
+    closed = errors.ClientClosed(4003, "banned")
+    assert (closed.code, closed.reason) == (4003, "banned") and "4003: banned" in str(closed)
+    assert str(errors.ClientClosed(None, "")) == "the client is closed"
