@@ -13,6 +13,8 @@ Routes:
   ``/fanout?role=pub``: every message it sends is published to ``bench``.
   Both get ``"ready"`` once their ``open`` hook has run, so the bench knows
   every subscription is in place before it starts publishing.
+* ``/channels``: a channels endpoint (``syncws.v1``) where clients may
+  publish to any topic (scripts/bench_channels).
 """
 
 import resource
@@ -20,7 +22,7 @@ import time
 
 import gevent
 
-from syncws import App, create_event_stream, define_websocket_handler, publish
+from syncws import App, Channels, create_event_stream, define_websocket_handler, publish
 
 TOPIC = "bench"
 FEED = "feed"
@@ -113,3 +115,4 @@ app.get("/sse", sse)
 app.get("/sse_topic", sse_topic)
 app.get("/sse_publish", sse_publish)
 app.get("/fanout", define_websocket_handler(open=fanout_open, message=fanout_message))
+app.get("/channels", Channels(authorize=lambda peer, action, topic: True))

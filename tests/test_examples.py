@@ -223,9 +223,8 @@ def test_channels_are_isolated(start_server):
 
 
 def test_channels_chat_private_rooms_history_presence_and_kick(start_server, clients):
-    from syncws.base.errors import ClientClosed, RequestFailed
-
     from examples import channels_chat as example
+    from syncws.base.errors import ClientClosed, RequestFailed
 
     server = start_server(example.app, history_size=100)
     url = ws_url(server, "/_syncws")

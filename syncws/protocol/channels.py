@@ -147,7 +147,7 @@ def parse_request(text: str) -> Incoming:
     """Check a client's text frame; :class:`BadRequest` says what is wrong with it."""
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested past the interpreter's depth: not a request either)
         raise BadRequest("not JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("a request is a JSON object")

@@ -100,3 +100,8 @@ def test_backoff_grows_then_stops_at_the_cap():
     bounds = [wire.backoff_delay(n, 0.5, 30.0, 0.999999) for n in range(10)]
     assert bounds[:3] == pytest.approx([0.5, 1.0, 2.0], rel=1e-5)
     assert bounds[-1] == pytest.approx(30.0, rel=1e-5)
+
+
+def test_json_nested_past_the_interpreters_depth_is_not_json():
+    with pytest.raises(BadRequest, match="not JSON"):
+        wire.parse_request("[" * 100_000 + "]" * 100_000)

@@ -509,3 +509,45 @@ def test_local_broker_keeps_pubsub_in_process(start_server, monkeypatch):
     server.publish("t", "from server")
     assert listener.recv() == "from server"
     assert sender.recv() == "from server"  # server.publish excludes nobody
+
+
+# -- commands (server.disconnect, server.unsubscribe) ---------------------------------------
+
+
+def test_command_round_trip():
+    from syncws.pubsub.broker import command_channel, decode_command, encode_command
+
+    data = encode_command("o1", "unsubscribe", user="ann", topic="room", namespace=None)
+    assert decode_command(data) == {
+        "v": 1,
+        "o": "o1",
+        "op": "unsubscribe",
+        "user": "ann",
+        "topic": "room",
+        "namespace": None,
+    }
+    assert command_channel("app") == "app:cmd"
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"not json",
+        b"[]",
+        b'{"v": 2, "o": "x", "op": "disconnect", "user": "a"}',
+        b'{"v": 1, "o": "x", "op": "explode", "user": "a"}',
+        b'{"v": 1, "op": "disconnect", "user": "a"}',
+        b'{"v": 1, "o": "x", "op": "disconnect", "user": 5}',
+    ],
+)
+def test_malformed_commands_raise_value_error(wire):
+    from syncws.pubsub.broker import decode_command
+
+    with pytest.raises(ValueError):
+        decode_command(wire)
+
+
+def test_the_local_broker_sends_commands_nowhere():
+    from syncws.pubsub.broker import LocalBroker
+
+    assert LocalBroker().command({"op": "disconnect", "user": "a"}) is None

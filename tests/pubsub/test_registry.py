@@ -443,3 +443,62 @@ def test_presence_is_counted_without_walking_and_its_info_is_bounded(start_serve
     assert server.presence("bigger") == [] and count() == 6  # t0, t2-t4, big, wide
     client.close()
     assert wait_until(lambda: count() == 0)
+
+
+# -- users and enveloped recipients (no sockets: the registry is plain data) -------------------
+
+
+class Recorder:
+    """A subscriber that records what it was handed."""
+
+    def __init__(self, name: str, namespace: str = "/") -> None:
+        self.id = name
+        self.namespace = namespace
+        self.user = None
+        self.got: list = []
+
+    def deliver(self, outgoing) -> None:
+        self.got.append(outgoing)
+
+
+def test_users_are_indexed_and_forgotten_with_their_peers():
+    from syncws.pubsub.registry import Registry, check_user
+
+    registry = Registry()
+    one, two = Recorder("1"), Recorder("2")
+    for sub in (one, two):
+        registry.add_peer(sub)
+        registry.identify(sub, None, "ann")
+        sub.user = "ann"
+    assert set(registry.peers_of("ann")) == {one, two}
+    registry.identify(two, "ann", "bob")
+    two.user = "bob"
+    assert registry.peers_of("ann") == [one] and registry.peers_of("bob") == [two]
+    registry.remove(one)
+    registry.remove(two)
+    assert registry.peers_of("ann") == [] and registry.peers_of("bob") == []
+    assert check_user(7) == "7"
+    for bad in ("", True, None, 1.5):
+        with pytest.raises(ValueError):
+            check_user(bad)
+
+
+def test_fan_out_builds_the_envelope_once_for_every_enveloped_recipient():
+    from syncws.protocol.payload import Outgoing
+    from syncws.pubsub.registry import Registry, fan_out
+
+    registry = Registry()
+    plain, wrapped, other, sender = Recorder("p"), Recorder("w"), Recorder("o"), Recorder("s")
+    registry.subscribe(plain, "t")
+    registry.subscribe(wrapped, "t", envelope=True)
+    registry.subscribe(other, "t", envelope=True)
+    registry.subscribe(sender, "t", envelope=True)
+    outgoing = Outgoing({"n": 1})
+    outgoing.topic = "t"
+    assert fan_out(registry.recipients("t"), outgoing, exclude=sender) == 3
+    assert plain.got == [outgoing] and sender.got == []
+    assert wrapped.got[0] is other.got[0]  # one envelope, shared
+    assert json.loads(wrapped.got[0].payload) == {"topic": "t", "offset": None, "data": {"n": 1}}
+    registry.subscribe(wrapped, "t")  # subscribing again without an envelope switches it off
+    assert dict(registry.recipients("t", "/"))[wrapped] is False
+    assert set(registry.subscribers("t")) == {plain, wrapped, other, sender}
