@@ -40,6 +40,7 @@ setup(
             "mypy>=1.11",
             "coverage>=7.10",
             "trustme>=1.1",
+            "pyjwt>=2.8",  # the JWT snippet of docs/how-to/tokens.md
             "prometheus_client>=0.17",  # TLS tests: a CA and a certificate made for the test run
         ],
     },

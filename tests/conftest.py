@@ -116,21 +116,18 @@ def raw_request(server: Server, data: bytes, timeout: float = 5.0) -> bytes:
 
 # -- channels: an endpoint on a real server, and clients closed at teardown ----------------
 @pytest.fixture
-def clients(start_server) -> Iterator[Callable[..., Client]]:
-    """``clients(url, **options)``: a Client, closed before the test's servers stop."""
-    made: list[Client] = []
+def clients(opened) -> Callable[..., Client]:
+    """``clients(url, **options)``: a channels Client with test-sized back-off, closed before the test's servers stop."""
 
     def make(url: str, **options: Any) -> Client:
         options.setdefault("timeout", 5)
         options.setdefault("backoff_base", 0.05)
         options.setdefault("backoff_cap", 0.5)
         client = Client(url, **options)
-        made.append(client)
+        opened(client)
         return client
 
-    yield make
-    for client in made:
-        client.close()
+    return make
 
 
 @pytest.fixture

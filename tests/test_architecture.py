@@ -143,3 +143,23 @@ def test_the_cycle_finder_finds_cycles():
     # The check above must be able to fail.
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_diagram_in_the_docs_names_every_module_in_its_layer():
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    diagram = text.split("```\n", 2)[1]
+    rows: dict[str, str] = {}
+    current = ""
+    for line in diagram.splitlines():
+        label = line[:17].strip()
+        if label.endswith("/") or label == "top":
+            current = label.rstrip("/")
+        rows[current] = rows.get(current, "") + " " + line[17:]
+    missing = []
+    for name in modules():
+        parts = name.split(".")
+        if len(parts) < 3 or parts[-1] == "__init__":
+            continue  # the facade and the packages' own __init__ modules
+        if parts[-1] not in rows.get(parts[1], "").replace(",", " ").split():
+            missing.append(name)
+    assert not missing, f"modules the diagram of docs/architecture.md does not name in their layer: {missing}"

@@ -21,7 +21,7 @@ from typing import Any
 import gevent
 from werkzeug.wrappers import Response
 
-from ..base.errors import BrokerError, ConfigurationError, Refused, RPCError
+from ..base.errors import BrokerError, ConfigurationError, Refused, RPCError, ServerNotRunning
 from ..base.options import check_overrides
 from ..base.threads import RealLock
 from ..protocol import channels as wire
@@ -342,7 +342,10 @@ class Channels(WebSocketHandler):
 
     def _announce(self, peer: Peer, topic: str, kind: Push) -> None:
         event = {"type": kind, "topic": topic, "client": peer.id, "user": peer.user, "info": peer.user_info}
-        peer.server.publish(PRESENCE_PREFIX + topic, event, namespace=peer.namespace)
+        try:
+            peer.server.publish(PRESENCE_PREFIX + topic, event, namespace=peer.namespace)
+        except ServerNotRunning:
+            pass  # the server stopped: nobody is left to tell
 
     def _publish(self, state: _State, request: Incoming) -> dict[str, Any] | None:
         peer = state.peer

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import requests
 import websocket
 
 from syncws import Channels, Refused, RPCError
@@ -16,7 +15,7 @@ from syncws.base.errors import ClientClosed, RequestFailed
 from syncws.protocol.channels import SUBPROTOCOL
 
 from ..conftest import wait_until
-from ..support import recv_close
+from ..support import answered_without_upgrade, recv_close
 
 
 def users(request, token):
@@ -101,17 +100,8 @@ def test_without_a_connect_hook_every_client_is_anonymous(endpoint, clients):
 
 def test_the_subprotocol_is_required(endpoint):
     server, url, _ = endpoint()
-    answer = requests.get(
-        server.url + "/_syncws",
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Version": "13",
-        },
-        timeout=5,
-    )
-    assert answer.status_code == 400 and SUBPROTOCOL in answer.text
+    answer = answered_without_upgrade(server, "/_syncws", 400)
+    assert SUBPROTOCOL.encode() in answer
     ws = raw(url)
     assert ws.subprotocol == SUBPROTOCOL
     ws.close()
