@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["syncws", "syncws.*"]),
-    package_data={"syncws": ["py.typed"]},  # PEP 561: the package is typed (mypy --strict clean)
+    # py.typed: PEP 561, the package is typed (mypy --strict clean); the browser client and its types
+    package_data={"syncws": ["py.typed", "web/static/syncws.js", "web/static/syncws.d.ts"]},
     python_requires=">=3.11",  # tested on 3.11, 3.12 and 3.13 (noxfile.py SUPPORTED)
     install_requires=["gevent>=23.9", "gevent-websocket>=0.10.1", "werkzeug>=3.0"],
     extras_require={

@@ -47,6 +47,7 @@ from .server.server import HistoryEntry, Server, current_server, publish, serve
 from .server.streams import ConnectionLimitError, EventStream, create_event_stream
 from .web.app import App
 from .web.mount import mount
+from .web.static import client_js
 
 __all__ = [
     "App",
@@ -81,6 +82,7 @@ __all__ = [
     "SyncwsError",
     "WebSocketHandler",
     "__version__",
+    "client_js",
     "create_event_stream",
     "current_server",
     "define_websocket_handler",

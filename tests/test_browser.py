@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -413,3 +414,231 @@ def test_chromium_over_wss_and_https_event_streams(browser, tmp_path):
         context.close()
     finally:
         server.stop(timeout=5)
+
+
+# -- syncws.js, the channels client, in Chromium -------------------------------------------------
+
+
+def client_page(browser, url: str):
+    """A page that loaded /syncws.js (``window.syncws``); page errors fail the test at its end."""
+    page = browser.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.goto(url + "/", timeout=WAIT_MS)
+    page.wait_for_function("() => window.syncws !== undefined", timeout=WAIT_MS)
+    return page
+
+
+def channels_app(**options):
+    from syncws import App, Channels, Refused, RPCError, client_js
+    from tests.apps.channels_app import PAGE
+
+    def connect(request, token):
+        user, _, serial = (token or "").partition(":")
+        if user != "ann":
+            raise Refused("who?")
+        return {"user": user, "info": {"serial": serial}, "expires_in": 1.5}
+
+    channels = Channels(
+        connect=connect, authorize=lambda peer, action, topic: topic != "secret", refresh_window=1.0, **options
+    )
+    channels.rpc("add")(lambda peer, params: sum(params))
+    channels.rpc("serial")(lambda peer, params: peer.user_info["serial"])
+
+    @channels.rpc("fail")
+    def fail(peer, params):
+        raise RPCError("no_room", "there is no such room")
+
+    @channels.rpc("slow")
+    def slow(peer, params):
+        import time
+
+        time.sleep(1)
+
+    app = App()
+    app.get("/", lambda request: PAGE)
+    app.get("/syncws.js", client_js)
+    app.get("/_syncws", channels)
+    return app
+
+
+def test_client_rpcs_refusals_and_a_token_refreshed_on_the_live_connection(browser, start_server):
+    server = start_server(channels_app())
+    page = client_page(browser, server.url)
+    out = page.evaluate(
+        """async () => {
+          let n = 0;
+          window.tokens = [];
+          window.log = [];
+          const c = (window.c = syncws.connect(`ws://${location.host}/_syncws`, {
+            getToken: () => { const t = "ann:" + ++n; tokens.push(t); return t; },
+          }));
+          for (const type of ["connecting", "connected", "disconnected"]) c.addEventListener(type, () => log.push(type));
+          const out = { sum: await c.rpc("add", [2, 3]) };
+          try { await c.rpc("fail"); } catch (e) { out.fail = [e.name, e.code, e.message]; }
+          try { await c.rpc("slow", null, { timeout: 300 }); } catch (e) { out.slow = e.code; }
+          const errors = [];
+          const sub = c.subscribe("secret", { onError: (e) => errors.push(e.code) });
+          try { await sub.ready; } catch (e) { out.secret = [e.code, errors, c.subscriptions.size]; }
+          return out;
+        }"""
+    )
+    assert out == {
+        "sum": 5,
+        "fail": ["SyncwsError", "no_room", "no_room: there is no such room"],
+        "slow": "timeout",
+        "secret": ["forbidden", ["forbidden"], 0],
+    }
+    page.wait_for_timeout(3500)  # past two expiries of 1.5 s
+    state = page.evaluate("async () => [c.state, c.reconnects, log, tokens.length, await c.rpc('serial')]")
+    assert state[:3] == ["connected", 0, ["connecting", "connected"]]  # one connection, refreshed in place
+    assert state[3] >= 3 and state[4] == str(state[3])
+    assert page.errors == []
+
+
+def test_a_refused_token_stops_the_client_without_a_retry_loop(browser, start_server):
+    server = start_server(channels_app())
+    page = client_page(browser, server.url)
+    detail = page.evaluate(
+        """() => new Promise((resolve) => {
+          const c = syncws.connect(`ws://${location.host}/_syncws`, { token: "mallory", backoffBase: 10 });
+          c.addEventListener("disconnected", (e) => resolve([e.detail.code, e.detail.reason, e.detail.willRetry, c.state]));
+        })"""
+    )
+    assert detail == [4001, "who?", False, "closed"]
+    page.wait_for_timeout(300)
+    assert server.stats()["totals"]["websocket_connections"] == 1
+
+
+def test_twenty_pages_spread_their_reconnects_and_a_visible_page_hurries(browser, start_server):
+    server = start_server(channels_app())
+    pages = [client_page(browser, server.url) for _ in range(20)]
+    for page in pages:
+        page.evaluate(
+            """() => new Promise((resolve) => {
+              window.attempts = [];
+              const c = (window.c = syncws.connect(`ws://${location.host}/_syncws`, {
+                getToken: () => "ann:1", backoffBase: 2000, backoffCap: 2000,
+              }));
+              c.addEventListener("connecting", () => attempts.push(Date.now()));
+              c.addEventListener("connected", () => resolve(), { once: true });
+            })"""
+        )
+    server.close_all(1012, "restart")  # every page loses its connection at the same moment
+    for page in pages:
+        page.wait_for_function("() => attempts.length === 2 && c.state === 'connected'", timeout=WAIT_MS)
+    retries = sorted(page.evaluate("() => attempts[1]") for page in pages)
+    spread = retries[-1] - retries[0]
+    buckets = {(t - retries[0]) // 100 for t in retries}
+    assert spread > 600, retries  # full jitter over 2 s, not one wave
+    assert len(buckets) >= 6, retries
+
+    # A page waiting out a long back-off reconnects soon when it becomes visible again.
+    page = pages[0]
+    for _ in range(5):  # until the back-off drawn is long enough to tell apart
+        page.evaluate(
+            """() => { window.waiting = new Promise((resolve) =>
+                 c.addEventListener("disconnected", (e) => resolve(e.detail.delay), { once: true }));
+               c.options.backoffBase = c.options.backoffCap = 60000; }"""
+        )
+        server.close_all(1012, "restart")
+        delay = page.evaluate("() => waiting")
+        if delay > 10_000:
+            break
+        page.wait_for_function("() => c.state === 'connected'", timeout=WAIT_MS)
+    assert delay > 10_000
+    hidden = """(state) => {
+      Object.defineProperty(document, "visibilityState", { value: state, configurable: true });
+      document.dispatchEvent(new Event("visibilitychange", { bubbles: true })); // as the browser fires it
+    }"""
+    page.evaluate(hidden, "hidden")
+    page.wait_for_timeout(1500)
+    assert page.evaluate("() => c.state") == "disconnected"  # hidden: it does not hurry
+    page.evaluate(hidden, "visible")
+    page.wait_for_function("() => c.state === 'connected'", timeout=3000)
+    assert all(page.errors == [] for page in pages)
+
+
+def channels_process(redis_url: str, port: int, history_size: int):
+    """``python -m syncws tests.apps.channels_app:app`` on ``port`` with history in Redis."""
+    from pathlib import Path
+
+    from .support import SyncwsProcess
+
+    process = SyncwsProcess(
+        "tests.apps.channels_app:app", "--port", str(port), "--broker", redis_url,
+        "--history-size", str(history_size), "--no-access-log", cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    process.wait_for_url()
+    return process
+
+
+def subscribed_page(browser, port: int):
+    """A page whose client records every tick (``got``) and every (re)subscribe (``resumes``)."""
+    page = client_page(browser, f"http://127.0.0.1:{port}")
+    page.evaluate(
+        """() => new Promise((resolve) => {
+          window.got = [];
+          window.resumes = [];
+          const c = (window.c = syncws.connect(`ws://${location.host}/_syncws`, {
+            token: "ann", getToken: () => "ann", backoffBase: 200, backoffCap: 1000,
+          }));
+          c.subscribe("ticks", {
+            onMessage: (data) => got.push(data),
+            onSubscribed: (s) => { resumes.push([s.wasRecovering, s.recovered]); if (resumes.length === 1) resolve(); },
+          });
+        })"""
+    )
+    return page
+
+
+def test_the_client_loses_nothing_across_a_killed_server(browser, tmp_path):
+    """A Publisher publishes while the server is killed and restarted (history in Redis)."""
+    from syncws import Publisher
+
+    from .support import RedisServer
+
+    port = free_port()
+    with RedisServer(tmp_path) as redis_server:
+        process = channels_process(redis_server.url, port, 1000)
+        page = subscribed_page(browser, port)
+        try:
+            with Publisher(redis_server.url) as publisher:
+                for n in range(300):
+                    publisher.publish("ticks", n)
+                    if n == 100:
+                        process.kill()  # SIGKILL: no close frame, no goodbye
+                    if n == 200:
+                        process = channels_process(redis_server.url, port, 1000)
+                    time.sleep(0.01)
+            page.wait_for_function("() => got.length >= 300", timeout=WAIT_MS)
+            assert page.evaluate("() => got") == list(range(300))  # 0 gaps, 0 repeats
+            assert page.evaluate("() => resumes") == [[False, False], [True, True]]
+            assert page.errors == []
+        finally:
+            process.kill()
+
+
+def test_the_client_says_when_history_was_trimmed_during_the_outage(browser, tmp_path):
+    from syncws import Publisher
+
+    from .support import RedisServer
+
+    port = free_port()
+    with RedisServer(tmp_path) as redis_server:
+        process = channels_process(redis_server.url, port, 5)
+        page = subscribed_page(browser, port)
+        try:
+            with Publisher(redis_server.url) as publisher:
+                publisher.publish("ticks", "before")
+                page.wait_for_function("() => got.length === 1", timeout=WAIT_MS)
+                process.kill()
+                for n in range(20):  # the history keeps 5: 15 are gone when the page comes back
+                    publisher.publish("ticks", n)
+            process = channels_process(redis_server.url, port, 5)
+            page.wait_for_function("() => resumes.length === 2", timeout=WAIT_MS)
+            assert page.evaluate("() => resumes.at(-1)") == [True, False]
+            assert page.evaluate("() => got") == ["before", 15, 16, 17, 18, 19]
+            assert page.errors == []
+        finally:
+            process.kill()

@@ -3,12 +3,16 @@
 The token is the user id; every action is allowed; the RPC ``ban`` disconnects
 the user it names on every process (``server.disconnect``), ``kick`` removes
 it from a topic (``server.unsubscribe``).  ``/stats`` says whether the broker
-is connected.
+is connected.  ``/`` is a page that loads ``/syncws.js`` for the browser tests.
 """
 
 from __future__ import annotations
 
-from syncws import App, Channels, current_server
+from syncws import App, Channels, client_js, current_server
+
+#: A page that loads syncws.js (the browser tests drive ``window.syncws``).
+PAGE = """<!doctype html><title>syncws.js</title>
+<script type="module">import * as syncws from "/syncws.js"; window.syncws = syncws;</script>"""
 
 channels = Channels(connect=lambda request, token: {"user": token}, authorize=lambda peer, action, topic: True)
 
@@ -32,3 +36,5 @@ def stats(request):
 app = App()
 app.get("/_syncws", channels)
 app.get("/stats", stats)
+app.get("/syncws.js", client_js)
+app.get("/", lambda request: PAGE)
