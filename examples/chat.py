@@ -1,42 +1,51 @@
 # Run:  python examples/chat.py            (http://127.0.0.1:3000; set PORT=8000 for another port)
 #   or: python -m syncws examples.chat:app --port 3000
-"""A chat room on syncws, in the style of CrossWS's demo: open http://127.0.0.1:3000 in two tabs.
+"""A chat room on syncws channels: open http://127.0.0.1:3000 in two tabs.
 
-Every client subscribes to the "chat" topic.  A message is published to the
-other members and echoed back to its sender; "ping" is answered with "pong".
+The page uses ``syncws.js`` (docs/browser.md): it connects with a guest name as
+its token, subscribes to the "chat" topic with join/leave events, and sends
+with the RPC ``say``, which publishes the message under the sender's name
+(clients may not publish themselves, so nobody can speak for someone else);
+"ping" is an RPC answered with "pong".  If the connection drops, syncws.js
+reconnects with back-off and gets what was said meanwhile.
 """
 
-from syncws import App, define_websocket_handler
+import re
+
+from syncws import App, Channels, Refused, client_js
 
 app = App()
+NAME = re.compile(r"[A-Za-z0-9_-]{1,24}")
 
 
-def on_open(peer):
-    # Send welcome to the new client
-    peer.send("Welcome to the server!")
-    # Join new client to the "chat" channel
-    peer.subscribe("chat")
-    # Notify every other connected client
-    peer.publish("chat", f"[system] {peer} joined!")
+def connect(request, token):
+    if not token or not NAME.fullmatch(token):
+        raise Refused("a name is 1-24 letters, digits, _ or -")
+    return {"user": token}
 
 
-def on_message(peer, message):
-    if message.text() == "ping":
-        # Reply to the client with a ping response
-        peer.send("pong")
-        return
-    # The server re-broadcasts incoming messages to everyone else
-    peer.publish("chat", f"[{peer}] {message}")
-    # Echo the message back to the sender
-    peer.send(message)
+chat = Channels(
+    connect=connect,
+    authorize=lambda peer, action, topic: topic == "chat" and action != "publish",
+    open=lambda peer: chat.send(peer, "Welcome to the server!"),
+)
 
 
-def on_close(peer, details):
-    peer.publish("chat", f"[system] {peer} has left the chat!")
-    peer.unsubscribe("chat")
+@chat.rpc("say")
+def say(peer, text):
+    if not isinstance(text, str) or not text.strip():
+        return False
+    peer.server.publish("chat", {"from": peer.user, "text": text[:2000]}, namespace=peer.namespace)
+    return True
 
 
-app.get("/_ws", define_websocket_handler(open=on_open, message=on_message, close=on_close))
+@chat.rpc("ping")
+def ping(peer, params):
+    return "pong"
+
+
+app.get("/_ws", chat)
+app.get("/syncws.js", client_js)
 
 
 PAGE = """<!doctype html>
@@ -78,64 +87,60 @@ PAGE = """<!doctype html>
   <button id="send" type="submit">Send</button>
   <button id="ping" type="button">ping</button>
 </form>
-<script>
-(() => {
-  const log = document.getElementById("log");
-  const state = document.getElementById("state");
-  const form = document.getElementById("form");
-  const input = document.getElementById("input");
-  const buttons = [document.getElementById("send"), document.getElementById("ping")];
-  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/_ws";
-  let ws = null;
-  let retry = 0;
+<script type="module">
+import { connect } from "/syncws.js";
 
-  function show(text, kind) {
-    const item = document.createElement("li");
-    if (kind) item.className = kind;
-    const time = document.createElement("time");
-    time.textContent = new Date().toLocaleTimeString();
-    item.append(time, text);
-    log.append(item);
-    log.scrollTop = log.scrollHeight;
-  }
+const log = document.getElementById("log");
+const state = document.getElementById("state");
+const input = document.getElementById("input");
+const buttons = [document.getElementById("send"), document.getElementById("ping")];
+const name = "guest-" + Math.random().toString(36).slice(2, 6);
 
-  function setState(name) {
-    state.textContent = name;
-    state.className = name;
-    buttons.forEach((b) => { b.disabled = name !== "open"; });
-  }
+function show(text, kind) {
+  const item = document.createElement("li");
+  if (kind) item.className = kind;
+  const time = document.createElement("time");
+  time.textContent = new Date().toLocaleTimeString();
+  item.append(time, text);
+  log.append(item);
+  log.scrollTop = log.scrollHeight;
+}
 
-  function connect() {
-    setState("connecting");
-    ws = new WebSocket(url);
-    ws.onopen = () => { retry = 0; setState("open"); show("connected to " + url, "system"); };
-    ws.onmessage = (event) => {
-      const text = String(event.data);
-      show(text, text.startsWith("[system]") ? "system" : "");
-    };
-    ws.onclose = (event) => {
-      setState("closed");
-      const delay = Math.min(10000, 500 * 2 ** retry++);
-      show("disconnected (code " + event.code + "), reconnecting in " + delay / 1000 + " s", "system");
-      setTimeout(connect, delay);
-    };
-  }
+function setState(label, kind) {
+  state.textContent = label;
+  state.className = kind;
+  buttons.forEach((b) => { b.disabled = kind !== "open"; });
+}
 
-  function send(text) {
-    if (!text || !ws || ws.readyState !== WebSocket.OPEN) return;
-    ws.send(text);
-    show("> " + text, "out");
-  }
+const client = connect((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/_ws", { token: name });
+client.addEventListener("connecting", () => setState("connecting", "connecting"));
+client.addEventListener("connected", () => { setState("open", "open"); show("connected as " + name, "system"); });
+client.addEventListener("disconnected", (event) => {
+  const { code, willRetry, delay } = event.detail;
+  setState("closed", "closed");
+  show(`disconnected (code ${code})` + (willRetry ? `, reconnecting in ${((delay ?? 0) / 1000).toFixed(1)} s` : ""), "system");
+});
+client.addEventListener("message", (event) => show(String(event.detail)));  // the welcome
+client.subscribe("chat", {
+  presenceEvents: true,
+  onMessage: (message) => show(`[${message.from}] ${message.text}`),
+  onPresence: (event) => show(`[system] ${event.user} ${event.type === "join" ? "joined!" : "has left the chat!"}`, "system"),
+});
 
-  form.addEventListener("submit", (event) => {  // the Send button and Enter
-    event.preventDefault();
-    send(input.value.trim());
-    input.value = "";
-    input.focus();
-  });
-  document.getElementById("ping").addEventListener("click", () => send("ping"));
-  connect();
-})();
+function send(text) {
+  if (!text || !client.connected) return;
+  show("> " + text, "out");
+  if (text === "ping") client.rpc("ping").then((answer) => show(String(answer)));
+  else client.rpc("say", text);
+}
+
+document.getElementById("form").addEventListener("submit", (event) => {  // the Send button and Enter
+  event.preventDefault();
+  send(input.value.trim());
+  input.value = "";
+  input.focus();
+});
+document.getElementById("ping").addEventListener("click", () => send("ping"));
 </script>
 </body>
 </html>

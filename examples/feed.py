@@ -3,13 +3,15 @@
 """A live feed that loses nothing when a client reconnects: open http://127.0.0.1:3000.
 
 The server publishes a numbered tick to the ``ticks`` topic five times a
-second, and keeps the last 1,000 in its history.  The page follows it twice:
+second, and keeps the last 1,000 in its history.  The page follows it twice,
+both through ``syncws.js`` (docs/browser.md), with no reconnect code of its own:
 
-* a WebSocket that subscribes with ``envelope=True`` (every message carries its
-  offset), keeps the last offset, and after a drop reconnects with
-  ``?since=<offset>``: the server replays what it missed, then goes live;
-* an ``EventSource``, which sends ``Last-Event-ID`` by itself when it
-  reconnects (each event's ``id:`` is its offset).
+* a channels client (``/ws`` is a ``Channels`` endpoint): it keeps the offset of
+  the last tick, and after a drop reconnects with back-off and subscribes
+  again from that offset: the server replays what it missed, then goes live;
+* an ``EventSource`` (``events()``), which sends ``Last-Event-ID`` by itself when
+  it reconnects (each event's ``id:`` is its offset); the server says so when
+  what was missed is no longer stored, and the page reloads.
 
 Both count gaps and repeats in the tick numbers: press "drop" or restart the
 server and both stay at zero.  With the Redis broker, the history survives a
@@ -20,7 +22,7 @@ published while no server ran are replayed too.
 import threading
 import time
 
-from syncws import App, ServerNotRunning, create_event_stream, current_server, define_websocket_handler
+from syncws import App, Channels, ServerNotRunning, client_js, create_event_stream, current_server
 
 NAMESPACE = "/ws"  # the WebSocket's path: the stream publishes into the same history
 app = App()
@@ -51,22 +53,26 @@ def start_producing(server):
             _producers[server].start()
 
 
-def on_open(peer):
-    start_producing(peer.server)
-    since = peer.request.args.get("since")  # the last offset this client saw, if any
-    result = peer.subscribe("ticks", since=since, envelope=True)
-    # Sent after the replay: says whether everything missed was still stored.
-    peer.send({"recovery": {"recovered": result.recovered, "replayed": result.replayed, "offset": result.offset}})
+feed = Channels(open=lambda peer: start_producing(peer.server))  # clients subscribe; nobody publishes
 
 
-app.get(NAMESPACE, define_websocket_handler(open=on_open))
+@feed.rpc("drop")
+def drop(peer, params):
+    """The page's "drop" button: the server closes this connection, as a network failure would."""
+    peer.close(1012, "dropped on request")
+
+
+app.get(NAMESPACE, feed)
+app.get("/syncws.js", client_js)
 
 
 @app.get("/events")
 def events(request):
     start_producing(current_server())
     stream = create_event_stream(request, namespace=NAMESPACE, retry=500)
-    stream.subscribe("ticks")  # replays after Last-Event-ID, when the browser sends one
+    result = stream.subscribe("ticks")  # replays after Last-Event-ID, when the browser sends one
+    if stream.last_event_id and not result.recovered:
+        stream.push({"event": "recovery", "data": {"recovered": False}})  # the page reloads its state
     return stream
 
 
@@ -109,61 +115,52 @@ PAGE = """<!doctype html>
     <dt>last event id</dt><dd id="sse-offset">-</dd>
   </dl>
 </section>
-<script>
-(() => {
-  const $ = (id) => document.getElementById(id);
+<script type="module">
+import { connect, events } from "/syncws.js";
 
-  // Counts ticks for one client; a gap or a repeat in the numbers is shown in red.
-  function counter(prefix) {
-    let last = null;
-    return (n, offset) => {
-      if (last !== null && n !== last + 1) {
-        const field = n <= last ? $(prefix + "-dups") : $(prefix + "-gaps");
-        field.textContent = Number(field.textContent) + (n <= last ? 1 : n - last - 1);
-        field.className = "bad";
-      }
-      last = Math.max(last ?? n, n);
-      $(prefix + "-count").textContent = Number($(prefix + "-count").textContent) + 1;
-      $(prefix + "-last").textContent = n;
-      $(prefix + "-offset").textContent = offset;
-    };
-  }
+const $ = (id) => document.getElementById(id);
 
-  // The WebSocket keeps the offset of the last message and resumes from it.
-  const wsTick = counter("ws");
-  let offset = null;
-  let ws = null;
-  function connect() {
-    const query = offset ? "?since=" + encodeURIComponent(offset) : "";
-    ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws" + query);
-    $("ws-state").textContent = "connecting";
-    ws.onopen = () => { $("ws-state").textContent = "open"; };
-    ws.onmessage = (event) => {
-      const message = JSON.parse(event.data);
-      if (message.recovery) {
-        const r = message.recovery;
-        $("ws-recovery").textContent = (r.recovered ? "recovered" : "NOT recovered") + ", replayed " + r.replayed;
-        return;
-      }
-      offset = message.offset;  // an envelope: {"topic", "offset", "data"}
-      wsTick(message.data.n, message.offset);
-    };
-    ws.onclose = () => {
-      $("ws-state").textContent = "reconnecting";
-      $("ws-reconnects").textContent = Number($("ws-reconnects").textContent) + 1;
-      setTimeout(connect, 1000);
-    };
-  }
-  $("ws-drop").addEventListener("click", () => ws && ws.close());
-  connect();
+// Counts ticks for one client; a gap or a repeat in the numbers is shown in red.
+function counter(prefix) {
+  let last = null;
+  return (n, offset) => {
+    if (last !== null && n !== last + 1) {
+      const field = n <= last ? $(prefix + "-dups") : $(prefix + "-gaps");
+      field.textContent = Number(field.textContent) + (n <= last ? 1 : n - last - 1);
+      field.className = "bad";
+    }
+    last = Math.max(last ?? n, n);
+    $(prefix + "-count").textContent = Number($(prefix + "-count").textContent) + 1;
+    $(prefix + "-last").textContent = n;
+    $(prefix + "-offset").textContent = offset;
+  };
+}
 
-  // EventSource resumes by itself: it sends Last-Event-ID when it reconnects.
-  const sseTick = counter("sse");
-  const source = new EventSource("/events");
-  source.onopen = () => { $("sse-state").textContent = "open"; };
-  source.onerror = () => { $("sse-state").textContent = "reconnecting"; };
-  source.onmessage = (event) => { sseTick(JSON.parse(event.data).n, event.lastEventId); };
-})();
+// The channels client keeps the offset of the last tick and resumes from it by itself.
+const wsTick = counter("ws");
+const client = connect((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+client.addEventListener("connecting", () => { $("ws-state").textContent = "connecting"; });
+client.addEventListener("connected", () => { $("ws-state").textContent = "open"; });
+client.addEventListener("disconnected", () => {
+  $("ws-state").textContent = "reconnecting";
+  $("ws-reconnects").textContent = Number($("ws-reconnects").textContent) + 1;
+});
+client.subscribe("ticks", {
+  onMessage: (data, publication) => wsTick(data.n, publication.offset),
+  onSubscribed: (s) => {
+    $("ws-recovery").textContent = (s.recovered ? "recovered" : "NOT recovered") + ", replayed " + s.replayed;
+  },
+});
+$("ws-drop").addEventListener("click", () => client.rpc("drop").catch(() => {}));
+
+// EventSource resumes by itself: it sends Last-Event-ID when it reconnects.
+const sseTick = counter("sse");
+const source = events("/events", {
+  onMessage: (data, event) => sseTick(JSON.parse(data).n, event.lastEventId),
+  onReload: () => location.reload(),
+});
+source.onopen = () => { $("sse-state").textContent = "open"; };
+source.onerror = () => { $("sse-state").textContent = "reconnecting"; };
 </script>
 </body>
 </html>

@@ -186,14 +186,17 @@ def test_chat_example_two_pages_see_each_others_messages(browser):
             )
 
         wait_for_line(one, r"^Welcome to the server!$")
-        wait_for_line(one, r"^\[system\] .+ joined!$")  # the second page arrived
+        one.wait_for_function(  # its own join, then the second page's
+            "() => [...document.querySelectorAll('#log li')].filter(li => / joined!$/.test(li.textContent)).length >= 2",
+            timeout=WAIT_MS,
+        )
 
-        # Typed and sent with Enter in one page, shown in the other (and echoed in the first)
+        # Typed and sent with Enter in one page, shown in both under the sender's name
         two.fill("#input", "hello from two")
         two.press("#input", "Enter")
-        wait_for_line(one, r"^\[.+\] hello from two$")
+        wait_for_line(one, r"^\[guest-\w+\] hello from two$")
         wait_for_line(two, r"^> hello from two$")
-        wait_for_line(two, r"^hello from two$")  # the server's echo
+        wait_for_line(two, r"^\[guest-\w+\] hello from two$")  # published to the sender too
 
         one.fill("#input", "and hello from one")
         one.click("#send")
@@ -283,7 +286,7 @@ def wait_count(page, prefix: str, above: int) -> None:
 
 
 def test_feed_websocket_resumes_from_its_offset_after_a_drop(browser):
-    """examples/feed.py: the page drops its WebSocket, reconnects with ?since= and misses nothing."""
+    """examples/feed.py: the server drops the page's connection; syncws.js resumes from its offset, missing nothing."""
     from examples import feed as example
 
     server = serve(example.app, host="127.0.0.1", port=0, background=True, access_log=False, history_size=1000)
@@ -294,14 +297,12 @@ def test_feed_websocket_resumes_from_its_offset_after_a_drop(browser):
         page.goto(server.url + "/", timeout=WAIT_MS)
         wait_count(page, "ws", 3)
         assert page.text_content("#ws-recovery") == "NOT recovered, replayed 0"  # a first visit: no since
-        page.click("#ws-drop")  # the page reconnects one second later, with ?since=<last offset>
+        page.click("#ws-drop")  # the client reconnects after its back-off and resubscribes from its offset
         page.wait_for_function(
             "() => document.getElementById('ws-recovery').textContent.startsWith('recovered')",
             timeout=WAIT_MS,
             polling=100,
         )
-        replayed = int(page.text_content("#ws-recovery").rsplit(" ", 1)[1])
-        assert replayed >= 1  # ticks kept coming during the second without a connection
         seen = int(page.text_content("#ws-count"))
         wait_count(page, "ws", seen + 2)  # and live ones after the replay
         counts = feed_counts(page, "ws")

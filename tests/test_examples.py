@@ -267,20 +267,28 @@ def test_channels_chat_private_rooms_history_presence_and_kick(start_server, cli
         stale.wait_connected(5)
 
 
-def test_chat_example_over_real_sockets(start_server):
+def test_chat_example_over_real_sockets(start_server, clients):
     from examples import chat as example
+    from syncws.base.errors import ClientClosed, RequestFailed
 
     server = start_server(example.app)
     assert "syncws chat" in requests.get(server.url + "/", timeout=5).text
-    one = connect(server, "/_ws", timeout=5)
-    assert one.recv() == "Welcome to the server!"
-    two = connect(server, "/_ws", timeout=5)
-    assert two.recv() == "Welcome to the server!"
-    assert one.recv().endswith(" joined!")
-    one.send("ping")
-    assert one.recv() == "pong"
-    one.send("hello")
-    assert one.recv() == "hello"
-    assert two.recv().endswith("] hello")
-    one.close()
+    assert requests.get(server.url + "/syncws.js", timeout=5).headers["Content-Type"].startswith("text/javascript")
+    url = ws_url(server, "/_ws")
+    welcome, events = [], []
+    one = clients(url, token="one", on_message=welcome.append)
+    room = one.subscribe("chat", presence_events=True, on_presence=events.append)
+    two = clients(url, token="two")
+    their_room = two.subscribe("chat")
+    assert wait_until(lambda: [e["user"] for e in events] == ["one", "two"])
+    assert welcome == ["Welcome to the server!"]
+    assert one.rpc("ping") == "pong"
+    assert one.rpc("say", "hello") is True
+    assert room.get(5).data == their_room.get(5).data == {"from": "one", "text": "hello"}
+    with pytest.raises(RequestFailed, match="forbidden"):
+        two.publish("chat", {"from": "one", "text": "forged"})  # only the server speaks for a user
     two.close()
+    assert wait_until(lambda: events[-1]["type"] == "leave" and events[-1]["user"] == "two")
+    nameless = clients(url, token="no spaces allowed")
+    with pytest.raises(ClientClosed, match="4001"):
+        nameless.wait_connected(5)
