@@ -593,53 +593,70 @@ def subscribed_page(browser, port: int):
     return page
 
 
-def test_the_client_loses_nothing_across_a_killed_server(browser, tmp_path):
+class KillableApp:
+    """The channels app in a subprocess on a port of its own, with history in Redis: kill it, start it again."""
+
+    def __init__(self, redis_url: str, history_size: int) -> None:
+        self.redis_url, self.history_size, self.port = redis_url, history_size, free_port()
+        self.process = channels_process(redis_url, self.port, history_size)
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no close frame, no goodbye
+
+    def restart(self) -> None:
+        self.process = channels_process(self.redis_url, self.port, self.history_size)
+
+
+@pytest.fixture
+def killable(tmp_path):
+    """``killable(history_size)``: a :class:`KillableApp` on a private redis-server, killed at the end."""
+    from .support import RedisServer
+
+    apps: list[KillableApp] = []
+    with RedisServer(tmp_path) as redis_server:
+
+        def start(history_size: int) -> KillableApp:
+            apps.append(KillableApp(redis_server.url, history_size))
+            return apps[-1]
+
+        yield start
+        for app in apps:
+            app.kill()
+
+
+def test_the_client_loses_nothing_across_a_killed_server(browser, killable):
     """A Publisher publishes while the server is killed and restarted (history in Redis)."""
     from syncws import Publisher
 
-    from .support import RedisServer
-
-    port = free_port()
-    with RedisServer(tmp_path) as redis_server:
-        process = channels_process(redis_server.url, port, 1000)
-        page = subscribed_page(browser, port)
-        try:
-            with Publisher(redis_server.url) as publisher:
-                for n in range(300):
-                    publisher.publish("ticks", n)
-                    if n == 100:
-                        process.kill()  # SIGKILL: no close frame, no goodbye
-                    if n == 200:
-                        process = channels_process(redis_server.url, port, 1000)
-                    time.sleep(0.01)
-            page.wait_for_function("() => got.length >= 300", timeout=WAIT_MS)
-            assert page.evaluate("() => got") == list(range(300))  # 0 gaps, 0 repeats
-            assert page.evaluate("() => resumes") == [[False, False], [True, True]]
-            assert page.errors == []
-        finally:
-            process.kill()
+    app = killable(1000)
+    page = subscribed_page(browser, app.port)
+    with Publisher(app.redis_url) as publisher:
+        for n in range(300):
+            publisher.publish("ticks", n)
+            if n == 100:
+                app.kill()
+            if n == 200:
+                app.restart()
+            time.sleep(0.01)
+    page.wait_for_function("() => got.length >= 300", timeout=WAIT_MS)
+    assert page.evaluate("() => got") == list(range(300))  # 0 gaps, 0 repeats
+    assert page.evaluate("() => resumes") == [[False, False], [True, True]]
+    assert page.errors == []
 
 
-def test_the_client_says_when_history_was_trimmed_during_the_outage(browser, tmp_path):
+def test_the_client_says_when_history_was_trimmed_during_the_outage(browser, killable):
     from syncws import Publisher
 
-    from .support import RedisServer
-
-    port = free_port()
-    with RedisServer(tmp_path) as redis_server:
-        process = channels_process(redis_server.url, port, 5)
-        page = subscribed_page(browser, port)
-        try:
-            with Publisher(redis_server.url) as publisher:
-                publisher.publish("ticks", "before")
-                page.wait_for_function("() => got.length === 1", timeout=WAIT_MS)
-                process.kill()
-                for n in range(20):  # the history keeps 5: 15 are gone when the page comes back
-                    publisher.publish("ticks", n)
-            process = channels_process(redis_server.url, port, 5)
-            page.wait_for_function("() => resumes.length === 2", timeout=WAIT_MS)
-            assert page.evaluate("() => resumes.at(-1)") == [True, False]
-            assert page.evaluate("() => got") == ["before", 15, 16, 17, 18, 19]
-            assert page.errors == []
-        finally:
-            process.kill()
+    app = killable(5)
+    page = subscribed_page(browser, app.port)
+    with Publisher(app.redis_url) as publisher:
+        publisher.publish("ticks", "before")
+        page.wait_for_function("() => got.length === 1", timeout=WAIT_MS)
+        app.kill()
+        for n in range(20):  # the history keeps 5: 15 are gone when the page comes back
+            publisher.publish("ticks", n)
+    app.restart()
+    page.wait_for_function("() => resumes.length === 2", timeout=WAIT_MS)
+    assert page.evaluate("() => resumes.at(-1)") == [True, False]
+    assert page.evaluate("() => got") == ["before", 15, 16, 17, 18, 19]
+    assert page.errors == []
