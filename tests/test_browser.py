@@ -10,6 +10,13 @@ Chromium negotiates permessage-deflate; the feed tests check that a page
 loses no tick when its WebSocket drops (it resumes from its last offset) and
 when the server restarts with its history in Redis (EventSource resumes from
 ``Last-Event-ID``, the WebSocket from its offset).
+
+The ``syncws.js`` tests drive the channels client in pages: RPC results, errors
+and timeouts, a refused subscription and a refused token (no retry loop), a
+token refreshed on the live connection, 20 pages whose reconnects spread over
+the back-off window, a hidden page that waits and a visible one that hurries,
+and a server killed while a ``Publisher`` publishes (nothing lost, or
+``recovered`` false when the history was trimmed meanwhile).
 """
 
 from __future__ import annotations
