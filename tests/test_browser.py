@@ -667,3 +667,44 @@ def test_the_client_says_when_history_was_trimmed_during_the_outage(browser, kil
     assert page.evaluate("() => resumes.at(-1)") == [True, False]
     assert page.evaluate("() => got") == ["before", 15, 16, 17, 18, 19]
     assert page.errors == []
+
+
+EVENTS_PAGE = """<!doctype html><title>events()</title><script type="module">
+import { events } from "/syncws.js";
+window.got = [];
+window.reloads = 0;
+events("/ticks", { onMessage: (data) => got.push(data), onReload: () => { window.reloads += 1; } });
+</script>"""
+
+
+def test_events_resumes_and_reloads_when_the_server_lost_what_was_missed(browser):
+    """The documented pattern: a stream that could not recover sends a "recovery" event."""
+    from syncws import App, client_js, create_event_stream
+
+    def ticks(request):
+        stream = create_event_stream(request, retry=200)
+        result = stream.subscribe("ticks")
+        if stream.last_event_id and not result.recovered:
+            stream.push({"event": "recovery", "data": {"recovered": False}})
+        return stream
+
+    app = App()
+    app.get("/", lambda request: EVENTS_PAGE)
+    app.get("/syncws.js", client_js)
+    app.get("/ticks", ticks)
+    port = free_port()
+    server = serve(app, host="127.0.0.1", port=port, background=True, access_log=False, history_size=100)
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/", timeout=WAIT_MS)
+        assert wait_until(lambda: server.presence_count("ticks") == 0 and server.stats()["connections"]["sse"] == 1)
+        server.publish("ticks", "one")
+        page.wait_for_function("() => got.length === 1", timeout=WAIT_MS)
+        server.stop(timeout=5)  # the history was in memory: the new server has none of it
+        server = serve(app, host="127.0.0.1", port=port, background=True, access_log=False, history_size=100)
+        page.wait_for_function("() => reloads === 1", timeout=WAIT_MS)
+        server.publish("ticks", "two")
+        page.wait_for_function("() => got.length === 2", timeout=WAIT_MS)
+        assert page.evaluate("() => got") == ["one", "two"]
+    finally:
+        server.stop(timeout=5)
