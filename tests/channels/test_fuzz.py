@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from syncws import Channels
 from syncws.protocol.channels import SUBPROTOCOL, Request
 
+pytestmark = pytest.mark.slow  # fuzzing: not in the fast loop
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
