@@ -254,7 +254,8 @@ class Client:
                 ws.close()
             except Exception:
                 pass
-        self._thread.join(self.timeout)
+        if threading.current_thread() is not self._thread:  # (a callback may close its own client)
+            self._thread.join(self.timeout)
         self._finish(None, "")
 
     def __enter__(self) -> Client:

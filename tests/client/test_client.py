@@ -242,3 +242,13 @@ def test_a_restarted_server_with_redis_history_resumes_the_client_without_loss(r
                 sub.get(0.3)
         finally:
             second.kill()
+
+
+def test_a_callback_may_close_its_own_client(endpoint, clients, caplog):
+    server, url, _ = endpoint(ANYTHING_GOES)
+    client = clients(url)
+    client.subscribe("t", on_publication=lambda publication: client.close())
+    server.publish("t", "last")
+    assert wait_until(lambda: client.closed)
+    assert client.close_code is None
+    assert "a callback failed" not in caplog.text  # (joining its own thread would raise)
