@@ -228,8 +228,8 @@ class Channels(WebSocketHandler):
 
     # -- requests -------------------------------------------------------------------------
     def _dispatch(self, state: _State, request: Incoming) -> None:
-        handler = _HANDLERS[request.type]
-        outcome = handler(self, state, request)
+        """Run the request's handler; its reply (or error) goes out when the request has an id."""
+        outcome = _HANDLERS[request.type](self, state, request)
         if request.id is not None and outcome is not None:
             state.peer.send(outcome)
 
@@ -293,7 +293,7 @@ class Channels(WebSocketHandler):
         if info is not None:
             peer.user_info = info
         self._expire_in(state, expires_in)
-        return wire.reply(request.id, {"expires_in": expires_in}) if request.id is not None else None
+        return wire.reply(request.id, {"expires_in": expires_in})
 
     def _subscribe(self, state: _State, request: Incoming) -> dict[str, Any] | None:
         peer = state.peer
@@ -317,12 +317,12 @@ class Channels(WebSocketHandler):
             state.topics.add(topic)
             self._announce(peer, topic, Push.JOIN)
         result = {"recovered": recovery.recovered, "replayed": recovery.replayed, "offset": recovery.offset}
-        return wire.reply(request.id, result) if request.id is not None else None
+        return wire.reply(request.id, result)
 
     def _unsubscribe(self, state: _State, request: Incoming) -> dict[str, Any] | None:
         topic = _topic(request)
         self._drop(state, topic)
-        return wire.reply(request.id, {}) if request.id is not None else None
+        return wire.reply(request.id, {})
 
     def _drop(self, state: _State, topic: str) -> None:
         peer = state.peer
@@ -361,7 +361,7 @@ class Channels(WebSocketHandler):
             peer.publish(topic, data)
         else:
             peer.server.publish(topic, data, namespace=peer.namespace)
-        return wire.reply(request.id, {}) if request.id is not None else None
+        return wire.reply(request.id, {})
 
     def _presence(self, state: _State, request: Incoming) -> dict[str, Any] | None:
         peer = state.peer
@@ -436,7 +436,7 @@ class Channels(WebSocketHandler):
     def _message(self, state: _State, request: Incoming) -> dict[str, Any] | None:
         if self._message_hook is not None:
             self._message_hook(state.peer, request.body.get("data"))
-        return wire.reply(request.id, {}) if request.id is not None else None
+        return wire.reply(request.id, {})
 
     def _pong(self, state: _State, request: Incoming) -> dict[str, Any] | None:
         return None

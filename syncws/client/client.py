@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from ..base.errors import ClientClosed, DependencyMissing, RequestFailed
 from ..protocol.channels import SUBPROTOCOL, Push, backoff_delay, should_reconnect
+from ..protocol.payload import to_json
 
 log = logging.getLogger("syncws.client")
 
@@ -273,10 +274,9 @@ class Client:
         wait = self.timeout if timeout is None else timeout
         self.wait_connected(wait)
         pending = _Pending()
-        with self._lock:
-            request_id = next(self._ids)
+        request_id = next(self._ids)  # (itertools.count is atomic)
         body = {"type": kind, "id": request_id, **{k: v for k, v in fields.items() if v is not None}}
-        text = json.dumps(body, separators=(",", ":"))  # a TypeError for what JSON cannot carry, here
+        text = to_json(body)  # a TypeError for what JSON cannot carry, here
         with self._lock:
             self._pending[request_id] = pending
         try:
@@ -345,7 +345,7 @@ class Client:
         connected = False
         try:
             token = self._token if first and self._token is not None else self._fresh_token()
-            ws.send(json.dumps({"type": "connect", "id": 0, "token": token}))
+            ws.send(to_json({"type": "connect", "id": 0, "token": token}))
             reply = json.loads(ws.recv(timeout=self.timeout))
             if "error" in reply:
                 return None, str(reply["error"]), False  # (a close with the reason follows)

@@ -195,7 +195,7 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def reply(request_id: str | int, result: Any) -> dict[str, Any]:
+def reply(request_id: str | int | None, result: Any) -> dict[str, Any]:
     return {"id": request_id, "result": result}
 
 
