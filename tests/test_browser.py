@@ -359,7 +359,7 @@ def test_feed_event_source_resumes_across_a_server_restart_with_redis(browser, t
                 polling=100,
             )
             client = redis_server.client(decode_responses=False)
-            newest = client.xrevrange("syncws:h:%2Fws:ticks", count=1)[0][1]
+            newest = client.xrevrange("syncws:{ticks}:h:%2Fws", count=1)[0][1]
             n = jsonlib.loads(newest[b"d"])["n"]
             with Publisher(redis_server.url) as publisher:  # ...while a job goes on publishing
                 for extra in range(1, 4):

@@ -59,6 +59,10 @@ class Broker:
     read_timeout = 3.0
     #: Set by the server before :meth:`start`: applies a command from another process.
     on_command: OnCommand | None = None
+    #: Set by the server before :meth:`start`: ``on_gap(namespace, topic)``, from any thread,
+    #: when the broker knows that the topic's local subscribers may have missed stored
+    #: publishes it cannot deliver (see :class:`~syncws.pubsub.redis_broker.RedisBroker`).
+    on_gap: Callable[[str, str], None] | None = None
 
     def configure(
         self,
@@ -132,6 +136,16 @@ LocalBroker = Broker
 # -- channels and envelopes ---------------------------------------------------------
 
 
+def topic_tag(prefix: str, topic: str) -> str:
+    """``<prefix>:{<topic>}``: how every Redis key and channel of ``topic`` starts.
+
+    The braces are a Redis Cluster hash tag: everything of one topic lies in
+    one hash slot.  The topic is percent-encoded, so neither ':' nor a brace
+    in it can make two names collide or end the tag early.
+    """
+    return f"{prefix}:{{{quote(topic, safe='')}}}"
+
+
 def channel_name(prefix: str, namespace: str | None, topic: str) -> str:
     """One channel per (namespace, topic); ``namespace`` None: the all-namespaces channel.
 
@@ -139,8 +153,8 @@ def channel_name(prefix: str, namespace: str | None, topic: str) -> str:
     make two pairs share a channel.
     """
     if namespace is None:
-        return f"{prefix}:all:{quote(topic, safe='')}"
-    return f"{prefix}:ns:{quote(namespace, safe='')}:{quote(topic, safe='')}"
+        return f"{topic_tag(prefix, topic)}:all"
+    return f"{topic_tag(prefix, topic)}:ns:{quote(namespace, safe='')}"
 
 
 def new_origin() -> str:
@@ -153,7 +167,7 @@ COMMAND_OPS = frozenset({"disconnect", "unsubscribe"})
 
 def command_channel(prefix: str) -> str:
     """The one channel every server of ``prefix`` listens on for commands."""
-    return f"{prefix}:cmd"
+    return f"{{{prefix}}}:cmd"
 
 
 def encode_command(origin: str, op: str, **fields: Any) -> bytes:

@@ -1,19 +1,23 @@
 """Redis pub/sub as the broker between syncws processes.
 
-All Redis I/O happens in three real OS threads of this broker, never in the
-server's hub, so a slow or unreachable Redis cannot stall WebSocket traffic:
+One server, a Sentinel-watched master or a Redis Cluster (see
+:mod:`syncws.pubsub.redis_target` for the URLs).  All Redis I/O happens in
+three real OS threads of this broker, never in the server's hub, so a slow or
+unreachable Redis cannot stall WebSocket traffic:
 
-* the relay thread owns one connection and PUBLISHes local publishes in the
+* the relay thread owns one client and PUBLISHes local publishes in the
   order they were made (so order per publishing connection survives);
-* the subscriber thread owns the single SUBSCRIBE connection of the process.
-  It subscribes to a channel when the first local subscriber of that
-  (namespace, topic) appears and unsubscribes when the last one leaves, so
-  Redis traffic follows interest.  Messages it receives are handed to the
-  server's hub for local delivery;
-* the reader thread owns the connection of recoveries and presence reads,
-  which callers queue and wait for (a socket is only ever used by the thread
-  that made it: under gevent's monkey-patching it belongs to that thread's
-  hub).
+* the subscriber thread owns the subscribing connections of the process:
+  one for a single Redis (or classic pub/sub on a cluster), one per shard
+  with sharded pub/sub on a cluster (Redis 7+: ``SSUBSCRIBE``; a publish then
+  goes to the shard of its topic only, not to every node).  It subscribes to
+  a channel when the first local subscriber of that (namespace, topic)
+  appears and unsubscribes when the last one leaves, so Redis traffic follows
+  interest.  Messages it receives are handed to the server's hub for local
+  delivery;
+* the reader thread owns the client of recoveries and presence reads, which
+  callers queue and wait for (a socket is only ever used by the thread that
+  made it: under gevent's monkey-patching it belongs to that thread's hub).
 
 With ``history_size`` set, publishes are stored in Redis Streams by a Lua
 script that also publishes them (:mod:`syncws.pubsub.redis_scripts`), and
@@ -24,18 +28,26 @@ the relay thread and refreshed every third of ``presence_ttl``.
 When Redis goes away, local delivery carries on; relays made meanwhile are
 dropped (delivery is at-most-once) and the error is logged once per outage
 and passed to ``on_broker_error``.  A stored publish that cannot reach Redis
-is delivered locally without an offset.  The subscriber reconnects with
-exponential backoff and subscribes again to every channel of current
-interest.  An idle subscriber connection is pinged every
-``health_check_interval`` seconds and replaced when no answer comes.
+is delivered locally without an offset.  A subscriber connection that is lost
+(a restart, a failover, a slot that moved) is made again with exponential
+backoff, to wherever its channels live now, and subscribes again; with
+history on, each of its channels is then *resynced*: what was stored after
+the last publish this process delivered is read and delivered, and when that
+cannot be done without a gap (the history was trimmed past it, or a failover
+lost publishes that had been delivered), the topic's local subscribers are
+told to reconnect (``on_gap``), so that they resume with ``recovered=False``
+rather than miss something silently.  An idle subscriber connection is pinged
+every ``health_check_interval`` seconds and replaced when no answer comes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable
 from queue import Empty
@@ -43,7 +55,6 @@ from typing import Any
 
 from gevent.monkey import get_original
 
-from ..base.errors import DependencyMissing
 from ..base.threads import RealLock, ThreadLog, start_thread
 from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..protocol.payload import Outgoing
@@ -62,23 +73,24 @@ from .broker import (
     encode_envelope,
     new_origin,
 )
+from .history import parse_offset
+from .redis_target import RedisTarget, Topology, parse_broker_url, redis_errors, require_redis
 from .registry import ABSENT
 
 log = logging.getLogger("syncws.broker")
 
 _SimpleQueue = get_original("queue", "SimpleQueue")
+_select = get_original("select", "select")
 
 _STOP = object()
 _BATCH = 1000  # relays sent to Redis in one pipelined round trip at most
 _RELAY, _STORED, _PRESENCE, _ANNOUNCE = range(4)  # what an item of the relay queue asks for
+_MARKER = b"m:"  # a recovery's marker on a topic channel: b"m:<origin>:<key>" (an envelope starts with "{")
+#: A classic PUBLISH on a cluster, inside a pipeline (redis-py refuses a bare PUBLISH there):
+#: a script without keys runs on any primary, and the cluster bus carries the message to every node.
+_CLASSIC_PUBLISH = "return redis.call('PUBLISH', ARGV[1], ARGV[2])"
 
-
-def require_redis() -> Any:
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - depends on the install
-        raise DependencyMissing("the Redis broker needs redis-py: pip install 'syncws[redis]'") from None
-    return redis
+__all__ = ["RedisBroker", "require_redis"]
 
 
 class RedisBroker(Broker):
@@ -92,10 +104,15 @@ class RedisBroker(Broker):
         max_backoff: float = 5.0,
         max_pending: int = 10_000,
         read_timeout: float = 3.0,
+        **redis_options: Any,
     ) -> None:
         self._redis_module = require_redis()
+        self._errors = redis_errors(self._redis_module)
+        #: The parsed URL: ``redis_options`` (redis-py connection options, e.g. ``ssl_ca_certs``)
+        #: go to every connection.
+        self.target: RedisTarget = parse_broker_url(url, **redis_options)
         self.url = url
-        self.prefix = prefix
+        self.prefix = redis_scripts.check_prefix(prefix)
         self.on_broker_error = on_broker_error
         self.health_check_interval = health_check_interval
         self.max_backoff = max_backoff
@@ -103,20 +120,21 @@ class RedisBroker(Broker):
         #: Bounds a recovery's read and a presence read when Redis is slow or away.
         self.read_timeout = read_timeout
         self.origin = new_origin()
+        self._origin_bytes = self.origin.encode("ascii")
         self.history_size = 0
         self.history_ttl: float | None = None
         self.presence_ttl = 30.0
         self._presence_entries: PresenceEntries | None = None
         self._after_deliveries: AfterDeliveries | None = None
-        self._control = f"{prefix}:ctl:{self.origin}"
         self._commands_channel = command_channel(prefix)
         self._confirmed: set[str] = set()  # channels Redis confirmed subscribing
         self._waiters: dict[str, list[Any]] = {}  # channel or marker -> locks to release
-        self._reads = _SimpleQueue()  # (script, args, result box, release) for the reader thread
+        self._reads = _SimpleQueue()  # (script, keys, args, result box, release) for the reader thread
         self._scripts: dict[str, Any] = {}
         self._deliver: Deliver | None = None
         self._lock = RealLock()
-        self._channels: dict[str, int] = {}  # channel -> 1 while there is local interest
+        #: channel -> (namespace, topic) while there is local interest.
+        self._channels: dict[str, tuple[str | None, str]] = {}
         self._commands: deque[Any] = deque()  # (subscribe?, channel) for the subscriber thread
         self._outbox = _SimpleQueue()
         #: (namespace, topic, entry id) -> info JSON, or None for a removal; sent by the relay thread.
@@ -129,14 +147,28 @@ class RedisBroker(Broker):
         self._relay_failed = False
         self.dropped = 0  # relays dropped while Redis was unreachable
         self.relayed = 0  # publishes Redis took (relays and stored publishes)
-        self.reconnects = 0  # times the subscriber connection was made again after losing Redis
-        self.connected = False  # the subscriber connection is up and subscribed
-        self._outage = False  # the subscriber lost Redis and has not reconnected yet
+        self.reconnects = 0  # times a subscriber connection was made again after losing Redis
+        self.connected = False  # every subscriber connection is up and subscribed
+        self._outage = False  # a subscriber connection was lost and is not back yet
         self._threads_done: list[Any] = []
         #: Some live servers of this prefix keep a history and some do not (from the last
         #: announcement): publishes to every namespace then go out for both (redis_scripts).
         self.fleet_mixed = False
         self._fleet_warning = ""  # what was last logged about the other servers' settings
+        #: Sharded pub/sub (a cluster on Redis 7+); None until a thread has asked Redis.
+        self.sharded: bool | None = None
+        #: topic -> the namespaces of its history last seen in Redis (relay thread only).
+        self._spaces: dict[str, list[str]] = {}
+        #: channel -> (epoch, seq, crc32 of the payload) of the last stored publish delivered here:
+        #: duplicates are dropped, and a lost connection resyncs from it; crc None: only where the
+        #: history stood when the channel was subscribed (subscriber thread only).
+        self._last: dict[str, tuple[int, int, int | None]] = {}
+        #: topic -> the namespaces of its presence last seen in Redis (any reading thread).
+        self._presence_spaces: dict[str, list[str]] = {}
+        self.resynced = 0  # stored publishes delivered by a resync after a lost connection
+        self.gaps = 0  # times a resync could not bridge a lost connection (subscribers told to resume)
+        #: ``on_gap(namespace, topic)``: set by the server; a resync could not bridge a gap.
+        self.on_gap: Callable[[str, str], None] | None = None
         #: Every log line of this broker: its threads and its reads run outside the hub.
         self._log = ThreadLog(log)
 
@@ -165,8 +197,8 @@ class RedisBroker(Broker):
     def start(self, deliver: Deliver, interests: Interests) -> None:
         self._deliver = deliver
         self._running = True
-        for channel in (channel_name(self.prefix, ns, topic) for ns, topic in interests()):
-            self._channels[channel] = 1
+        for namespace, topic in interests():
+            self._channels[channel_name(self.prefix, namespace, topic)] = (namespace, topic)
         self._outbox.put((_ANNOUNCE,))  # this process's settings, for Publishers and the other servers
         for target in (self._relay_loop, self._subscribe_loop, self._read_loop):
             done = RealLock()
@@ -234,7 +266,7 @@ class RedisBroker(Broker):
         channel = channel_name(self.prefix, namespace, topic)
         with self._lock:
             if present:
-                self._channels[channel] = 1
+                self._channels[channel] = (namespace, topic)
             else:
                 self._channels.pop(channel, None)
             self._commands.append((present, channel))
@@ -254,19 +286,43 @@ class RedisBroker(Broker):
             done.release()
 
     def _client(self, **kwargs: Any) -> Any:
-        return self._redis_module.Redis.from_url(self.url, socket_connect_timeout=2, socket_keepalive=True, **kwargs)
+        return self.target.client(socket_connect_timeout=2, socket_keepalive=True, **kwargs)
 
-    def _script(self, client: Any, name: str) -> Any:
+    def _is_sharded(self, client: Any) -> bool:
+        """Whether live delivery uses sharded pub/sub; asks Redis once (raises its errors)."""
+        if self.sharded is None:
+            self.sharded = self.target.sharded(client)
+        return self.sharded
+
+    def _eval(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        """Queue script ``name`` on ``pipe``.
+
+        On a cluster, by its text (``EVAL``): a cluster pipeline cannot load a
+        script, and a replica promoted by a failover has none loaded.  Redis
+        keeps the compiled script, so only the text's bytes cost again.
+        """
+        if self.target.topology is Topology.CLUSTER:
+            pipe.execute_command("EVAL", getattr(redis_scripts, name), len(keys), *keys, *args)
+            return
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = client.register_script(getattr(redis_scripts, name))
-        return script
+            script = self._scripts[name] = pipe.register_script(getattr(redis_scripts, name))
+        script(keys=keys, args=args, client=pipe)
+
+    def _publish(self, pipe: Any, client: Any, channel: str, data: bytes) -> None:
+        """Queue a live publish on ``pipe``: SPUBLISH (sharded), PUBLISH, or its script on a classic cluster."""
+        if self._is_sharded(client):
+            pipe.spublish(channel, data)
+        elif self.target.topology is Topology.CLUSTER:
+            pipe.execute_command("EVAL", _CLASSIC_PUBLISH, 0, channel, data)
+        else:
+            pipe.publish(channel, data)
 
     def _ttl_ms(self) -> int:
         return 0 if self.history_ttl is None else max(1, int(self.history_ttl * 1000))
 
     def _report(self, error: BaseException, what: str) -> None:
-        self._log.warning("syncws: Redis broker %s failed: %s", what, error)
+        self._log.warning("syncws: Redis broker %s failed: %s", what, _explain(error))
         callback = self.on_broker_error
         if callback is not None:
             try:
@@ -286,13 +342,15 @@ class RedisBroker(Broker):
         return _batch(self._outbox, first)
 
     def _relay_loop(self) -> None:
-        client = self._client(socket_timeout=5)
-        errors = (self._redis_module.RedisError, OSError)
+        errors = self._errors
         backoff = 0.1
         refresh = self.presence_ttl / 3  # presence entries are refreshed this often
         next_refresh = time.monotonic() + refresh
+        client = None
+        retry: list[Any] = []  # stored publishes to send again with the namespaces Redis named
         while True:
-            batch = self._next_batch(max(0.0, next_refresh - time.monotonic()))
+            batch = retry or self._next_batch(max(0.0, next_refresh - time.monotonic()))
+            retry = []
             if batch is None:
                 break
             if time.monotonic() >= next_refresh:
@@ -304,6 +362,8 @@ class RedisBroker(Broker):
                 self._give_up(batch)
                 continue
             try:
+                if client is None:
+                    client = self._client(socket_timeout=5)
                 results = self._send(client, batch)
             except errors as exc:
                 self._give_up(batch)
@@ -312,11 +372,17 @@ class RedisBroker(Broker):
                 self._relay_failed = True
                 self._relay_down_until = time.monotonic() + backoff
                 backoff = min(backoff * 2, self.max_backoff)
+                if self.target.topology is Topology.CLUSTER and client is not None:
+                    client.close()  # a failover: find the cluster's nodes again
+                    client = None
                 continue
             for item, result in results:
                 if isinstance(result, Exception):
-                    self._log.warning("syncws: Redis refused a broker command: %s", result)
+                    self._log.warning("syncws: Redis refused a broker command: %s", _explain(result))
                     self._give_up([item])
+                elif item[0] == _STORED and result[0] == -1:  # the topic's namespaces changed: again
+                    self._spaces[item[2]] = sorted(_text(ns) for ns in result[1])
+                    retry.append(item)
                 elif item[0] in (_RELAY, _STORED):
                     self.relayed += 1
                 elif item[0] == _ANNOUNCE:
@@ -325,73 +391,86 @@ class RedisBroker(Broker):
                 self._log.info("syncws: Redis broker relay is back")
             self._relay_failed = False
             backoff = 0.1
-        client.close()
+        if client is not None:
+            client.close()
 
     def _send(self, client: Any, batch: list[Any]) -> list[tuple[Any, Any]]:
         """One pipelined round trip for a batch, in order; ``(item, result or error)`` per item.
 
         A presence refresh (None) is several commands whose results are not returned.
+        A stored publish whose topic's namespaces changed comes back with ``-1``
+        and is sent again (with its topic's later publishes of this batch,
+        which fail the same way, so their order holds).
         """
         pipe = client.pipeline(transaction=False)
         prefix = self.prefix
         owners: list[Any] = []  # the item each queued command belongs to
         for item in batch:
-            queued = len(pipe.command_stack)
+            queued = len(pipe)
             if item is None:
                 self._refresh_presence(pipe)
-                owners += [None] * (len(pipe.command_stack) - queued)
+                owners += [None] * (len(pipe) - queued)
                 continue
             owners.append(item)
             kind = item[0]
             if kind == _RELAY:
-                pipe.publish(item[1], item[2])
+                self._publish(pipe, client, item[1], item[2])
             elif kind == _STORED:
                 _, namespace, topic, outgoing, exclude = item
-                args = redis_scripts.publish_args(
+                keys, args = redis_scripts.publish_call(
                     prefix,
                     self.origin,
                     namespace,
+                    self._spaces.get(topic, []),
                     topic,
                     outgoing,
                     exclude,
                     self.history_size,
                     self._ttl_ms(),
                     self.fleet_mixed,
+                    self._is_sharded(client),
                 )
-                self._script(client, "PUBLISH")(args=args, client=pipe)
+                self._eval(pipe, "PUBLISH", keys, args)
             elif kind == _PRESENCE:
                 with self._lock:
                     changes, self._presence_pending = self._presence_pending, {}
                 self._send_presence(pipe, changes)
-                owners[-1:] = [None] * (len(pipe.command_stack) - queued)
+                owners[-1:] = [None] * (len(pipe) - queued)
             else:  # _ANNOUNCE
-                args = [prefix, self.origin, int(self.presence_ttl * 1000), self.history_size, self._ttl_ms()]
-                self._script(client, "ANNOUNCE")(args=args, client=pipe)
+                args = [self.origin, int(self.presence_ttl * 1000), self.history_size, self._ttl_ms()]
+                self._eval(pipe, "ANNOUNCE", redis_scripts.fleet_keys(prefix), args)
         results = pipe.execute(raise_on_error=False)
         return [(item, result) for item, result in zip(owners, results, strict=True) if item is not None]
 
     def _send_presence(self, pipe: Any, changes: dict[tuple[str, str, str], str | None]) -> None:
-        additions: list[Any] = []
-        remove = self._script(pipe, "PRESENCE_REMOVE")
+        additions: list[tuple[str, str, str, str]] = []
         for (namespace, topic, entry_id), info in changes.items():
             if info is None:
-                remove(args=[self.prefix, namespace, topic, entry_id], client=pipe)
+                keys = redis_scripts.presence_keys(self.prefix, namespace, topic)
+                self._eval(pipe, "PRESENCE_REMOVE", keys, [entry_id])
             else:
-                additions += [namespace, topic, entry_id, info]
+                additions.append((namespace, topic, entry_id, info))
         self._add_presence(pipe, additions)
 
-    def _add_presence(self, pipe: Any, flat: list[Any]) -> None:
-        """PRESENCE_ADD for ``flat`` (namespace, topic, id, info, ...), 500 entries per script call."""
-        script = self._script(pipe, "PRESENCE_ADD")
+    def _add_presence(self, pipe: Any, entries: list[tuple[str, str, str, str]]) -> None:
+        """PRESENCE_ADD for ``entries``: one script call per (namespace, topic), 500 entries at most each."""
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for namespace, topic, entry_id, info in entries:
+            grouped.setdefault((namespace, topic), []).extend((entry_id, info))
         ttl = int(self.presence_ttl * 1000)
-        for start in range(0, len(flat), 2000):
-            script(args=[self.prefix, ttl, *flat[start : start + 2000]], client=pipe)
+        for (namespace, topic), flat in grouped.items():
+            keys = [
+                *redis_scripts.presence_keys(self.prefix, namespace, topic),
+                redis_scripts.presence_spaces_key(self.prefix, topic),
+            ]
+            for start in range(0, len(flat), 1000):
+                self._eval(pipe, "PRESENCE_ADD", keys, [ttl, namespace, *flat[start : start + 1000]])
 
     def _refresh_presence(self, pipe: Any) -> None:
         if self._presence_entries is None:
             return
         for entries in self._presence_entries():
-            self._add_presence(pipe, [value for entry in entries for value in entry])
+            self._add_presence(pipe, entries)
 
     def _compare_settings(self, values: list[Any]) -> None:
         """Log (once per change) when the live servers of this prefix disagree on history settings.
@@ -443,89 +522,11 @@ class RedisBroker(Broker):
                 self.dropped += 1
 
     def _subscribe_loop(self) -> None:
-        errors = (self._redis_module.RedisError, OSError)
-        backoff = 0.1
-        reported = False
-        while self._running:
-            pubsub = None
-            try:
-                # A timeout on every socket operation, so a connection that Redis
-                # accepts but never answers cannot hang the handshake forever
-                # (redis-py < 8 has no default); idle reads have their own.
-                timeout = min(5.0, max(1.0, 2 * self.health_check_interval))
-                pubsub = self._client(socket_timeout=timeout).pubsub()
-                with self._lock:  # a fresh connection takes the whole current set
-                    self._commands.clear()
-                    channels = list(self._channels)
-                # A private control channel keeps the connection subscribed (and
-                # so health-checkable) even when there is no interest yet.
-                pubsub.subscribe(self._control, self._commands_channel, *channels)
-                self.connected = True
-                self._outage = False
-                if reported:
-                    self.reconnects += 1
-                    self._log.info("syncws: Redis broker subscriber reconnected")
-                reported = False
-                backoff = 0.1
-                self._listen(pubsub)
-            except errors as exc:
-                self.connected = False
-                self._outage = True
-                if not reported:
-                    self._report(exc, "subscriber")
-                    reported = True
-                if self._stopped.acquire(timeout=backoff):  # stop() was called
-                    self._stopped.release()
-                backoff = min(backoff * 2, self.max_backoff)
-            finally:
-                self.connected = False
-                with self._lock:
-                    self._confirmed.clear()
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:
-                        pass
-
-    def _listen(self, pubsub: Any) -> None:
-        last_heard = time.monotonic()
-        pinged = False
-        interval = self.health_check_interval
-        while self._running:
-            while self._commands:
-                present, channel = self._commands.popleft()
-                if present:
-                    pubsub.subscribe(channel)
-                else:
-                    pubsub.unsubscribe(channel)
-            message = pubsub.get_message(timeout=0.05)
-            now = time.monotonic()
-            if message is None:
-                if now - last_heard > 2 * interval:
-                    raise ConnectionError("Redis did not answer the health check")
-                if now - last_heard > interval and not pinged:
-                    pubsub.ping("syncws-health")
-                    pinged = True
-                continue
-            last_heard, pinged = now, False
-            kind = message.get("type")
-            if kind == "message":
-                channel = message["channel"]
-                if channel == self._control.encode():
-                    self._release(message["data"].decode("ascii", "replace"))
-                elif channel == self._commands_channel.encode():
-                    self._on_command(message["data"])
-                else:
-                    self._on_message(message["data"])
-            elif kind in ("subscribe", "unsubscribe"):
-                channel = message["channel"].decode("utf-8", "replace")
-                with self._lock:
-                    if kind == "subscribe":
-                        self._confirmed.add(channel)
-                    else:
-                        self._confirmed.discard(channel)
-                if kind == "subscribe":
-                    self._release(channel)
+        subscriber = _Subscriber(self)
+        try:
+            subscriber.run()
+        finally:
+            subscriber.close()
 
     def _release(self, key: str) -> None:
         """Wake what waits for a channel's confirmation or for a marker."""
@@ -553,7 +554,13 @@ class RedisBroker(Broker):
         if command["o"] != self.origin and handler is not None:
             handler(command)
 
-    def _on_message(self, data: bytes) -> None:
+    def _on_message(self, channel: str, data: bytes) -> None:
+        """A message on a topic channel (subscriber thread): a publish, or a recovery's marker."""
+        if data[:2] == _MARKER:
+            sender, _, key = data[2:].partition(b":")
+            if sender == self._origin_bytes:
+                self._release(key.decode("ascii", "replace"))
+            return  # another process's recovery
         try:
             origin, namespace, topic, outgoing, exclude, audience = decode_envelope(data)
         except ValueError as exc:
@@ -563,9 +570,24 @@ class RedisBroker(Broker):
             return  # the copy for servers with (h) or without (p) history; this process takes the other
         if origin == self.origin and outgoing.offset is None:
             return  # our own relay, already delivered locally (stored publishes come back: see above)
+        if outgoing.offset is not None and not self._advance(channel, outgoing):
+            return  # delivered already, by a resync
         deliver = self._deliver
         if deliver is not None:
             deliver(namespace, topic, outgoing, exclude if origin == self.origin else None)
+
+    def _advance(self, channel: str, outgoing: Outgoing) -> bool:
+        """Note a stored publish as the channel's last; False when it is not newer than the last."""
+        parsed = parse_offset(outgoing.offset)
+        if parsed is None:
+            return True
+        last = self._last.get(channel)
+        # A baseline (crc None: where the history stood when the channel was subscribed)
+        # never drops anything: a publish stored before that read may arrive after it.
+        if last is not None and last[2] is not None and last[0] == parsed[0] and parsed[1] <= last[1]:
+            return False
+        self._last[channel] = (parsed[0], parsed[1], zlib.crc32(outgoing.payload))
+        return True
 
     # -- reads (blocking; called from a thread that may wait, never the hub) ----------
     def _wait(self, key: str, ready: Callable[[], bool], deadline: float) -> bool:
@@ -586,7 +608,7 @@ class RedisBroker(Broker):
                 self._waiters.pop(key, None)
         return False
 
-    def _read(self, name: str, args: list[Any]) -> Any:
+    def _read(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a read script through the reader thread; wait at most ``read_timeout``.
 
         One thread owns the reading connection: a socket is only ever used by
@@ -599,7 +621,7 @@ class RedisBroker(Broker):
         done = RealLock()
         done.acquire()
         box: list[Any] = []
-        self._reads.put((name, args, box, done.release))
+        self._reads.put((name, keys, args, box, done.release))
         if not done.acquire(timeout=self.read_timeout + 1):
             raise TimeoutError("Redis did not answer in time")
         ok, value = box[0]
@@ -608,16 +630,32 @@ class RedisBroker(Broker):
         raise value
 
     def _read_loop(self) -> None:
-        client = self._client(socket_timeout=self.read_timeout)
+        client = None
         while True:
             batch = _batch(self._reads, self._reads.get())
             if batch is None:
                 break
-            results = self._run_reads(client, batch)
-            for (_, _, box, release), result in zip(batch, results, strict=True):
+            if client is None:
+                try:
+                    client = self._client(socket_timeout=self.read_timeout)
+                except self._errors as exc:  # a cluster that cannot be reached
+                    results: list[tuple[bool, Any]] = [(False, exc)] * len(batch)
+                else:
+                    results = self._run_reads(client, batch)
+            else:
+                results = self._run_reads(client, batch)
+            if (
+                client is not None
+                and self.target.topology is Topology.CLUSTER
+                and any(not ok and _is_connection_error(self._redis_module, value) for ok, value in results)
+            ):
+                client.close()  # a failover: find the cluster's nodes again
+                client = None
+            for (_, _, _, box, release), result in zip(batch, results, strict=True):
                 box.append(result)
                 release()
-        client.close()
+        if client is not None:
+            client.close()
 
     def _run_reads(self, client: Any, batch: list[Any]) -> list[tuple[bool, Any]]:
         """One pipelined round trip for the batch; ``(ok, result or error)`` per read.
@@ -629,10 +667,11 @@ class RedisBroker(Broker):
         redis = self._redis_module
         try:
             pipe = client.pipeline(transaction=False)
-            for name, args, _, _ in batch:
-                self._script(client, name)(args=args, client=pipe)
+            publish = "SPUBLISH" if self._is_sharded(client) else "PUBLISH"
+            for name, keys, args, _, _ in batch:
+                self._eval(pipe, name, keys, [publish if arg is _PUBLISH_COMMAND else arg for arg in args])
             return [(not isinstance(r, Exception), r) for r in pipe.execute(raise_on_error=False)]
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException, OSError) as exc:
             return [(False, exc)] * len(batch)
         except redis.RedisError as exc:
             if len(batch) == 1:
@@ -643,13 +682,13 @@ class RedisBroker(Broker):
         self, namespace: str, topic: str, since: str | None, limit: int | None, *, recovering: bool = False
     ) -> tuple[list[Outgoing], bool, str | None] | None:
         deadline = time.monotonic() + self.read_timeout
+        channel = channel_name(self.prefix, namespace, topic)
         marker = ""
         if recovering:
             if self._outage:
                 return None  # known to be down: answer at once rather than wait for the timeout
             # Live delivery must be on before the read: wait until Redis confirms
             # the subscription the new local subscriber caused.
-            channel = channel_name(self.prefix, namespace, topic)
             if not self._wait(channel, lambda: channel in self._confirmed, deadline):
                 return None
             marker = uuid.uuid4().hex
@@ -657,17 +696,18 @@ class RedisBroker(Broker):
             arrived.acquire()
             after = self._after_deliveries
             with self._lock:
-                # The marker comes back on the control channel after every publish
+                # The marker comes back on the topic's channel after every publish
                 # stored before the read; then the server makes the deliveries
                 # handed over before it, and only then does this return.
                 self._waiters[marker] = [lambda: after(arrived.release) if after else arrived.release()]
-        args = [self.prefix, namespace, topic, since or "", self._ttl_ms()]
-        args += [-1 if recovering and since is None else (limit or 0), "1" if recovering else "0"]
-        args += [self._control if marker else "", marker]
+        keys = [redis_scripts.history_key(self.prefix, namespace, topic), redis_scripts.spaces_key(self.prefix, topic)]
+        args = [namespace, since or "", self._ttl_ms(), -1 if recovering and since is None else (limit or 0)]
+        args += ["1" if recovering else "0", _PUBLISH_COMMAND, channel if marker else ""]
+        args += [f"m:{self.origin}:{marker}" if marker else "", "0"]
         try:
-            recovered, newest, entries = self._read("READ", args)
-        except (self._redis_module.RedisError, OSError) as exc:
-            self._log.warning("syncws: reading a history from Redis failed: %s", exc)
+            recovered, newest, entries, _ = self._read("READ", keys, args)
+        except self._errors as exc:
+            self._log.warning("syncws: reading a history from Redis failed: %s", _explain(exc))
             with self._lock:
                 self._waiters.pop(marker, None)
             return None
@@ -675,14 +715,24 @@ class RedisBroker(Broker):
             with self._lock:
                 self._waiters.pop(marker, None)
             return None
-        return [_from_entry(topic, entry) for entry in entries], bool(recovered), newest.decode() or None
+        return [_from_entry(topic, entry) for entry in entries], bool(recovered), _text(newest) or None
 
     def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
-        args = [self.prefix, topic, namespace or "", "1" if count_only else "0"]
-        found = self._read("PRESENCE_READ", args)
-        if count_only:
-            return int(found)
-        return [{"id": found[i].decode(), "info": json.loads(found[i + 1])} for i in range(0, len(found), 2)]
+        """Presence for every process; ``namespace`` None: every namespace (checked by the script, see there)."""
+        for _ in range(3):
+            spaces = [namespace] if namespace is not None else self._presence_spaces.get(topic, [])
+            keys = [redis_scripts.presence_spaces_key(self.prefix, topic)]
+            for space in spaces:
+                keys += redis_scripts.presence_keys(self.prefix, space, topic)
+            args = ["1" if count_only else "0", "1" if namespace is None else "0", *spaces]
+            status, found = self._read("PRESENCE_READ", keys, args)
+            if status == -1:  # the topic's namespaces were not the ones passed
+                self._presence_spaces[topic] = sorted(_text(space) for space in found)
+                continue
+            if count_only:
+                return int(found)
+            return [{"id": _text(found[i]), "info": json.loads(found[i + 1])} for i in range(0, len(found), 2)]
+        raise self._redis_module.RedisError("the namespaces of a topic's presence kept changing")
 
 
 def _batch(queue: Any, first: Any) -> list[Any] | None:
@@ -715,3 +765,390 @@ def _from_entry(topic: str, entry: Any) -> Outgoing:
     outgoing = Outgoing.from_payload(opcode, fields.get(b"d", b""), is_json=fields.get(b"j") == b"1")
     outgoing.topic, outgoing.offset = topic, entry_id.decode()
     return outgoing
+
+
+#: Replaced by the reader thread with PUBLISH or SPUBLISH (it knows which, having asked Redis).
+_PUBLISH_COMMAND: Any = object()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _explain(error: BaseException) -> str:
+    """The error's text, with what to do when it says the URL names the wrong kind of Redis."""
+    text = str(error)
+    if text.startswith("MOVED"):
+        return f"{text} (this Redis is a node of a Redis Cluster: use a redis+cluster:// URL)"
+    return text
+
+
+def _is_connection_error(redis: Any, error: BaseException) -> bool:
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)) or str(error).startswith(
+        ("MOVED", "CLUSTERDOWN", "TRYAGAIN")
+    )
+
+
+class _Link:
+    """One subscribing connection: to the whole Redis, or to one shard of a cluster (subscriber thread only)."""
+
+    def __init__(self, name: str, pubsub: Any, sharded: bool) -> None:
+        self.name = name
+        self.pubsub = pubsub
+        self.sharded = sharded
+        self.channels: set[str] = set()  # subscribed, or asked to be
+        self.last_heard = time.monotonic()
+        self.pinged = False
+
+    def subscribe(self, channels: set[str]) -> None:
+        if self.sharded:  # one SSUBSCRIBE names channels of one slot only
+            for channel in sorted(channels):
+                self.pubsub.ssubscribe(channel)
+        else:
+            self.pubsub.subscribe(*sorted(channels))
+        self.channels |= channels
+
+    def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        (self.pubsub.sunsubscribe if self.sharded else self.pubsub.unsubscribe)(channel)
+
+    def fileno(self) -> int:
+        connection = self.pubsub.connection
+        sock = None if connection is None else connection._sock
+        if sock is None:
+            raise ConnectionError("the subscriber connection is closed")
+        return int(sock.fileno())
+
+    def close(self) -> None:
+        try:
+            self.pubsub.close()
+        except Exception:
+            pass
+
+
+class _Subscriber:
+    """The subscriber thread's work: where each channel is subscribed, and what a lost connection resyncs.
+
+    With sharded pub/sub a channel lives on the shard of its hash slot, so
+    there is one connection per shard the process needs; otherwise one.  A
+    connection that fails puts its channels back to be placed again (after a
+    backoff, and on a cluster after asking it where the slots are now); the
+    others go on.  A channel that Redis unsubscribes by itself (its slot moved
+    to another shard) is placed again at once.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self.errors = broker._errors
+        self.links: dict[str, _Link] = {}
+        self.homeless: set[str] = set()  # channels wanted and on no connection
+        self.router: Any = None  # a cluster client that knows the slots (cluster only)
+        self.reader: Any = None  # the client of resync reads
+        self.refresh = False  # ask the cluster where the slots are before placing
+        self.retry_at = 0.0
+        self.backoff = 0.1
+        self.down = False  # a connection was lost and its channels are not all placed again
+        self.holding: dict[str, list[bytes]] = {}  # channel -> messages held until its resync is done
+        # A timeout on every socket operation, so a connection that Redis accepts
+        # but never answers cannot hang the handshake; idle reads have their own.
+        self.timeout = min(5.0, max(1.0, 2 * broker.health_check_interval))
+
+    def run(self) -> None:
+        broker = self.broker
+        with broker._lock:  # the whole current set, and the commands
+            broker._commands.clear()
+            self.homeless = set(broker._channels) | {broker._commands_channel}
+        while broker._running:
+            self._apply_commands()
+            if self.homeless and time.monotonic() >= self.retry_at:
+                self._place()
+            self._poll()
+            broker.connected = not self.homeless and bool(self.links)
+
+    def close(self) -> None:
+        self.broker.connected = False
+        for link in self.links.values():
+            link.close()
+        for client in (self.router, self.reader):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:
+                    pass
+
+    # -- placing channels on connections --------------------------------------------
+    def _apply_commands(self) -> None:
+        commands = self.broker._commands
+        while commands:
+            present, channel = commands.popleft()
+            link = next((link for link in self.links.values() if channel in link.channels), None)
+            if present:
+                if link is None:
+                    self.homeless.add(channel)
+                continue
+            self.homeless.discard(channel)
+            self.broker._last.pop(channel, None)
+            self.holding.pop(channel, None)
+            if link is not None:
+                try:
+                    link.unsubscribe(channel)
+                except self.errors as exc:
+                    self._lost(link, exc)
+
+    def _place(self) -> None:
+        broker = self.broker
+        try:
+            groups: dict[str, set[str]] = {}
+            for channel in self.homeless:
+                groups.setdefault(self._home(channel), set()).add(channel)
+            for name, channels in groups.items():
+                link = self.links.get(name)
+                if link is None:
+                    link = self.links[name] = self._connect(name)
+                link.subscribe(channels)
+                self.homeless -= channels
+        except self.errors as exc:
+            self._failed(exc)
+            return
+        if self.down:
+            self.down = False
+            broker._outage = False
+            broker.reconnects += 1
+            broker._log.info("syncws: Redis broker subscriber reconnected")
+        self.backoff = 0.1
+
+    def _home(self, channel: str) -> str:
+        """The name of the connection ``channel`` belongs on: a shard's address, or "main"."""
+        broker = self.broker
+        if broker.target.topology is not Topology.CLUSTER:
+            return "main"
+        if self.router is None:
+            self.router = broker._client(socket_timeout=self.timeout)
+            self.refresh = False
+        elif self.refresh:
+            self.router.nodes_manager.initialize()
+            self.refresh = False
+        if not broker._is_sharded(self.router):
+            return "main"
+        node = self.router.nodes_manager.get_node_from_slot(self.router.keyslot(channel))
+        return f"{node.host}:{node.port}"
+
+    def _connect(self, name: str) -> _Link:
+        broker = self.broker
+        options = {"socket_timeout": self.timeout, "socket_connect_timeout": 2, "socket_keepalive": True}
+        if broker.target.topology is not Topology.CLUSTER:
+            return _Link(name, broker._client(socket_timeout=self.timeout).pubsub(), False)
+        if name == "main":  # classic pub/sub on a cluster: any primary hears every channel
+            node = random.choice(self.router.get_primaries())
+            return _Link(name, broker.target.node_client(node.host, node.port, **options).pubsub(), False)
+        host, _, port = name.rpartition(":")
+        return _Link(name, broker.target.node_client(host, int(port), **options).pubsub(), True)
+
+    def _lost(self, link: _Link, error: BaseException) -> None:
+        """A connection failed: its channels wait to be placed again, wherever they live now."""
+        link.close()
+        self.links.pop(link.name, None)
+        with self.broker._lock:
+            self.broker._confirmed.difference_update(link.channels)
+            wanted = link.channels & (set(self.broker._channels) | {self.broker._commands_channel})
+        self.homeless |= wanted
+        for channel in link.channels:
+            self.holding.pop(channel, None)
+        self._failed(error)
+
+    def _failed(self, error: BaseException) -> None:
+        broker = self.broker
+        broker._outage = True
+        self.refresh = True
+        if not self.down:
+            self.down = True
+            broker._report(error, "subscriber")
+        self.retry_at = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, broker.max_backoff)
+
+    # -- reading -------------------------------------------------------------------
+    def _poll(self) -> None:
+        """Read what every connection has, then wait (at most 50 ms) for more."""
+        broker = self.broker
+        if not self.links:
+            if broker._stopped.acquire(timeout=max(0.0, min(0.05, self.retry_at - time.monotonic()))):
+                broker._stopped.release()  # stop() was called
+            return
+        for link in list(self.links.values()):
+            self._drain(link)
+        if self.holding:
+            self._resync()
+        links = list(self.links.values())
+        if not links or broker._commands:
+            return
+        try:
+            _select(links, [], [], 0.05)
+        except (OSError, ValueError) as exc:  # a socket closed under us: its drain says which
+            for link in links:
+                try:
+                    link.fileno()
+                except OSError:
+                    self._lost(link, exc)
+
+    def _drain(self, link: _Link) -> None:
+        broker = self.broker
+        interval = broker.health_check_interval
+        try:
+            while True:
+                message = link.pubsub.get_message(timeout=0)
+                now = time.monotonic()
+                if message is None:
+                    if now - link.last_heard > 2 * interval:
+                        raise ConnectionError("Redis did not answer the health check")
+                    if now - link.last_heard > interval and not link.pinged:
+                        link.pubsub.ping("syncws-health")
+                        link.pinged = True
+                    return
+                link.last_heard, link.pinged = now, False
+                self._handle(link, message)
+        except self.errors as exc:
+            self._lost(link, exc)
+
+    def _handle(self, link: _Link, message: dict[str, Any]) -> None:
+        broker = self.broker
+        kind = message.get("type")
+        if kind in ("message", "smessage"):
+            channel = _text(message["channel"])
+            held = self.holding.get(channel)
+            if held is not None:
+                held.append(message["data"])
+            elif channel == broker._commands_channel:
+                broker._on_command(message["data"])
+            else:
+                broker._on_message(channel, message["data"])
+        elif kind in ("subscribe", "ssubscribe"):
+            channel = _text(message["channel"])
+            meta = broker._channels.get(channel)
+            if broker.stores_history and meta is not None and meta[0] is not None:
+                self.holding[channel] = []  # live messages wait until what was missed is delivered
+            else:
+                self._confirm(channel)
+        elif kind in ("unsubscribe", "sunsubscribe"):
+            channel = _text(message["channel"])
+            with broker._lock:
+                broker._confirmed.discard(channel)
+            if channel in link.channels:  # not asked for: its slot moved to another shard
+                link.channels.discard(channel)
+                self.holding.pop(channel, None)
+                self.homeless.add(channel)
+                self.refresh = True
+
+    def _confirm(self, channel: str) -> None:
+        broker = self.broker
+        with broker._lock:
+            broker._confirmed.add(channel)
+        broker._release(channel)
+
+    # -- resync --------------------------------------------------------------------
+    def _resync(self) -> None:
+        """Deliver what the held channels missed while not subscribed, then what they held.
+
+        A channel seen for the first time only learns where its history is
+        (its newest offset), so that a later lost connection can be bridged.
+        """
+        broker = self.broker
+        holding, self.holding = self.holding, {}
+        work = []
+        for channel in holding:
+            meta = broker._channels.get(channel)
+            if meta is None or meta[0] is None:
+                continue
+            last = broker._last.get(channel)
+            work.append((channel, meta[0], meta[1], last))
+        results: list[Any] = []
+        if work:
+            try:
+                if self.reader is None:
+                    self.reader = broker._client(socket_timeout=broker.read_timeout)
+                pipe = self.reader.pipeline(transaction=False)
+                publish = "SPUBLISH" if broker._is_sharded(self.reader) else "PUBLISH"
+                for _, namespace, topic, last in work:
+                    keys = [
+                        redis_scripts.history_key(broker.prefix, namespace, topic),
+                        redis_scripts.spaces_key(broker.prefix, topic),
+                    ]
+                    since = "" if last is None else f"{last[0]}-{last[1]}"
+                    args = [namespace, since, broker._ttl_ms(), 0 if last else -1, "0", publish, "", "", "1"]
+                    broker._eval(pipe, "READ", keys, args)
+                results = pipe.execute(raise_on_error=False)
+            except self.errors as exc:
+                results = [exc] * len(work)
+                if self.reader is not None:
+                    self.reader.close()
+                    self.reader = None
+        for (channel, namespace, topic, last), result in zip(work, results, strict=True):
+            self._bridge(channel, namespace, topic, last, result)
+        for channel, held in holding.items():
+            self._confirm(channel)
+            for data in held:
+                broker._on_message(channel, data)
+
+    def _bridge(
+        self, channel: str, namespace: str, topic: str, last: tuple[int, int, int | None] | None, result: Any
+    ) -> None:
+        broker = self.broker
+        if isinstance(result, Exception):
+            if last is not None:
+                self._gap(channel, namespace, topic, f"its history could not be read: {_explain(result)}")
+            return
+        recovered, newest, entries, at_since = result
+        current = parse_offset(_text(newest))
+        if last is None:  # first subscribed: where its history stands
+            if current is not None:
+                broker._last.setdefault(channel, (current[0], current[1], None))
+            return
+        epoch, seq, crc = last
+        if current is None:  # the history is gone (a failover to a replica that never had it, say)
+            self._gap(channel, namespace, topic, "its history is gone")
+            return
+        if current[0] != epoch:
+            self._gap(channel, namespace, topic, "its history started again")
+            return
+        fields = dict(zip(at_since[1][::2], at_since[1][1::2], strict=True)) if at_since else None
+        if (fields is None and current[1] < seq) or (
+            fields is not None and crc is not None and zlib.crc32(fields.get(b"d", b"")) != crc
+        ):
+            # Publishes this process delivered are not in Redis (a failover to a replica that
+            # had not received them): their offsets must never resume, so a new epoch starts.
+            self._bump(namespace, topic, epoch)
+            self._gap(channel, namespace, topic, "Redis lost publishes that had been delivered (a failover)")
+            return
+        if not recovered:
+            self._gap(channel, namespace, topic, "its history no longer holds everything missed")
+            return
+        deliver = broker._deliver
+        for entry in entries:
+            outgoing = _from_entry(topic, entry)
+            if broker._advance(channel, outgoing) and deliver is not None:
+                broker.resynced += 1
+                deliver(namespace, topic, outgoing, None)
+
+    def _bump(self, namespace: str, topic: str, epoch: int) -> None:
+        broker = self.broker
+        try:
+            pipe = self.reader.pipeline(transaction=False)
+            keys = [redis_scripts.history_key(broker.prefix, namespace, topic)]
+            broker._eval(pipe, "BUMP", keys, [str(epoch), random.randint(1, 1 << 20)])
+            pipe.execute()
+        except self.errors as exc:
+            broker._log.warning("syncws: could not start a new epoch for %r: %s", topic, _explain(exc))
+
+    def _gap(self, channel: str, namespace: str, topic: str, why: str) -> None:
+        broker = self.broker
+        broker.gaps += 1
+        broker._last.pop(channel, None)
+        broker._log.warning(
+            "syncws: subscribers of %r in %r may have missed publishes while Redis was away (%s): "
+            "they are asked to reconnect and resume, which tells them recovered=False",
+            topic,
+            namespace,
+            why,
+        )
+        on_gap = broker.on_gap
+        if on_gap is not None:
+            on_gap(namespace, topic)

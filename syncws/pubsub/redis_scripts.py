@@ -1,68 +1,125 @@
-"""The Lua scripts the Redis broker runs: history in Redis Streams, and presence.
+"""The Lua scripts the Redis broker runs, and the keys they touch.
 
 Why scripts: a stored publish must get its offset and be published to the
 processes in one atomic step, so that the order of the pub/sub messages is
 the order of the offsets on every process, and a recovery's read can be
 placed exactly between two publishes (see ``READ``).
 
-Keys (``q`` is percent-encoding, the same as :func:`urllib.parse.quote`
-with ``safe=''``, so that ':' in a name cannot make two keys collide):
+The layout works on a Redis Cluster as on one server.  Every key and channel
+of one topic carries the hash tag ``{<topic>}``, so everything one script
+touches lies in one hash slot (and on one shard, whose pub/sub also carries
+the topic's live messages); every key reaches a script through ``KEYS``,
+never built inside it; settings come in ``ARGV``, never read by a script from
+another slot.  Names are percent-encoded (``q``, as :func:`urllib.parse.quote`
+with ``safe=''``), so ':' and braces in a name can neither make two keys
+collide nor end the hash tag early.  With ``t`` = ``q(topic)`` and ``n`` =
+``q(namespace)``:
 
-* ``{prefix}:h:{q(namespace)}:{q(topic)}``: the stream of one history.
-  Entry ids are ``<epoch>-<seq>``: the epoch is chosen at random when the
-  stream is created and kept while it exists (``XADD key <epoch>-*``), the
-  sequence counts up by one per publish.  An entry's fields: ``d`` payload,
-  ``b`` binary, ``j`` JSON, ``t`` time in ms (for ``history_ttl``).
-* ``{prefix}:hn:{q(topic)}``: the namespaces with a history or a subscriber
-  of the topic (where a publish without namespace is stored).
-* ``{prefix}:servers`` (sorted set: a server process's origin, scored by the
-  time its announcement expires, in ms) and ``{prefix}:settings`` (hash:
-  origin -> ``"<history_size> <history_ttl ms>"``): the settings of the server
-  processes alive now.  Each process announces itself at start and every
-  third of ``presence_ttl`` (see ``ANNOUNCE``); a process that stopped counts
-  for ``presence_ttl`` more (a restart loses nothing a Publisher publishes
-  meanwhile), then its settings are dropped.  A
-  :class:`~syncws.pubsub.publisher.Publisher` stores with the live servers'
-  settings, and with none when no server is alive: settings a past server
-  left can never change what a publish does.
-* ``{prefix}:p:{q(namespace)}:{q(topic)}`` (sorted set: entry id, scored by
-  its expiry in ms) and ``{prefix}:pi:...`` (hash: entry id -> info JSON):
-  presence; ``{prefix}:pn:{q(topic)}``: namespaces with presence.
+* ``<prefix>:{t}:h:<n>``: the stream of one history.  Entry ids are
+  ``<epoch>-<seq>``: the epoch is chosen at random when the stream is created
+  and kept while it exists (``XADD key <epoch>-*``), the sequence counts up by
+  one per publish.  An entry's fields: ``d`` payload, ``b`` binary, ``j``
+  JSON, ``t`` time in ms (for ``history_ttl``); an entry with ``z`` starts a
+  new epoch (``BUMP``) and is never replayed.
+* ``<prefix>:{t}:hn``: the namespaces with a history or a subscriber of the
+  topic (where a publish without namespace is stored).
+* ``<prefix>:{t}:p:<n>`` (sorted set: entry id, scored by its expiry in ms),
+  ``<prefix>:{t}:pi:<n>`` (hash: entry id -> info JSON) and ``<prefix>:{t}:pn``
+  (namespaces with presence): presence.
+* channels ``<prefix>:{t}:ns:<n>`` (one namespace) and ``<prefix>:{t}:all``
+  (every namespace, for servers without history), in the topic's slot too.
+* ``{<prefix>}:servers`` (sorted set: a server process's origin, scored by
+  the time its announcement expires, in ms) and ``{<prefix>}:settings`` (hash:
+  origin -> ``"<history_size> <history_ttl ms>"``): the settings of the
+  server processes alive now, in one slot of their own.  Each process
+  announces itself at start and every third of ``presence_ttl`` (see
+  ``ANNOUNCE``); a process that stopped counts for ``presence_ttl`` more (a
+  restart loses nothing a Publisher publishes meanwhile), then its settings
+  are dropped.  A :class:`~syncws.pubsub.publisher.Publisher` reads them
+  (``ANNOUNCE`` without an origin) and passes them to ``PUBLISH``.
+* channel ``{<prefix>}:cmd``: commands (``server.disconnect``) to every process.
+
+A publish to every namespace needs the keys of every namespace of the topic,
+which the caller cannot know for sure: it passes the namespaces it last saw,
+and ``PUBLISH`` (like ``PRESENCE_READ``) checks them against ``hn`` in the
+same atomic step, answering ``{-1, namespaces}`` instead of writing anything
+when they differ, so the caller retries with the right keys.
 
 Times come from Redis' ``TIME``, so machines whose clocks disagree agree on
-expiry.  Not for Redis Cluster: keys are built inside the scripts.
+expiry.  An older syncws (before 0.9) kept keys without hash tags
+(``<prefix>:h:<n>:<t>``): those are a different history, and an offset from
+one of them resumes with ``recovered=False``, never a wrong replay.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
+from ..base.errors import ConfigurationError
 from ..protocol.payload import Outgoing
+from .broker import channel_name, topic_tag
 from .history import new_epoch
 
 
-def publish_args(
+def check_prefix(prefix: str) -> str:
+    """A key prefix; braces would break the hash tags (ConfigurationError)."""
+    if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+        raise ConfigurationError(f"a Redis key prefix must be a string without braces, not {prefix!r}")
+    return prefix
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")
+
+
+def history_key(prefix: str, namespace: str, topic: str) -> str:
+    return f"{topic_tag(prefix, topic)}:h:{_q(namespace)}"
+
+
+def spaces_key(prefix: str, topic: str) -> str:
+    return f"{topic_tag(prefix, topic)}:hn"
+
+
+def presence_keys(prefix: str, namespace: str, topic: str) -> list[str]:
+    """The sorted set and the hash of one (namespace, topic)'s presence."""
+    tag, name = topic_tag(prefix, topic), _q(namespace)
+    return [f"{tag}:p:{name}", f"{tag}:pi:{name}"]
+
+
+def presence_spaces_key(prefix: str, topic: str) -> str:
+    return f"{topic_tag(prefix, topic)}:pn"
+
+
+def fleet_keys(prefix: str) -> list[str]:
+    """``{<prefix>}:servers`` and ``{<prefix>}:settings`` (see ``ANNOUNCE``)."""
+    return [f"{{{prefix}}}:servers", f"{{{prefix}}}:settings"]
+
+
+def publish_call(
     prefix: str,
     origin: str,
     namespace: str | None,
+    namespaces: list[str],
     topic: str,
     outgoing: Outgoing,
-    exclude_id: str | None = None,
-    size: int = -1,
-    ttl_ms: int = 0,
-    mixed: bool = False,
-) -> list[Any]:
-    """The ARGV of :data:`PUBLISH`.
+    exclude_id: str | None,
+    size: int,
+    ttl_ms: int,
+    mixed: bool,
+    sharded: bool,
+) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of :data:`PUBLISH`.
 
-    ``size`` -1: the live servers' settings, as a Publisher does.  ``mixed``:
-    some live servers keep no history (what the caller's last announcement
-    found), so a publish to every namespace also goes out on the
-    all-namespaces channel, for them.
+    ``namespace`` None: every namespace, the ones the caller believes are in
+    ``hn`` given as ``namespaces`` (the script checks).  ``mixed``: some live
+    servers keep no history, so a publish to every namespace also goes out
+    on the all-namespaces channel, for them.
     """
-    return [
-        prefix,
+    spaces = [namespace] if namespace is not None else namespaces
+    keys = [spaces_key(prefix, topic)] + [history_key(prefix, ns, topic) for ns in spaces]
+    args: list[Any] = [
         origin,
-        namespace or "",
         "0" if namespace is None else "1",
         topic,
         "1" if outgoing.is_binary else "0",
@@ -73,13 +130,15 @@ def publish_args(
         new_epoch(),
         outgoing.payload,
         "1" if mixed else "0",
+        "SPUBLISH" if sharded else "PUBLISH",
+        channel_name(prefix, None, topic),
     ]
+    for ns in spaces:
+        args += [ns, channel_name(prefix, ns, topic)]
+    return keys, args
 
 
 _COMMON = r"""
-local function q(s)
-  return (string.gsub(s, '[^%w%-%._~]', function(c) return string.format('%%%02X', string.byte(c)) end))
-end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -101,10 +160,6 @@ local function prune(z, h, now)  -- drop the members of z scored <= now, and the
     each_chunk(expired, function(ids) redis.call('HDEL', h, unpack(ids)) end)
   end
 end
-local function live_settings(prefix)  -- "<size> <ttl ms>" of every server process alive now
-  prune(prefix .. ':servers', prefix .. ':settings', now_ms())
-  return redis.call('HVALS', prefix .. ':settings')
-end
 local function last_id(key)
   local info = redis.pcall('XINFO', 'STREAM', key)
   if type(info) ~= 'table' or info.err then return nil end
@@ -113,14 +168,26 @@ local function last_id(key)
   end
   return nil
 end
+local function same_set(key, given)  -- the members of key are exactly the list given
+  local members = redis.call('SMEMBERS', key)
+  if #members ~= #given then return false, members end
+  local seen = {}
+  for _, m in ipairs(given) do seen[m] = true end
+  for _, m in ipairs(members) do
+    if not seen[m] then return false, members end
+  end
+  return true, members
+end
 """
 
-#: ARGV: prefix, origin, namespace, has namespace (0/1), topic, binary (0/1),
-#: json (0/1), exclude id ('' none), history size (-1: the live servers'
-#: settings), ttl ms (0 none), a new epoch, payload, mixed (0/1: some live
-#: servers keep no history).  Returns ``{receivers, disagree}``: how many
-#: subscriber connections received it, and 1 when ``size`` was -1 and the live
-#: servers' settings differ.
+#: KEYS: the topic's namespaces set (``hn``), then the stream of each namespace.
+#: ARGV: origin, has namespace (0/1), topic, binary (0/1), json (0/1), exclude
+#: id ('' none), history size, ttl ms (0 none), a new epoch, payload, mixed
+#: (0/1: some live servers keep no history), PUBLISH or SPUBLISH, the
+#: all-namespaces channel, then (namespace, channel) for each stream.
+#: Returns ``{receivers}``: how many subscriber connections received it; or
+#: ``{-1, namespaces}`` without writing anything when the publish goes to
+#: every namespace and the namespaces passed are not the topic's.
 #:
 #: When servers with and without history share the prefix (a misconfiguration
 #: the servers log), a publish to every namespace is stored and published per
@@ -130,53 +197,26 @@ end
 PUBLISH = (
     _COMMON
     + r"""
-local prefix, origin, namespace, hasns, topic = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', ARGV[5]
-local binary, isjson, exclude = ARGV[6], ARGV[7], ARGV[8]
-local size, ttl, epoch, payload = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12]
-local mixed, disagree = ARGV[13] == '1', 0
-if size < 0 then  -- a Publisher: the largest size and the longest ttl (0: none) of the live servers
-  local with, without, first = 0, 0, nil
-  size, ttl = 0, -1
-  for _, value in ipairs(live_settings(prefix)) do
-    local s, t = string.match(value, '^(%d+) (%d+)$')
-    s, t = tonumber(s), tonumber(t)
-    if s > 0 then
-      with = with + 1
-      if s > size then size = s end
-      if ttl ~= 0 and (t == 0 or t > ttl) then ttl = t end
-    else
-      without = without + 1
-    end
-    if first == nil then first = value elseif value ~= first then disagree = 1 end
-  end
-  if ttl < 0 then ttl = 0 end
-  mixed = with > 0 and without > 0
-end
-local tq = q(topic)
-local head = {v = 1, o = origin, t = topic, b = binary == '1', j = isjson == '1'}
-if exclude ~= '' then head.x = exclude end
-if size <= 0 then
-  local channel = prefix .. ':all:' .. tq
-  if hasns then
-    head.n = namespace
-    channel = prefix .. ':ns:' .. q(namespace) .. ':' .. tq
-  end
-  return {redis.call('PUBLISH', channel, cjson.encode(head) .. '\n' .. payload), disagree}
-end
-local spaces_key = prefix .. ':hn:' .. tq
-local spaces
+local origin, hasns, topic = ARGV[1], ARGV[2] == '1', ARGV[3]
+local binary, isjson, exclude = ARGV[4], ARGV[5], ARGV[6]
+local size, ttl, epoch, payload = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local mixed, pub, all_channel = ARGV[11] == '1', ARGV[12], ARGV[13]
+local spaces_key, n = KEYS[1], #KEYS - 1
 if hasns then
-  redis.call('SADD', spaces_key, namespace)
-  spaces = {namespace}
+  redis.call('SADD', spaces_key, ARGV[14])
 else
-  spaces = redis.call('SMEMBERS', spaces_key)
+  local given = {}
+  for k = 1, n do given[k] = ARGV[12 + 2 * k] end
+  local same, members = same_set(spaces_key, given)
+  if not same then return {-1, members} end
 end
 if ttl > 0 then redis.call('PEXPIRE', spaces_key, ttl) end
+local head = {v = 1, o = origin, t = topic, b = binary == '1', j = isjson == '1'}
+if exclude ~= '' then head.x = exclude end
 local now = now_ms()
 local received = 0
-for _, ns in ipairs(spaces) do
-  local nq = q(ns)
-  local key = prefix .. ':h:' .. nq .. ':' .. tq
+for k = 1, n do
+  local key, ns, channel = KEYS[k + 1], ARGV[12 + 2 * k], ARGV[13 + 2 * k]
   local last = last_id(key)
   local e = epoch
   if last then e = string.match(last, '^(%d+)-') end
@@ -196,55 +236,64 @@ for _, ns in ipairs(spaces) do
   head.n = ns
   head.f = id
   if mixed and not hasns then head.k = 'h' end
-  received = received + redis.call('PUBLISH', prefix .. ':ns:' .. nq .. ':' .. tq, cjson.encode(head) .. '\n' .. payload)
+  received = received + redis.call(pub, channel, cjson.encode(head) .. '\n' .. payload)
 end
 if mixed and not hasns then
   head.n, head.f, head.k = nil, nil, 'p'
-  received = received + redis.call('PUBLISH', prefix .. ':all:' .. tq, cjson.encode(head) .. '\n' .. payload)
+  received = received + redis.call(pub, all_channel, cjson.encode(head) .. '\n' .. payload)
 end
-return {received, disagree}
+return {received}
 """
 )
 
-#: ARGV: prefix, origin, lifetime ms, history size, history ttl ms (0 none).
-#: A server process says it is alive, with its settings, for the lifetime;
-#: returns every live process's settings, its own included (see the keys above).
+#: KEYS: ``{<prefix>}:servers``, ``{<prefix>}:settings``.  ARGV: origin ('':
+#: only read), lifetime ms, history size, history ttl ms (0 none).  A server
+#: process says it is alive, with its settings, for the lifetime; returns
+#: every live process's settings, its own included (see the keys above).
 ANNOUNCE = (
     _COMMON
     + r"""
-local prefix, origin, life, size, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local servers, settings = prefix .. ':servers', prefix .. ':settings'
-redis.call('ZADD', servers, now_ms() + life, origin)
-redis.call('HSET', settings, origin, size .. ' ' .. ttl)
-local values = live_settings(prefix)
+local servers, settings = KEYS[1], KEYS[2]
+local origin, life, size, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local now = now_ms()
+if origin ~= '' then
+  redis.call('ZADD', servers, now + life, origin)
+  redis.call('HSET', settings, origin, size .. ' ' .. ttl)
+end
+prune(servers, settings, now)
+local values = redis.call('HVALS', settings)
 local last = redis.call('ZRANGE', servers, -1, -1, 'WITHSCORES')[2]  -- the latest expiry
-redis.call('PEXPIREAT', servers, last)  -- both keys go when the last process has gone
-redis.call('PEXPIREAT', settings, last)
+if last then  -- both keys go when the last process has gone
+  redis.call('PEXPIREAT', servers, last)
+  redis.call('PEXPIREAT', settings, last)
+end
 return values
 """
 )
 
-#: ARGV: prefix, namespace, topic, since ('' none), ttl ms (0 none), limit
-#: (0 none, -1 read no entries: only the newest offset), add the namespace to the topic's set (0/1), marker channel
-#: ('' none), marker.  Returns {recovered 0/1, newest offset or '', entries}.
+#: KEYS: the stream, the topic's namespaces set.  ARGV: namespace, since (''
+#: none), ttl ms (0 none), limit (0 none, -1 read no entries: only the newest
+#: offset), add the namespace to the topic's set (0/1), PUBLISH or SPUBLISH,
+#: marker channel ('' none), marker, also return the entry at ``since``
+#: (0/1).  Returns {recovered 0/1, newest offset or '', entries, the entry
+#: at ``since`` or nil}.
 #:
-#: The marker is published in the same atomic step as the read: every
-#: publish stored before the read reaches this process's subscriber
+#: The marker is published in the same atomic step as the read, on the
+#: topic's own channel (the same slot, so the same shard connection): every
+#: publish stored before the read reaches the reading process's subscriber
 #: connection before the marker, every later one after it.
 READ = (
     _COMMON
     + r"""
-local prefix, namespace, topic, since = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, limit, addns, marker_channel, marker = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
-local tq = q(topic)
+local key, spaces_key = KEYS[1], KEYS[2]
+local namespace, since, ttl, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local addns, pub, marker_channel, marker, exact = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
 if addns == '1' then
-  local spaces_key = prefix .. ':hn:' .. tq
   redis.call('SADD', spaces_key, namespace)
   if ttl > 0 then redis.call('PEXPIRE', spaces_key, ttl) end
 end
-local key = prefix .. ':h:' .. q(namespace) .. ':' .. tq
 local last = last_id(key)
-local recovered, entries = 0, {}
+local recovered, entries, at_since = 0, {}, false
 if last then
   local le, ls = string.match(last, '^(%d+)-(%d+)$')
   local se, ss = string.match(since, '^(%d+)-(%d+)$')
@@ -262,7 +311,9 @@ if last then
   local cutoff = nil
   if ttl > 0 then cutoff = now_ms() - ttl end
   for _, entry in ipairs(found) do
-    if cutoff == nil or tonumber(field(entry, 't')) >= cutoff then entries[#entries + 1] = entry end
+    if field(entry, 'z') == nil and (cutoff == nil or tonumber(field(entry, 't')) >= cutoff) then
+      entries[#entries + 1] = entry
+    end
   end
   if limit > 0 then
     local ordered = {}
@@ -277,61 +328,80 @@ if last then
       if tonumber(fs) == tonumber(ss) + 1 then recovered = 1 end
     end
   end
+  if exact and se ~= nil then at_since = redis.call('XRANGE', key, since, since)[1] or false end
 end
-if marker_channel ~= '' then redis.call('PUBLISH', marker_channel, marker) end
-return {recovered, last or '', entries}
+if marker_channel ~= '' then redis.call(pub, marker_channel, marker) end
+return {recovered, last or '', entries, at_since}
 """
 )
 
-#: ARGV: prefix, ttl ms, then (namespace, topic, id, info JSON) for each
-#: entry to add or refresh.
+#: KEYS: the stream.  ARGV: the epoch the caller saw, how far to move it on.
+#: Starts a new epoch (an entry ``<epoch + step>-0`` with ``z``), unless the
+#: stream is gone or another process moved it already; returns 1 when it did.
+#: A process calls it when the stream lost publishes it had delivered (a
+#: failover to a replica that had not received them): offsets handed out
+#: before would otherwise name other publishes, so they must never validate.
+BUMP = (
+    _COMMON
+    + r"""
+local last = last_id(KEYS[1])
+if not last then return 0 end
+local e = string.match(last, '^(%d+)-')
+if e ~= ARGV[1] then return 0 end
+local id = string.format('%d', tonumber(e) + tonumber(ARGV[2])) .. '-0'
+redis.call('XADD', KEYS[1], id, 'z', '1', 't', now_ms())
+return 1
+"""
+)
+
+#: KEYS: the presence sorted set and hash of one (namespace, topic), and the
+#: topic's presence namespaces set.  ARGV: ttl ms, namespace, then (id, info
+#: JSON) for each entry to add or refresh.
 PRESENCE_ADD = (
     _COMMON
     + r"""
-local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+local z, h, spaces = KEYS[1], KEYS[2], KEYS[3]
+local ttl = tonumber(ARGV[1])
 local expires = now_ms() + ttl
-for i = 3, #ARGV, 4 do
-  local ns, topic, id, info = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local suffix = q(ns) .. ':' .. q(topic)
-  local z, h, spaces = prefix .. ':p:' .. suffix, prefix .. ':pi:' .. suffix, prefix .. ':pn:' .. q(topic)
-  redis.call('ZADD', z, expires, id)
-  redis.call('HSET', h, id, info)
-  redis.call('SADD', spaces, ns)
-  for _, k in ipairs({z, h, spaces}) do redis.call('PEXPIRE', k, 2 * ttl) end
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', z, expires, ARGV[i])
+  redis.call('HSET', h, ARGV[i], ARGV[i + 1])
 end
+redis.call('SADD', spaces, ARGV[2])
+for _, k in ipairs({z, h, spaces}) do redis.call('PEXPIRE', k, 2 * ttl) end
 return 1
 """
 )
 
-#: ARGV: prefix, namespace, topic, id.
+#: KEYS: the presence sorted set and hash of one (namespace, topic).  ARGV: id.
 PRESENCE_REMOVE = (
     _COMMON
     + r"""
-local suffix = q(ARGV[2]) .. ':' .. q(ARGV[3])
-redis.call('ZREM', ARGV[1] .. ':p:' .. suffix, ARGV[4])
-redis.call('HDEL', ARGV[1] .. ':pi:' .. suffix, ARGV[4])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 )
 
-#: ARGV: prefix, topic, namespace ('' every namespace), count only (0/1).
-#: Drops expired entries first.  Returns the count, or {id, info, ...}.
+#: KEYS: the topic's presence namespaces set, then the sorted set and hash of
+#: each namespace.  ARGV: count only (0/1), every namespace (0/1), then the
+#: namespaces (every namespace: checked against the set).  Drops expired
+#: entries first.  Returns {1, count} or {1, {id, info, ...}}; or {-1,
+#: namespaces} when the namespaces passed are not the topic's.
 PRESENCE_READ = (
     _COMMON
     + r"""
-local prefix, topic, namespace, count_only = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
-local tq = q(topic)
-local spaces
-if namespace == '' then
-  spaces = redis.call('SMEMBERS', prefix .. ':pn:' .. tq)
-else
-  spaces = {namespace}
+local count_only = ARGV[1] == '1'
+if ARGV[2] == '1' then
+  local given = {}
+  for i = 3, #ARGV do given[#given + 1] = ARGV[i] end
+  local same, members = same_set(KEYS[1], given)
+  if not same then return {-1, members} end
 end
 local now = now_ms()
 local count, out = 0, {}
-for _, ns in ipairs(spaces) do
-  local suffix = q(ns) .. ':' .. tq
-  local z, h = prefix .. ':p:' .. suffix, prefix .. ':pi:' .. suffix
+for i = 2, #KEYS, 2 do
+  local z, h = KEYS[i], KEYS[i + 1]
   prune(z, h, now)
   if count_only then
     count = count + redis.call('ZCARD', z)
@@ -346,7 +416,7 @@ for _, ns in ipairs(spaces) do
     end)
   end
 end
-if count_only then return count end
-return out
+if count_only then return {1, count} end
+return {1, out}
 """
 )

@@ -19,7 +19,7 @@ from ..base.errors import ConfigurationError
 from ..base.threads import RealLock
 from ..protocol.connection import check_close
 from ..protocol.deflate import Agreement
-from ..protocol.frames import OP_PING, encode_frame
+from ..protocol.frames import OP_PING, CloseCode, encode_frame
 from ..protocol.payload import Outgoing
 from ..pubsub.history import Recovery
 from ..pubsub.registry import check_user
@@ -264,6 +264,10 @@ class Peer:
         self._runtime.call_in_hub(self._runtime.deliver, topic, Outgoing(data, compress), self.namespace, self)
 
     # -- closing -----------------------------------------------------------
+    def restart(self) -> None:
+        """Ask the client to reconnect and resume (1012, service restart): what it missed cannot be delivered."""
+        self.close(CloseCode.SERVICE_RESTART, "reconnect and resume")
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Graceful close: a close frame, then the socket once the client answers.
 

@@ -93,6 +93,7 @@ class Runtime:
         if broker.shares_presence:
             self.registry.on_presence = broker.presence_changed
         broker.on_command = self.command_received
+        broker.on_gap = self.gap_received
         #: The public object that owns this runtime (``peer.server``).
         self.owner = owner
         self.sessions: set[Any] = set()  # open WebSocket sessions
@@ -221,6 +222,21 @@ class Runtime:
     def command_received(self, command: dict[str, Any]) -> None:
         """A revoke from another process (the broker's thread)."""
         self.call_in_hub(self.apply_command, command)
+
+    def gap_received(self, namespace: str, topic: str) -> None:
+        """The broker cannot bridge what ``topic``'s subscribers missed (any thread): they reconnect.
+
+        A peer is closed with 1012 (service restart) and an event stream ends:
+        the client comes back with its offset, and its resume tells it
+        ``recovered=False``, rather than it going on with a silent gap.
+        """
+        self.call_in_hub(self._restart_subscribers, namespace, topic)
+
+    def _restart_subscribers(self, namespace: str, topic: str) -> None:
+        for subscriber, _ in self.registry.recipients(topic, namespace):
+            restart = getattr(subscriber, "restart", None)
+            if restart is not None:
+                restart()
 
     def apply_command(self, command: dict[str, Any]) -> None:
         """Close or unsubscribe this process's peers of ``command["user"]`` (hub thread).

@@ -237,6 +237,10 @@ class EventStream:
                 return
         _run_callback(callback)
 
+    def restart(self) -> None:
+        """End the stream so the browser reconnects with ``Last-Event-ID`` and resumes (see ``Runtime.gap_received``)."""
+        self.close()
+
     def close(self) -> None:
         """End the stream; idempotent, safe from any thread."""
         if self._closed:

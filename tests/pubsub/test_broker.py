@@ -43,9 +43,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_channel_name_shapes():
-    assert channel_name("syncws", "/_ws", "chat") == "syncws:ns:%2F_ws:chat"
-    assert channel_name("syncws", None, "chat") == "syncws:all:chat"
-    assert channel_name("app1", "/rooms/a", "t") == "app1:ns:%2Frooms%2Fa:t"
+    assert channel_name("syncws", "/_ws", "chat") == "syncws:{chat}:ns:%2F_ws"
+    assert channel_name("syncws", None, "chat") == "syncws:{chat}:all"
+    assert channel_name("app1", "/rooms/a", "t") == "app1:{t}:ns:%2Frooms%2Fa"
+    # braces in a topic are encoded: they can never end the hash tag early
+    assert channel_name("p", "n", "a}b{") == "p:{a%7Db%7B}:ns:n"
 
 
 @pytest.mark.parametrize(
@@ -526,7 +528,7 @@ def test_command_round_trip():
         "topic": "room",
         "namespace": None,
     }
-    assert command_channel("app") == "app:cmd"
+    assert command_channel("app") == "{app}:cmd"
 
 
 @pytest.mark.parametrize(

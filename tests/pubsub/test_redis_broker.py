@@ -73,7 +73,7 @@ def wait_numsub(r: redis.Redis, expected: dict, timeout: float = 5.0) -> None:
 
 
 def topic_channels(r: redis.Redis, topic: str, prefix: str = PREFIX) -> set:
-    return set(r.pubsub_channels(f"{prefix}:*:{topic}"))
+    return set(r.pubsub_channels(f"{prefix}:{{{topic}}}:*"))
 
 
 def pubsub_clients(r: redis.Redis) -> list:

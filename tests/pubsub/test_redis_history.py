@@ -19,7 +19,9 @@ from urllib.parse import quote
 import pytest
 
 from syncws import BrokerError, Publisher
+from syncws.pubsub.broker import channel_name
 from syncws.pubsub.redis_broker import RedisBroker
+from syncws.pubsub.redis_scripts import history_key
 
 from ..apps.history_app import app as history_app
 from ..conftest import wait_until
@@ -166,11 +168,11 @@ def test_without_servers_keeping_history_a_publisher_only_publishes(redis_server
     peer = Peer(server, "a", (topic,))
     peer.until_open()
     try:
-        assert wait_until(lambda: redis_server.client().pubsub_numsub(f"{prefix}:all:{topic}")[0][1] == 1)
+        assert wait_until(lambda: redis_server.client().pubsub_numsub(channel_name(prefix, None, topic))[0][1] == 1)
         with Publisher(redis_server.url, prefix=prefix) as publisher:
             assert publisher.publish(topic, "live only") == 1
         assert peer.get() == "live only"
-        assert redis_server.client().keys(f"{prefix}:h:*") == []
+        assert redis_server.client().keys(f"{prefix}:*:h:*") == []
     finally:
         peer.close()
 
@@ -188,12 +190,12 @@ def test_history_ttl_on_redis_drops_old_publishes(processes, redis_server):
     stream, replayed, results = open_stream(server, (topic,), last_event_id=old)
     stream.close()
     assert [e.data for e in replayed] == ["new"] and results[topic][:2] == [False, 1]
-    ttl = redis_server.client().pttl(f"syncws:h:{quote('/ws/a', safe='')}:{topic}")
+    ttl = redis_server.client().pttl(history_key("syncws", "/ws/a", topic))
     assert 0 < ttl <= 500  # the stream itself expires when the topic stays quiet
 
 
 def test_keys_quote_names_like_python(processes, redis_server, opened):
-    """The Lua scripts percent-encode names exactly as urllib.parse.quote(safe='')."""
+    """Keys percent-encode names as urllib.parse.quote(safe=''), the topic in a hash tag (docs/how-to/redis.md)."""
     topic = "odd:topic/é " + uuid.uuid4().hex[:6]
     server = processes()
     room = "r:ö%20x"
@@ -203,7 +205,7 @@ def test_keys_quote_names_like_python(processes, redis_server, opened):
     namespace = "/ws/" + room
     publish(server, topic, "odd", ns=namespace)
     assert peer.get() == "odd"
-    stream_key = f"syncws:h:{quote(namespace, safe='')}:{quote(topic, safe='')}"
+    stream_key = f"syncws:{{{quote(topic, safe='')}}}:h:{quote(namespace, safe='')}"
     assert wait_until(lambda: redis_server.client().exists(stream_key) == 1)
     assert [d for _, d in history(server, topic, namespace)] == ["odd"]
 
@@ -251,7 +253,7 @@ def test_a_broken_redis_history_never_breaks_the_server(redis_server, start_serv
     server = start_server(history_app, broker=broker, history_size=10)
     assert wait_until(lambda: broker.connected)
     topic = new_topic()
-    redis_server.client().set(f"{prefix}:h:{quote('/ws/a', safe='')}:{topic}", "not a stream")
+    redis_server.client().set(history_key(prefix, "/ws/a", topic), "not a stream")
     peer = Peer(server, "a", (topic,))
     try:
         peer.until_open()
@@ -340,7 +342,7 @@ def test_a_stopped_servers_history_settings_never_silence_a_publish(processes, p
         opened(peer)
     stream, _, _ = open_stream(url, (topic,), ns="/ws/a")
     opened(stream)
-    _wait_subscribed(redis_server, f"syncws:all:{topic}", len(pids))
+    _wait_subscribed(redis_server, channel_name("syncws", None, topic), len(pids))
     with Publisher(redis_server.url) as publisher:
         assert publisher.publish(topic, "to everyone") >= 1
         publisher.publish(topic, "marker")
@@ -359,7 +361,7 @@ def test_servers_with_and_without_history_each_deliver_a_publish_once(processes,
     for peer in here:
         opened(peer)
         peer.until_open()
-    _wait_subscribed(redis_server, f"syncws:ns:%2Fws%2Fa:{topic}", 2)
+    _wait_subscribed(redis_server, channel_name("syncws", "/ws/a", topic), 2)
     assert wait_until(lambda: "disagree on history settings" in other.err + keeping.err)
     time.sleep(0.2)  # both processes have read the other's announcement (the log line comes after)
     with Publisher(redis_server.url) as publisher:
@@ -378,7 +380,7 @@ def test_settings_of_servers_gone_longer_than_presence_ttl_are_ignored(tmp_path,
         first = HistoryProcess(redis_server.url, "--presence-ttl", "1")
         client = redis_server.client()
         try:
-            assert wait_until(lambda: client.hvals("syncws:settings") == ["100 0"])
+            assert wait_until(lambda: client.hvals("{syncws}:settings") == ["100 0"])
         finally:
             first.terminate()
         time.sleep(1.2)  # its announcement has expired
@@ -387,12 +389,12 @@ def test_settings_of_servers_gone_longer_than_presence_ttl_are_ignored(tmp_path,
             peer = Peer(second.wait_for_url(), "a", (topic,))
             opened(peer)
             peer.until_open()
-            _wait_subscribed(redis_server, f"syncws:all:{topic}", 1)
+            _wait_subscribed(redis_server, channel_name("syncws", None, topic), 1)
             with Publisher(redis_server.url) as publisher:
                 assert publisher.publish(topic, "live") == 1
             assert peer.get() == "live"
-            assert client.keys("syncws:h:*") == []  # nothing stored with the stale settings
-            assert client.hvals("syncws:settings") == ["0 0"]  # only the live server's settings remain
+            assert client.keys("syncws:*:h:*") == []  # nothing stored with the stale settings
+            assert client.hvals("{syncws}:settings") == ["0 0"]  # only the live server's settings remain
             assert "disagree" not in second.err
         finally:
             peer.close()
