@@ -699,7 +699,8 @@ OPTIONS: tuple[Option, ...] = (
         scope=Scope.SERVER,
         metavar="URL",
         shown_default="in-process",
-        help="pub/sub broker shared by every process: a redis:// URL (or a Broker object in Python)",
+        help="pub/sub broker shared by every process: a redis://, rediss://, redis+sentinel:// or "
+        "redis+cluster:// URL (valkey:// too; docs/how-to/redis.md), or a Broker object in Python",
     ),
     # The command line only
     Option(

@@ -66,6 +66,12 @@ COUNTERS = (
     (("broker", "relayed"), "syncws_broker_relayed", "publishes the broker handed to Redis"),
     (("broker", "dropped"), "syncws_broker_dropped", "publishes the broker could not hand to Redis"),
     (("broker", "reconnects"), "syncws_broker_reconnects", "times the broker reconnected to Redis"),
+    (
+        ("broker", "resynced"),
+        "syncws_broker_resynced",
+        "stored publishes delivered by a resync after a lost connection",
+    ),
+    (("broker", "gaps"), "syncws_broker_gaps", "times subscribers were asked to resume: a resync could not bridge"),
     (("threads", "waited"), "syncws_thread_waits", "views and hooks that found every pool thread busy"),
 )
 

@@ -163,8 +163,8 @@ class RedisBroker(Broker):
         #: duplicates are dropped, and a lost connection resyncs from it; crc None: only where the
         #: history stood when the channel was subscribed (subscriber thread only).
         self._last: dict[str, tuple[int, int, int | None]] = {}
-        #: topic -> the namespaces of its presence last seen in Redis (any reading thread).
-        self._presence_spaces: dict[str, list[str]] = {}
+        #: topic -> the keys of its presence, for the topics with local entries (relay thread only).
+        self._presence_keys: dict[str, list[str]] = {}
         self.resynced = 0  # stored publishes delivered by a resync after a lost connection
         self.gaps = 0  # times a resync could not bridge a lost connection (subscribers told to resume)
         #: ``on_gap(namespace, topic)``: set by the server; a resync could not bridge a gap.
@@ -269,6 +269,9 @@ class RedisBroker(Broker):
                 self._channels[channel] = (namespace, topic)
             else:
                 self._channels.pop(channel, None)
+                # A recovery must wait for the next subscription's confirmation: its marker
+                # travels on this channel, and is lost while the channel is not subscribed.
+                self._confirmed.discard(channel)
             self._commands.append((present, channel))
 
     @property
@@ -446,31 +449,65 @@ class RedisBroker(Broker):
         additions: list[tuple[str, str, str, str]] = []
         for (namespace, topic, entry_id), info in changes.items():
             if info is None:
-                keys = redis_scripts.presence_keys(self.prefix, namespace, topic)
-                self._eval(pipe, "PRESENCE_REMOVE", keys, [entry_id])
+                keys = redis_scripts.presence_keys(self.prefix, topic)
+                self._eval(pipe, "PRESENCE_REMOVE", keys, [redis_scripts.presence_member(namespace, entry_id)])
             else:
                 additions.append((namespace, topic, entry_id, info))
         self._add_presence(pipe, additions)
 
-    def _add_presence(self, pipe: Any, entries: list[tuple[str, str, str, str]]) -> None:
-        """PRESENCE_ADD for ``entries``: one script call per (namespace, topic), 500 entries at most each."""
-        grouped: dict[tuple[str, str], list[str]] = {}
+    def _add_presence(
+        self, pipe: Any, entries: list[tuple[str, str, str, str]], seen: dict[str, list[str]] | None = None
+    ) -> None:
+        """PRESENCE_ADD for ``entries``: about 500 entries per script call, of one hash slot on a cluster.
+
+        Per entry it sends a member and its info; per topic two keys and a
+        count.  (One call per topic cost 200,000 calls per refresh of 200,000
+        topics: seconds of the relay thread's time, holding the GIL.)
+        """
+        grouped: dict[str, list[str]] = {}
         for namespace, topic, entry_id, info in entries:
-            grouped.setdefault((namespace, topic), []).extend((entry_id, info))
+            grouped.setdefault(topic, []).extend((f"{entry_id}\n{namespace}", info))  # presence_member
+        cache = self._presence_keys
+        for topic in grouped:
+            if topic not in cache:
+                cache[topic] = redis_scripts.presence_keys(self.prefix, topic)
+            if seen is not None:
+                seen[topic] = cache[topic]
+        by_slot: dict[int, list[str]] = {}
+        if self.target.topology is Topology.CLUSTER:
+            from redis.crc import key_slot
+
+            for topic in grouped:
+                by_slot.setdefault(key_slot(cache[topic][0].encode()), []).append(topic)
+        else:
+            by_slot[0] = list(grouped)
         ttl = int(self.presence_ttl * 1000)
-        for (namespace, topic), flat in grouped.items():
-            keys = [
-                *redis_scripts.presence_keys(self.prefix, namespace, topic),
-                redis_scripts.presence_spaces_key(self.prefix, topic),
-            ]
-            for start in range(0, len(flat), 1000):
-                self._eval(pipe, "PRESENCE_ADD", keys, [ttl, namespace, *flat[start : start + 1000]])
+        for topics in by_slot.values():
+            keys: list[str] = []
+            args: list[Any] = [ttl]
+            for topic in topics:
+                flat = grouped[topic]
+                keys += cache[topic]
+                args.append(len(flat) // 2)
+                args += flat
+                if len(args) >= 1000:
+                    self._eval(pipe, "PRESENCE_ADD", keys, args)
+                    keys, args = [], [ttl]
+            if keys:
+                self._eval(pipe, "PRESENCE_ADD", keys, args)
 
     def _refresh_presence(self, pipe: Any) -> None:
+        """Every local entry again; the names of the keys are kept for the topics still present only.
+
+        Building the names for 200,000 topics cost the relay thread 0.2 s per
+        refresh (holding the GIL), more than the rest of its work.
+        """
         if self._presence_entries is None:
             return
+        seen: dict[str, list[str]] = {}
         for entries in self._presence_entries():
-            self._add_presence(pipe, entries)
+            self._add_presence(pipe, entries, seen)
+        self._presence_keys = seen
 
     def _compare_settings(self, values: list[Any]) -> None:
         """Log (once per change) when the live servers of this prefix disagree on history settings.
@@ -718,21 +755,11 @@ class RedisBroker(Broker):
         return [_from_entry(topic, entry) for entry in entries], bool(recovered), _text(newest) or None
 
     def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
-        """Presence for every process; ``namespace`` None: every namespace (checked by the script, see there)."""
-        for _ in range(3):
-            spaces = [namespace] if namespace is not None else self._presence_spaces.get(topic, [])
-            keys = [redis_scripts.presence_spaces_key(self.prefix, topic)]
-            for space in spaces:
-                keys += redis_scripts.presence_keys(self.prefix, space, topic)
-            args = ["1" if count_only else "0", "1" if namespace is None else "0", *spaces]
-            status, found = self._read("PRESENCE_READ", keys, args)
-            if status == -1:  # the topic's namespaces were not the ones passed
-                self._presence_spaces[topic] = sorted(_text(space) for space in found)
-                continue
-            if count_only:
-                return int(found)
-            return [{"id": _text(found[i]), "info": json.loads(found[i + 1])} for i in range(0, len(found), 2)]
-        raise self._redis_module.RedisError("the namespaces of a topic's presence kept changing")
+        keys = redis_scripts.presence_keys(self.prefix, topic)
+        found = self._read("PRESENCE_READ", keys, ["1" if count_only else "0", namespace or ""])
+        if count_only:
+            return int(found)
+        return [{"id": _text(found[i]), "info": json.loads(found[i + 1])} for i in range(0, len(found), 2)]
 
 
 def _batch(queue: Any, first: Any) -> list[Any] | None:
@@ -797,6 +824,7 @@ class _Link:
         self.pubsub = pubsub
         self.sharded = sharded
         self.channels: set[str] = set()  # subscribed, or asked to be
+        self.leaving: dict[str, int] = {}  # channel -> unsubscribes asked for and not yet confirmed
         self.last_heard = time.monotonic()
         self.pinged = False
 
@@ -810,6 +838,7 @@ class _Link:
 
     def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
+        self.leaving[channel] = self.leaving.get(channel, 0) + 1
         (self.pubsub.sunsubscribe if self.sharded else self.pubsub.unsubscribe)(channel)
 
     def fileno(self) -> int:
@@ -1030,6 +1059,13 @@ class _Subscriber:
                 self._confirm(channel)
         elif kind in ("unsubscribe", "sunsubscribe"):
             channel = _text(message["channel"])
+            asked = link.leaving.get(channel, 0)
+            if asked:  # the answer to our own unsubscribe (the channel may be wanted again already)
+                if asked == 1:
+                    del link.leaving[channel]
+                else:
+                    link.leaving[channel] = asked - 1
+                return
             with broker._lock:
                 broker._confirmed.discard(channel)
             if channel in link.channels:  # not asked for: its slot moved to another shard

@@ -23,9 +23,10 @@ collide nor end the hash tag early.  With ``t`` = ``q(topic)`` and ``n`` =
   new epoch (``BUMP``) and is never replayed.
 * ``<prefix>:{t}:hn``: the namespaces with a history or a subscriber of the
   topic (where a publish without namespace is stored).
-* ``<prefix>:{t}:p:<n>`` (sorted set: entry id, scored by its expiry in ms),
-  ``<prefix>:{t}:pi:<n>`` (hash: entry id -> info JSON) and ``<prefix>:{t}:pn``
-  (namespaces with presence): presence.
+* ``<prefix>:{t}:p`` (sorted set: ``<entry id>\\n<namespace>``, scored by its
+  expiry in ms) and ``<prefix>:{t}:pi`` (hash: the same member -> info JSON):
+  the presence of a topic in every namespace, two keys per topic whatever the
+  namespaces (a refresh sends as little as before the cluster layout).
 * channels ``<prefix>:{t}:ns:<n>`` (one namespace) and ``<prefix>:{t}:all``
   (every namespace, for servers without history), in the topic's slot too.
 * ``{<prefix>}:servers`` (sorted set: a server process's origin, scored by
@@ -41,7 +42,7 @@ collide nor end the hash tag early.  With ``t`` = ``q(topic)`` and ``n`` =
 
 A publish to every namespace needs the keys of every namespace of the topic,
 which the caller cannot know for sure: it passes the namespaces it last saw,
-and ``PUBLISH`` (like ``PRESENCE_READ``) checks them against ``hn`` in the
+and ``PUBLISH`` checks them against ``hn`` in the
 same atomic step, answering ``{-1, namespaces}`` instead of writing anything
 when they differ, so the caller retries with the right keys.
 
@@ -81,14 +82,15 @@ def spaces_key(prefix: str, topic: str) -> str:
     return f"{topic_tag(prefix, topic)}:hn"
 
 
-def presence_keys(prefix: str, namespace: str, topic: str) -> list[str]:
-    """The sorted set and the hash of one (namespace, topic)'s presence."""
-    tag, name = topic_tag(prefix, topic), _q(namespace)
-    return [f"{tag}:p:{name}", f"{tag}:pi:{name}"]
+def presence_keys(prefix: str, topic: str) -> list[str]:
+    """The sorted set and the hash of a topic's presence (every namespace)."""
+    tag = topic_tag(prefix, topic)
+    return [f"{tag}:p", f"{tag}:pi"]
 
 
-def presence_spaces_key(prefix: str, topic: str) -> str:
-    return f"{topic_tag(prefix, topic)}:pn"
+def presence_member(namespace: str, entry_id: str) -> str:
+    """An entry's member in a topic's presence: its id (no newline: ids are made by syncws), then its namespace."""
+    return f"{entry_id}\n{namespace}"
 
 
 def fleet_keys(prefix: str) -> list[str]:
@@ -354,26 +356,33 @@ return 1
 """
 )
 
-#: KEYS: the presence sorted set and hash of one (namespace, topic), and the
-#: topic's presence namespaces set.  ARGV: ttl ms, namespace, then (id, info
-#: JSON) for each entry to add or refresh.
+#: KEYS: for each topic, its presence sorted set and hash (all in one hash
+#: slot on a cluster: the caller groups them).  ARGV: ttl ms, then for each
+#: topic: how many entries, and (member, info JSON) for each entry to add or
+#: refresh.
 PRESENCE_ADD = (
     _COMMON
     + r"""
-local z, h, spaces = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[1])
 local expires = now_ms() + ttl
-for i = 3, #ARGV, 2 do
-  redis.call('ZADD', z, expires, ARGV[i])
-  redis.call('HSET', h, ARGV[i], ARGV[i + 1])
+local a = 2
+for k = 1, #KEYS, 2 do
+  local z, h = KEYS[k], KEYS[k + 1]
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, n do
+    redis.call('ZADD', z, expires, ARGV[a])
+    redis.call('HSET', h, ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+  redis.call('PEXPIRE', z, 2 * ttl)
+  redis.call('PEXPIRE', h, 2 * ttl)
 end
-redis.call('SADD', spaces, ARGV[2])
-for _, k in ipairs({z, h, spaces}) do redis.call('PEXPIRE', k, 2 * ttl) end
 return 1
 """
 )
 
-#: KEYS: the presence sorted set and hash of one (namespace, topic).  ARGV: id.
+#: KEYS: a topic's presence sorted set and hash.  ARGV: member.
 PRESENCE_REMOVE = (
     _COMMON
     + r"""
@@ -383,40 +392,33 @@ return 1
 """
 )
 
-#: KEYS: the topic's presence namespaces set, then the sorted set and hash of
-#: each namespace.  ARGV: count only (0/1), every namespace (0/1), then the
-#: namespaces (every namespace: checked against the set).  Drops expired
-#: entries first.  Returns {1, count} or {1, {id, info, ...}}; or {-1,
-#: namespaces} when the namespaces passed are not the topic's.
+#: KEYS: a topic's presence sorted set and hash.  ARGV: count only (0/1),
+#: namespace ('' every namespace).  Drops expired entries first.  Returns the
+#: count, or {id, info, ...}.
 PRESENCE_READ = (
     _COMMON
     + r"""
-local count_only = ARGV[1] == '1'
-if ARGV[2] == '1' then
-  local given = {}
-  for i = 3, #ARGV do given[#given + 1] = ARGV[i] end
-  local same, members = same_set(KEYS[1], given)
-  if not same then return {-1, members} end
-end
-local now = now_ms()
-local count, out = 0, {}
-for i = 2, #KEYS, 2 do
-  local z, h = KEYS[i], KEYS[i + 1]
-  prune(z, h, now)
-  if count_only then
-    count = count + redis.call('ZCARD', z)
-  else
-    local ids = redis.call('ZRANGE', z, 0, -1)
-    each_chunk(ids, function(chunk)
-      local infos = redis.call('HMGET', h, unpack(chunk))
-      for i = 1, #chunk do
-        out[#out + 1] = chunk[i]
-        out[#out + 1] = infos[i] or 'null'
-      end
-    end)
+local z, h = KEYS[1], KEYS[2]
+local count_only, namespace = ARGV[1] == '1', ARGV[2]
+prune(z, h, now_ms())
+local members = redis.call('ZRANGE', z, 0, -1)
+local count, chosen = 0, {}
+for _, member in ipairs(members) do
+  local id, ns = string.match(member, '^([^\n]*)\n(.*)$')
+  if id and (namespace == '' or ns == namespace) then
+    count = count + 1
+    chosen[#chosen + 1] = member
   end
 end
-if count_only then return {1, count} end
-return {1, out}
+if count_only then return count end
+local out = {}
+each_chunk(chosen, function(chunk)
+  local infos = redis.call('HMGET', h, unpack(chunk))
+  for i = 1, #chunk do
+    out[#out + 1] = string.match(chunk[i], '^([^\n]*)\n')
+    out[#out + 1] = infos[i] or 'null'
+  end
+end)
+return out
 """
 )

@@ -289,6 +289,8 @@ class Server:
                 "relayed": getattr(broker, "relayed", 0),
                 "dropped": getattr(broker, "dropped", 0),
                 "reconnects": getattr(broker, "reconnects", 0),
+                "resynced": getattr(broker, "resynced", 0),
+                "gaps": getattr(broker, "gaps", 0),
             },
             "history": {"size": runtime.options.history_size, "in_redis": broker.stores_history, **history},
             "presence": {"local_entries": runtime.registry.presence_count()},

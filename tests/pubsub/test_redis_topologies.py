@@ -68,6 +68,13 @@ def _shard_numsub(cluster: RedisCluster, channel: str) -> dict[int, int]:
     return counts
 
 
+def _wait_subscribed(cluster: RedisCluster, prefix: str, topic: str) -> None:
+    """Until the shard of ``topic`` shows a subscriber of its /ws/a channel (a local subscribe reaches Redis later)."""
+    channel = channel_name(prefix, "/ws/a", topic)
+    home = cluster.master_of(channel).port
+    assert wait_until(lambda: _shard_numsub(cluster, channel)[home] >= 1), f"{channel} never subscribed"
+
+
 def _command_calls(node: RedisServer, command: str) -> int:
     stats = node.client(socket_timeout=2).info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
@@ -94,13 +101,11 @@ def test_cluster_delivers_stores_and_shows_presence_across_processes_on_every_sh
         peer.until_open()
         peers.append(peer)
     for topic in topics:
-        # both processes' subscriptions live on the topic's own shard, nowhere else
+        # the subscription lives on the topic's own shard, nowhere else
+        _wait_subscribed(redis_cluster, prefix, topic)
         counts = _shard_numsub(redis_cluster, channel_name(prefix, "/ws/a", topic))
         master = redis_cluster.master_of(channel_name(prefix, "/ws/a", topic)).port
-        assert wait_until(
-            lambda t=topic, m=master: _shard_numsub(redis_cluster, channel_name(prefix, "/ws/a", t))[m] >= 1
-        )
-        assert all(count == 0 for port, count in counts.items() if port != master), counts
+        assert counts[master] >= 1 and all(count == 0 for port, count in counts.items() if port != master), counts
     for topic in topics:
         a.publish(topic, f"hello {topic}", namespace="/ws/a")
     for topic, peer in zip(topics, peers, strict=True):
@@ -127,6 +132,7 @@ def test_cluster_a_publish_goes_to_the_shard_of_its_topic_only(redis_cluster, st
         opened(peer)
         peer.until_open()
         peers.append(peer)
+        _wait_subscribed(redis_cluster, prefix, topic)
     target, masters = topics[0], redis_cluster.masters()
     home = redis_cluster.master_of(channel_name(prefix, "/ws/a", target)).port
     before = {node.port: _command_calls(node, "spublish") for node in masters}
