@@ -1,6 +1,6 @@
 """nox sessions for syncws.
 
-``fast``: the fast test loop (``pytest -m "not slow"``) on each supported
+``fast``: the fast test loop (``pytest -m "not slow" -n 2``) on each supported
 Python.  ``bash scripts/test`` runs the whole suite on the interpreter it is
 given, then this session on every *other* supported interpreter it finds;
 nox reports a version that is not installed as skipped, never as passed.
@@ -20,4 +20,6 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session(python=SUPPORTED)
 def fast(session: nox.Session) -> None:
     session.install("-q", "-e", ".[test]")
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-n", "2", *session.posargs
+    )  # fmt: skip

@@ -26,6 +26,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # the fast loop runs on both cores (-n 2)
             "hypothesis>=6.100",
             "flask>=3.0",
             "django>=4.2",

@@ -293,15 +293,21 @@ def test_sentinel_failover_mid_stream_loses_nothing_silently(tmp_path, start_ser
         assert group.current_master() != old
 
 
+def _across(start_server, opened, url: str, text: str):
+    """Two servers on ``url``; a subscriber on the second gets what the first publishes."""
+    prefix, _, (a, b) = _servers(start_server, url)
+    topic = "t" + uuid.uuid4().hex[:8]
+    peer = Peer(b, "a", (topic,))
+    opened(peer)
+    peer.until_open()
+    a.publish(topic, text, namespace="/ws/a")
+    assert peer.get() == text
+    return prefix, a, topic, peer
+
+
 def test_sentinel_delivers_stores_and_publishes(tmp_path, start_server, opened):
     with SentinelGroup(tmp_path) as group:
-        prefix, _, (a, b) = _servers(start_server, group.url)
-        topic = "t" + uuid.uuid4().hex[:8]
-        peer = Peer(b, "a", (topic,))
-        opened(peer)
-        peer.until_open()
-        a.publish(topic, "through the master Sentinel names", namespace="/ws/a")
-        assert peer.get() == "through the master Sentinel names"
+        prefix, a, topic, peer = _across(start_server, opened, group.url, "through the master Sentinel names")
         with Publisher(group.url, prefix=prefix) as publisher:
             assert publisher.publish(topic, "from a job") >= 1
         assert peer.get() == "from a job"
@@ -335,13 +341,7 @@ def tls_redis(tmp_path):
 def test_tls_and_an_acl_user(tls_redis, start_server, opened):
     server, cafile = tls_redis
     url = f"rediss://app:s3cret@127.0.0.1:{server.port}/0?ssl_ca_certs={cafile}"
-    prefix, _, (a, b) = _servers(start_server, url)
-    topic = "t" + uuid.uuid4().hex[:8]
-    peer = Peer(b, "a", (topic,))
-    opened(peer)
-    peer.until_open()
-    a.publish(topic, "encrypted", namespace="/ws/a")
-    assert peer.get() == "encrypted"
+    prefix, _, topic, peer = _across(start_server, opened, url, "encrypted")
     with Publisher(url, prefix=prefix) as publisher:
         assert publisher.publish(topic, "job") == 1  # the one process with a subscriber in /ws/a
     assert peer.get() == "job"
