@@ -177,6 +177,38 @@ def test_cluster_recovery_resumes_from_an_offset(redis_cluster, start_server, op
     assert hello["recovery"][topic][0] is True
 
 
+def test_cluster_a_slot_moved_to_another_shard_is_followed(redis_cluster, start_server, opened):
+    """Resharding while subscribed: Redis unsubscribes the channel on the old owner, the process subscribes on the new."""
+    from redis.crc import key_slot
+
+    prefix, brokers, (a, b) = _servers(start_server, redis_cluster.url)
+    topic = _topics_on_every_shard(redis_cluster, prefix)[0]
+    channel = channel_name(prefix, "/ws/a", topic)
+    peer = Peer(b, "a", (topic,))
+    opened(peer)
+    peer.until_open()
+    _wait_subscribed(redis_cluster, prefix, topic)
+    a.publish(topic, "before the move", namespace="/ws/a")
+    assert peer.get() == "before the move"
+    source = redis_cluster.master_of(channel)
+    target = next(node for node in redis_cluster.masters() if node.port != source.port)
+    src, dst = source.client(socket_timeout=5), target.client(socket_timeout=5)
+    slot = key_slot(channel.encode())
+    src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for node in redis_cluster.masters():
+        node.client(socket_timeout=5).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    assert wait_until(lambda: _shard_numsub(redis_cluster, channel)[target.port] >= 1, timeout=15)
+    assert _shard_numsub(redis_cluster, channel)[source.port] == 0
+    a.publish(topic, "after the move", namespace="/ws/a")
+    assert peer.get() == "after the move"
+    assert [data for _, data in history(a, topic)] == ["before the move", "after the move"]  # the stream moved too
+    assert all(broker.gaps == 0 for broker in brokers)
+
+
 # -- failover -------------------------------------------------------------------------------
 
 

@@ -378,8 +378,10 @@ def test_inflating_counts_toward_fairness_by_its_output(echo_process):
 
             def send() -> None:
                 nonlocal sent
-                deadline = time.monotonic() + 3
-                while time.monotonic() < deadline and sent < 160:  # 160 MB to inflate per client
+                # For 2 s (at most 480 MB to inflate per client): a count alone ended the attack
+                # in 0.5 s on a fast machine, before the healthy peer had measured 10 round trips.
+                deadline = time.monotonic() + 2
+                while time.monotonic() < deadline and sent < 480:
                     raw.sock.sendall(frame * 8)
                     sent += 8
 
@@ -392,7 +394,7 @@ def test_inflating_counts_toward_fairness_by_its_output(echo_process):
             answered.append(received)
 
     with HealthyPeer(ws_of(url)) as healthy:
-        hammer(attack, threads=8, seconds=0.1)  # one 3-second attack per thread
+        hammer(attack, threads=8, seconds=0.1)  # one 2-second attack per thread
     healthy.check()
     assert len(answered) == 8 and min(answered) > 0
 
