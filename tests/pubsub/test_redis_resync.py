@@ -20,7 +20,7 @@ from syncws.pubsub.redis_scripts import history_key
 
 from ..apps.history_app import app as history_app
 from ..conftest import wait_until
-from ..support.history import Peer
+from ..support.history import Peer, open_stream
 from ..support.proxy import StallingProxy
 from ..support.redis import RedisServer
 
@@ -79,14 +79,18 @@ def test_what_was_stored_meanwhile_is_delivered_after_the_connection_comes_back(
 
 def test_a_history_trimmed_past_the_last_delivery_makes_the_subscribers_resume_not_recovered(setup, opened):
     redis_server, proxy, broker, server, topic, peer = setup
+    stream, _, _ = open_stream(server, (topic,))  # an event stream of the topic too
+    opened(stream)
     server.publish(topic, "m0", namespace="/ws/a")
     (first,) = _received(peer, 1)
+    assert stream.next_event().data == "m0"
     _outage(proxy, broker)
     with Publisher(redis_server.url, prefix=broker.prefix) as publisher:
         for i in range(1, 9):  # more than history_size (5): m1..m3 are trimmed
             publisher.publish(topic, f"m{i}", namespace="/ws/a")
     _back(proxy, broker)
     assert peer.closed.wait(10), "the subscriber was not asked to resume"
+    stream.wait_eof(10)  # the stream ends: a browser's EventSource resumes with Last-Event-ID
     assert wait_until(lambda: broker.gaps == 1)
     again = Peer(server, "a", (topic,), envelope="1", since=first["offset"])
     opened(again)
@@ -141,3 +145,19 @@ def test_a_rewritten_entry_at_the_last_delivery_is_noticed(setup, opened):
     opened(again)
     _, hello = again.until_open()
     assert hello["recovery"][topic][0] is False
+
+
+def test_an_offset_of_the_old_key_layout_resumes_not_recovered(setup, opened):
+    """Streams written before the hash-tag layout are another history: never a wrong replay from them."""
+    redis_server, _, broker, server, topic, _ = setup
+    client = redis_server.client()
+    old_key = f"{broker.prefix}:h:%2Fws%2Fa:{topic}"  # how an older syncws named the stream
+    for i in range(3):
+        client.xadd(old_key, {"d": f"old {i}", "b": "0", "j": "0", "t": "0"}, id=f"777-{i}")
+    server.publish(topic, "new", namespace="/ws/a")
+    assert wait_until(lambda: client.exists(history_key(broker.prefix, "/ws/a", topic)))
+    peer = Peer(server, "a", (topic,), envelope="1", since="777-1")
+    opened(peer)
+    replay, hello = peer.until_open()
+    assert hello["recovery"][topic][0] is False
+    assert [json.loads(item)["data"] for item in replay] == ["new"]  # the new history, never "old 2"

@@ -3,7 +3,7 @@
 Every Redis here is real and started by the tests: a 3-master cluster with one
 replica each (``redis-cli --cluster create``) and a Sentinel group (one
 master, one replica, three sentinels), each once per session; failover tests
-kill a master with kill -9 and get groups of their own.  Servers are
+kill a master with kill -9 and get a cluster or group of their own.  Servers are
 in-process syncws servers with a ``RedisBroker`` (history on), and clients
 are real WebSocket clients.
 """
@@ -35,6 +35,12 @@ pytestmark = pytest.mark.slow
 def redis_cluster(tmp_path_factory):
     with RedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory):
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
 
 
 def _servers(start_server, url: str, count: int = 2, **options):
@@ -337,13 +343,13 @@ def _across(start_server, opened, url: str, text: str):
     return prefix, a, topic, peer
 
 
-def test_sentinel_delivers_stores_and_publishes(tmp_path, start_server, opened):
-    with SentinelGroup(tmp_path) as group:
-        prefix, a, topic, peer = _across(start_server, opened, group.url, "through the master Sentinel names")
-        with Publisher(group.url, prefix=prefix) as publisher:
-            assert publisher.publish(topic, "from a job") >= 1
-        assert peer.get() == "from a job"
-        assert [data for _, data in history(a, topic)] == ["through the master Sentinel names", "from a job"]
+def test_sentinel_delivers_stores_and_publishes(sentinel_group, start_server, opened):
+    url = sentinel_group.url
+    prefix, a, topic, peer = _across(start_server, opened, url, "through the master Sentinel names")
+    with Publisher(url, prefix=prefix) as publisher:
+        assert publisher.publish(topic, "from a job") >= 1
+    assert peer.get() == "from a job"
+    assert [data for _, data in history(a, topic)] == ["through the master Sentinel names", "from a job"]
 
 
 # -- TLS and an ACL user ---------------------------------------------------------------------------
