@@ -131,7 +131,6 @@ class RedisBroker(Broker):
         self._confirmed: set[str] = set()  # channels Redis confirmed subscribing
         self._waiters: dict[str, list[Any]] = {}  # channel or marker -> locks to release
         self._reads = _SimpleQueue()  # (script, keys, args, result box, release) for the reader thread
-        self._scripts: dict[str, Any] = {}
         self._deliver: Deliver | None = None
         self._lock = RealLock()
         #: channel -> (namespace, topic) while there is local interest.
@@ -299,24 +298,19 @@ class RedisBroker(Broker):
         return self.sharded
 
     def _eval(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
-        """Queue script ``name`` on ``pipe`` (by its SHA1: ``EVALSHA``).
+        """Queue script ``name`` on ``pipe`` by its SHA1 (``EVALSHA``); :meth:`_execute` runs the pipeline.
 
-        A cluster pipeline cannot load a script (and a replica promoted by a
-        failover has none loaded): :meth:`_execute` loads them when a node
-        answers NOSCRIPT and runs those calls again.  Sending the text every
-        time (``EVAL``) cost Redis 4 ms more per 1,000 calls of a 2 KB script.
+        A node that has not loaded the script (a new one, a restarted one, a
+        replica a failover promoted) answers NOSCRIPT: :meth:`_execute` loads
+        it and runs those calls again.  One way for one server and a cluster,
+        whose pipelines cannot load scripts; sending the text every time
+        (``EVAL``) cost Redis 4 ms more per 1,000 calls of a 2 KB script.
         """
-        if self.target.topology is Topology.CLUSTER:
-            pipe.__dict__.setdefault("_syncws_evals", {})[len(pipe)] = (name, keys, args)
-            pipe.execute_command("EVALSHA", _sha(name), len(keys), *keys, *args)
-            return
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = pipe.register_script(getattr(redis_scripts, name))
-        script(keys=keys, args=args, client=pipe)
+        pipe.__dict__.setdefault("_syncws_evals", {})[len(pipe)] = (name, keys, args)
+        pipe.execute_command("EVALSHA", _sha(name), len(keys), *keys, *args)
 
     def _execute(self, client: Any, pipe: Any) -> list[Any]:
-        """``pipe.execute(raise_on_error=False)``; on a cluster, calls refused with NOSCRIPT run again once loaded.
+        """``pipe.execute(raise_on_error=False)``; calls refused with NOSCRIPT run again once their script is loaded.
 
         A NOSCRIPT answer means the script did not run, so running it again
         repeats nothing.
@@ -329,7 +323,7 @@ class RedisBroker(Broker):
         if not missing or not evals:
             return results
         for name in {evals[i][0] for i in missing}:
-            client.script_load(getattr(redis_scripts, name))  # on every primary
+            client.script_load(getattr(redis_scripts, name))  # on a cluster: on every primary
         again = client.pipeline(transaction=False)
         for i in missing:
             self._eval(again, *evals[i])
@@ -1129,8 +1123,24 @@ class _Subscriber:
                 continue
             last = broker._last.get(channel)
             work.append((channel, meta[0], meta[1], last))
-        results: list[Any] = []
-        if work:
+        results: list[Any] = self._read_since(work) if work else []
+        for (channel, namespace, topic, last), result in zip(work, results, strict=True):
+            self._bridge(channel, namespace, topic, last, result)
+        for channel, held in holding.items():
+            self._confirm(channel)
+            for data in held:
+                broker._on_message(channel, data)
+
+    def _read_since(self, work: list[tuple[str, str, str, Any]]) -> list[Any]:
+        """One pipelined READ per channel, from its last delivery; a result or an error each.
+
+        Tried twice: the reading connection may have died with the outage
+        this resync follows, unnoticed until now, and one failed try would
+        otherwise send every subscriber of these topics to resume.
+        """
+        broker = self.broker
+        error: BaseException | None = None
+        for _ in range(2):
             try:
                 if self.reader is None:
                     self.reader = broker._client(socket_timeout=broker.read_timeout)
@@ -1144,18 +1154,13 @@ class _Subscriber:
                     since = "" if last is None else f"{last[0]}-{last[1]}"
                     args = [namespace, since, broker._ttl_ms(), 0 if last else -1, "0", publish, "", "", "1"]
                     broker._eval(pipe, "READ", keys, args)
-                results = broker._execute(self.reader, pipe)
+                return broker._execute(self.reader, pipe)
             except self.errors as exc:
-                results = [exc] * len(work)
+                error = exc
                 if self.reader is not None:
                     self.reader.close()
                     self.reader = None
-        for (channel, namespace, topic, last), result in zip(work, results, strict=True):
-            self._bridge(channel, namespace, topic, last, result)
-        for channel, held in holding.items():
-            self._confirm(channel)
-            for data in held:
-                broker._on_message(channel, data)
+        return [error] * len(work)
 
     def _bridge(
         self, channel: str, namespace: str, topic: str, last: tuple[int, int, int | None] | None, result: Any

@@ -53,6 +53,21 @@ def _outage(proxy, broker):
     assert wait_until(lambda: not broker.connected, timeout=5), "the outage went unnoticed"
 
 
+def _rewrite(client, key, entries) -> None:
+    """The stream as a failover to a replica that held only ``entries`` would leave it."""
+    client.delete(key)
+    for entry_id, fields in entries:
+        client.xadd(key, fields, id=entry_id)
+
+
+def _resumes_not_recovered(server, topic, offset, opened) -> None:
+    """The subscriber was asked to resume; resuming from ``offset`` says ``recovered=False``."""
+    again = Peer(server, "a", (topic,), envelope="1", since=offset)
+    opened(again)
+    _, hello = again.until_open()
+    assert hello["recovery"][topic][0] is False
+
+
 def _back(proxy, broker):
     proxy.blackhole = False
     assert wait_until(lambda: broker.connected, timeout=20), "the broker never came back"
@@ -109,19 +124,13 @@ def test_publishes_lost_by_redis_after_delivery_start_a_new_epoch(setup, opened)
     _outage(proxy, broker)
     client = redis_server.client()
     key = history_key(broker.prefix, "/ws/a", topic)
-    kept = client.xrange(key, count=3)  # the "replica" had m0..m2 only
-    client.delete(key)
-    for entry_id, fields in kept:
-        client.xadd(key, fields, id=entry_id)
+    _rewrite(client, key, client.xrange(key, count=3))  # the "replica" had m0..m2 only
     _back(proxy, broker)
     assert peer.closed.wait(10), "the subscriber was not asked to resume"
     assert wait_until(lambda: broker.gaps == 1)
     last = client.xinfo_stream(key)["last-generated-id"]
     assert last.split("-")[0] != epoch  # a new epoch: m3's and m4's offsets can never resume
-    again = Peer(server, "a", (topic,), envelope="1", since=delivered[-1]["offset"])
-    opened(again)
-    _, hello = again.until_open()
-    assert hello["recovery"][topic][0] is False
+    _resumes_not_recovered(server, topic, delivered[-1]["offset"], opened)
 
 
 def test_a_rewritten_entry_at_the_last_delivery_is_noticed(setup, opened):
@@ -133,18 +142,13 @@ def test_a_rewritten_entry_at_the_last_delivery_is_noticed(setup, opened):
     _outage(proxy, broker)
     client = redis_server.client()
     key = history_key(broker.prefix, "/ws/a", topic)
-    kept = client.xrange(key, count=1)
-    client.delete(key)
-    client.xadd(key, kept[0][1], id=kept[0][0])
-    fields = dict(kept[0][1])
-    for seq, data in ((1, "other-1"), (2, "other-2"), (3, "other-3")):
-        client.xadd(key, {**fields, "d": data}, id=f"{kept[0][0].split('-')[0]}-{seq}")
+    ((first_id, fields),) = client.xrange(key, count=1)
+    epoch = first_id.split("-")[0]
+    others = [(f"{epoch}-{seq}", {**fields, "d": f"other-{seq}"}) for seq in (1, 2, 3)]
+    _rewrite(client, key, [(first_id, fields), *others])  # m1, m2 lost; their offsets reused by others
     _back(proxy, broker)
     assert peer.closed.wait(10), "the subscriber was not asked to resume"
-    again = Peer(server, "a", (topic,), envelope="1", since=delivered[-1]["offset"])
-    opened(again)
-    _, hello = again.until_open()
-    assert hello["recovery"][topic][0] is False
+    _resumes_not_recovered(server, topic, delivered[-1]["offset"], opened)
 
 
 def test_an_offset_of_the_old_key_layout_resumes_not_recovered(setup, opened):
