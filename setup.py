@@ -17,6 +17,8 @@ setup(
         "redis": ["redis>=5.0", "hiredis>=2.0"],
         # Prometheus metrics on an address of their own (docs/operations.md)
         "metrics": ["prometheus_client>=0.17"],
+        # OpenTelemetry spans (docs/operations.md): the API only; the SDK and exporters are the app's choice
+        "otel": ["opentelemetry-api>=1.20"],
         # the channels client, syncws.client (docs/channels.md): websockets' sync client
         "client": ["websockets>=13"],
         # websockets' C mask function: unmasking large messages about 5 times faster (docs/performance.md)
@@ -43,7 +45,9 @@ setup(
             "coverage>=7.10",
             "trustme>=1.1",
             "pyjwt>=2.8",  # the JWT snippet of docs/how-to/tokens.md
-            "prometheus_client>=0.17",  # TLS tests: a CA and a certificate made for the test run
+            "prometheus_client>=0.17",
+            "opentelemetry-api>=1.20",  # the tracing tests: spans recorded by the SDK's in-memory exporter
+            "opentelemetry-sdk>=1.20",
         ],
     },
     entry_points={

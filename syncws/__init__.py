@@ -45,6 +45,7 @@ from .server.hooks import CloseDetails, Hooks
 from .server.peer import Peer
 from .server.server import HistoryEntry, Server, current_server, publish, serve
 from .server.streams import ConnectionLimitError, EventStream, create_event_stream
+from .web import admin as _admin_api  # noqa: F401  # registers the admin API with the server layer
 from .web.app import App
 from .web.mount import mount
 from .web.static import client_js

@@ -56,6 +56,7 @@ class Kind(enum.Enum):
     COUNT = "count"  # a positive integer
     AMOUNT = "amount"  # a non-negative integer (0 turns the feature off)
     SECONDS = "seconds"  # a positive, finite number
+    DELAY = "delay"  # a non-negative, finite number of seconds (0: at once)
     CHOICE = "choice"  # one of ``choices``
     ORIGINS = "origins"  # comma-separated origins, '*', or (in Python) a callable
     SWITCH = "switch"  # auto, on or off (True and False in Python)
@@ -142,6 +143,9 @@ class Option:
         elif kind is Kind.SECONDS:
             if is_seconds(value):
                 return value
+        elif kind is Kind.DELAY:
+            if value == 0 or is_seconds(value):
+                return value
         elif kind is Kind.CHOICE:
             if value in self.choices:
                 return value
@@ -203,6 +207,11 @@ def _parse_amount(option: Option, text: str) -> Any:
 def _parse_seconds(option: Option, text: str) -> Any:
     value = float(text)
     return value if 0 < value < math.inf else _INVALID
+
+
+def _parse_delay(option: Option, text: str) -> Any:
+    value = float(text)
+    return value if 0 <= value < math.inf else _INVALID
 
 
 def _parse_choice(option: Option, text: str) -> Any:
@@ -300,6 +309,7 @@ _PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
     Kind.COUNT: _parse_count,
     Kind.AMOUNT: _parse_amount,
     Kind.SECONDS: _parse_seconds,
+    Kind.DELAY: _parse_delay,
     Kind.CHOICE: _parse_choice,
     Kind.ORIGINS: _parse_origins,
     Kind.SWITCH: _parse_switch,
@@ -317,6 +327,7 @@ _EXPECTED = {
     Kind.COUNT: "a positive integer",
     Kind.AMOUNT: "a non-negative integer",
     Kind.SECONDS: "a positive number of seconds",
+    Kind.DELAY: "a number of seconds, 0 or more",
     Kind.CHOICE: "one of {choices}",
     Kind.ORIGINS: "a comma-separated list of origins or '*'",
     Kind.SWITCH: "'auto', 'on' or 'off' (True or False in Python)",
@@ -334,6 +345,7 @@ _METAVARS = {
     Kind.COUNT: "N",
     Kind.AMOUNT: "N",
     Kind.SECONDS: "SECONDS",
+    Kind.DELAY: "SECONDS",
     Kind.ORIGINS: "ORIGINS",
     Kind.SWITCH: "MODE",
 }
@@ -618,6 +630,98 @@ OPTIONS: tuple[Option, ...] = (
         shown_default="5 s",
         help="on SIGTERM/SIGINT or stop(), how long peers get to answer the 1001 close",
     ),
+    Option(
+        "drain_delay",
+        Kind.DELAY,
+        0.0,
+        shown_default="0 s",
+        help="on SIGTERM or drain(): seconds between the readiness check failing and new upgrades and event "
+        "streams being refused with 503 (the load balancer's time to notice; docs/operations.md)",
+    ),
+    Option(
+        "drain_period",
+        Kind.DELAY,
+        5.0,
+        shown_default="5 s",
+        help="on SIGTERM or drain(): the open connections are closed with 1012 (event streams get a retry: "
+        "hint) at random moments spread over this many seconds, so their reconnects do not arrive at once",
+    ),
+    Option(
+        "health_path",
+        Kind.TEXT,
+        None,
+        nullable=True,
+        metavar="PATH",
+        shown_default="None (off)",
+        help="also answer the liveness and readiness checks on the main port, at PATH/live and PATH/ready "
+        "(they are always on the metrics and admin addresses)",
+    ),
+    # The HTTP admin API (docs/reference/admin.md)
+    Option(
+        "admin",
+        Kind.TEXT,
+        None,
+        nullable=True,
+        scope=Scope.SERVER,
+        metavar="HOST:PORT",
+        shown_default="None (off)",
+        help="serve the HTTP publish and admin API on an address of its own (needs admin_key)",
+    ),
+    Option(
+        "admin_path",
+        Kind.TEXT,
+        None,
+        nullable=True,
+        scope=Scope.SERVER,
+        metavar="PATH",
+        shown_default="None (off)",
+        help="serve the HTTP publish and admin API on the main port under PATH (needs admin_key)",
+    ),
+    Option(
+        "admin_key",
+        Kind.TEXT,
+        None,
+        nullable=True,
+        scope=Scope.SERVER,
+        metavar="KEY",
+        shown_default="None",
+        help="the API key the admin API requires (Authorization: Bearer KEY); set it through the "
+        "environment, not a flag that ps shows; admin_auth= a callable in Python instead",
+    ),
+    Option(
+        "admin_max_body",
+        Kind.SIZE,
+        MiB,
+        shown_default="1 MiB",
+        help="largest admin API request body; over it: 413",
+    ),
+    Option(
+        "admin_rate_limit",
+        Kind.RATE,
+        (50.0, 100.0),
+        nullable=True,
+        metavar="RATE[/BURST]",
+        shown_default="50/100",
+        help="admin API requests per second from one address, and a burst; over it: 429 with Retry-After",
+    ),
+    # Logs and traces (docs/operations.md)
+    Option(
+        "log_format",
+        Kind.CHOICE,
+        "text",
+        scope=Scope.SERVER,
+        choices=("text", "json"),
+        metavar="FORMAT",
+        help="'json': one JSON object per log line, with the connection's fields (id, user, path, remote "
+        "address, close code and reason, duration); through the logging module",
+    ),
+    Option(
+        "tracing",
+        Kind.SWITCH,
+        "auto",
+        help="OpenTelemetry spans for upgrades, channels RPCs, publishes, recoveries and broker calls; "
+        "'auto': when opentelemetry-api is installed (syncws[otel])",
+    ),
     # Code that blocks without yielding to gevent (docs/how-to/embedding.md)
     Option(
         "threads",
@@ -855,6 +959,12 @@ class ServerOptions:
     presence_ttl: float = 30.0
     max_presence_size: int | None = 4096
     shutdown_timeout: float = 5.0
+    drain_delay: float = 0.0
+    drain_period: float = 5.0
+    health_path: str | None = None
+    admin_max_body: int = MiB
+    admin_rate_limit: tuple[float, float] | None = (50.0, 100.0)
+    tracing: str = "auto"
     metrics_max_connections: int = 16
     metrics_timeout: float = 10.0
     threads: str = "auto"

@@ -419,7 +419,16 @@ class Channels(WebSocketHandler):
 
         def call() -> None:
             try:
-                peer.send(_call(fn, peer, params, request.id, method))
+                tracer = runtime.tracer
+                if tracer is None:
+                    peer.send(_call(fn, peer, params, request.id, method))
+                    return
+                attributes = {"rpc.system": "syncws", "rpc.method": method, "syncws.connection": peer.id}
+                with tracer.span("syncws.rpc", attributes, peer.trace_context, tracer.SERVER) as span:
+                    reply = _call(fn, peer, params, request.id, method)
+                    if "error" in reply:
+                        span.set_attribute("syncws.error", reply["error"]["code"])
+                peer.send(reply)
             finally:
                 with self._lock:
                     state.rpcs -= 1

@@ -76,11 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             remedy = "pass --broker redis://HOST:6379/0 (or set SYNCWS_BROKER), or use --workers 1"
             print(f"syncws: error: {workers_need_a_broker(given, remedy)}", file=sys.stderr)
             return 2
-        configure_logging(args.log_level)
+        configure_logging(args.log_level, getattr(args, "log_format", "text"))
         return run_master(args, workers)
     if args.reload:
         if reloader.CHILD_FD_ENV in os.environ:
             return reloader.run_child(args, run_server)
-        configure_logging(args.log_level)
+        configure_logging(args.log_level, getattr(args, "log_format", "text"))
         return reloader.run_parent(args)
     return run_server(args)

@@ -13,8 +13,9 @@ thread and the file watcher in the main thread, while syncws wants the server
 (and gevent's monkey-patching and signal handlers) in the main thread; so the
 watcher runs in a greenlet here, using werkzeug's reloader classes.
 
-SIGTERM or SIGINT to the parent is passed on to the child (which stops as it
-always does, closing peers with 1001) and the parent exits with the child.
+SIGTERM or SIGINT to the parent is passed on to the child as SIGINT (a quick
+stop, closing peers with 1001: development has no load balancer to drain
+for) and the parent exits with the child.
 The child is in its own process group, so Ctrl-C in a terminal reaches the
 parent only and the child gets a single, graceful signal; a child whose
 parent disappears (kill -9) stops by itself.
@@ -62,7 +63,8 @@ def run_parent(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
         if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+            # Development: a quick stop (1001 to every peer at once), not a deploy's drain.
+            child.send_signal(signal.SIGINT)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("syncws: reloader (pid %d) watching for file changes", os.getpid())
@@ -76,7 +78,7 @@ def run_parent(args: argparse.Namespace) -> int:
             child = subprocess.Popen(command, env=env, pass_fds=(fd,), process_group=0)
             code: int = child.wait()
             if stopping:
-                return 0 if code in (0, -signal.SIGTERM) else code
+                return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
             if code != RELOAD_EXIT:
                 return code
             restarted = True

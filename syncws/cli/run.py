@@ -17,6 +17,7 @@ from typing import Any
 import gevent
 
 from ..base.errors import ImportStringError, ListenError, SyncwsError
+from ..base.logs import make_handler
 from ..server.server import Server
 from .options import server_options
 
@@ -64,8 +65,9 @@ def _as_import_string(path: str, attr: str) -> str:
     return f": a module, not a file; type {module}:{attr or 'app'} (from the folder that holds {module.split('.')[0]})"
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format="%(message)s")
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """The root logger at ``level``, to stderr, as text or one JSON object per line (``--log-format``)."""
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[make_handler(log_format, sys.stderr)])
 
 
 def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
@@ -93,6 +95,10 @@ def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
             certfile=getattr(args, "certfile", None),
             keyfile=getattr(args, "keyfile", None),
             metrics=getattr(args, "metrics", None),
+            admin=getattr(args, "admin", None),
+            admin_path=getattr(args, "admin_path", None),
+            admin_key=getattr(args, "admin_key", None),
+            log_format=getattr(args, "log_format", "text"),
             access_log=getattr(args, "access_log", True),
             listener=listener,
             **server_options(args),
@@ -113,7 +119,7 @@ def run_server(
     ``listener``: an already-listening socket to accept on (the reloader's);
     ``on_started(server)`` runs in the hub once the server is serving.
     """
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, getattr(args, "log_format", "text"))
     server = build_server(args, listener)
     if isinstance(server, int):
         return server

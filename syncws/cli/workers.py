@@ -20,14 +20,15 @@ The master never imports the app and never serves.  It:
 * replaces a worker that dies (at most ``MAX_RESTARTS`` within
   ``RESTART_WINDOW`` seconds, then it gives up and exits 1); a worker that
   exits before it ever served is a start-up failure and stops everything;
-* on SIGTERM or SIGINT sends SIGTERM to every worker (each closes its peers
-  with 1001 and drains), waits up to ``GRACEFUL_TIMEOUT`` seconds, then
+* passes SIGTERM or SIGINT on to every worker: SIGTERM drains (readiness
+  fails, peers are closed with 1012 over ``drain_period``), SIGINT stops at
+  once (1001); it waits for the drain plus ``GRACEFUL_TIMEOUT`` seconds, then
   SIGKILLs what is left, and exits 0.  A second signal kills the workers at
   once.
 
-Workers ignore SIGINT (a Ctrl-C in a terminal reaches the whole process group;
-the master turns it into one SIGTERM per worker) and stop by themselves when
-the master disappears.
+A Ctrl-C in a terminal reaches the whole process group: each worker stops
+on its own SIGINT and ignores the master's repeat.  Workers stop by
+themselves when the master disappears.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ from collections import deque
 from typing import Any
 
 from ..base.errors import ListenError
+from ..base.options import BY_NAME
 from ..integrations.metrics import MULTIPROC_ENV
 from ..server.listener import bind_listener, url_for
 from .options import server_options
-from .run import build_server
+from .run import build_server, configure_logging
 
 log = logging.getLogger("syncws")
 
@@ -119,9 +121,10 @@ class Master:
         while True:
             self._wait_for_events(1.0)
             if self._signals:
+                sig = self._signals[0]
                 self._signals.clear()
                 log.info("syncws: shutting down %d worker%s", len(self.workers), "s" if len(self.workers) != 1 else "")
-                return self._stop_workers(0)
+                return self._stop_workers(0, sig)
             ended = self._reap()
             # After reaping: a reaped worker wrote its "ready" line before it
             # ended, so the line is in the pipe now and counts before its exit.
@@ -179,10 +182,16 @@ class Master:
         return None
 
     # -- stopping --------------------------------------------------------------------------
-    def _stop_workers(self, code: int) -> int:
-        self._kill_all(signal.SIGTERM)
-        # Room for the workers' own drain (--shutdown-timeout) plus a margin.
-        drain = server_options(self.args).get("shutdown_timeout", WORKER_DRAIN)
+    def _stop_workers(self, code: int, sig: int = signal.SIGTERM) -> int:
+        """Stop every worker: SIGTERM drains them (a deploy), SIGINT stops them at once (Ctrl-C)."""
+        self._kill_all(sig)
+        # Room for the workers' own drain (delay, period and the last closes) plus a margin.
+        options = server_options(self.args)
+        drain = (
+            options.get("shutdown_timeout", WORKER_DRAIN)
+            + options.get("drain_delay", BY_NAME["drain_delay"].default)
+            + options.get("drain_period", BY_NAME["drain_period"].default)
+        )
         graceful = max(GRACEFUL_TIMEOUT, drain + WORKER_DRAIN)
         deadline = time.monotonic() + graceful
         kill_deadline: float | None = None
@@ -341,9 +350,16 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
 
     def on_sigterm() -> None:
         # Repeats are ignored: the master enforces its own deadline with SIGKILL.
+        if not (server.stopping or server.draining):
+            log.info("syncws: worker %d draining", pid)
+        server.drain()  # the drain_delay, drain_period and shutdown_timeout options
+
+    def on_sigint() -> None:
+        # Ctrl-C (the terminal signals every process of the group) or the master's
+        # SIGINT: close every peer with 1001 now, as a single process does.
         if not server.stopping:
             log.info("syncws: worker %d shutting down", pid)
-        server.stop()  # the shutdown_timeout option (WORKER_DRAIN by default)
+            server.stop()
 
     def announce_ready() -> None:
         # From the hub, so the SIGTERM handler is in place by the time the master knows.
@@ -358,13 +374,14 @@ def run_worker(args: argparse.Namespace, listener: socket.socket, ready_fd: int,
         log.warning("syncws: worker %d lost its master; shutting down", pid)
         server.stop()  # the shutdown_timeout option (WORKER_DRAIN by default)
 
-    handler = gevent.signal_handler(signal.SIGTERM, on_sigterm)
+    handlers = [gevent.signal_handler(signal.SIGTERM, on_sigterm), gevent.signal_handler(signal.SIGINT, on_sigint)]
     gevent.spawn(announce_ready)
     watcher = gevent.spawn(watch_master)
     try:
         server.serve_forever(handle_signals=False)
     finally:
-        handler.cancel()
+        for handler in handlers:
+            handler.cancel()
         watcher.kill(block=False)
     return 0
 
@@ -382,7 +399,7 @@ def run_master(args: argparse.Namespace, count: int) -> int:
         print(f"syncws: error: {exc}", file=sys.stderr)
         return 1
     args.port = listener.getsockname()[1]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging("info", getattr(args, "log_format", "text"))
     made = None
     if getattr(args, "metrics", None) and not os.environ.get(MULTIPROC_ENV):
         made = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="syncws-metrics-")

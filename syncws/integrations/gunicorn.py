@@ -61,7 +61,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as BaseWorker
 
 from ..base.errors import ConfigurationError
-from ..base.options import LIMITS, from_environ, unknown_variables, workers_need_a_broker
+from ..base.logs import make_handler
+from ..base.options import BY_NAME, LIMITS, from_environ, unknown_variables, workers_need_a_broker
 from ..server.listener import url_for
 from ..server.server import Server
 from .metrics import MULTIPROC_ENV
@@ -102,7 +103,14 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
         super().init_process()  # loads the app (self.wsgi), installs signals, calls run()
 
     def _route_logs(self) -> None:
-        """syncws's loggers write to gunicorn's error and access logs."""
+        """syncws's loggers write to gunicorn's error and access logs; with SYNCWS_LOG_FORMAT=json, JSON to stderr."""
+        if from_environ(os.environ, {"log_format"}).get("log_format") == "json":
+            for logger in (log, logging.getLogger("syncws.access")):
+                if not logger.handlers:
+                    logger.addHandler(make_handler("json", sys.stderr))
+                    logger.setLevel(logging.INFO)
+                    logger.propagate = False
+            return
         error_log = getattr(self.log, "error_log", None)
         if isinstance(error_log, logging.Logger) and not log.handlers:
             for handler in error_log.handlers:
@@ -120,9 +128,13 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
     def _server_options(self) -> dict[str, Any]:
         options = from_environ(os.environ, {option.name for option in LIMITS})  # SYNCWS_<LIMIT> variables
         graceful = float(self.cfg.graceful_timeout)
-        # Leave the arbiter's SIGKILL (after --graceful-timeout) out of the drain.
-        drain = options.get("shutdown_timeout", 5.0)
-        options["shutdown_timeout"] = max(0.0, min(drain, graceful - FINISH_MARGIN))
+        # Leave the arbiter's SIGKILL (after --graceful-timeout) out of the drain: the
+        # delay, the period and the last closes fit in it, the period giving way first.
+        budget = max(0.0, graceful - FINISH_MARGIN)
+        shutdown = options["shutdown_timeout"] = max(0.0, min(options.get("shutdown_timeout", 5.0), budget))
+        delay = options["drain_delay"] = min(options.get("drain_delay", BY_NAME["drain_delay"].default), budget)
+        period = options.get("drain_period", BY_NAME["drain_period"].default)
+        options["drain_period"] = max(0.0, min(period, budget - shutdown - delay))
         return options
 
     # -- the main loop --------------------------------------------------------------------
@@ -143,6 +155,7 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
             access_log=bool(self.cfg.accesslog),
             ssl_context=self._ssl_context(),
             metrics=self.metrics_address,
+            **from_environ(os.environ, {"admin", "admin_path", "admin_key", "log_format"}),  # SYNCWS_ADMIN...
             **self._server_options(),
         )
         self.server = server
@@ -161,10 +174,11 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
                     log.info("syncws: worker %d lost its arbiter; shutting down", self.pid)
                     break
                 gevent.sleep(tick)
-            if not server.stopping:
-                log.info("syncws: worker %d shutting down", self.pid)
-            server.stop()  # 1001 to every peer, end every stream, drain (shutdown_timeout)
-            deadline = server.options.shutdown_timeout + FINISH_MARGIN
+            if not (server.stopping or server.draining):
+                log.info("syncws: worker %d draining", self.pid)
+            server.drain()  # not ready, then 1012 to every peer spread over drain_period (docs/operations.md)
+            options = server.options
+            deadline = options.drain_delay + options.drain_period + options.shutdown_timeout + FINISH_MARGIN
             with gevent.Timeout(deadline, False):  # False: expire quietly
                 while not server.finished:
                     self.notify()

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from typing import Any
 
 import gevent
-from gevent.pool import Pool
-from gevent.pywsgi import WSGIServer
 
-from ..base.errors import ConfigurationError, DependencyMissing
+from ..base.errors import DependencyMissing
+from ..server import health
+from ..server.listener import SideServer, parse_address, serve_side
 from ..server.server import EXPORTERS
 
 log = logging.getLogger("syncws")
@@ -42,14 +41,6 @@ def require_prometheus() -> Any:
     except ImportError:  # pragma: no cover - depends on the install
         raise DependencyMissing("metrics need prometheus_client: pip install 'syncws[metrics]'") from None
     return prometheus_client
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9100"`` (or ``":9100"``, ``"[::1]:9100"``) as (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(f"metrics must be HOST:PORT (e.g. 127.0.0.1:9100), not {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 #: (stats path, metric name, help) of every counter.
@@ -89,7 +80,8 @@ class Metrics:
     def __init__(self, server: Any, address: str) -> None:
         self.prometheus = prometheus = require_prometheus()
         self.server = server
-        self.host, self.port = parse_address(address)
+        self.address = address
+        self.host, self.port = parse_address(address, "metrics")
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         # One process: a registry of its own.  Several: the values go to the shared
         # directory (prometheus_client's default registry is not used either way).
@@ -113,7 +105,8 @@ class Metrics:
             "syncws_threads", "views and hooks in the thread pool, by state", ["state"], registry=registry, **gauge_mode
         )
         self._seen: dict[Any, float] = {}
-        self._wsgi: WSGIServer | None = None
+        self._health = health.routes(server.runtime, health.SIDE_PREFIX)
+        self._wsgi: SideServer | None = None
         self._refresher: Any = None
 
     # -- copying the stats --------------------------------------------------------------
@@ -149,32 +142,16 @@ class Metrics:
     def start(self) -> None:
         """Bind the metrics address and serve ``/metrics`` (hub thread)."""
         self.refresh()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        from gevent import socket as gsocket
-
-        listener = gsocket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.multiprocess and hasattr(socket, "SO_REUSEPORT"):
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # every worker answers scrapes
-        try:
-            listener.bind((self.host, self.port))
-            listener.listen(64)
-        except OSError as exc:
-            listener.close()
-            raise ConfigurationError(
-                f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from None
-        self.port = listener.getsockname()[1]
         options = self.server.runtime.options
-        self._wsgi = _MetricsServer(
-            listener,
+        self._wsgi = serve_side(
+            self.address,
+            "metrics",
             self._app,
-            log=None,
-            error_log=logging.getLogger("syncws.error"),
-            spawn=Pool(options.metrics_max_connections),
+            max_connections=options.metrics_max_connections,
+            timeout=options.metrics_timeout,
+            reuse_port=self.multiprocess,  # every worker answers scrapes
         )
-        self._wsgi.connection_timeout = options.metrics_timeout
-        self._wsgi.start()
+        self.host, self.port = self._wsgi.server_host, self._wsgi.server_port
         self._refresher = gevent.spawn(self._refresh_forever)
         log.info("syncws: metrics on http://%s:%d/metrics", self.host, self.port)
 
@@ -185,9 +162,13 @@ class Metrics:
             self._wsgi.stop(timeout=0)
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") != "/metrics":
+        path = environ.get("PATH_INFO")
+        check = self._health.get(path or "")
+        if check is not None:
+            return check(environ, start_response)
+        if path != "/metrics":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"metrics are at /metrics\n"]
+            return [b"metrics are at /metrics, health checks at /health/live and /health/ready\n"]
         self.refresh()
         prometheus = self.prometheus
         registry = self.registry
@@ -199,25 +180,6 @@ class Metrics:
         body = prometheus.generate_latest(registry)
         start_response("200 OK", [("Content-Type", prometheus.CONTENT_TYPE_LATEST)])
         return [body]
-
-
-class _MetricsServer(WSGIServer):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
-    """gevent's WSGI server, bounded: nothing a client of the metrics address does can reach the main port.
-
-    A plain ``WSGIServer`` kept every idle connection for ever: 560 of them
-    used up the process's descriptors and the public port stopped accepting.
-    Here a pool of ``metrics_max_connections`` greenlets serves them (while it
-    is full, gevent stops accepting and clients wait in the listen backlog,
-    which holds no descriptor of ours), and each connection is closed
-    ``metrics_timeout`` after it was accepted, whatever it is doing.
-    """
-
-    connection_timeout = 10.0
-
-    def handle(self, sock: Any, address: Any) -> None:
-        sock.settimeout(self.connection_timeout)
-        with gevent.Timeout(self.connection_timeout, False):
-            super().handle(sock, address)
 
 
 EXPORTERS["prometheus"] = Metrics

@@ -22,6 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..base.errors import ConfigurationError, HandshakeError
 from ..base.options import BY_NAME, PER_HANDLER, check_overrides, did_you_mean, origin_allowed
+from ..base.tracing import Tracer
 from ..protocol import deflate, handshake
 from .hooks import HOOK_NAMES, Hooks
 from .http import TRANSPORT_KEY, Transport
@@ -138,13 +139,36 @@ class WebSocketHandler:
         if refused is not None:
             return over_capacity(transport, refused)
         try:
-            outcome = self._upgrade(environ, transport, key, agreement)
+            if runtime.tracer is None:
+                outcome = self._upgrade(environ, transport, key, agreement)
+            else:
+                outcome = self._traced_upgrade(runtime.tracer, environ, transport, key, agreement)
         except BaseException:
             runtime.release(address)
             raise
         if not isinstance(outcome, Session):
             runtime.release(address)  # refused by the hook, or the client left: the slot is free again
         return outcome
+
+    def _traced_upgrade(
+        self,
+        tracer: Tracer,
+        environ: dict[str, Any],
+        transport: Transport,
+        key: str,
+        agreement: deflate.Agreement | None,
+    ) -> Any:
+        """:meth:`_upgrade` in a ``syncws.upgrade`` span, a child of the request's ``traceparent``."""
+        attributes = {"url.path": environ.get("PATH_INFO", "/"), "client.address": transport.remote_address or ""}
+        with tracer.span("syncws.upgrade", attributes, tracer.extract(environ), tracer.SERVER) as span:
+            outcome = self._upgrade(environ, transport, key, agreement)
+            if isinstance(outcome, Session):
+                span.set_attribute("http.response.status_code", 101)
+                span.set_attribute("syncws.namespace", outcome.peer.namespace)
+                outcome.trace_context = tracer.context_of(span)  # the parent of the connection's later spans
+            elif outcome is not None:
+                span.set_attribute("http.response.status_code", int(getattr(outcome, "status_code", 0)))
+            return outcome
 
     def _upgrade(
         self, environ: dict[str, Any], transport: Transport, key: str, agreement: deflate.Agreement | None

@@ -43,6 +43,7 @@ from .listener import ResilientWSGIServer
 from .runtime import Runtime
 
 log = logging.getLogger("syncws")
+ACCESS_LOG = logging.getLogger("syncws.access")
 
 #: environ key under which the syncws server exposes the connection.
 TRANSPORT_KEY = "syncws.transport"
@@ -432,8 +433,27 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
         # gevent formats the access-log line (a datetime, the status, the
         # timing) even when its log is a no-op: 3-4% of a WebSocket
         # handshake's CPU, for nothing, when the access log is off.
-        if self.server.access_log:
-            super().log_request()
+        if not self.server.access_log or not ACCESS_LOG.isEnabledFor(logging.INFO):
+            return
+        # gevent's line, with the request's fields for a structured format (--log-format json).
+        status = self._orig_status or self.status or b"0"
+        if isinstance(status, bytes):
+            status = status.decode("latin-1")
+        started, finished = getattr(self, "time_start", None), getattr(self, "time_finish", None)
+        environ = self.environ or {}
+        transport = environ.get(TRANSPORT_KEY)
+        ACCESS_LOG.info(
+            "%s",
+            self.format_request(),
+            extra={
+                "method": getattr(self, "command", None),
+                "path": environ.get("PATH_INFO"),
+                "status": int(status.split()[0]) if status[:3].isdigit() else None,
+                "remote": transport.remote_address if transport is not None else self._client_ip(),
+                "duration": round(finished - started, 6) if started and finished else None,
+                "bytes": self.response_length,
+            },
+        )
 
     def _call_application(self, application: Any, environ: dict[str, Any], transport: Transport) -> Any:
         """Call the app here, in the connection's greenlet, or in the thread pool (the ``threads`` option).
@@ -447,6 +467,9 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
         event stream's body, are iterated here.
         """
         runtime = self.runtime
+        route = runtime.routes.get(environ["PATH_INFO"]) if runtime.routes else None
+        if route is not None:  # a health check or the admin API: the server's own, in the hub
+            return route(environ, self.start_response)
         if not runtime.threaded or getattr(application, "syncws_in_hub", False):
             return application(environ, self.start_response)
         environ["wsgi.input"] = HubInput(environ["wsgi.input"], runtime)

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from gevent.socket import socket as GeventSocket
 
@@ -227,3 +228,58 @@ class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untype
         self._timer = self.loop.timer(RETRY_DELAY)
         # gevent's own "resume accepting" callback.
         self._timer.start(self._start_accepting_if_started)
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` (or ``":9100"``, ``"[::1]:9100"``) as (host, port); ``what`` names the option."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:9100), not {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class SideServer(WSGIServer):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+    """gevent's WSGI server for an address of our own (metrics, admin), bounded: nothing on it reaches the main port.
+
+    A plain ``WSGIServer`` kept every idle connection for ever: 560 of them
+    used up the process's descriptors and the public port stopped accepting.
+    Here a pool of ``max_connections`` greenlets serves them (while it is
+    full, gevent stops accepting and clients wait in the listen backlog,
+    which holds no descriptor of ours), and each connection is closed
+    ``connection_timeout`` after it was accepted, whatever it is doing.
+    """
+
+    connection_timeout = 10.0
+
+    def handle(self, sock: Any, address: Any) -> None:
+        sock.settimeout(self.connection_timeout)
+        with gevent.Timeout(self.connection_timeout, False):
+            super().handle(sock, address)
+
+
+def serve_side(
+    address: str, what: str, app: Any, *, max_connections: int, timeout: float, reuse_port: bool = False
+) -> SideServer:
+    """Bind ``address`` (the ``what`` option's value) and serve ``app`` there, bounded (hub thread).
+
+    ``reuse_port``: every worker process binds the same address and any of
+    them answers (``SO_REUSEPORT``).  ConfigurationError when it cannot be bound.
+    """
+    host, port = parse_address(address, what)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = GeventSocket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(64)
+    except OSError as exc:
+        listener.close()
+        raise ConfigurationError(f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}") from None
+    server = SideServer(
+        listener, app, log=None, error_log=logging.getLogger("syncws.error"), spawn=Pool(max_connections)
+    )
+    server.connection_timeout = timeout
+    server.start()
+    return server

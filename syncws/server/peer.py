@@ -154,6 +154,11 @@ class Peer:
         return self._session
 
     @property
+    def trace_context(self) -> Any:
+        """The OpenTelemetry context of this connection's ``syncws.upgrade`` span; None when not tracing."""
+        return getattr(self._session, "trace_context", None)
+
+    @property
     def buffered_amount(self) -> int:
         """Bytes queued for this peer and not yet written to its socket."""
         return self._session.outbox.buffered

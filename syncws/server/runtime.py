@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ import gevent
 from ..base.errors import BrokerError, ConfigurationError, ServerNotRunning
 from ..base.options import ServerOptions
 from ..base.threads import RealLock, use_threads
+from ..base.tracing import make_tracer
 from ..protocol.payload import Outgoing, to_json
 from ..pubsub.broker import Broker
 from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, check_since, is_after, parse_offset
@@ -31,6 +33,7 @@ from .outbox import Flusher
 from .pool import WorkerPool
 
 log = logging.getLogger("syncws")
+access_log = logging.getLogger("syncws.access")
 
 
 class Counters:
@@ -102,15 +105,48 @@ class Runtime:
         self.connections = 0  # WebSocket peers and event streams admitted (the connection caps)
         self.counters = Counters()
         self._per_address: dict[str, int] = {}
-        self.stopping = False  # a stop has begun: new upgrades get 503
+        self.access_log = True  # log one line per request and per connection's end ("syncws.access")
+        self.draining = False  # a drain has begun: the readiness check fails (server/health.py)
+        self.stopping = False  # a stop has begun, or a drain's delay is over: new upgrades get 503
+        #: Paths the HTTP handler answers itself, in the hub, before the app sees them:
+        #: the health checks and the admin API on the main port.
+        self.routes: dict[str, Callable[..., Any]] = {}
         self.finished = False  # the stop is over
         self.bridge: HubBridge | None = None
         self.flusher: Flusher | None = None
         self.keepalive: Keepalive | None = None
         self._pool: WorkerPool | None = None
+        #: OpenTelemetry spans, or None (the ``tracing`` option; base/tracing.py).
+        self.tracer = make_tracer(options.tracing)
         #: Views, hooks and event-stream callbacks run in the thread pool (the ``threads`` option).
         self.threaded = use_threads(options.threads)
         self._slots_lock = RealLock()  # admit/release/refuse: views in pool threads call them too
+
+    # -- logs ------------------------------------------------------------------------------------
+    def log_end(self, kind: str, connection: str, path: str, remote: str | None, started: float, **fields: Any) -> None:
+        """One ``syncws.access`` line when a WebSocket or an event stream ends, with its fields (docs/operations.md)."""
+        if not self.access_log or not access_log.isEnabledFor(logging.INFO):
+            return
+        duration = round(time.monotonic() - started, 3)
+        what = "WebSocket" if kind == "websocket" else "event stream"
+        code = fields.get("code")
+        closed = f" {code} {fields.get('reason') or ''}".rstrip() if code is not None else ""
+        access_log.info(
+            "%s %s %s closed%s after %.3f s",
+            remote or "-",
+            what,
+            path,
+            closed,
+            duration,
+            extra={
+                "kind": kind,
+                "connection": connection,
+                "path": path,
+                "remote": remote,
+                "duration": duration,
+                **fields,
+            },
+        )
 
     # -- connection caps ---------------------------------------------------------------------
     def admit(self, address: str | None) -> int | None:
@@ -160,11 +196,34 @@ class Runtime:
         return bridge
 
     # -- pub/sub -------------------------------------------------------------------------
-    def deliver(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None) -> None:
+    def deliver(
+        self,
+        topic: str,
+        outgoing: Outgoing,
+        namespace: str | None,
+        exclude: Subscriber | None = None,
+        parent: Any = None,
+    ) -> None:
         """A local publish (hub thread): local subscribers first, then the broker relays it.
 
-        A broker that stores the history delivers it back instead, with its offset.
+        A broker that stores the history delivers it back instead, with its
+        offset.  ``parent``: the trace context of the caller, when it
+        published from another thread (``server.publish``).
         """
+        tracer = self.tracer
+        if tracer is None:
+            self._deliver(topic, outgoing, namespace, exclude)
+            return
+        attributes = {"messaging.system": "syncws", "messaging.destination.name": topic}
+        if namespace is not None:
+            attributes["syncws.namespace"] = namespace
+        with tracer.span("syncws.publish", attributes, parent, tracer.PRODUCER) as span:
+            before = self.counters.messages_out
+            self._deliver(topic, outgoing, namespace, exclude)
+            span.set_attribute("syncws.deliveries", self.counters.messages_out - before)
+            span.set_attribute("syncws.stored", self.broker.stores_history)
+
+    def _deliver(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None) -> None:
         outgoing.topic = topic
         if self.broker.stores_history:
             self.broker.publish_stored(namespace, topic, outgoing, None if exclude is None else exclude.id)
@@ -179,6 +238,18 @@ class Runtime:
         self.call_in_hub(self._deliver_relayed, topic, outgoing, namespace, exclude_id)
 
     def _deliver_relayed(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude_id: str | None) -> None:
+        tracer = self.tracer
+        if tracer is None:
+            self._deliver_from_broker(topic, outgoing, namespace, exclude_id)
+            return
+        with tracer.span("syncws.deliver", {"messaging.destination.name": topic}, None, tracer.CONSUMER) as span:
+            before = self.counters.messages_out
+            self._deliver_from_broker(topic, outgoing, namespace, exclude_id)
+            span.set_attribute("syncws.deliveries", self.counters.messages_out - before)
+
+    def _deliver_from_broker(
+        self, topic: str, outgoing: Outgoing, namespace: str | None, exclude_id: str | None
+    ) -> None:
         outgoing.topic = topic
         subscribers = None
         exclude = None
@@ -278,6 +349,16 @@ class Runtime:
         check_topic(topic)
         since = check_since(since)
         presence = self.check_presence(presence)
+        tracer = self.tracer
+        if tracer is None or since is None:
+            return self._subscribe(sub, topic, since, presence, envelope)
+        with tracer.span("syncws.recovery", {"messaging.destination.name": topic, "syncws.since": since}) as span:
+            recovery = self._subscribe(sub, topic, since, presence, envelope)
+            span.set_attribute("syncws.replayed", recovery.replayed)
+            span.set_attribute("syncws.recovered", recovery.recovered)
+            return recovery
+
+    def _subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool) -> Recovery:
         if self.history is not None:
             return self.in_hub(self._subscribe_in_memory, sub, topic, since, presence, envelope)  # type: ignore[no-any-return]
         if self.broker.stores_history:
@@ -384,7 +465,7 @@ class Runtime:
             history = self.history
             return self.in_hub(lambda: history.read(namespace, topic, since, limit)[0])  # type: ignore[no-any-return]
         if self.broker.stores_history:
-            reading = self.blocking(self.broker.read_history, namespace, topic, since, limit)
+            reading = self._broker_read("history", topic, self.broker.read_history, namespace, topic, since, limit)
             if reading is None:
                 raise BrokerError("the history could not be read from the broker")
             entries: list[Outgoing] = reading[0]
@@ -396,11 +477,20 @@ class Runtime:
         check_topic(topic)
         if self.broker.shares_presence:
             try:
-                return self.blocking(self.broker.read_presence, topic, namespace, count_only)
+                return self._broker_read("presence", topic, self.broker.read_presence, topic, namespace, count_only)
             except Exception as exc:
                 log.warning("syncws: presence could not be read from the broker, answering for this process: %s", exc)
         local = self.registry.presence(topic, namespace)
         return len(local) if count_only else local
+
+    def _broker_read(self, what: str, topic: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """A blocking read from the broker (:meth:`blocking`), in a ``syncws.broker.<what>`` span when tracing."""
+        tracer = self.tracer
+        if tracer is None:
+            return self.blocking(fn, *args)
+        attributes = {"db.system": "redis", "messaging.destination.name": topic}
+        with tracer.span("syncws.broker." + what, attributes, None, tracer.CLIENT):
+            return self.blocking(fn, *args)
 
     # -- calling into and out of the hub ------------------------------------------------------
     def in_hub(self, fn: Callable[..., Any], *args: Any, spawn: bool = False) -> Any:

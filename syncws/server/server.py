@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,15 +30,18 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from ..base.errors import ConfigurationError, ListenError, ServerNotRunning
-from ..base.options import ServerOptions, check_option_names
+from ..base.logs import JsonFormatter, make_handler
+from ..base.options import BY_NAME, ServerOptions, check_option_names, is_seconds
 from ..base.threads import RealLock, start_thread
 from ..protocol.connection import check_close
+from ..protocol.frames import CloseCode
 from ..protocol.payload import Outgoing
 from ..pubsub.broker import Broker
 from ..pubsub.factory import make_broker
 from ..pubsub.registry import Registry, check_topic, check_user
 from .bridge import HubBridge
 from .handler import prepare_frameworks
+from .health import routes as health_routes
 from .http import ConnectionHandler
 from .keepalive import Keepalive
 from .listener import ResilientWSGIServer, tls_context, url_for
@@ -74,6 +79,10 @@ APP_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
 #: ``Server(app, metrics="host:port")``: the exporter class, ``exporter(server, address)``
 #: with ``start()`` and ``stop()``.  :mod:`syncws.integrations.metrics` registers it.
 EXPORTERS: dict[str, Callable[[Any, str], Any]] = {}
+#: ``Server(app, admin=... or admin_path=...)``: the admin API's class,
+#: ``api(server, address, path, key, auth)`` with ``start()`` and ``stop()``.
+#: :mod:`syncws.web.admin` registers it.
+ADMIN_APIS: dict[str, Callable[..., Any]] = {}
 
 
 class Server:
@@ -93,6 +102,11 @@ class Server:
         keyfile: str | None = None,
         ssl_context: Any = None,
         metrics: str | None = None,
+        admin: str | None = None,
+        admin_path: str | None = None,
+        admin_key: str | None = None,
+        admin_auth: Callable[[Any], Any] | None = None,
+        log_format: str = "text",
         **options: Any,
     ) -> None:
         if not callable(app):
@@ -109,8 +123,18 @@ class Server:
         #: The TLS context (https:// and wss://), or None for plain HTTP.
         self.ssl_context = tls_context(certfile, keyfile, ssl_context)
         self.runtime = Runtime(ServerOptions(**options), make_broker(broker), owner=self)
+        health_path = self.options.health_path
+        if health_path is not None:
+            if not health_path.startswith("/"):
+                raise ConfigurationError(f"health_path must start with '/', not {health_path!r}")
+            self.runtime.routes.update(health_routes(self.runtime, health_path))
         #: The Prometheus exporter when ``metrics`` names an address (see docs/operations.md).
         self.metrics = EXPORTERS["prometheus"](self, metrics) if metrics else None
+        #: The HTTP admin API when ``admin`` or ``admin_path`` is set (docs/reference/admin.md).
+        self.admin = ADMIN_APIS["http"](self, admin, admin_path, admin_key, admin_auth) if admin or admin_path else None
+        #: ``"json"``: :func:`serve` logs one JSON object per line (docs/operations.md).
+        self.log_format = BY_NAME["log_format"].validate(log_format)
+        self.runtime.access_log = access_log
         self._wsgi: list[ResilientWSGIServer] = []
         self._stopped: Event | None = None
         self._thread_done: Any | None = None
@@ -157,6 +181,11 @@ class Server:
         return self.runtime.stopping
 
     @property
+    def draining(self) -> bool:
+        """True once a drain has begun (SIGTERM or :meth:`drain`): the readiness check fails."""
+        return self.runtime.draining
+
+    @property
     def finished(self) -> bool:
         """True once the server has stopped (its connections are closed or abandoned)."""
         return self.runtime.finished
@@ -174,8 +203,11 @@ class Server:
         :meth:`Peer.send <syncws.Peer.send>` (compressed at most once per
         window size, whatever the number of recipients).
         """
-        bridge = self.runtime.require_bridge()
-        bridge.call(self.runtime.deliver, topic, Outgoing(data, compress), namespace)
+        runtime = self.runtime
+        bridge = runtime.require_bridge()
+        tracer = runtime.tracer
+        parent = None if tracer is None else tracer.current()  # the publish span's parent: this caller's span
+        bridge.call(runtime.deliver, topic, Outgoing(data, compress), namespace, None, parent)
 
     def disconnect(self, *, user: str | int, reason: str = "", code: int = 4003) -> None:
         """Close every connection of ``user`` (:meth:`Peer.identify <syncws.Peer.identify>`) on every process.
@@ -327,12 +359,13 @@ class Server:
         runtime.keepalive = Keepalive(runtime.sessions)
         runtime.broker.start(runtime.deliver_relayed, runtime.registry.interests)
         self._stopped = Event()
-        if self.metrics is not None:
-            try:
-                self.metrics.start()
-            except BaseException:
-                self.finish()
-                raise
+        for side in (self.metrics, self.admin):
+            if side is not None:
+                try:
+                    side.start()
+                except BaseException:
+                    self.finish()
+                    raise
         with _current_lock:
             _current = self
         log.debug("syncws: serving on %s", self.url)
@@ -374,21 +407,92 @@ class Server:
         handlers = []
         if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                handlers.append(gevent.signal_handler(sig, self._on_signal))
+                handlers.append(gevent.signal_handler(sig, self._on_signal, sig))
         try:
             self._stopped.wait()
         finally:
             for handler in handlers:
                 handler.cancel()
 
-    def _on_signal(self) -> None:
-        if self.runtime.stopping:
+    def _on_signal(self, sig: int = signal.SIGINT) -> None:
+        runtime = self.runtime
+        if runtime.stopping or runtime.draining:
             log.warning("syncws: second signal, exiting now")
             self.finish()
+            return
+        if sig == signal.SIGTERM:  # a deploy or a supervisor: drain
+            self._begin_drain(self.options.drain_delay, self.options.drain_period)
             return
         timeout = self.options.shutdown_timeout
         log.info("syncws: shutting down (peers have %g s to close; a second signal exits at once)", timeout)
         self._begin_stop(timeout)
+
+    def drain(self, delay: float | None = None, period: float | None = None) -> None:
+        """Stop for a deploy, without a reconnect storm: what SIGTERM does.
+
+        At once the readiness check fails (the load balancer stops sending
+        new clients here).  After ``delay`` seconds (default: the
+        ``drain_delay`` option) new upgrades and event streams are answered
+        503 with ``Retry-After``; the open WebSockets are closed with 1012
+        (service restart: reconnect, to another instance) and the event
+        streams end with a ``retry:`` hint, each at a random moment of the
+        next ``period`` seconds (``drain_period``), so their reconnects
+        arrive spread out.  The server ends once every connection is gone,
+        or ``shutdown_timeout`` after the period.  From another thread this
+        waits for the end.
+        """
+        options = self.options
+        delay = options.drain_delay if delay is None else delay
+        period = options.drain_period if period is None else period
+        for name, value in (("delay", delay), ("period", period)):
+            if not (value == 0 or is_seconds(value)):
+                raise ConfigurationError(f"{name} must be a number of seconds, 0 or more, not {value!r}")
+        bridge = self.runtime.bridge
+        if bridge is None:
+            return
+        if bridge.in_hub_thread():
+            self._begin_drain(delay, period)
+            return
+        bridge.call(self._begin_drain, delay, period)
+        self._wait_for_thread(delay + period + options.shutdown_timeout)
+
+    def _begin_drain(self, delay: float, period: float) -> None:
+        runtime = self.runtime
+        if runtime.draining or runtime.stopping:
+            return
+        runtime.draining = True
+        log.info(
+            "syncws: draining: not ready now, refusing new connections in %g s, closing the open ones over %g s "
+            "(a second signal exits at once)",
+            delay,
+            period,
+        )
+        gevent.spawn(self._drain_connections, delay, period)
+
+    def _drain_connections(self, delay: float, period: float) -> None:
+        runtime = self.runtime
+        gevent.sleep(delay)
+        runtime.stopping = True  # new upgrades and streams: 503 with Retry-After
+        connections: list[Any] = [*runtime.sessions, *runtime.streams]
+        random.shuffle(connections)
+        start = time.monotonic()
+        count = len(connections)
+        log.info("syncws: closing %d connections over %g s", count, period)
+        for index, connection in enumerate(connections):
+            # Slot ``index`` of ``count`` equal slots, at a random moment within it:
+            # an even spread with jitter, whatever the number of connections.
+            wait = start + (index + random.random()) * period / count - time.monotonic()
+            if wait > 0:
+                gevent.sleep(wait)
+            _restart(connection)
+        for connection in [*runtime.sessions, *runtime.streams]:  # upgrades that were under way
+            _restart(connection)
+        self._drain(self.options.shutdown_timeout)
+
+    def _wait_for_thread(self, timeout: float) -> None:
+        if self._thread_done is not None:
+            if self._thread_done.acquire(timeout=timeout + 5):
+                self._thread_done.release()
 
     def stop(self, timeout: float | None = None) -> None:
         """Close every peer with 1001, stop accepting and end the server.
@@ -407,9 +511,7 @@ class Server:
             self._begin_stop(timeout)
             return
         bridge.call(self._begin_stop, timeout)
-        if self._thread_done is not None:
-            if self._thread_done.acquire(timeout=timeout + 5):
-                self._thread_done.release()
+        self._wait_for_thread(timeout)
 
     def _begin_stop(self, timeout: float) -> None:
         runtime = self.runtime
@@ -447,8 +549,9 @@ class Server:
         if runtime.keepalive is not None:
             runtime.keepalive.stop()
         runtime.stop_hook_threads()
-        if self.metrics is not None:
-            self.metrics.stop()
+        for side in (self.metrics, self.admin):
+            if side is not None:
+                side.stop()
         runtime.broker.stop()
         for wsgi in self._wsgi:
             wsgi.stop(timeout=0)
@@ -499,6 +602,19 @@ class Server:
         return f"<syncws.Server {self.url}>"
 
 
+def _restart(connection: Any) -> None:
+    """Close one connection of a drain: 1012 for a peer, a ``retry:`` hint and the end for a stream."""
+    if hasattr(connection, "peer"):  # a WebSocket session
+        connection.close(CloseCode.SERVICE_RESTART, "service restart")
+    else:
+        # EventSource waits ``retry`` ms before it reconnects: a second or two, at random.
+        connection.restart(retry=random.randint(*STREAM_RETRY_MS))
+
+
+#: The ``retry:`` hint (milliseconds) of an event stream a drain ends: a random value in this range.
+STREAM_RETRY_MS = (1000, 3000)
+
+
 def serve(
     app: Callable[..., Any],
     host: str = "127.0.0.1",
@@ -521,9 +637,9 @@ def serve(
     and wss://), ``gevent_websocket`` (serve an app written for
     gevent-websocket: see :mod:`syncws.compat`).
     """
-    check_option_names(options, "serve()", ("listener", "gevent_websocket", "ssl_context"))
+    check_option_names(options, "serve()", ("listener", "gevent_websocket", "ssl_context", "admin_auth"))
     server = Server(app, host, port, **options)
-    _ensure_logging()
+    _ensure_logging(server.log_format)
     if background:
         server.start_in_thread()
         log.info("syncws: serving on %s (in a background thread; server.stop() stops it)", server.url)
@@ -539,15 +655,28 @@ def serve(
     return server
 
 
-def _ensure_logging() -> None:
-    """Give a foreground server's log lines somewhere to go when the program set up none."""
+def _ensure_logging(log_format: str) -> None:
+    """Give a foreground server's log lines somewhere to go when the program set up none.
+
+    A program that configured logging keeps its own handlers: with
+    ``log_format="json"`` it is told to put :class:`~syncws.JsonFormatter`
+    on them instead.
+    """
     if logging.getLogger().handlers or log.handlers:
+        if log_format == "json" and not _formats_json():
+            log.warning(
+                "syncws: log_format='json' has no effect: logging is configured already; "
+                "set syncws.JsonFormatter() on your handler (docs/operations.md)"
+            )
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    log.addHandler(make_handler(log_format, sys.stderr))
     if log.level == logging.NOTSET:
         log.setLevel(logging.INFO)
+
+
+def _formats_json() -> bool:
+    handlers = [*logging.getLogger().handlers, *log.handlers]
+    return any(isinstance(handler.formatter, JsonFormatter) for handler in handlers)
 
 
 def current_server() -> Server:

@@ -35,7 +35,7 @@ from ..protocol.connection import (
     State,
 )
 from ..protocol.deflate import Agreement, Inflater
-from ..protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CloseCode
 from ..protocol.limits import TokenBucket
 from ..protocol.message import Message
 from .hooks import CloseDetails, Hooks
@@ -131,6 +131,9 @@ class Session:
         self._limited = self._message_bucket is not None or self._byte_bucket is not None
         #: Messages over this peer's rate limit (dropped, or the one that closed it).
         self.rate_limited = 0
+        self.started = now  # for the connection's log line (its duration)
+        #: The upgrade's span context when tracing (base/tracing.py): the parent of this connection's spans.
+        self.trace_context: Any = None
 
     @property
     def state(self) -> State:
@@ -167,8 +170,11 @@ class Session:
         runtime.sessions.add(self)
         runtime.counters.websocket_opened += 1
         if runtime.stopping:
-            # Accepted while the server began to stop: it would miss the 1001.
-            self.close(CLOSE_GOING_AWAY, "going away")
+            # Accepted while the server began to stop: it would miss the 1001 (a drain's 1012).
+            if runtime.draining:
+                self.close(CloseCode.SERVICE_RESTART, "service restart")
+            else:
+                self.close(CLOSE_GOING_AWAY, "going away")
         keepalive = runtime.keepalive
         if keepalive is not None:
             keepalive.watch(self.connection.ping_interval, self.connection.ping_timeout)
@@ -187,7 +193,18 @@ class Session:
             self.outbox.stop()
             self._close_socket()
             connection = self.connection
-            self._call("close", self.peer, CloseDetails(connection.close_code, connection.close_reason))
+            peer = self.peer
+            runtime.log_end(
+                "websocket",
+                peer.id,
+                getattr(peer.request, "path", peer.namespace),
+                peer.remote_address,
+                self.started,
+                user=peer.user,
+                code=connection.close_code,
+                reason=connection.close_reason,
+            )
+            self._call("close", peer, CloseDetails(connection.close_code, connection.close_reason))
             self._detach()
 
     def _detach(self) -> None:

@@ -10,6 +10,7 @@ away is noticed at once, even when nothing is being pushed.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -129,6 +130,7 @@ class EventStream:
         self._callbacks: list[Callable[[], Any]] = []
         self._callbacks_lock = RealLock()
         self._id: str | None = None
+        self._started_at = time.monotonic()  # for the stream's log line (its duration)
 
     @property
     def id(self) -> str:
@@ -237,8 +239,14 @@ class EventStream:
                 return
         _run_callback(callback)
 
-    def restart(self) -> None:
-        """End the stream so the browser reconnects with ``Last-Event-ID`` and resumes (see ``Runtime.gap_received``)."""
+    def restart(self, retry: int | None = None) -> None:
+        """End the stream so the browser reconnects with ``Last-Event-ID`` and resumes (see ``Runtime.gap_received``).
+
+        ``retry``: milliseconds the browser waits before it reconnects, sent
+        as a ``retry:`` field first (a drain spreads the reconnects this way).
+        """
+        if retry is not None:
+            self._enqueue(format_retry(retry).encode("utf-8"))
         self.close()
 
     def close(self) -> None:
@@ -335,6 +343,10 @@ class EventStream:
         self.close()
 
     def _finish(self) -> None:
+        environ = self.environ
+        self._runtime.log_end(
+            "sse", self.id, environ.get("PATH_INFO", "/"), self._transport.remote_address, self._started_at
+        )
         if self._admitted:
             self._admitted = False
             self._runtime.release(self._transport.remote_address)

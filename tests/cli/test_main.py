@@ -97,7 +97,10 @@ def assert_ws_replies(url: str, path: str, sent: str, reply: str, greeting: str 
 
 
 def assert_signal_closes_the_peer(process: SyncwsProcess, url: str, sig: int, echo: str | None = None) -> None:
-    """``sig`` closes a connected SYNCWS_APP peer (after ``echo``) with 1001; the CLI exits 0 without a traceback."""
+    """``sig`` closes a connected SYNCWS_APP peer (after ``echo``); the CLI exits 0 without a traceback.
+
+    SIGINT closes with 1001 (going away); SIGTERM drains, with 1012 (service restart).
+    """
     client = ws(url, "/_ws")
     try:
         assert client.recv() == "welcome"
@@ -105,7 +108,7 @@ def assert_signal_closes_the_peer(process: SyncwsProcess, url: str, sig: int, ec
             client.send(echo)
             assert client.recv() == echo
         process.proc.send_signal(sig)
-        assert recv_close(client)[0] == 1001
+        assert recv_close(client)[0] == (1012 if sig == signal.SIGTERM else 1001)
     finally:
         client.close()
     assert process.finish() == 0
@@ -123,7 +126,7 @@ def test_module_colon_app_on_a_given_port(cli):
     r = requests.get(url + "/", timeout=5)
     assert (r.status_code, r.text) == (200, "hello from module:app")
 
-    # SIGTERM closes connected peers as going away.
+    # SIGTERM drains: connected peers are told to reconnect (1012).
     assert_signal_closes_the_peer(process, url, signal.SIGTERM, echo="through the cli")
 
 

@@ -195,7 +195,7 @@ def wait_for_subscribers(redis_url: str, count: int) -> None:
 # -- one worker ------------------------------------------------------------------------------------
 
 
-def test_one_worker_chats_streams_outlives_the_timeout_and_stops_with_1001(gunicorn):
+def test_one_worker_chats_streams_outlives_the_timeout_and_drains_with_1012(gunicorn):
     # --timeout 2: gunicorn would kill a worker that has not checked in for 2 s.
     process = gunicorn("-w", "1", "--timeout", "2", "--graceful-timeout", "10")
     (worker,) = process.wait_for_workers(1)
@@ -221,9 +221,9 @@ def test_one_worker_chats_streams_outlives_the_timeout_and_stops_with_1001(gunic
     assert requests.get(process.url + "/pid", timeout=5).text == str(worker)
     assert "WORKER TIMEOUT" not in process.log
 
-    process.send_signal(signal.SIGTERM)
-    assert recv_close(first.ws)[0] == 1001
-    assert recv_close(second.ws)[0] == 1001
+    process.send_signal(signal.SIGTERM)  # gunicorn's graceful stop: a drain (service restart)
+    assert recv_close(first.ws)[0] == 1012
+    assert recv_close(second.ws)[0] == 1012
     assert stream_ends(stream), "the event stream was not ended"
     first.close()
     second.close()
@@ -255,7 +255,7 @@ def test_the_worker_refuses_smuggled_upgrades_and_stops_leaving_nothing(gunicorn
     assert parse_response(http_exchange(process, spaced))[0] == 400
     client = Client(process.url)  # a well-formed upgrade still works
     process.send_signal(signal.SIGTERM)
-    assert recv_close(client.ws)[0] == 1001
+    assert recv_close(client.ws)[0] == 1012
     client.close()
     assert process.finish() == 0
     assert not any(sign in process.err for sign in ("Exception ignored", "ResourceWarning")), process.err
@@ -279,7 +279,7 @@ def clients_on_workers(url: str, workers: set[int], at_least: int = 4) -> dict[i
 
 
 @pytest.mark.parametrize("how", ["environment", "gunicorn -e"])
-def test_two_workers_with_redis_share_pub_sub_and_stop_with_1001(gunicorn, tmp_path, how):
+def test_two_workers_with_redis_share_pub_sub_and_drain_with_1012(gunicorn, tmp_path, how):
     with RedisServer(tmp_path) as redis_server:
         if how == "environment":
             process = gunicorn("-w", "2", "--timeout", "2", env={"SYNCWS_BROKER": redis_server.url})
@@ -305,7 +305,7 @@ def test_two_workers_with_redis_share_pub_sub_and_stop_with_1001(gunicorn, tmp_p
 
             process.send_signal(signal.SIGTERM)
             for client in clients:
-                assert recv_close(client.ws)[0] == 1001, f"client on worker {client.pid}"
+                assert recv_close(client.ws)[0] == 1012, f"client on worker {client.pid}"
         finally:
             for client in clients:
                 client.close()

@@ -6,6 +6,7 @@ close code) and leave the server serving everyone else.
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -442,8 +443,10 @@ def test_malformed_header_lines_get_400(start_server, lines):
 
 
 @pytest.mark.parametrize("access_log", [True, False])
-def test_the_access_line_is_formatted_only_when_the_access_log_is_on(start_server, monkeypatch, access_log):
+def test_the_access_line_is_formatted_only_when_the_access_log_is_on(start_server, monkeypatch, caplog, access_log):
     from syncws.server.http import ConnectionHandler
+
+    caplog.set_level(logging.INFO, logger="syncws.access")
 
     formatted: list = []
     original = ConnectionHandler.format_request
@@ -459,6 +462,23 @@ def test_the_access_line_is_formatted_only_when_the_access_log_is_on(start_serve
     assert requests.get(server.url + "/", timeout=5).text == "hi"
     if access_log:
         assert wait_until(lambda: formatted == ["/"])  # formatted after the response went out
+        line = next(record for record in caplog.records if record.name == "syncws.access")
+        assert (line.method, line.path, line.status, line.remote) == ("GET", "/", 200, "127.0.0.1")
+        assert line.bytes > len("hi") and 0 <= line.duration < 5  # gevent counts the head too
     else:
         time.sleep(0.2)
         assert formatted == []
+
+
+def test_the_access_line_is_not_formatted_when_its_logger_would_drop_it(start_server, monkeypatch, caplog):
+    from syncws.server.http import ConnectionHandler
+
+    caplog.set_level(logging.WARNING, logger="syncws.access")
+    formatted: list = []
+    monkeypatch.setattr(ConnectionHandler, "format_request", lambda self: formatted.append(self.path) or "")
+    app = App()
+    app.get("/", lambda request: "hi")
+    server = start_server(app, access_log=True)
+    assert requests.get(server.url + "/", timeout=5).text == "hi"
+    time.sleep(0.2)
+    assert formatted == []

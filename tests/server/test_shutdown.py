@@ -1,8 +1,9 @@
-"""Graceful shutdown: SIGTERM/SIGINT and stop(timeout).
+"""Graceful shutdown: SIGINT and stop(timeout), and SIGTERM's drain with a period of 0.
 
-Stop accepting, answer new upgrades on still-open keep-alive connections with
-503, close every peer with 1001 (close hooks run), end every event stream,
-exit; a second signal exits at once.
+stop(): stop accepting, answer new upgrades on still-open keep-alive
+connections with 503, close every peer with 1001 (close hooks run), end every
+event stream, exit; a second signal exits at once.  SIGTERM drains instead
+(1012, a retry: hint for streams); its spread is tested in test_drain.py.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def count(process, text: str) -> int:
     return sum(1 for line in process.stdout if line.strip() == text)
 
 
-def test_sigterm_closes_50_peers_with_1001_ends_streams_and_exits_0(run):
-    process, url = start_app(run, "--shutdown-timeout", "5")
+def test_sigterm_drains_50_peers_with_1012_ends_streams_and_exits_0(run):
+    process, url = start_app(run, "--shutdown-timeout", "5", "--drain-period", "0")
     ws = url.replace("http://", "ws://") + "/_ws"
     clients = [websocket.create_connection(ws, timeout=5) for _ in range(50)]
     for client in clients:
@@ -89,13 +90,15 @@ def test_sigterm_closes_50_peers_with_1001_ends_streams_and_exits_0(run):
     started = time.monotonic()
     process.proc.send_signal(signal.SIGTERM)
     codes = [recv_close(client) for client in clients]  # websocket-client answers the close
-    assert codes == [(1001, "going away")] * 50
+    assert codes == [(1012, "service restart")] * 50  # reconnect, to another instance
     for response, lines in streams:
-        assert list(lines) == []  # the stream ends (EOF), nothing more
+        rest = list(lines)  # a reconnect delay for EventSource, then the end (EOF)
+        assert len(rest) == 2 and rest[0].startswith(b"retry: ") and rest[1] == b""
+        assert 1000 <= int(rest[0][7:]) <= 3000
         response.close()
     assert process.finish(timeout=5) == 0
     assert time.monotonic() - started < 5  # every peer answered: no need to wait for the timeout
-    assert count(process, "closed 1001 going away") == 50  # every close hook ran
+    assert count(process, "closed 1012 service restart") == 50  # every close hook ran
     assert count(process, "stream ended") == 3
     for client in clients:
         client.close()
@@ -104,25 +107,25 @@ def test_sigterm_closes_50_peers_with_1001_ends_streams_and_exits_0(run):
 
 
 def test_sigterm_waits_at_most_the_shutdown_timeout_for_silent_peers(run):
-    process, url = start_app(run, "--shutdown-timeout", "1", "--close-timeout", "30")
+    process, url = start_app(run, "--shutdown-timeout", "1", "--close-timeout", "30", "--drain-period", "0")
     with RawClient(_Server(url)) as silent:
         assert silent.read_frame() == (OP_TEXT, b"hi")
         started = time.monotonic()
         process.proc.send_signal(signal.SIGTERM)
         frames = silent.read_all_frames()  # never answers the close; returns when dropped
-    assert frames[0][0] == OP_CLOSE and struct.unpack("!H", frames[0][1][:2])[0] == 1001
+    assert frames[0][0] == OP_CLOSE and struct.unpack("!H", frames[0][1][:2])[0] == 1012
     assert process.finish(timeout=5) == 0
     assert time.monotonic() - started < 4  # 1 s of drain, not the 30 s close_timeout
-    assert count(process, "closed 1001 going away") == 1
+    assert count(process, "closed 1012 service restart") == 1
 
 
 def test_a_second_sigterm_exits_at_once(run):
-    process, url = start_app(run, "--shutdown-timeout", "30", "--close-timeout", "30")
+    process, url = start_app(run, "--shutdown-timeout", "30", "--close-timeout", "30", "--drain-period", "0")
     with RawClient(_Server(url)) as silent:
         assert silent.read_frame() == (OP_TEXT, b"hi")
         process.proc.send_signal(signal.SIGTERM)
         opcode, payload = silent.read_frame()
-        assert opcode == OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1001
+        assert opcode == OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1012
         time.sleep(0.3)
         assert process.proc.poll() is None  # draining: waiting for our close frame (up to 30 s)
         started = time.monotonic()
@@ -130,10 +133,11 @@ def test_a_second_sigterm_exits_at_once(run):
         assert process.finish(timeout=5) == 0
         assert time.monotonic() - started < 3
     assert "second signal" in process.err
-    assert count(process, "closed 1001 going away") == 1  # the hook still ran
+    assert count(process, "closed 1012 service restart") == 1  # the hook still ran
 
 
-def test_sigint_is_a_graceful_stop_too(run):
+def test_sigint_is_a_quick_graceful_stop_with_1001(run):
+    # Ctrl-C in development: no drain period, every peer at once.
     process, url = start_app(run)
     client = websocket.create_connection(url.replace("http://", "ws://") + "/_ws", timeout=5)
     assert client.recv() == "hi"

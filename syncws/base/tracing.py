@@ -1,0 +1,94 @@
+"""OpenTelemetry spans, when ``syncws[otel]`` (opentelemetry-api) is installed; nothing otherwise.
+
+syncws depends on the OpenTelemetry *API* only: the app chooses the SDK,
+the exporter and the sampler, configured the standard way (the global
+tracer provider).  With the API installed and no SDK, every span is
+OpenTelemetry's non-recording span.  Without the API, :func:`make_tracer`
+returns None and nothing is imported: a traced code path costs one
+``is None`` test, once per upgrade, RPC, publish or read, never per
+recipient.
+
+The spans (docs/operations.md lists their attributes): ``syncws.upgrade``
+(the handshake, the ``upgrade`` hook included; its parent is the request's
+W3C ``traceparent``), ``syncws.rpc`` (a channels RPC, a child of its
+connection's upgrade), ``syncws.publish`` (a publish with the number of
+local deliveries; a child of whatever span was current where it was
+published), ``syncws.deliver`` (a publish that came back through the
+broker, with its deliveries), ``syncws.recovery`` (a subscribe that resumes
+from an offset: replayed, recovered) and ``syncws.broker.history`` /
+``syncws.broker.presence`` (reads from Redis).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .errors import DependencyMissing
+from .version import __version__
+
+
+class Tracer:
+    """syncws's spans on opentelemetry-api's global tracer provider."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, propagate, trace
+
+        self._context = context
+        self._propagate = propagate
+        self._trace = trace
+        self._tracer = trace.get_tracer("syncws", __version__)
+        self.SERVER = trace.SpanKind.SERVER
+        self.PRODUCER = trace.SpanKind.PRODUCER
+        self.CLIENT = trace.SpanKind.CLIENT
+        self.CONSUMER = trace.SpanKind.CONSUMER
+        self.INTERNAL = trace.SpanKind.INTERNAL
+
+    def extract(self, environ: Mapping[str, Any]) -> Any:
+        """The context a WSGI request's ``traceparent`` (and ``tracestate``) names; empty without one."""
+        carrier = {}
+        for header in ("traceparent", "tracestate"):
+            value = environ.get("HTTP_" + header.upper())
+            if value:
+                carrier[header] = value
+        return self._propagate.extract(carrier)
+
+    def current(self) -> Any:
+        """The context of the caller (the parent of a span started elsewhere for it)."""
+        return self._context.get_current()
+
+    def context_of(self, span: Any) -> Any:
+        """A context whose current span is ``span``: the parent of later spans of the same connection."""
+        return self._trace.set_span_in_context(span)
+
+    def span(
+        self, name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None, kind: Any = None
+    ) -> AbstractContextManager[Any]:
+        """Start ``name`` as the current span (a child of ``parent``, else of the current one)."""
+        return self._tracer.start_as_current_span(
+            name, context=parent, kind=self.INTERNAL if kind is None else kind, attributes=attributes
+        )
+
+
+def installed() -> bool:
+    """Whether opentelemetry can be imported (``find_spec`` imports nothing)."""
+    try:
+        return importlib.util.find_spec("opentelemetry") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def make_tracer(mode: str) -> Tracer | None:
+    """The tracer for the ``tracing`` option: ``auto`` traces when the API is installed, ``on`` requires it."""
+    if mode == "off":
+        return None
+    if installed():
+        try:
+            return Tracer()
+        except ImportError:  # another opentelemetry package, without the API
+            pass
+    if mode == "on":
+        raise DependencyMissing("tracing='on' needs the OpenTelemetry API: pip install 'syncws[otel]'")
+    return None
