@@ -294,12 +294,16 @@ def _in_pool_thread(runtime: Any) -> bool:
     return bridge is not None and not bridge.in_hub_thread()
 
 
+#: What an upgrade or a new event stream is told while the server stops or drains (503, Retry-After).
+SHUTTING_DOWN = "Server shutting down; retry shortly"
+
+
 def _shutting_down(transport: Transport) -> Response:
     # Retry-After: the client should reconnect, to a restarted or another instance.
     transport.reusable = False
     return _text_response(
         503,
-        "Server shutting down; retry shortly",
+        SHUTTING_DOWN,
         [("Retry-After", str(RETRY_AFTER)), ("Connection", "close")],
     )
 

@@ -475,16 +475,23 @@ class Server:
         runtime.stopping = True  # new upgrades and streams: 503 with Retry-After
         connections: list[Any] = [*runtime.sessions, *runtime.streams]
         random.shuffle(connections)
-        start = time.monotonic()
         count = len(connections)
         log.info("syncws: closing %d connections over %g s", count, period)
+        start = time.monotonic()
+        end = start + period
+        step = period / count if count else 0.0
+        earliest = start
         for index, connection in enumerate(connections):
             # Slot ``index`` of ``count`` equal slots, at a random moment within it:
-            # an even spread with jitter, whatever the number of connections.
-            wait = start + (index + random.random()) * period / count - time.monotonic()
+            # an even spread with jitter, whatever the number of connections.  After
+            # a late wake-up (a busy hub) the overdue ones follow at twice the pace,
+            # not all at once, until the period is over.
+            at = min(max(start + (index + random.random()) * step, earliest), end)
+            wait = at - time.monotonic()
             if wait > 0:
                 gevent.sleep(wait)
             _restart(connection)
+            earliest = time.monotonic() + step / 2
         for connection in [*runtime.sessions, *runtime.streams]:  # upgrades that were under way
             _restart(connection)
         self._drain(self.options.shutdown_timeout)

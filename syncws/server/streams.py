@@ -26,7 +26,7 @@ from ..base.threads import RealLock
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from ..pubsub.history import Recovery
 from ..pubsub.registry import ABSENT
-from .handler import OVER_CAPACITY, RETRY_AFTER
+from .handler import OVER_CAPACITY, RETRY_AFTER, SHUTTING_DOWN
 from .http import TRANSPORT_KEY
 from .runtime import Runtime
 
@@ -69,16 +69,16 @@ _warned_no_transport = False
 
 
 class ConnectionLimitError(HTTPException, SyncwsError):
-    """A new event stream over ``max_connections`` (503) or ``max_connections_per_ip`` (429).
+    """A new event stream over ``max_connections`` (503) or ``max_connections_per_ip`` (429), or while the server stops.
 
     Raised by ``create_event_stream``; an ``HTTPException``, so the view's
     answer is that status with ``Retry-After`` (syncws ``App`` and Flask
     render it).
     """
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, description: str | None = None) -> None:
         self.code = status
-        super().__init__(OVER_CAPACITY[status])
+        super().__init__(OVER_CAPACITY[status] if description is None else description)
 
     def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
         return [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(RETRY_AFTER))]
@@ -108,6 +108,9 @@ class EventStream:
         self.environ = environ
         self._runtime: Runtime = transport.runtime
         self._transport = transport
+        if self._runtime.stopping:  # a drain's delay is over, or a stop began: reconnect elsewhere
+            self._runtime.refuse(503)
+            raise ConnectionLimitError(503, SHUTTING_DOWN)
         refused = self._runtime.admit(transport.remote_address)
         if refused is not None:
             self._runtime.refuse(refused)
