@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 
@@ -568,14 +569,15 @@ def test_twenty_pages_spread_their_reconnects_and_a_visible_page_hurries(browser
 
 
 def channels_process(redis_url: str, port: int, history_size: int):
-    """``python -m syncws tests.apps.channels_app:app`` on ``port`` with history in Redis."""
+    """``python -m syncws tests.apps.channels_app:app`` on ``port`` with history in Redis (a 1 s drain on SIGTERM)."""
     from pathlib import Path
 
     from .support import SyncwsProcess
 
     process = SyncwsProcess(
         "tests.apps.channels_app:app", "--port", str(port), "--broker", redis_url,
-        "--history-size", str(history_size), "--no-access-log", cwd=Path(__file__).resolve().parents[1],
+        "--history-size", str(history_size), "--no-access-log", "--drain-period", "1",
+        cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
     process.wait_for_url()
     return process
@@ -609,6 +611,11 @@ class KillableApp:
 
     def kill(self) -> None:
         self.process.kill()  # SIGKILL: no close frame, no goodbye
+
+    def drain(self) -> None:
+        """SIGTERM, as a deploy does: its clients are told 1012; wait for the process to end."""
+        self.process.proc.send_signal(signal.SIGTERM)
+        assert self.process.finish() == 0
 
     def restart(self) -> None:
         self.process = channels_process(self.redis_url, self.port, self.history_size)
@@ -647,6 +654,30 @@ def test_the_client_loses_nothing_across_a_killed_server(browser, killable):
             time.sleep(0.01)
     page.wait_for_function("() => got.length >= 300", timeout=WAIT_MS)
     assert page.evaluate("() => got") == list(range(300))  # 0 gaps, 0 repeats
+    assert page.evaluate("() => resumes") == [[False, False], [True, True]]
+    assert page.errors == []
+
+
+def test_the_client_obeys_a_drain_and_resumes_on_the_restarted_server(browser, killable):
+    """A rolling restart of one instance: 1012, back-off while nothing listens, then a lossless resume."""
+    from syncws import Publisher
+
+    app = killable(1000)
+    page = subscribed_page(browser, app.port)
+    with Publisher(app.redis_url) as publisher:
+        for n in range(100):
+            publisher.publish("ticks", n)
+        page.wait_for_function("() => got.length === 100", timeout=WAIT_MS)
+        page.evaluate(
+            "() => { window.closes = []; c.addEventListener('disconnected', (e) => closes.push(e.detail.code)); }"
+        )
+        app.drain()
+        for n in range(100, 200):  # published while no server runs
+            publisher.publish("ticks", n)
+        app.restart()
+    page.wait_for_function("() => got.length >= 200", timeout=WAIT_MS)
+    assert page.evaluate("() => got") == list(range(200))  # 0 gaps, 0 repeats
+    assert page.evaluate("() => closes[0]") == 1012  # told to reconnect, not dropped
     assert page.evaluate("() => resumes") == [[False, False], [True, True]]
     assert page.errors == []
 

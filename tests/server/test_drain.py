@@ -293,3 +293,49 @@ async def _publish(port: int, stop: asyncio.Event) -> int:
         n += 1
         await asyncio.sleep(0.5)
     return n
+
+
+@pytest.mark.slow
+def test_the_python_client_obeys_the_drain_and_resumes_on_the_other_instance(tmp_path):
+    from syncws import Publisher
+    from syncws.client import Client
+
+    with RedisServer(tmp_path) as redis_server, SyncwsRunner(ROOT) as run:
+        ports = [free_port(), free_port()]
+        args = ("--broker", redis_server.url, "--history-size", "100", "--health-path", "/health")
+        processes = [
+            run("tests.apps.channels_app:app", "--port", str(port), "--drain-period", "0.5", *args) for port in ports
+        ]
+        for process in processes:
+            process.wait_for_url()
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        balancer = asyncio.run_coroutine_threadsafe(
+            Balancer([("127.0.0.1", port) for port in ports], "/health/ready").start(), loop
+        ).result(5)
+        got: list = []
+        client = Client(f"ws://127.0.0.1:{balancer.port}/_syncws", token="dee", backoff_base=0.2)
+        try:
+            subscription = client.subscribe("orders", on_publication=lambda publication: got.append(publication.data))
+            first = next(backend for backend, count in balancer.routed.items() if count)[1]
+            drained = processes[ports.index(first)]
+            with Publisher(redis_server.url) as publisher:
+                for n in range(50):
+                    publisher.publish("orders", n)
+                assert wait_until(lambda: len(got) == 50)
+                drained.proc.send_signal(signal.SIGTERM)
+                for n in range(50, 100):
+                    publisher.publish("orders", n)
+                    time.sleep(0.01)
+                assert drained.finish(timeout=10) == 0
+            assert wait_until(lambda: len(got) == 100, timeout=10)
+            assert got == list(range(100))
+            assert client.reconnects == 1 and subscription.recovered
+            assert balancer.routed[("127.0.0.1", ports[1 - ports.index(first)])] >= 1
+        finally:
+            client.close()
+            asyncio.run_coroutine_threadsafe(balancer.stop(), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            loop.close()
