@@ -48,6 +48,7 @@ setup(
             "prometheus_client>=0.17",
             "opentelemetry-api>=1.20",  # the tracing tests: spans recorded by the SDK's in-memory exporter
             "opentelemetry-sdk>=1.20",
+            "pyyaml>=6",  # examples/deploy/kubernetes.yaml is parsed and checked
         ],
     },
     entry_points={

@@ -17,12 +17,26 @@ Routes:
   publish to any topic (scripts/bench_channels).
 """
 
+import os
 import resource
 import time
 
 import gevent
 
 from syncws import App, Channels, create_event_stream, define_websocket_handler, publish
+
+if os.environ.get("BENCH_TRACING_SDK"):  # scripts/bench_tracing: an SDK that samples and exports every span
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class _Discard(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    _provider = TracerProvider()
+    _provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    trace.set_tracer_provider(_provider)
 
 TOPIC = "bench"
 FEED = "feed"

@@ -26,6 +26,7 @@ from .base.errors import (
     ServerNotRunning,
     SyncwsError,
 )
+from .base.logs import JsonFormatter
 from .base.options import ServerOptions
 from .base.version import __version__
 from .channels import Channels
@@ -67,6 +68,7 @@ __all__ = [
     "HistoryEntry",
     "Hooks",
     "ImportStringError",
+    "JsonFormatter",
     "ListenError",
     "Message",
     "Peer",

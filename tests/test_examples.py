@@ -292,3 +292,25 @@ def test_chat_example_over_real_sockets(start_server, clients):
     nameless = clients(url, token="no spaces allowed")
     with pytest.raises(ClientClosed, match="4001"):
         nameless.wait_connected(5)
+
+
+def test_the_kubernetes_manifest_names_real_options_and_drains_within_its_grace_period():
+    import yaml
+
+    from syncws.base.options import BY_NAME, from_environ
+
+    deployment, service, admin_service = yaml.safe_load_all((EXAMPLES / "deploy" / "kubernetes.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    variables = {entry["name"]: entry.get("value", "from a secret") for entry in container["env"]}
+    options = from_environ(variables)
+    assert set(variables) == {BY_NAME[name].env_var for name in options}  # every variable is an option
+    health = options["health_path"]
+    assert container["readinessProbe"]["httpGet"]["path"] == health + "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == health + "/live"
+    # The drain fits in the grace period, and readiness fails before anyone is refused.
+    drain = options["drain_delay"] + options["drain_period"] + options["shutdown_timeout"]
+    assert drain < pod["terminationGracePeriodSeconds"]
+    probe = container["readinessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= options["drain_delay"]
+    assert admin_service["spec"]["ports"][0]["targetPort"] == int(options["admin"].rsplit(":", 1)[1])
