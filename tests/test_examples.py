@@ -314,3 +314,6 @@ def test_the_kubernetes_manifest_names_real_options_and_drains_within_its_grace_
     probe = container["readinessProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] <= options["drain_delay"]
     assert admin_service["spec"]["ports"][0]["targetPort"] == int(options["admin"].rsplit(":", 1)[1])
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] == "http" and ports["http"] == 8000
+    assert ports["metrics"] == int(options["metrics"].rsplit(":", 1)[1])

@@ -25,7 +25,6 @@ from typing import Any
 import gevent
 
 from ..base.errors import DependencyMissing
-from ..server import health
 from ..server.listener import SideServer, parse_address, serve_side
 from ..server.server import EXPORTERS
 
@@ -105,7 +104,6 @@ class Metrics:
             "syncws_threads", "views and hooks in the thread pool, by state", ["state"], registry=registry, **gauge_mode
         )
         self._seen: dict[Any, float] = {}
-        self._health = health.routes(server.runtime, health.SIDE_PREFIX)
         self._wsgi: SideServer | None = None
         self._refresher: Any = None
 
@@ -142,15 +140,8 @@ class Metrics:
     def start(self) -> None:
         """Bind the metrics address and serve ``/metrics`` (hub thread)."""
         self.refresh()
-        options = self.server.runtime.options
-        self._wsgi = serve_side(
-            self.address,
-            "metrics",
-            self._app,
-            max_connections=options.metrics_max_connections,
-            timeout=options.metrics_timeout,
-            reuse_port=self.multiprocess,  # every worker answers scrapes
-        )
+        # Every worker answers scrapes (multiprocess mode).
+        self._wsgi = serve_side(self.address, "metrics", self._app, self.server.runtime, reuse_port=self.multiprocess)
         self.host, self.port = self._wsgi.server_host, self._wsgi.server_port
         self._refresher = gevent.spawn(self._refresh_forever)
         log.info("syncws: metrics on http://%s:%d/metrics", self.host, self.port)
@@ -162,11 +153,7 @@ class Metrics:
             self._wsgi.stop(timeout=0)
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        path = environ.get("PATH_INFO")
-        check = self._health.get(path or "")
-        if check is not None:
-            return check(environ, start_response)
-        if path != "/metrics":
+        if environ.get("PATH_INFO") != "/metrics":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"metrics are at /metrics, health checks at /health/live and /health/ready\n"]
         self.refresh()

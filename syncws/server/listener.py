@@ -268,14 +268,24 @@ class SideServer(WSGIServer):  # type: ignore[misc]  # gevent is untyped (pyproj
             super().handle(sock, address)
 
 
-def serve_side(
-    address: str, what: str, app: Any, *, max_connections: int, timeout: float, reuse_port: bool = False
-) -> SideServer:
+def serve_side(address: str, what: str, app: Any, runtime: Runtime, *, reuse_port: bool = False) -> SideServer:
     """Bind ``address`` (the ``what`` option's value) and serve ``app`` there, bounded (hub thread).
 
+    The address answers the health checks too (``/health/live``,
+    ``/health/ready``), before ``app``; it is bounded by the
+    ``metrics_max_connections`` and ``metrics_timeout`` options.
     ``reuse_port``: every worker process binds the same address and any of
     them answers (``SO_REUSEPORT``).  ConfigurationError when it cannot be bound.
     """
+    from .health import SIDE_PREFIX, routes  # health imports runtime, as this module does: no cycle
+
+    checks = routes(runtime, SIDE_PREFIX)
+
+    def side_app(environ: dict[str, Any], start_response: Any) -> Any:
+        check = checks.get(environ.get("PATH_INFO") or "")
+        return (check or app)(environ, start_response)
+
+    options = runtime.options
     host, port = parse_address(address, what)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = GeventSocket(family, socket.SOCK_STREAM)
@@ -289,8 +299,12 @@ def serve_side(
         listener.close()
         raise ConfigurationError(f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}") from None
     server = SideServer(
-        listener, app, log=None, error_log=logging.getLogger("syncws.error"), spawn=Pool(max_connections)
+        listener,
+        side_app,
+        log=None,
+        error_log=logging.getLogger("syncws.error"),
+        spawn=Pool(options.metrics_max_connections),
     )
-    server.connection_timeout = timeout
+    server.connection_timeout = options.metrics_timeout
     server.start()
     return server

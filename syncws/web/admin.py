@@ -36,7 +36,6 @@ from werkzeug.wrappers import Request, Response
 from ..base.errors import BrokerError, ConfigurationError
 from ..protocol.limits import TokenBucket
 from ..protocol.payload import to_json
-from ..server import health
 from ..server.listener import SideServer, serve_side
 from ..server.server import ADMIN_APIS
 
@@ -161,15 +160,8 @@ class AdminAPI:
         """Bind the admin address, when there is one (hub thread)."""
         if self.address is None:
             return
-        options = self.server.runtime.options
-        self._wsgi = serve_side(
-            self.address,
-            "admin",
-            self._side_app,
-            max_connections=options.metrics_max_connections,
-            timeout=options.metrics_timeout,
-            reuse_port=True,  # every --workers child answers; a publish reaches all through the broker
-        )
+        # Every --workers child answers; a publish reaches all of them through the broker.
+        self._wsgi = serve_side(self.address, "admin", self._side_app, self.server.runtime, reuse_port=True)
         self.port = self._wsgi.server_port
         log.info("syncws: admin API on http://%s:%d/", self._wsgi.server_host, self.port)
 
@@ -178,11 +170,6 @@ class AdminAPI:
             self._wsgi.stop(timeout=0)
 
     def _side_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
-        if path.startswith(health.SIDE_PREFIX):
-            check = path[len(health.SIDE_PREFIX) :]
-            if check in (health.LIVE, health.READY):
-                return health.answer(self.server.runtime, check.lstrip("/"), start_response)
         return self._answer(environ, start_response, "")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
