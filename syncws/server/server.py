@@ -490,6 +490,8 @@ class Server:
             wait = at - time.monotonic()
             if wait > 0:
                 gevent.sleep(wait)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("syncws: drain: closing %s", _id_of(connection), extra={"connection": _id_of(connection)})
             _restart(connection)
             earliest = time.monotonic() + step / 2
         for connection in [*runtime.sessions, *runtime.streams]:  # upgrades that were under way
@@ -607,6 +609,12 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<syncws.Server {self.url}>"
+
+
+def _id_of(connection: Any) -> str:
+    """A session's peer id, or an event stream's id (for the drain's debug lines)."""
+    peer = getattr(connection, "peer", None)
+    return str(peer.id if peer is not None else connection.id)
 
 
 def _restart(connection: Any) -> None:

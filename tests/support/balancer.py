@@ -99,10 +99,12 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class ResumingClient:
     """A channels client of one topic that records what it received, its closes and its resumes."""
 
-    def __init__(self, url: str, topic: str, backoff_base: float = 0.5) -> None:
+    def __init__(self, url: str, topic: str, backoff_base: float = 0.5, backoff_cap: float = 5.0) -> None:
         self.url = url
         self.topic = topic
         self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.errors: list[str] = []  # what ended a connection other than a close (for the test's messages)
         self.received: list[int] = []  # the "n" of every publication, in arrival order
         self.offset: str | None = None
         self.heard = False
@@ -120,14 +122,16 @@ class ResumingClient:
                 ) as ws:
                     attempt = 0 if await self._session(ws) else attempt
                 code = ws.close_code
-            except (TimeoutError, OSError, websockets.InvalidStatus, websockets.InvalidHandshake):
-                pass  # refused or unreachable: back off and try again
+            except (TimeoutError, OSError, websockets.InvalidStatus, websockets.InvalidHandshake) as exc:
+                self.errors.append(repr(exc))  # refused or unreachable: back off and try again
             except websockets.ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
+            except Exception as exc:  # a reply it did not expect: note it, and go on as after a drop
+                self.errors.append(repr(exc))
             self.closes.append((time.monotonic(), code))
             if stop.is_set():
                 return
-            await asyncio.sleep(random.random() * min(30.0, self.backoff_base * 2**attempt))
+            await asyncio.sleep(random.random() * min(self.backoff_cap, self.backoff_base * 2**attempt))
             attempt += 1
 
     async def _session(self, ws) -> bool:
@@ -145,7 +149,9 @@ class ResumingClient:
                 self.offset = message["offset"]
                 self.heard = True
             elif message.get("id") == 1:
-                result = message["result"]
+                result = message.get("result")
+                if result is None:
+                    raise RuntimeError(f"subscribe failed: {message}")
                 self.resumes.append(result["recovered"])
                 if not self.heard and result.get("offset") is not None:
                     self.offset = result["offset"]
