@@ -139,7 +139,7 @@ class WebSocketHandler:
         if refused is not None:
             return over_capacity(transport, refused)
         try:
-            if runtime.tracer is None:
+            if runtime.tracer is None or not runtime.tracer.configured():
                 outcome = self._upgrade(environ, transport, key, agreement)
             else:
                 outcome = self._traced_upgrade(runtime.tracer, environ, transport, key, agreement)
@@ -165,7 +165,8 @@ class WebSocketHandler:
             if isinstance(outcome, Session):
                 span.set_attribute("http.response.status_code", 101)
                 span.set_attribute("syncws.namespace", outcome.peer.namespace)
-                outcome.trace_context = tracer.context_of(span)  # the parent of the connection's later spans
+                if span.get_span_context().is_valid:  # sampled or not: its RPCs follow its decision
+                    outcome.trace_context = tracer.context_of(span)  # the parent of the connection's later spans
             elif outcome is not None:
                 span.set_attribute("http.response.status_code", int(getattr(outcome, "status_code", 0)))
             return outcome

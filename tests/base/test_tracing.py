@@ -242,3 +242,62 @@ def test_the_health_check_is_not_traced(start_server, spans):
     server = start_server(app, tracing="on", health_path="/health")
     assert requests.get(server.url + "/health/ready", timeout=5).status_code == 200
     assert [s.name for s in _EXPORTER.get_finished_spans()] == []
+
+
+NO_SDK = """
+    import time
+    import websocket
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    import syncws.base.tracing
+    from syncws import App, define_websocket_handler, serve
+
+    syncws.base.tracing.PROVIDER_CHECK_INTERVAL = 0.2
+    app = App()
+    app.get("/_ws", define_websocket_handler(open=lambda peer: peer.subscribe("t")))
+    server = serve(app, port=0, background=True, access_log=False)
+    url = server.url.replace("http", "ws") + "/_ws"
+    first = websocket.create_connection(url, timeout=5)
+    assert server.runtime.tracer is not None and not server.runtime.tracer.configured()
+    for _ in range(500):  # the session joins the server's set just after the 101 went out
+        if server.sessions:
+            break
+        time.sleep(0.01)
+    (session,) = server.sessions
+    assert "trace_context" not in vars(session)  # nothing stored per connection without an SDK
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    # The app configures its SDK after the server started: spans begin within the check interval.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    time.sleep(0.3)
+    second = websocket.create_connection(url, timeout=5)
+    for _ in range(500):  # its open hook subscribed it
+        if server.presence_count("t") == 2:
+            break
+        time.sleep(0.01)
+    server.publish("t", "x")
+    assert first.recv() == second.recv() == "x"
+    for _ in range(500):  # both spans end in the server's threads, just after the client saw their effect
+        names = sorted({span.name for span in exporter.get_finished_spans()})
+        if len(names) == 2:
+            break
+        time.sleep(0.01)
+    print(names)
+    server.stop(timeout=1)
+"""
+
+
+def test_without_an_sdk_nothing_is_recorded_or_stored_until_the_app_configures_one():
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(NO_SDK)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['syncws.publish', 'syncws.upgrade']"
