@@ -233,7 +233,11 @@ def test_draining_one_of_two_instances_spreads_2000_reconnects_and_loses_nothing
     assert len(ended) == len(moved) and {entry["code"] for entry in ended} == {1012}
     assert all(entry["path"] == "/_syncws" and entry["duration"] > 1 for entry in ended)
     bins = collections.Counter(min(9, int((t - DRAIN_DELAY) / DRAIN_PERIOD * 10)) for t in closes)
+    refused = sum("503" in error for client in clients for error in client.errors)
     print(f"moved {len(moved)}: closed from {closes[0]:.2f} s to {closes[-1]:.2f} s; per tenth {sorted(bins.items())}")
+    print(
+        f"reconnects refused with 503: {refused}; other connection errors: {sum(map(len, (c.errors for c in clients))) - refused}"
+    )
     assert_spread(closes, DRAIN_DELAY, DRAIN_PERIOD, bins=10)
     # No client was told before the delay was over (readiness first), however late its loop read it.
     assert min(client.closes[0][0] - sigterm_clock for client in moved) >= DRAIN_DELAY - 0.05
