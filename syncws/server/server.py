@@ -472,6 +472,8 @@ class Server:
     def _drain_connections(self, delay: float, period: float) -> None:
         runtime = self.runtime
         gevent.sleep(delay)
+        if runtime.finished:  # a second signal ended the server meanwhile
+            return
         runtime.stopping = True  # new upgrades and streams: 503 with Retry-After
         connections: list[Any] = [*runtime.sessions, *runtime.streams]
         random.shuffle(connections)
@@ -490,6 +492,8 @@ class Server:
             wait = at - time.monotonic()
             if wait > 0:
                 gevent.sleep(wait)
+            if runtime.finished:
+                return
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("syncws: drain: closing %s", _id_of(connection), extra={"connection": _id_of(connection)})
             _restart(connection)

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import gevent
 import pytest
 import requests
 import websocket
@@ -349,3 +350,16 @@ def test_the_python_client_obeys_the_drain_and_resumes_on_the_other_instance(tmp
             loop.call_soon_threadsafe(loop.stop)
             thread.join(5)
             loop.close()
+
+
+def test_finish_during_a_drain_ends_it_at_once(start_server):
+    server = start_server(app_with_streams([]), drain_period=30)
+    clients = [connect(server) for _ in range(3)]
+    server.call_in_hub(server.drain)
+    assert wait_until(lambda: server.draining)
+    started = time.monotonic()
+    server.call_in_hub(gevent.spawn, server.finish)  # what a second SIGTERM does, in a greenlet as its handler
+    assert wait_until(lambda: server.finished)
+    assert time.monotonic() - started < 2  # not the 30 s period
+    for client in clients:
+        client.close()
