@@ -472,7 +472,7 @@ class Server:
     def _drain_connections(self, delay: float, period: float) -> None:
         runtime = self.runtime
         gevent.sleep(delay)
-        if runtime.finished:  # a second signal ended the server meanwhile
+        if self._over():  # a second signal ended the server meanwhile
             return
         runtime.stopping = True  # new upgrades and streams: 503 with Retry-After
         connections: list[Any] = [*runtime.sessions, *runtime.streams]
@@ -492,7 +492,7 @@ class Server:
             wait = at - time.monotonic()
             if wait > 0:
                 gevent.sleep(wait)
-            if runtime.finished:
+            if self._over():
                 return
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("syncws: drain: closing %s", _id_of(connection), extra={"connection": _id_of(connection)})
@@ -501,6 +501,10 @@ class Server:
         for connection in [*runtime.sessions, *runtime.streams]:  # upgrades that were under way
             _restart(connection)
         self._drain(self.options.shutdown_timeout)
+
+    def _over(self) -> bool:
+        """Whether the server has finished (a method: it changes while a greenlet sleeps)."""
+        return self.runtime.finished
 
     def _wait_for_thread(self, timeout: float) -> None:
         if self._thread_done is not None:
