@@ -42,10 +42,10 @@ import gevent
 from gevent.event import Event
 
 from ..base.errors import ConfigurationError
+from ..base.options import OVERFLOW_POLICIES
 
 log = logging.getLogger("syncws")
 
-OVERFLOW_POLICIES = ("close", "drop")
 _BATCH = 256 * 1024  # join small frames into one send up to this size
 _FLUSH_BATCH = 1024  # outboxes written per hub callback
 

@@ -273,7 +273,7 @@ class Peer:
         """Ask the client to reconnect and resume (1012, service restart): what it missed cannot be delivered."""
         self.close(CloseCode.SERVICE_RESTART, "reconnect and resume")
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Graceful close: a close frame, then the socket once the client answers.
 
         ConfigurationError (a ValueError) for a code or reason that may not

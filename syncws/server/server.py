@@ -329,7 +329,7 @@ class Server:
             "threads": runtime.thread_stats(),
         }
 
-    def close_all(self, code: int = 1001, reason: str = "going away") -> None:
+    def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "going away") -> None:
         """Close every connected peer with ``code`` and ``reason`` (any thread)."""
         self.runtime.require_bridge().call(self._close_all, code, reason)
 
@@ -537,7 +537,7 @@ class Server:
         runtime.stopping = True
         for wsgi in self._wsgi:
             wsgi.close()  # stop accepting
-        self._close_all(1001, "going away")
+        self._close_all(CloseCode.GOING_AWAY, "going away")
         for stream in list(runtime.streams):
             stream.close()
         gevent.spawn(self._drain, timeout)
