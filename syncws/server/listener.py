@@ -239,7 +239,23 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
 
 
 class _SideHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
-    """gevent's handler, except that a connection cut off by its deadline gets no 500 and no traceback."""
+    """gevent's handler, except that a connection cut off by its deadline gets no 500 and no traceback.
+
+    It also closes its buffered reader when the connection ends, as the main
+    port's handler does (``http.py``): gevent drops it unclosed, and the
+    garbage collector may close it after the hub that owns its watchers is
+    gone ("operation on destroyed loop", seen under Python 3.13).
+    """
+
+    def handle(self) -> None:
+        rfile = self.rfile
+        try:
+            super().handle()
+        finally:
+            try:
+                rfile.close()
+            except (OSError, ValueError):
+                pass
 
     def handle_error(self, kind: Any, value: Any, tb: Any) -> None:
         if isinstance(value, gevent.Timeout):
