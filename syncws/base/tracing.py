@@ -2,11 +2,11 @@
 
 syncws depends on the OpenTelemetry *API* only: the app chooses the SDK,
 the exporter and the sampler, configured the standard way (the global
-tracer provider).  With the API installed and no SDK, every span is
-OpenTelemetry's non-recording span.  Without the API, :func:`make_tracer`
-returns None and nothing is imported: a traced code path costs one
-``is None`` test, once per upgrade, RPC, publish or read, never per
-recipient.
+tracer provider).  Without the API, :func:`make_tracer` returns None and
+nothing is imported: a traced code path costs one ``is None`` test, once
+per upgrade, RPC, publish or read, never per recipient.  With the API and
+no SDK yet, :meth:`Tracer.configured` is False and no span is made either
+(``Runtime.active_tracer``).
 
 The spans (docs/operations.md lists their attributes): ``syncws.upgrade``
 (the handshake, the ``upgrade`` hook included; its parent is the request's
@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .errors import DependencyMissing
@@ -44,11 +44,6 @@ class Tracer:
         self._propagate = propagate
         self._trace = trace
         self._tracer = trace.get_tracer("syncws", __version__)
-        # While no SDK is configured, span() gives OpenTelemetry's own
-        # non-recording span without asking the API: through the API's no-op
-        # spans, a fan-out to 10 subscribers ran at 0.66 of its throughput
-        # without tracing (scripts/bench_tracing); this way, at 0.94.
-        self._unconfigured = nullcontext(trace.INVALID_SPAN)
         self._configured = False
         self._next_check = 0.0
         self.SERVER = trace.SpanKind.SERVER
@@ -75,7 +70,12 @@ class Tracer:
         return self._trace.set_span_in_context(span)
 
     def configured(self) -> bool:
-        """Whether the app has set a tracer provider (an SDK): else no span records anything."""
+        """Whether the app has set a tracer provider (an SDK): else no span would record anything.
+
+        Callers skip their spans altogether until then (``Runtime.active_tracer``):
+        through the API's no-op spans, a fan-out to 10 subscribers ran at 0.66
+        of its untraced throughput (scripts/bench_tracing); skipped, at 0.94.
+        """
         return self._configured or self._check_provider()
 
     def _check_provider(self) -> bool:
@@ -94,14 +94,7 @@ class Tracer:
     def span(
         self, name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None, kind: Any = None
     ) -> AbstractContextManager[Any]:
-        """Start ``name`` as the current span (a child of ``parent``, else of the current one).
-
-        While the app has configured no tracer provider (no SDK), nothing is
-        started: the result is a span that records nothing, as the API's own
-        would be.
-        """
-        if not self.configured():
-            return self._unconfigured
+        """Start ``name`` as the current span (a child of ``parent``, else of the current one)."""
         return self._tracer.start_as_current_span(
             name, context=parent, kind=self.INTERNAL if kind is None else kind, attributes=attributes
         )

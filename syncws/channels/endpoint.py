@@ -419,7 +419,7 @@ class Channels(WebSocketHandler):
 
         def call() -> None:
             try:
-                tracer = runtime.tracer
+                tracer = runtime.active_tracer
                 if tracer is None:
                     peer.send(_call(fn, peer, params, request.id, method))
                     return

@@ -139,10 +139,11 @@ class WebSocketHandler:
         if refused is not None:
             return over_capacity(transport, refused)
         try:
-            if runtime.tracer is None or not runtime.tracer.configured():
+            tracer = runtime.active_tracer
+            if tracer is None:
                 outcome = self._upgrade(environ, transport, key, agreement)
             else:
-                outcome = self._traced_upgrade(runtime.tracer, environ, transport, key, agreement)
+                outcome = self._traced_upgrade(tracer, environ, transport, key, agreement)
         except BaseException:
             runtime.release(address)
             raise

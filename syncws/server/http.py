@@ -35,11 +35,11 @@ from http import HTTPStatus
 from typing import Any
 
 import gevent
-from gevent.pywsgi import OldMessage, WSGIHandler
+from gevent.pywsgi import OldMessage
 
 from ..base.errors import RequestHeadError
 from ..protocol.limits import ForwardedHeader, client_address
-from .listener import ResilientWSGIServer
+from .listener import ClosingHandler, ResilientWSGIServer
 from .runtime import Runtime
 
 log = logging.getLogger("syncws")
@@ -200,7 +200,7 @@ def _serve_handed_over(run: Callable[[], Any], sock: Any) -> None:
         sock.close()
 
 
-class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+class ConnectionHandler(ClosingHandler):
     status: Any  # gevent's: the status line, str or bytes depending on where it was set
     socket: Any  # gevent's; None once the connection is handed over (Transport.hand_over)
 
@@ -230,19 +230,7 @@ class ConnectionHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (unix socket) or already closed
-        rfile = self.rfile
-        try:
-            super().handle()
-        finally:
-            # gevent drops its buffered reader without closing it, and the
-            # socket's real close waits for that reader.  Left to the garbage
-            # collector, both would be closed later, maybe after the hub that
-            # owns their watchers is gone ("operation on destroyed loop").
-            # Close them here, in the connection's own greenlet.
-            try:
-                rfile.close()
-            except (OSError, ValueError):
-                pass
+        super().handle()  # ClosingHandler's: the reader is closed at the end
 
     # -- the request head ---------------------------------------------------
     def handle_one_request(self) -> Any:

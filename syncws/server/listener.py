@@ -238,13 +238,15 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _SideHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
-    """gevent's handler, except that a connection cut off by its deadline gets no 500 and no traceback.
+class ClosingHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+    """gevent's handler, closing its buffered reader when the connection ends.
 
-    It also closes its buffered reader when the connection ends, as the main
-    port's handler does (``http.py``): gevent drops it unclosed, and the
-    garbage collector may close it after the hub that owns its watchers is
-    gone ("operation on destroyed loop", seen under Python 3.13).
+    gevent drops the reader without closing it, and the socket's real close
+    waits for that reader.  Left to the garbage collector, both would be
+    closed later, maybe after the hub that owns their watchers is gone
+    ("operation on destroyed loop", seen under Python 3.13).  Closed here, in
+    the connection's own greenlet.  The main port's handler and the side
+    addresses' both build on it.
     """
 
     def handle(self) -> None:
@@ -256,6 +258,10 @@ class _SideHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyp
                 rfile.close()
             except (OSError, ValueError):
                 pass
+
+
+class _SideHandler(ClosingHandler):
+    """A side address's handler: a connection cut off by its deadline gets no 500 and no traceback."""
 
     def handle_error(self, kind: Any, value: Any, tb: Any) -> None:
         if isinstance(value, gevent.Timeout):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -22,7 +23,7 @@ import gevent
 from ..base.errors import BrokerError, ConfigurationError, ServerNotRunning
 from ..base.options import ServerOptions
 from ..base.threads import RealLock, use_threads
-from ..base.tracing import make_tracer
+from ..base.tracing import Tracer, make_tracer
 from ..protocol.payload import Outgoing, to_json
 from ..pubsub.broker import Broker
 from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, check_since, is_after, parse_offset
@@ -122,11 +123,23 @@ class Runtime:
         self.threaded = use_threads(options.threads)
         self._slots_lock = RealLock()  # admit/release/refuse: views in pool threads call them too
 
+    @property
+    def active_tracer(self) -> Tracer | None:
+        """The tracer once the app has configured an SDK, else None: then no span is made at all."""
+        tracer = self.tracer
+        return tracer if tracer is not None and tracer.configured() else None
+
     # -- logs ------------------------------------------------------------------------------------
+    @property
+    def logs_ends(self) -> bool:
+        """Whether :meth:`log_end` writes a line: callers then gather its fields (a peer's id is made lazily)."""
+        return self.access_log and access_log.isEnabledFor(logging.INFO)
+
     def log_end(self, kind: str, connection: str, path: str, remote: str | None, started: float, **fields: Any) -> None:
-        """One ``syncws.access`` line when a WebSocket or an event stream ends, with its fields (docs/operations.md)."""
-        if not self.access_log or not access_log.isEnabledFor(logging.INFO):
-            return
+        """One ``syncws.access`` line when a WebSocket or an event stream ends, with its fields (docs/operations.md).
+
+        Called only when :attr:`logs_ends`.
+        """
         duration = round(time.monotonic() - started, 3)
         what = "WebSocket" if kind == "websocket" else "event stream"
         code = fields.get("code")
@@ -210,18 +223,26 @@ class Runtime:
         offset.  ``parent``: the trace context of the caller, when it
         published from another thread (``server.publish``).
         """
-        tracer = self.tracer
+        tracer = self.active_tracer
         if tracer is None:
             self._deliver(topic, outgoing, namespace, exclude)
             return
-        attributes = {"messaging.system": "syncws", "messaging.destination.name": topic}
+        attributes: dict[str, Any] = {"messaging.system": "syncws", "messaging.destination.name": topic}
         if namespace is not None:
             attributes["syncws.namespace"] = namespace
-        with tracer.span("syncws.publish", attributes, parent, tracer.PRODUCER) as span:
-            before = self.counters.messages_out
+        attributes["syncws.stored"] = self.broker.stores_history
+        with self._deliveries_span(tracer, "syncws.publish", tracer.PRODUCER, attributes, parent):
             self._deliver(topic, outgoing, namespace, exclude)
+
+    @contextmanager
+    def _deliveries_span(
+        self, tracer: Tracer, name: str, kind: Any, attributes: dict[str, Any], parent: Any = None
+    ) -> Iterator[None]:
+        """A span around a delivery, with ``syncws.deliveries``: the recipients it counted (one subtraction)."""
+        with tracer.span(name, attributes, parent, kind) as span:
+            before = self.counters.messages_out
+            yield
             span.set_attribute("syncws.deliveries", self.counters.messages_out - before)
-            span.set_attribute("syncws.stored", self.broker.stores_history)
 
     def _deliver(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None) -> None:
         outgoing.topic = topic
@@ -238,14 +259,12 @@ class Runtime:
         self.call_in_hub(self._deliver_relayed, topic, outgoing, namespace, exclude_id)
 
     def _deliver_relayed(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude_id: str | None) -> None:
-        tracer = self.tracer
+        tracer = self.active_tracer
         if tracer is None:
             self._deliver_from_broker(topic, outgoing, namespace, exclude_id)
             return
-        with tracer.span("syncws.deliver", {"messaging.destination.name": topic}, None, tracer.CONSUMER) as span:
-            before = self.counters.messages_out
+        with self._deliveries_span(tracer, "syncws.deliver", tracer.CONSUMER, {"messaging.destination.name": topic}):
             self._deliver_from_broker(topic, outgoing, namespace, exclude_id)
-            span.set_attribute("syncws.deliveries", self.counters.messages_out - before)
 
     def _deliver_from_broker(
         self, topic: str, outgoing: Outgoing, namespace: str | None, exclude_id: str | None
@@ -349,7 +368,7 @@ class Runtime:
         check_topic(topic)
         since = check_since(since)
         presence = self.check_presence(presence)
-        tracer = self.tracer
+        tracer = self.active_tracer
         if tracer is None or since is None:
             return self._subscribe(sub, topic, since, presence, envelope)
         with tracer.span("syncws.recovery", {"messaging.destination.name": topic, "syncws.since": since}) as span:
@@ -485,7 +504,7 @@ class Runtime:
 
     def _broker_read(self, what: str, topic: str, fn: Callable[..., Any], *args: Any) -> Any:
         """A blocking read from the broker (:meth:`blocking`), in a ``syncws.broker.<what>`` span when tracing."""
-        tracer = self.tracer
+        tracer = self.active_tracer
         if tracer is None:
             return self.blocking(fn, *args)
         attributes = {"db.system": "redis", "messaging.destination.name": topic}

@@ -205,7 +205,7 @@ class Server:
         """
         runtime = self.runtime
         bridge = runtime.require_bridge()
-        tracer = runtime.tracer
+        tracer = runtime.active_tracer
         parent = None if tracer is None else tracer.current()  # the publish span's parent: this caller's span
         bridge.call(runtime.deliver, topic, Outgoing(data, compress), namespace, None, parent)
 

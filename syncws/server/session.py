@@ -196,16 +196,17 @@ class Session:
             self._close_socket()
             connection = self.connection
             peer = self.peer
-            runtime.log_end(
-                "websocket",
-                peer.id,
-                getattr(peer.request, "path", peer.namespace),
-                peer.remote_address,
-                self.started,
-                user=peer.user,
-                code=connection.close_code,
-                reason=connection.close_reason,
-            )
+            if runtime.logs_ends:
+                runtime.log_end(
+                    "websocket",
+                    peer.id,
+                    getattr(peer.request, "path", peer.namespace),
+                    peer.remote_address,
+                    self.started,
+                    user=peer.user,
+                    code=connection.close_code,
+                    reason=connection.close_reason,
+                )
             self._call("close", peer, CloseDetails(connection.close_code, connection.close_reason))
             self._detach()
 

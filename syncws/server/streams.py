@@ -346,10 +346,10 @@ class EventStream:
         self.close()
 
     def _finish(self) -> None:
-        environ = self.environ
-        self._runtime.log_end(
-            "sse", self.id, environ.get("PATH_INFO", "/"), self._transport.remote_address, self._started_at
-        )
+        runtime = self._runtime
+        if runtime.logs_ends:
+            path = self.environ.get("PATH_INFO", "/")
+            runtime.log_end("sse", self.id, path, self._transport.remote_address, self._started_at)
         if self._admitted:
             self._admitted = False
             self._runtime.release(self._transport.remote_address)
