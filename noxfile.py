@@ -21,5 +21,6 @@ nox.options.reuse_existing_virtualenvs = True
 def fast(session: nox.Session) -> None:
     session.install("-q", "-e", ".[test]")
     session.run(
-        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-n", "2", *session.posargs
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-n", "2", *session.posargs,
+        env={"SYNCWS_DEBUG": "1"},  # hub-thread contracts asserted, as in scripts/test
     )  # fmt: skip

@@ -6,6 +6,12 @@ ordinary blocking clients in real OS threads, as a user's would be.
 
 from __future__ import annotations
 
+import os
+
+# Hub-thread contracts are checked in the whole suite (syncws/base/threads.py's hub_only),
+# in the test process and in every server it starts: set before syncws is imported.
+os.environ.setdefault("SYNCWS_DEBUG", "1")
+
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +38,17 @@ def _tracked_create_connection(*args, **kwargs) -> websocket.WebSocket:
 # the server closed it first (websocket-client then keeps its socket): the
 # suite fails on unclosed sockets (ResourceWarning is an error in pytest.ini).
 websocket.create_connection = _tracked_create_connection
+
+
+@pytest.fixture(autouse=True)
+def _hub_contracts() -> Iterator[None]:
+    """Fail a test whose code called a hub-thread-only method from a pool or broker thread."""
+    from syncws.base import threads
+
+    threads.hub_violations.clear()
+    yield
+    found, threads.hub_violations[:] = list(threads.hub_violations), []
+    assert not found, f"hub-thread-only methods called off the hub: {found}"
 
 
 @pytest.fixture(autouse=True)

@@ -163,7 +163,7 @@ class WebSocket:
             binary = not isinstance(message, str)
         payload = message.encode("utf-8") if isinstance(message, str) else bytes(message)
         frame = encode_frame(OP_BINARY if binary else OP_TEXT, payload)
-        session.runtime.call_in_hub(_put, session, frame)
+        session.runtime.post_to_hub(_put, session, frame)
 
     def close(self, code: int = 1000, message: bytes | str = b"") -> None:
         """Start the close handshake with ``code``; a no-op when already closed."""
@@ -172,7 +172,7 @@ class WebSocket:
             return
         self._closed_here = True
         reason = message.decode("utf-8", "replace") if isinstance(message, (bytes, bytearray)) else str(message)
-        session.runtime.call_in_hub(_close, session, code, reason)
+        session.runtime.post_to_hub(_close, session, code, reason)
 
     # -- the session's hooks (hub thread) ------------------------------------
     def _on_message(self, peer: Any, message: Any) -> None:
@@ -244,7 +244,7 @@ class GeventWebSocketApp:
         except Exception:
             log.exception("syncws: gevent-websocket app raised for %s", environ.get("PATH_INFO"))
             socket._closed_here = True
-            outcome.runtime.call_in_hub(_close, outcome, CLOSE_INTERNAL_ERROR, "internal error")
+            outcome.runtime.post_to_hub(_close, outcome, CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             socket._inbox.drop()  # unblocks a read loop waiting for room
             socket.close()  # 1000 when the app returned with the connection open

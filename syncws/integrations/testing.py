@@ -259,7 +259,7 @@ class WebSocket:
         address = self._sock.getsockname()
         runtime = server.runtime
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and not runtime.in_hub(_open_hook_ran, runtime, address):
+        while time.monotonic() < deadline and not runtime.run_in_hub(_open_hook_ran, runtime, address):
             if self._buffer or select.select([self._sock], [], [], 0.002)[0]:
                 return  # the server sent something (a welcome, a close): open has done its part
 

@@ -56,7 +56,7 @@ from typing import Any
 
 from gevent.monkey import get_original
 
-from ..base.threads import RealLock, ThreadLog, start_thread
+from ..base.threads import Outcome, Raised, RealLock, Reply, Returned, ThreadLog, start_thread
 from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..protocol.payload import Outgoing
 from . import redis_scripts
@@ -130,7 +130,7 @@ class RedisBroker(Broker):
         self._commands_channel = command_channel(prefix)
         self._confirmed: set[str] = set()  # channels Redis confirmed subscribing
         self._waiters: dict[str, list[Any]] = {}  # channel or marker -> locks to release
-        self._reads = _SimpleQueue()  # (script, keys, args, result box, release) for the reader thread
+        self._reads = _SimpleQueue()  # (script, keys, args, Reply) for the reader thread
         self._deliver: Deliver | None = None
         self._lock = RealLock()
         #: channel -> (namespace, topic) while there is local interest.
@@ -204,7 +204,7 @@ class RedisBroker(Broker):
             done = RealLock()
             done.acquire()
             self._threads_done.append(done)
-            start_thread(self._run_thread, target, done)
+            start_thread(self._run_thread, target, done, off_hub=True)
 
     def stop(self) -> None:
         if not self._running:
@@ -674,16 +674,12 @@ class RedisBroker(Broker):
         """
         if not self._running:
             raise self._redis_module.ConnectionError("the broker is not running")
-        done = RealLock()
-        done.acquire()
-        box: list[Any] = []
-        self._reads.put((name, keys, args, box, done.release))
-        if not done.acquire(timeout=self.read_timeout + 1):
-            raise TimeoutError("Redis did not answer in time")
-        ok, value = box[0]
-        if ok:
-            return value
-        raise value
+        reply: Reply[Any] = Reply()
+        self._reads.put((name, keys, args, reply))
+        try:
+            return reply.wait(self.read_timeout + 1)
+        except TimeoutError:
+            raise TimeoutError("Redis did not answer in time") from None
 
     def _read_loop(self) -> None:
         client = None
@@ -695,7 +691,7 @@ class RedisBroker(Broker):
                 try:
                     client = self._client(socket_timeout=self.read_timeout)
                 except self._errors as exc:  # a cluster that cannot be reached
-                    results: list[tuple[bool, Any]] = [(False, exc)] * len(batch)
+                    results: list[Outcome[Any]] = [Raised(exc)] * len(batch)
                 else:
                     results = self._run_reads(client, batch)
             else:
@@ -703,18 +699,17 @@ class RedisBroker(Broker):
             if (
                 client is not None
                 and self.target.topology is Topology.CLUSTER
-                and any(not ok and _is_connection_error(self._redis_module, value) for ok, value in results)
+                and any(isinstance(r, Raised) and _is_connection_error(self._redis_module, r.error) for r in results)
             ):
                 client.close()  # a failover: find the cluster's nodes again
                 client = None
-            for (_, _, _, box, release), result in zip(batch, results, strict=True):
-                box.append(result)
-                release()
+            for (_, _, _, reply), result in zip(batch, results, strict=True):
+                reply.set(result)
         if client is not None:
             client.close()
 
-    def _run_reads(self, client: Any, batch: list[Any]) -> list[tuple[bool, Any]]:
-        """One pipelined round trip for the batch; ``(ok, result or error)`` per read.
+    def _run_reads(self, client: Any, batch: list[Any]) -> list[Outcome[Any]]:
+        """One pipelined round trip for the batch; the outcome of each read.
 
         An error that is not the connection's (an argument redis-py cannot
         encode fails the whole pipeline before anything is sent) is one
@@ -724,14 +719,14 @@ class RedisBroker(Broker):
         try:
             pipe = client.pipeline(transaction=False)
             publish = "SPUBLISH" if self._is_sharded(client) else "PUBLISH"
-            for name, keys, args, _, _ in batch:
+            for name, keys, args, _ in batch:
                 self._eval(pipe, name, keys, [publish if arg is _PUBLISH_COMMAND else arg for arg in args])
-            return [(not isinstance(r, Exception), r) for r in self._execute(client, pipe)]
+            return [Raised(r) if isinstance(r, Exception) else Returned(r) for r in self._execute(client, pipe)]
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException, OSError) as exc:
-            return [(False, exc)] * len(batch)
+            return [Raised(exc)] * len(batch)
         except redis.RedisError as exc:
             if len(batch) == 1:
-                return [(False, exc)]
+                return [Raised(exc)]
             return [self._run_reads(client, [read])[0] for read in batch]
 
     def read_history(

@@ -204,7 +204,7 @@ class WebSocketHandler:
             # (Flask's contexts).
             context = contextvars.copy_context()
             args = (environ, transport, key, agreement, request, accepted, context)
-            return runtime.in_hub(self._switch, *args, spawn=True)
+            return runtime.run_in_hub(self._switch, *args, spawn=True)
         return self._switch(environ, transport, key, agreement, request, accepted)
 
     def _switch(

@@ -30,9 +30,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.pywsgi import OldMessage
@@ -41,6 +41,9 @@ from ..base.errors import RequestHeadError
 from ..protocol.limits import ForwardedHeader, client_address
 from .listener import ClosingHandler, ResilientWSGIServer
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import InputStream
 
 log = logging.getLogger("syncws")
 ACCESS_LOG = logging.getLogger("syncws.access")
@@ -466,7 +469,7 @@ class ConnectionHandler(ClosingHandler):
     def _start_response_in_thread(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         self.start_response(status, headers, exc_info)
         runtime = self.runtime
-        return lambda data: runtime.in_hub(self.write, data, spawn=True)  # PEP 3333's write(), through the hub
+        return lambda data: runtime.run_in_hub(self.write, data, spawn=True)  # PEP 3333's write(), through the hub
 
     def get_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environ()
@@ -573,18 +576,23 @@ class HubInput:
 
     __slots__ = ("_input", "_runtime")
 
-    def __init__(self, wsgi_input: Any, runtime: Runtime) -> None:
+    def __init__(self, wsgi_input: InputStream, runtime: Runtime) -> None:
         self._input = wsgi_input
         self._runtime = runtime
 
     def read(self, size: int | None = -1) -> bytes:
-        return self._runtime.in_hub(self._input.read, size, spawn=True)  # type: ignore[no-any-return]
+        return self._runtime.run_in_hub(self._input.read, _size(size), spawn=True)
 
     def readline(self, size: int | None = -1) -> bytes:
-        return self._runtime.in_hub(self._input.readline, size, spawn=True)  # type: ignore[no-any-return]
+        return self._runtime.run_in_hub(self._input.readline, _size(size), spawn=True)
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
-        return self._runtime.in_hub(self._input.readlines, hint, spawn=True)  # type: ignore[no-any-return]
+        return self._runtime.run_in_hub(self._input.readlines, _size(hint), spawn=True)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
+
+
+def _size(size: int | None) -> int:
+    # io's None ("read all") is PEP 3333's -1: the server's input takes an int.
+    return -1 if size is None else size

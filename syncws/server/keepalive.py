@@ -26,6 +26,8 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from ..base.threads import hub_only
+
 log = logging.getLogger("syncws")
 
 MIN_TICK = 0.05
@@ -41,6 +43,7 @@ class Keepalive:
         self._wake = Event()
         self._greenlet: gevent.Greenlet[..., Any] | None = None
 
+    @hub_only
     def watch(self, ping_interval: float | None, ping_timeout: float | None) -> None:
         """A session with these settings started; make sure the ticker serves it."""
         if ping_interval is None:
@@ -69,6 +72,7 @@ class Keepalive:
                 log.exception("syncws: keepalive failed for %r", session)
             session = None  # do not keep the last one scanned alive while we sleep
 
+    @hub_only
     def stop(self) -> None:
         greenlet, self._greenlet = self._greenlet, None
         if greenlet is not None:

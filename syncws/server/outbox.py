@@ -43,6 +43,7 @@ from gevent.event import Event
 
 from ..base.errors import ConfigurationError
 from ..base.options import OVERFLOW_POLICIES
+from ..base.threads import hub_only
 
 log = logging.getLogger("syncws")
 
@@ -58,6 +59,7 @@ class Flusher:
         self._dirty: list[Outbox] = []
         self._scheduled = False
 
+    @hub_only
     def mark(self, outbox: Outbox) -> None:
         if outbox._dirty:
             return
@@ -153,6 +155,7 @@ class Outbox:
         """Bytes accepted but not yet written to the socket."""
         return self._queued + self._in_flight
 
+    @hub_only
     def put(self, frame: bytes) -> bool:
         """Queue one frame; False when it was not accepted."""
         if self._final or self.failed:
@@ -174,6 +177,7 @@ class Outbox:
         self._schedule()
         return True
 
+    @hub_only
     def put_urgent(self, frame: bytes) -> None:
         """Queue a control frame ahead of everything else, replacing one not yet taken.
 
@@ -212,6 +216,7 @@ class Outbox:
             assert self._wake is not None
             self._wake.set()
 
+    @hub_only
     def put_final(self, frame: bytes) -> None:
         """Queue the last frame (the close frame); the writer stops after it."""
         if self._final or self.failed:
@@ -283,6 +288,7 @@ class Outbox:
         self._release_waiters()
 
     # -- drain -------------------------------------------------------------
+    @hub_only
     def add_drain_waiter(self, threshold: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` once ``buffered <= threshold`` (at once if it is) or the outbox ends (hub thread)."""
         if self.buffered <= threshold or self._done or self.failed:
@@ -292,6 +298,7 @@ class Outbox:
             self._drain_waiters = []
         self._drain_waiters.append((threshold, callback))
 
+    @hub_only
     def remove_drain_waiter(self, callback: Callable[[], None]) -> None:
         waiters = self._drain_waiters
         if waiters:
@@ -328,6 +335,7 @@ class Outbox:
         else:
             self._finished()  # nothing will ever be written: flushed, vacuously
 
+    @hub_only
     def stop(self) -> None:
         self._fail()
         writer = self._writer

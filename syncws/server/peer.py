@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from gevent.event import Event
 
 from ..base.errors import ConfigurationError
-from ..base.threads import RealLock
+from ..base.threads import RealLock, hub_only
 from ..protocol.connection import check_close
 from ..protocol.deflate import Agreement
 from ..protocol.frames import OP_PING, CloseCode, encode_frame
@@ -182,13 +182,15 @@ class Peer:
         """
         if self._session.closed:
             return False
-        self._runtime.call_in_hub(self._send, Outgoing(data, compress))
+        self._runtime.post_to_hub(self._send, Outgoing(data, compress))
         return True
 
+    @hub_only
     def _send(self, outgoing: Outgoing) -> None:
         self._runtime.counters.sent(1, len(outgoing.payload))
         self.deliver(outgoing)
 
+    @hub_only
     def deliver(self, outgoing: Outgoing) -> None:
         """Queue an already-serialised message (hub thread only).
 
@@ -203,7 +205,7 @@ class Peer:
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         if len(payload) > 125:
             raise ConfigurationError(f"a ping carries at most 125 bytes, not {len(payload)}")
-        self._runtime.call_in_hub(self._session.outbox.put, encode_frame(OP_PING, payload))
+        self._runtime.post_to_hub(self._session.outbox.put, encode_frame(OP_PING, payload))
 
     def wait_for_drain(self, threshold: int = 0, timeout: float | None = None) -> bool:
         """Wait until at most ``threshold`` bytes are queued for this peer, or it is closed.
@@ -266,7 +268,7 @@ class Peer:
         ``compress`` as for :meth:`send`; the message is compressed at most
         once for all the recipients that agreed to the same window.
         """
-        self._runtime.call_in_hub(self._runtime.deliver, topic, Outgoing(data, compress), self.namespace, self)
+        self._runtime.post_to_hub(self._runtime.deliver, topic, Outgoing(data, compress), self.namespace, self)
 
     # -- closing -----------------------------------------------------------
     def restart(self) -> None:
@@ -280,11 +282,11 @@ class Peer:
         be sent, from any thread; a no-op once the peer is closing.
         """
         check_close(code, reason)
-        self._runtime.call_in_hub(self._session.close, code, reason)
+        self._runtime.post_to_hub(self._session.close, code, reason)
 
     def terminate(self) -> None:
         """Drop the connection at once, without a close frame."""
-        self._runtime.call_in_hub(self._session.abort)
+        self._runtime.post_to_hub(self._session.abort)
 
     def __str__(self) -> str:
         return self.id

@@ -23,7 +23,7 @@ from gevent._hub_local import get_hub_if_exists
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
-from ..base.threads import RealLock, start_thread
+from ..base.threads import Outcome, RealLock, T, Ts, capture, start_thread
 from .bridge import HubBridge
 
 log = logging.getLogger("syncws")
@@ -38,11 +38,7 @@ def _run(task: tuple[Any, ...], bridge: HubBridge) -> None:
     # A function of its own, so that its locals (the call's arguments, its result)
     # are gone when it returns, not kept by an idle worker until its next call.
     context, fn, args, waiter = task
-    try:
-        outcome = (True, context.run(fn, *args))
-    except BaseException as exc:  # SystemExit too: it is re-raised in the caller, not here
-        outcome = (False, exc)
-    bridge.hand_back(waiter.switch, outcome)  # the hub waits for it: no backpressure
+    bridge.hand_back(waiter.switch, capture(context.run, fn, *args))  # the hub waits for it: no backpressure
 
 
 class WorkerPool:
@@ -59,7 +55,7 @@ class WorkerPool:
         self.waited = 0  # calls that found every worker busy
         self.calls = 0  # calls handed over since the start
 
-    def apply(self, context: contextvars.Context, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def apply(self, context: contextvars.Context, fn: Callable[[*Ts], T], args: tuple[*Ts]) -> T:
         """Run ``fn(*args)`` in ``context`` in a worker; return its result or raise its exception.
 
         From a greenlet of the hub, which waits; the hub serves other
@@ -79,11 +75,9 @@ class WorkerPool:
         waiter = Waiter()
         self._queue.put((context, fn, args, waiter))
         if start:
-            start_thread(self._work)
-        ok, value = waiter.get()
-        if ok:
-            return value
-        raise value
+            start_thread(self._work, off_hub=True)
+        outcome: Outcome[T] = waiter.get()
+        return outcome.unwrap()
 
     def _work(self) -> None:
         queue, bridge = self._queue, self._bridge

@@ -22,7 +22,7 @@ import gevent
 
 from ..base.errors import BrokerError, ConfigurationError, ServerNotRunning
 from ..base.options import ServerOptions
-from ..base.threads import RealLock, use_threads
+from ..base.threads import RealLock, Reply, T, Ts, hub_only, off_hub, use_threads
 from ..base.tracing import Tracer, make_tracer
 from ..protocol.payload import Outgoing, to_json
 from ..pubsub.broker import Broker
@@ -197,7 +197,7 @@ class Runtime:
         with self._slots_lock:
             self.counters.refuse(status)
 
-    def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> bool:
+    def post_to_hub(self, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
         """Run ``fn(*args)`` in the server's hub (any thread); a no-op (False) once it has stopped."""
         bridge = self.bridge
         return bridge is not None and bridge.call(fn, *args)
@@ -209,6 +209,7 @@ class Runtime:
         return bridge
 
     # -- pub/sub -------------------------------------------------------------------------
+    @hub_only
     def deliver(
         self,
         topic: str,
@@ -256,7 +257,7 @@ class Runtime:
         self, namespace: str | None, topic: str, outgoing: Outgoing, exclude_id: str | None = None
     ) -> None:
         """A publish from the broker (any thread): local subscribers only, never relayed."""
-        self.call_in_hub(self._deliver_relayed, topic, outgoing, namespace, exclude_id)
+        self.post_to_hub(self._deliver_relayed, topic, outgoing, namespace, exclude_id)
 
     def _deliver_relayed(self, topic: str, outgoing: Outgoing, namespace: str | None, exclude_id: str | None) -> None:
         tracer = self.active_tracer
@@ -301,17 +302,17 @@ class Runtime:
 
     def _after(self, fn: Callable[[], None]) -> bool:
         # FIFO through the hub: runs after every delivery handed over before it.
-        return self.call_in_hub(fn)
+        return self.post_to_hub(fn)
 
     # -- revoking (server.disconnect, server.unsubscribe) -------------------------------------
     def command(self, command: dict[str, Any]) -> None:
         """Apply a revoke here and send it to every other process (any thread)."""
-        self.call_in_hub(self.apply_command, command)
+        self.post_to_hub(self.apply_command, command)
         self.broker.command(command)
 
     def command_received(self, command: dict[str, Any]) -> None:
         """A revoke from another process (the broker's thread)."""
-        self.call_in_hub(self.apply_command, command)
+        self.post_to_hub(self.apply_command, command)
 
     def gap_received(self, namespace: str, topic: str) -> None:
         """The broker cannot bridge what ``topic``'s subscribers missed (any thread): they reconnect.
@@ -320,14 +321,16 @@ class Runtime:
         the client comes back with its offset, and its resume tells it
         ``recovered=False``, rather than it going on with a silent gap.
         """
-        self.call_in_hub(self._restart_subscribers, namespace, topic)
+        self.post_to_hub(self._restart_subscribers, namespace, topic)
 
+    @hub_only
     def _restart_subscribers(self, namespace: str, topic: str) -> None:
         for subscriber, _ in self.registry.recipients(topic, namespace):
             restart = getattr(subscriber, "restart", None)
             if restart is not None:
                 restart()
 
+    @hub_only
     def apply_command(self, command: dict[str, Any]) -> None:
         """Close or unsubscribe this process's peers of ``command["user"]`` (hub thread).
 
@@ -379,7 +382,7 @@ class Runtime:
 
     def _subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool) -> Recovery:
         if self.history is not None:
-            return self.in_hub(self._subscribe_in_memory, sub, topic, since, presence, envelope)  # type: ignore[no-any-return]
+            return self.run_in_hub(self._subscribe_in_memory, sub, topic, since, presence, envelope)
         if self.broker.stores_history:
             return self._subscribe_through_broker(sub, topic, since, presence, envelope)
         self.registry.subscribe(sub, topic, presence, envelope)
@@ -402,6 +405,7 @@ class Runtime:
                 raise ConfigurationError(f"presence info is {size} bytes of JSON, over max_presence_size ({limit})")
         return PresenceInfo(info, text)
 
+    @hub_only
     def _subscribe_in_memory(
         self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool
     ) -> Recovery:
@@ -435,8 +439,8 @@ class Runtime:
         # about as long for the answer; this bounds the wait even if it hangs.
         timeout = 2 * self.broker.read_timeout + 2
         try:
-            reading = self.blocking(
-                self.broker.read_history, sub.namespace, topic, since, None, recovering=True, timeout=timeout
+            reading = self.run_off_hub(
+                lambda: self.broker.read_history(sub.namespace, topic, since, None, recovering=True), timeout=timeout
             )
         except TimeoutError:
             reading = None  # as when Redis cannot be read: live delivery, recovered=False
@@ -444,8 +448,9 @@ class Runtime:
             self.registry.unsubscribe(holder, topic)
             raise
         args = (sub, topic, since, presence, envelope, holder, reading)
-        return self.in_hub(self._finish_subscribe, *args)  # type: ignore[no-any-return]
+        return self.run_in_hub(self._finish_subscribe, *args)
 
+    @hub_only
     def _finish_subscribe(
         self,
         sub: Subscriber,
@@ -482,9 +487,10 @@ class Runtime:
             return []
         if self.history is not None:
             history = self.history
-            return self.in_hub(lambda: history.read(namespace, topic, since, limit)[0])  # type: ignore[no-any-return]
+            return self.run_in_hub(lambda: history.read(namespace, topic, since, limit)[0])
         if self.broker.stores_history:
-            reading = self._broker_read("history", topic, self.broker.read_history, namespace, topic, since, limit)
+            broker = self.broker
+            reading = self._broker_read("history", topic, lambda: broker.read_history(namespace, topic, since, limit))
             if reading is None:
                 raise BrokerError("the history could not be read from the broker")
             entries: list[Outgoing] = reading[0]
@@ -496,23 +502,30 @@ class Runtime:
         check_topic(topic)
         if self.broker.shares_presence:
             try:
-                return self._broker_read("presence", topic, self.broker.read_presence, topic, namespace, count_only)
+                broker = self.broker
+                return self._broker_read("presence", topic, lambda: broker.read_presence(topic, namespace, count_only))
             except Exception as exc:
                 log.warning("syncws: presence could not be read from the broker, answering for this process: %s", exc)
         local = self.registry.presence(topic, namespace)
         return len(local) if count_only else local
 
-    def _broker_read(self, what: str, topic: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """A blocking read from the broker (:meth:`blocking`), in a ``syncws.broker.<what>`` span when tracing."""
+    def _broker_read(self, what: str, topic: str, fn: Callable[[], T]) -> T:
+        """A blocking read from the broker (:meth:`run_off_hub`), in a ``syncws.broker.<what>`` span when tracing."""
         tracer = self.active_tracer
         if tracer is None:
-            return self.blocking(fn, *args)
+            return self.run_off_hub(fn)
         attributes = {"db.system": "redis", "messaging.destination.name": topic}
         with tracer.span("syncws.broker." + what, attributes, None, tracer.CLIENT):
-            return self.blocking(fn, *args)
+            return self.run_off_hub(fn)
 
     # -- calling into and out of the hub ------------------------------------------------------
-    def in_hub(self, fn: Callable[..., Any], *args: Any, spawn: bool = False) -> Any:
+    # Three hand-offs, named for where the call runs and whether the caller waits:
+    #   post_to_hub   any thread -> hub, queued; the caller goes on (False once stopped)
+    #   run_in_hub    any thread -> hub; the caller waits for the result or the exception
+    #   run_off_hub   hub -> a thread of gevent's pool, for blocking I/O; the greenlet waits
+    # Arguments are checked by the caller before they cross (peer.close checks its code
+    # and reason), so that a bad one raises where the app made it, not in the hub.
+    def run_in_hub(self, fn: Callable[[*Ts], T], *args: *Ts, spawn: bool = False) -> T:
         """Run ``fn(*args)`` in the hub and return its result (any thread; waits for it).
 
         ``spawn``: in a greenlet of its own, for a ``fn`` that may wait (a socket
@@ -521,47 +534,36 @@ class Runtime:
         bridge = self.bridge
         if bridge is None or bridge.in_hub_thread():
             return fn(*args)
-        done = RealLock()
-        done.acquire()
-        outcome: list[Any] = []
-
-        def run() -> None:
-            try:
-                outcome.append((True, fn(*args)))
-            except BaseException as exc:
-                outcome.append((False, exc))
-            finally:
-                done.release()
-
+        reply: Reply[T] = Reply()
         if spawn:
-            bridge.call(gevent.spawn, run)
+            bridge.call(gevent.spawn, reply.run, fn, *args)
         else:
-            bridge.call(run)
-        if not done.acquire(timeout=-1 if spawn else 30):  # (-1: no limit) a socket operation has its own timeouts
-            raise ServerNotRunning("the server's hub did not answer")
-        ok, value = outcome[0]
-        if ok:
-            return value
-        raise value
+            bridge.call(reply.run, fn, *args)
+        try:
+            return reply.wait(-1 if spawn else 30)  # (-1: no limit) a socket operation has its own timeouts
+        except TimeoutError:
+            raise ServerNotRunning("the server's hub did not answer") from None
 
-    def blocking(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def run_off_hub(self, fn: Callable[[], T], *, timeout: float | None = None) -> T:
         """Run blocking I/O (a Redis read) without blocking the hub: in a thread from the hub thread.
 
-        ``timeout``: from the hub, raise :class:`TimeoutError` when the thread
-        has not answered by then (what it runs must bound its own waits; this
-        is the backstop that keeps a caller from waiting for ever).
+        Anywhere else ``fn`` runs at once, where it is.  ``timeout``: from
+        the hub, raise :class:`TimeoutError` when the thread has not answered
+        by then (what it runs must bound its own waits; this is the backstop
+        that keeps a caller from waiting for ever).
         """
         bridge = self.bridge
         if bridge is not None and bridge.in_hub_thread():
-            task = gevent.get_hub().threadpool.spawn(lambda: fn(*args, **kwargs))
+            task = gevent.get_hub().threadpool.spawn(off_hub, fn)
             try:
-                return task.get(timeout=timeout)
+                result: T = task.get(timeout=timeout)
             except gevent.Timeout:
                 raise TimeoutError("a blocking call did not return in time") from None
-        return fn(*args, **kwargs)
+            return result
+        return fn()
 
     # -- views and hooks in threads ------------------------------------------------------------
-    def run_in_thread(self, fn: Callable[..., Any], *args: Any, context: contextvars.Context | None = None) -> Any:
+    def run_in_thread(self, fn: Callable[[*Ts], T], *args: *Ts, context: contextvars.Context | None = None) -> T:
         """Run ``fn(*args)`` in the thread pool; block only the calling greenlet.
 
         From the hub thread.  Anywhere else (already in a pool thread: an
@@ -584,6 +586,7 @@ class Runtime:
         mode = overrides.get("threads", "auto")
         return self.threaded if mode == "auto" else mode == "on"
 
+    @hub_only
     def thread_stats(self) -> dict[str, Any]:
         """The thread pool, for ``server.stats()`` and the metrics (hub thread)."""
         pool = self._pool
@@ -625,6 +628,7 @@ class _Holder:
     def id(self) -> str:
         return f"holder-{id(self)}"
 
+    @hub_only
     def deliver(self, outgoing: Outgoing) -> None:
         if len(self.held) < self.limit:
             self.held.append(outgoing)

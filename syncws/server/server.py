@@ -32,7 +32,7 @@ from gevent.pool import Pool
 from ..base.errors import ConfigurationError, ListenError, ServerNotRunning
 from ..base.logs import JsonFormatter, make_handler
 from ..base.options import BY_NAME, ServerOptions, check_option_names, is_seconds
-from ..base.threads import RealLock, start_thread
+from ..base.threads import RealLock, Ts, start_thread
 from ..protocol.connection import check_close
 from ..protocol.frames import CloseCode
 from ..protocol.payload import Outgoing
@@ -190,9 +190,9 @@ class Server:
         """True once the server has stopped (its connections are closed or abandoned)."""
         return self.runtime.finished
 
-    def call_in_hub(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the server's hub; a no-op once the server has stopped."""
-        self.runtime.call_in_hub(fn, *args)
+    def call_in_hub(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
+        """Queue ``fn(*args)`` for the server's hub and return at once (any thread); a no-op once it has stopped."""
+        self.runtime.post_to_hub(fn, *args)
 
     # -- pub/sub -------------------------------------------------------------
     def publish(self, topic: str, data: Any, *, namespace: str | None = None, compress: bool | None = None) -> None:
@@ -277,7 +277,7 @@ class Server:
         how many ran).  What each means for an operator:
         docs/operations.md.
         """
-        result: dict[str, Any] = self.runtime.in_hub(self._stats)
+        result: dict[str, Any] = self.runtime.run_in_hub(self._stats)
         return result
 
     def _stats(self) -> dict[str, Any]:

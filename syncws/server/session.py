@@ -24,6 +24,7 @@ from typing import Any
 
 import gevent
 
+from ..base.threads import hub_only
 from ..protocol.connection import (
     PING,
     CloseReceived,
@@ -395,6 +396,7 @@ class Session:
             log.exception("syncws: error hook raised for peer %s", self.peer.id)
 
     # -- keepalive ---------------------------------------------------------
+    @hub_only
     def keepalive(self, now: float) -> None:
         """One keepalive tick (hub thread; the rules are :meth:`Connection.keepalive`'s)."""
         action = self.connection.keepalive(now)
@@ -421,6 +423,7 @@ class Session:
         self.abort()
 
     # -- closing -----------------------------------------------------------
+    @hub_only
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the close handshake (hub thread only); a no-op once it has begun."""
         self._send_close(self.connection.close(code, reason))
@@ -437,6 +440,7 @@ class Session:
         log.warning("syncws: outbound buffer of peer %s overflowed; closing it", self.peer.id)
         self.close(CLOSE_POLICY_VIOLATION, "outbound buffer overflow")
 
+    @hub_only
     def abort(self) -> None:
         """Hang up without a close frame; the read loop sees EOF and cleans up."""
         try:

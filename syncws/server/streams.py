@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from ..base.errors import ConfigurationError, SyncwsError
 from ..base.options import is_seconds
-from ..base.threads import RealLock
+from ..base.threads import RealLock, hub_only
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from ..pubsub.history import Recovery
 from ..pubsub.registry import ABSENT
@@ -167,8 +167,9 @@ class EventStream:
         # Through the hub like every other delivery, so a push and a publish
         # made one after the other from any thread arrive in that order.
         if not self._closed:
-            self._runtime.call_in_hub(self._push, chunk)
+            self._runtime.post_to_hub(self._push, chunk)
 
+    @hub_only
     def _push(self, chunk: bytes) -> None:
         self._runtime.counters.sent(1, len(chunk))
         self._append(chunk)
@@ -203,6 +204,7 @@ class EventStream:
         self._transport.abort()  # also ends a write blocked on the stalled client
         self._wake.set()
 
+    @hub_only
     def deliver(self, outgoing: Any) -> None:
         """Receive a pub/sub publish (hub thread): the payload becomes the data."""
         self._append(outgoing.memo("sse", _publish_event))
@@ -259,7 +261,7 @@ class EventStream:
         self._closed = True
         # Through the hub, after the pushes this thread made before closing:
         # those are delivered, only later ones are dropped.
-        self._runtime.call_in_hub(self._end)
+        self._runtime.post_to_hub(self._end)
 
     def _end(self) -> None:
         self._ending = True

@@ -58,3 +58,99 @@ def test_unpatched_or_without_a_hub_it_logs_at_once(caplog):
     with caplog.at_level(logging.INFO, logger="syncws.test"):
         log.info("hello %d", 1)
     assert handed == [] and caplog.records[-1].getMessage() == "hello 1"
+
+
+# -- hand-offs: one outcome box, one reply ------------------------------------------------------
+def test_a_reply_carries_a_value_or_an_exception_across_threads():
+    import threading
+
+    from syncws.base.threads import Raised, Reply, Returned, capture
+
+    reply: Reply[int] = Reply()
+    threading.Thread(target=reply.run, args=(lambda a, b: a + b, 2, 3)).start()
+    assert reply.wait(5) == 5
+
+    failing: Reply[int] = Reply()
+    threading.Thread(target=failing.run, args=(int, "x")).start()
+    try:
+        failing.wait(5)
+    except ValueError as exc:
+        assert "invalid literal" in str(exc)
+    else:
+        raise AssertionError("the exception did not cross")
+
+    assert capture(len, "abc") == Returned(3)
+    outcome = capture(int, "x")
+    assert isinstance(outcome, Raised) and isinstance(outcome.error, ValueError)
+
+
+def test_a_reply_nobody_sets_times_out():
+    from syncws.base.threads import Reply
+
+    try:
+        Reply().wait(0.05)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("waited for nothing")
+
+
+# -- hub-thread contracts (SYNCWS_DEBUG) ------------------------------------------------------
+# A hook in the thread pool that calls a hub-only method directly (Peer.deliver, which
+# fan-out calls in the hub) fails with AssertionError in debug mode: the error hook
+# sees it and the violation is recorded.  Without SYNCWS_DEBUG, the method is not wrapped.
+HUB_ONLY = textwrap.dedent(
+    """
+    import websocket
+    from syncws import App, define_websocket_handler, serve
+    from syncws.base import threads
+    from syncws.protocol.payload import Outgoing
+
+    errors = []
+    app = App()
+    app.get(
+        "/ws",
+        define_websocket_handler(
+            message=lambda peer, message: peer.deliver(Outgoing("wrong thread")),
+            error=lambda peer, error: errors.append(repr(error)),
+        ),
+    )
+
+    server = serve(app, host="127.0.0.1", port=0, background=True, threads="on", access_log=False)
+    client = websocket.create_connection(server.url.replace("http", "ws") + "/ws", timeout=5)
+    client.send("go")
+    import time
+    deadline = time.monotonic() + 5
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.close()
+    server.stop(timeout=2)
+    print(threads.DEBUG, errors, threads.hub_violations)
+    """
+)
+
+
+def _run_hub_only(debug: str) -> str:
+    import os
+
+    env = {**os.environ, "SYNCWS_DEBUG": debug}
+    done = subprocess.run([sys.executable, "-c", HUB_ONLY], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_in_debug_mode_a_hub_only_method_called_from_a_pool_thread_fails():
+    out = _run_hub_only("1")
+    assert out.startswith("True ")
+    assert "AssertionError('syncws: hub thread only: Peer.deliver called from" in out
+    assert "['Peer.deliver called from" in out
+
+
+def test_without_debug_mode_hub_only_costs_nothing():
+    script = "from syncws.server.outbox import Outbox; print(hasattr(Outbox.put, '__wrapped__'))"
+    for debug, wrapped in (("0", "False"), ("1", "True")):
+        import os
+
+        env = {**os.environ, "SYNCWS_DEBUG": debug}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+        assert done.stdout.strip() == wrapped, done.stderr
