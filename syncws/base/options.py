@@ -25,7 +25,7 @@ import enum
 import ipaddress
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -37,7 +37,7 @@ MiB = 1024 * 1024
 
 #: What ``allowed_origins`` becomes once normalised: None (no check), a
 #: callable(origin) -> bool, or a frozenset of lower-cased origins ("*": any).
-OriginPolicy = Callable[[str], Any] | frozenset[str] | None
+OriginPolicy = Callable[[str], object] | frozenset[str] | None
 
 OVERFLOW_POLICIES = ("close", "drop")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -351,20 +351,20 @@ _METAVARS = {
 }
 
 
-def normalize_origins(value: Any) -> OriginPolicy:
+def normalize_origins(value: object) -> OriginPolicy:
     """None, a callable, or a frozenset of lower-cased origins ("*" allows any)."""
-    if value is None or callable(value):
-        return value  # type: ignore[no-any-return]
+    if value is None:
+        return None
+    if callable(value):
+        return value
     if isinstance(value, str):
         value = [value]
-    try:
-        items = list(value)
-    except TypeError:
+    if not isinstance(value, Iterable):
         raise ConfigurationError(
             f"allowed_origins must be None, a list of origins or a callable, not {type(value).__name__}"
-        ) from None
+        )
     origins = set()
-    for item in items:
+    for item in value:
         if not isinstance(item, str) or not item.strip():
             raise ConfigurationError(f"allowed_origins entries must be non-empty strings, not {item!r}")
         origins.add(item.strip().rstrip("/").lower())

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
+import geventwebsocket.exceptions
 from gevent.event import Event
 
 from ..base.errors import ConfigurationError, SyncwsError
@@ -46,13 +47,8 @@ from ..server.session import Session
 
 log = logging.getLogger("syncws")
 
-try:  # apps catch gevent-websocket's exception class: be it when it is installed
-    from geventwebsocket.exceptions import WebSocketError as _Base
-except ImportError:  # pragma: no cover - gevent-websocket not installed
-    _Base = OSError
 
-
-class WebSocketError(_Base, SyncwsError):  # type: ignore[misc]  # gevent-websocket has no type information
+class WebSocketError(geventwebsocket.exceptions.WebSocketError, SyncwsError):  # apps catch gevent-websocket's
     """Raised by :meth:`WebSocket.send` on a closed WebSocket, as gevent-websocket does."""
 
 

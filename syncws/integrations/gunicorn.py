@@ -75,7 +75,7 @@ TICK = 0.5
 FINISH_MARGIN = 1.0
 
 
-class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type information
+class Worker(BaseWorker):
     """``gunicorn -k syncws.gunicorn.Worker``: one syncws server per worker process."""
 
     server: Server | None = None

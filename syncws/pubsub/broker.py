@@ -49,9 +49,11 @@ AfterDeliveries = Callable[[Callable[[], None]], bool]
 class Broker:
     """In-process pub/sub: nothing leaves the process."""
 
-    #: The broker stores the topics' history (offsets come from it); the
-    #: server keeps none of its own.
-    stores_history = False
+    @property
+    def stores_history(self) -> bool:
+        """The broker stores the topics' history (offsets come from it); the server keeps none of its own."""
+        return False
+
     #: :meth:`read_presence` answers for every process.
     shares_presence = False
     #: Seconds a blocking read (:meth:`read_history`, :meth:`read_presence`) waits at most

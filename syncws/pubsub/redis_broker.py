@@ -189,7 +189,7 @@ class RedisBroker(Broker):
         self._log.hand_off = after_deliveries
 
     @property
-    def stores_history(self) -> bool:  # type: ignore[override]
+    def stores_history(self) -> bool:
         return self.history_size > 0
 
     shares_presence = True

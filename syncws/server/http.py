@@ -32,7 +32,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import gevent
 from gevent.pywsgi import OldMessage
@@ -182,7 +182,13 @@ class Transport:
         return True
 
 
-class _ConnectionGreenlet(gevent.Greenlet):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+if TYPE_CHECKING:
+    _Greenlet: TypeAlias = gevent.Greenlet[[], None]
+else:
+    _Greenlet = gevent.Greenlet  # not subscriptable at run time
+
+
+class _ConnectionGreenlet(_Greenlet):
     """A connection's greenlet after the hand-over.
 
     gevent records the spawner's stack (ten frames) in every greenlet for

@@ -106,7 +106,7 @@ def bind_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket
     return sock
 
 
-class ResilientWSGIServer(WSGIServer):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+class ResilientWSGIServer(WSGIServer):
     """gevent's ``WSGIServer``; a failing ``accept`` and a failing ``bind`` are handled differently."""
 
     #: The state of the syncws server this listener serves (set by ``Server.add_listener``).
@@ -238,7 +238,7 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class ClosingHandler(WSGIHandler):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+class ClosingHandler(WSGIHandler):
     """gevent's handler, closing its buffered reader when the connection ends.
 
     gevent drops the reader without closing it, and the socket's real close
@@ -270,7 +270,7 @@ class _SideHandler(ClosingHandler):
         super().handle_error(kind, value, tb)
 
 
-class SideServer(WSGIServer):  # type: ignore[misc]  # gevent is untyped (pyproject.toml)
+class SideServer(WSGIServer):
     """gevent's WSGI server for an address of our own (metrics, admin), bounded: nothing on it reaches the main port.
 
     A plain ``WSGIServer`` kept every idle connection for ever: 560 of them

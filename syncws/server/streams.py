@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -152,12 +152,12 @@ class EventStream:
     def closed(self) -> bool:
         return self._closed
 
-    def push(self, message: MessageLike | Iterable[MessageLike]) -> None:
+    def push(self, message: MessageLike | list[MessageLike]) -> None:
         """Queue one event, or several sent together (a list)."""
         if isinstance(message, list):
             text = "".join(format_event(item) for item in message)
         else:
-            text = format_event(message)  # type: ignore[arg-type]  # not a list: one message
+            text = format_event(message)
         self._enqueue(text.encode("utf-8"))
 
     def push_comment(self, text: str) -> None:

@@ -14,12 +14,11 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
-from werkzeug.wrappers import Request
 
 from ..base.errors import ConfigurationError
 from ..protocol.handshake import is_upgrade_request
 from ..server.handler import WebSocketHandler
-from .responses import call_view
+from .responses import RoutedRequest, call_view
 
 log = logging.getLogger("syncws")
 
@@ -107,15 +106,15 @@ class App:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         static = self._static_websockets.get(environ.get("PATH_INFO") or "/")
         if static is not None and environ.get("REQUEST_METHOD") == "GET" and is_upgrade_request(environ):
-            Request(environ).view_args = {}  # type: ignore[attr-defined]  # what the match would have given
+            RoutedRequest(environ).view_args = {}  # what the match would have given
             return static.detached(environ, start_response)
-        request = Request(environ)
+        request = RoutedRequest(environ)
         adapter = self.url_map.bind_to_environ(environ)
         try:
             key, values = adapter.match(websocket=False)
         except HTTPException as exc:
             return exc(environ, start_response)
-        request.view_args = dict(values)  # type: ignore[attr-defined]  # the upgrade hook reads them too
+        request.view_args = dict(values)
         endpoint = self._endpoints[key]
         method = request.method
         websocket = endpoint.websocket

@@ -32,11 +32,10 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
-from werkzeug.wrappers import Request
 
 from ..base.errors import ConfigurationError
 from ..server.handler import WebSocketHandler
-from .responses import call_view
+from .responses import RoutedRequest, call_view
 
 log = logging.getLogger("syncws")
 
@@ -72,7 +71,7 @@ class Mount:
         target = self.targets[key]
         if isinstance(target, WebSocketHandler):
             return target.detached(environ, start_response)  # straight from the server: nothing to keep
-        return call_view(target, Request(environ), values, environ, start_response)
+        return call_view(target, RoutedRequest(environ), values, environ, start_response)
 
     def __repr__(self) -> str:
         return f"<syncws.mount {sorted(self.targets)} in front of {self.app!r}>"

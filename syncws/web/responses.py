@@ -54,9 +54,20 @@ def to_response(rv: Any) -> Any:
     return response
 
 
+class RoutedRequest(Request):
+    """A request with the values its route matched, as Flask's request has them (the upgrade hook reads them too).
+
+    Made by the router before the view or the handler sees the request; it
+    is also ``environ["werkzeug.request"]``, so a handler further down gets
+    this same object.
+    """
+
+    view_args: dict[str, Any] | None = None
+
+
 def call_view(
     view: Callable[..., Any],
-    request: Request,
+    request: RoutedRequest,
     values: Mapping[str, Any],
     environ: dict[str, Any],
     start_response: Any,
@@ -66,7 +77,7 @@ def call_view(
     An ``HTTPException`` the view raises is its answer; any other exception
     is logged and answered 500, never a traceback to the client.
     """
-    request.view_args = dict(values)  # type: ignore[attr-defined]  # as Flask's request has it
+    request.view_args = dict(values)
     try:
         response = to_response(view(request, **values))
     except HTTPException as exc:
