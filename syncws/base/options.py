@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import ConfigurationError
@@ -973,6 +973,15 @@ class ServerOptions:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, BY_NAME[f.name].validate(getattr(self, f.name)))
+
+    def overridden(self, overrides: Mapping[str, Any]) -> ServerOptions:
+        """These options with a handler's overrides (checked by :func:`check_overrides`) in place.
+
+        A handler's ``threads="auto"`` means the server's choice, whatever
+        that is, so it is not copied: the server's ``threads`` stays.
+        """
+        changes = {name: value for name, value in overrides.items() if not (name == "threads" and value == "auto")}
+        return replace(self, **changes) if changes else self
 
 
 _SCOPE_TEXT = {

@@ -415,7 +415,7 @@ class Channels(WebSocketHandler):
         peer = state.peer
         params = request.body.get("params")
         runtime = peer.server.runtime
-        threaded = runtime.hooks_threaded(self.overrides)
+        threaded = runtime.hooks_threaded(self.options_for(runtime))
 
         def call() -> None:
             try:

@@ -21,11 +21,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from ..base.errors import ConfigurationError, HandshakeError
-from ..base.options import BY_NAME, PER_HANDLER, check_overrides, did_you_mean, origin_allowed
+from ..base.options import BY_NAME, PER_HANDLER, ServerOptions, check_overrides, did_you_mean, origin_allowed
 from ..base.tracing import Tracer
 from ..protocol import deflate, handshake
 from .hooks import HOOK_NAMES, Hooks
 from .http import TRANSPORT_KEY, Transport
+from .runtime import Runtime
 from .session import Session
 
 log = logging.getLogger("syncws")
@@ -59,6 +60,18 @@ class WebSocketHandler:
         self.hooks = hooks
         #: Settings that replace the server's for this handler's connections.
         self.overrides: dict[str, Any] = dict(overrides or {})
+        self._resolved: tuple[ServerOptions, ServerOptions] | None = None
+
+    def options_for(self, runtime: Runtime) -> ServerOptions:
+        """The server's options with this handler's overrides, resolved once per server.
+
+        Every setting a connection of this handler uses is read from here:
+        one object, no per-setting lookup of the overrides.
+        """
+        resolved = self._resolved
+        if resolved is None or resolved[0] is not runtime.options:
+            resolved = self._resolved = (runtime.options, runtime.options.overridden(self.overrides))
+        return resolved[1]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Run the connection inside this call (what a framework's view gets).
@@ -119,7 +132,8 @@ class WebSocketHandler:
             return self._no_transport(environ)
         try:
             key = handshake.validate(environ)
-            agreement = self._negotiate_compression(environ, transport.runtime.options)
+            options = self.options_for(transport.runtime)
+            agreement = self._negotiate_compression(environ, options)
         except HandshakeError as exc:
             # Close after the answer: a refused upgrade may carry a body we never read.
             transport.reusable = False
@@ -127,9 +141,8 @@ class WebSocketHandler:
         runtime = transport.runtime
         if runtime.stopping:
             return _shutting_down(transport)
-        policy = self.overrides.get("allowed_origins", runtime.options.allowed_origins)
         origin = environ.get("HTTP_ORIGIN")
-        if not origin_allowed(policy, origin):
+        if not origin_allowed(options.allowed_origins, origin):
             log.info("syncws: WebSocket upgrade from origin %r refused (allowed_origins)", origin)
             transport.reusable = False
             return _text_response(403, "Origin not allowed")
@@ -183,7 +196,7 @@ class WebSocketHandler:
         try:
             decision = None
             if self.hooks.upgrade is not None:
-                if runtime.hooks_threaded(self.overrides):
+                if runtime.hooks_threaded(self.options_for(runtime)):
                     decision = runtime.run_in_thread(self.hooks.upgrade, request)  # where it is, in a pool thread
                 else:
                     decision = self.hooks.upgrade(request)
@@ -244,7 +257,7 @@ class WebSocketHandler:
             accepted.context,
             accepted.protocol,
             transport.remote_address,
-            self.overrides,
+            self.options_for(runtime),
             agreement,
         )
         if context is not None:
@@ -253,9 +266,9 @@ class WebSocketHandler:
                 gevent.spawn(session.run)  # a greenlet of its own)
         return session
 
-    def _negotiate_compression(self, environ: dict[str, Any], options: Any) -> deflate.Agreement | None:
+    def _negotiate_compression(self, environ: dict[str, Any], options: ServerOptions) -> deflate.Agreement | None:
         """permessage-deflate, when this handler or the server enables it and the client offers it."""
-        if self.overrides.get("compression", options.compression) != "deflate":
+        if options.compression != "deflate":
             return None
         offered = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
         if not offered:

@@ -581,10 +581,15 @@ class Runtime:
             pool = self._pool = WorkerPool(self.options.thread_pool_size, bridge)
         return pool.apply(contextvars.copy_context() if context is None else context.copy(), fn, args)
 
-    def hooks_threaded(self, overrides: Any) -> bool:
-        """Whether a handler's hooks run in the pool: its own ``threads`` if it set one, else the server's."""
-        mode = overrides.get("threads", "auto")
-        return self.threaded if mode == "auto" else mode == "on"
+    def hooks_threaded(self, options: ServerOptions) -> bool:
+        """Whether a handler's hooks run in the pool: its own ``threads`` if it set one, else the server's.
+
+        ``options``: the handler's (``WebSocketHandler.options_for``); the
+        server's own answer is computed once, in :attr:`threaded`.
+        """
+        if options is self.options or options.threads == self.options.threads:
+            return self.threaded
+        return use_threads(options.threads)
 
     @hub_only
     def thread_stats(self) -> dict[str, Any]:

@@ -18,12 +18,13 @@ import contextvars
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
 import gevent
 
+from ..base.options import ServerOptions
 from ..base.threads import hub_only
 from ..protocol.connection import (
     PING,
@@ -89,15 +90,15 @@ class Session:
         context: dict[str, Any],
         protocol: str | None,
         remote_address: str | None,
-        overrides: Mapping[str, Any] | None = None,
+        options: ServerOptions | None = None,
         agreement: Agreement | None = None,
     ) -> None:
-        options = runtime.options
-        overrides = overrides or {}
+        # options: the server's with the handler's overrides (WebSocketHandler.options_for).
+        options = options or runtime.options
         self.connection = Connection(
-            overrides.get("max_message_size", options.max_message_size),
-            ping_interval=overrides.get("ping_interval", options.ping_interval),
-            ping_timeout=overrides.get("ping_timeout", options.ping_timeout),
+            options.max_message_size,
+            ping_interval=options.ping_interval,
+            ping_timeout=options.ping_timeout,
             now=time.monotonic(),
             inflater=Inflater(agreement) if agreement is not None else None,
         )
@@ -105,7 +106,7 @@ class Session:
         self.deflate = agreement
         #: Run hooks in the server's thread pool (a blocking hook then blocks
         #: only this peer); the read loop waits for each, so order is kept.
-        self.hooks_in_threads = runtime.hooks_threaded(overrides)
+        self.hooks_in_threads = runtime.hooks_threaded(options)
         #: The context variables hooks run with in the pool: the view's, when
         #: the view ran in a pool thread (None: the session greenlet's).
         self.context: contextvars.Context | None = None
@@ -127,12 +128,11 @@ class Session:
         )
         self.peer = Peer(self, request, namespace, context, remote_address)
         # Rate limits: token buckets checked before the message hook; never a sleep.
-        rate = overrides.get("rate_limit", options.rate_limit)
-        rate_bytes = overrides.get("rate_limit_bytes", options.rate_limit_bytes)
+        rate, rate_bytes = options.rate_limit, options.rate_limit_bytes
         now = time.monotonic()
         self._message_bucket = TokenBucket(rate[0], rate[1], now) if rate else None
         self._byte_bucket = TokenBucket(rate_bytes[0], rate_bytes[1], now) if rate_bytes else None
-        self._rate_policy = overrides.get("rate_limit_policy", options.rate_limit_policy)
+        self._rate_policy = options.rate_limit_policy
         self._limited = self._message_bucket is not None or self._byte_bucket is not None
         #: Messages over this peer's rate limit (dropped, or the one that closed it).
         self.rate_limited = 0

@@ -227,3 +227,29 @@ def test_scopes_and_kinds_cover_the_table():
     assert {o.kind for o in OPTIONS} <= set(Kind)
     signature = inspect.signature(define_websocket_handler)
     assert "kwargs" in signature.parameters  # per-handler options come as keywords
+
+
+def test_overrides_are_resolved_into_one_options_object():
+    from syncws.base.options import ServerOptions, check_overrides
+
+    server = ServerOptions(max_message_size=1000, threads="on")
+    assert server.overridden({}) is server
+    handler = server.overridden(check_overrides({"max_message_size": "2KiB", "ping_interval": None}))
+    assert (handler.max_message_size, handler.ping_interval, handler.threads) == (2048, None, "on")
+    # A handler's threads="auto" is the server's choice: not copied over the server's "on".
+    assert server.overridden(check_overrides({"threads": "auto"})).threads == "on"
+    assert server.overridden(check_overrides({"threads": "off"})).threads == "off"
+
+
+def test_a_handler_resolves_its_options_once_per_server():
+    from syncws import define_websocket_handler
+    from syncws.base.options import ServerOptions
+    from syncws.pubsub.broker import Broker
+    from syncws.server.runtime import Runtime
+
+    handler = define_websocket_handler(message=lambda peer, message: None, max_message_size=10)
+    first = Runtime(ServerOptions(), Broker())
+    resolved = handler.options_for(first)
+    assert resolved.max_message_size == 10 and handler.options_for(first) is resolved
+    second = Runtime(ServerOptions(ping_interval=5), Broker())
+    assert handler.options_for(second).ping_interval == 5
