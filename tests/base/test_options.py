@@ -234,7 +234,7 @@ def test_overrides_are_resolved_into_one_options_object():
 
     server = ServerOptions(max_message_size=1000, threads="on")
     assert server.overridden({}) is server
-    handler = server.overridden(check_overrides({"max_message_size": "2KiB", "ping_interval": None}))
+    handler = server.overridden(check_overrides({"max_message_size": 2048, "ping_interval": None}))
     assert (handler.max_message_size, handler.ping_interval, handler.threads) == (2048, None, "on")
     # A handler's threads="auto" is the server's choice: not copied over the server's "on".
     assert server.overridden(check_overrides({"threads": "auto"})).threads == "on"
