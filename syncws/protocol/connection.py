@@ -109,6 +109,21 @@ class Failed:
 Event = Message | PingReceived | PongReceived | CloseReceived | Failed
 
 
+class Pending(enum.Enum):
+    """What :meth:`Connection.next_event` returns when it has no event, as h11's ``NEED_DATA`` does.
+
+    Two different answers, so the driver never has to ask the connection
+    again which one a bare None meant.
+    """
+
+    NEED_DATA = "need data"  # feed bytes (receive_data) before asking again
+    CONSUMED = "consumed"  # a frame was used up without an event (a fragment, data after our close): ask again
+
+
+NEED_DATA = Pending.NEED_DATA
+CONSUMED = Pending.CONSUMED
+
+
 def check_close(code: Any, reason: Any) -> None:
     """ConfigurationError (a ValueError) for a close code or reason that may not be sent.
 
@@ -161,15 +176,6 @@ class Connection:
     def open(self) -> bool:
         return self.state is State.OPEN
 
-    @property
-    def needs_data(self) -> bool:
-        """True when :meth:`next_event` returned None for want of bytes.
-
-        Also true once the peer's close frame or a violation has ended the
-        input: no event will come any more, whatever is fed.
-        """
-        return self._input_done or self.parser.needs_data
-
     # -- receiving -----------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the peer, received at ``now`` (any clock, as long as it is one clock)."""
@@ -177,21 +183,23 @@ class Connection:
         if not self._input_done:
             self.parser.feed(data)
 
-    def next_event(self) -> Event | None:
-        """The next event, or None (more bytes are needed, or a fragment was consumed).
+    def next_event(self) -> Event | Pending:
+        """The next event, or what to do first: :data:`NEED_DATA` or :data:`CONSUMED`.
 
         At most one frame is parsed per call, so the driver bounds the work
         one client gets before others are served.  Data messages that arrive
-        after our close frame are discarded (None).
+        after our close frame are discarded (:data:`CONSUMED`).  Once the
+        peer's close frame or a violation has ended the input, the answer is
+        always :data:`NEED_DATA`: no event will come any more, whatever is fed.
         """
         if self._input_done:
-            return None
+            return NEED_DATA
         try:
             frame = self.parser.next_frame()
         except ProtocolError as exc:
             return self._fail(exc)
         if frame is None:
-            return None
+            return NEED_DATA if self.parser.needs_data else CONSUMED
         opcode = frame.opcode
         if opcode == OP_PING:
             return PingReceived(frame.payload, encode_frame(OP_PONG, frame.payload))
@@ -200,7 +208,7 @@ class Connection:
         if opcode == OP_CLOSE:
             return self._close_received(frame.payload)
         if self.state is not State.OPEN:
-            return None
+            return CONSUMED
         return Message(frame.payload, opcode == OP_BINARY)
 
     def _close_received(self, payload: bytes) -> Event:

@@ -217,13 +217,14 @@ class Outbox:
             self._wake.set()
 
     @hub_only
-    def put_final(self, frame: bytes) -> None:
-        """Queue the last frame (the close frame); the writer stops after it."""
+    def put_final(self, frame: bytes | None = None) -> None:
+        """Queue the last frame (the close frame), or none: the writer stops after what is queued."""
         if self._final or self.failed:
             return
         self._final = True
-        self._open_queue().append(frame)
-        self._queued += len(frame)
+        if frame is not None:
+            self._open_queue().append(frame)
+            self._queued += len(frame)
         self._wake_writer()
 
     def wait_flushed(self, timeout: float | None) -> bool:

@@ -30,8 +30,10 @@ from ..protocol.connection import (
     PING,
     CloseReceived,
     Connection,
+    Event,
     Failed,
     KeepaliveAction,
+    Pending,
     PingReceived,
     PongReceived,
     State,
@@ -72,6 +74,88 @@ def _readable_waiter(sock: Any) -> Callable[[], None] | None:
         wait(event)
 
     return wait_readable
+
+
+class _Input:
+    """The read side of a session: reads the socket when the connection needs bytes, and paces one client.
+
+    Fairness: a flooding client always has bytes ready, so neither the read
+    nor the parsing would ever give the hub back.  Every
+    :data:`_FAIR_BUDGET` units of work (a frame, a read, 4 KiB read or
+    inflated) :meth:`pace` checks whether the hub has run since the last
+    check; if it has not for :data:`_FAIR_SLICE` seconds, it sleeps on a
+    tiny timer, which resumes it only after the hub has polled for I/O:
+    other peers' reads and every pending write (pongs, close frames, the
+    flusher) go on while one client floods.  A connection that blocks on its
+    socket now and then never pays for this.
+
+    Memory: the socket is read here (gevent's ``recv`` tries, then waits for
+    readability without a buffer); the HTTP handler's buffered reader was
+    closed by :meth:`Transport.accept <syncws.server.http.Transport.accept>`,
+    which handed over what it had.
+
+    Syscalls: gevent's ``recv`` tries first and waits only when the try
+    fails, so a peer that sends one message at a time would cost two
+    ``recv`` calls per message, one of them failing.  After a read that
+    drained the socket, :meth:`read` waits for readability first
+    (:func:`_readable_waiter`) and then reads once.
+    """
+
+    __slots__ = (
+        "_budget",
+        "_connection",
+        "_drained",
+        "_inflated",
+        "_loop",
+        "_parser",
+        "_recv",
+        "_seen",
+        "_since",
+        "_wait",
+    )
+
+    def __init__(self, sock: socket.socket, connection: Connection) -> None:
+        self._connection = connection
+        self._parser = connection.parser
+        self._recv = sock.recv
+        self._wait = _readable_waiter(sock)
+        self._drained = False
+        self._loop = gevent.get_hub().loop
+        self._seen = self._loop.iteration
+        self._since = perf_counter()
+        self._budget = _FAIR_BUDGET
+        self._inflated = self._parser.inflated
+
+    def pace(self) -> None:
+        """Count one unit of work (and what was inflated since); yield to the hub when this client has held it too long."""
+        inflated = self._parser.inflated
+        if inflated != self._inflated:  # inflating costs by its output, like a read by its size
+            self._budget -= (inflated - self._inflated) >> 12
+            self._inflated = inflated
+        if self._budget <= 0:
+            self._budget = _FAIR_BUDGET
+            loop = self._loop
+            if loop.iteration != self._seen:  # the hub ran (we blocked): a new slice begins
+                self._seen, self._since = loop.iteration, perf_counter()
+            elif perf_counter() - self._since >= _FAIR_SLICE:
+                gevent.sleep(_YIELD)  # a timer: runs us again only after the hub polled for I/O
+                self._seen, self._since = loop.iteration, perf_counter()
+        self._budget -= 1
+
+    def read(self) -> bool:
+        """Read what the socket has into the connection; False at the end of the stream (EOF or reset)."""
+        try:
+            if self._drained and self._wait is not None:
+                self._wait()
+            data = self._recv(_READ_SIZE)
+        except (OSError, ValueError):
+            return False
+        if not data:
+            return False
+        self._drained = len(data) < _READ_SIZE
+        self._budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
+        self._connection.receive_data(data, time.monotonic())
+        return True  # (data goes with this frame: not kept referenced, 64 KiB, while this peer idles)
 
 
 class Session:
@@ -227,100 +311,64 @@ class Session:
             del environ["werkzeug.request"]
 
     def _read_loop(self) -> None:
-        """Read, feed the connection and dispatch its events until the connection ends.
+        """Feed the connection and dispatch its events until the connection ends.
 
-        One read takes what the socket has (up to 64 KiB); the connection
-        turns it into events, one frame per call.  Fairness: a flooding client
-        always has bytes ready, so neither the read nor the parsing would ever
-        give the hub back.  Every :data:`_FAIR_BUDGET` units of work the loop
-        checks whether the hub has run since the last check; if it has not for
-        :data:`_FAIR_SLICE` seconds, the loop sleeps on a tiny timer, which
-        resumes it only after the hub has polled for I/O: other peers' reads
-        and every pending write (pongs, close frames, the flusher) go on while
-        one client floods.  A connection that blocks on its socket now and
-        then never pays for this.
-
-        Memory: the loop reads the socket itself (gevent's ``recv`` tries,
-        then waits for readability without a buffer); the HTTP handler's
-        buffered reader was closed by :meth:`Transport.accept
-        <syncws.server.http.Transport.accept>`, which handed over what it had.
-
-        Syscalls: gevent's ``recv`` tries first and waits only when the try
-        fails, so a peer that sends one message at a time costs two ``recv``
-        calls per message, one of them failing.  After a read that drained the
-        socket, the loop waits for readability first (:func:`_readable_waiter`)
-        and then reads once.
+        The reading and the fairness towards other connections are
+        :class:`_Input`'s; the events are :meth:`_dispatch`'s.  The
+        connection parses one frame per :meth:`~Connection.next_event`, so
+        each frame is one unit of work for the fairness budget.
         """
         connection = self.connection
         next_event = connection.next_event
-        recv = self.socket.recv
-        counters = self.runtime.counters
-        wait_readable = _readable_waiter(self.socket)
-        drained = False
         received, self._received = self._received, b""
         if received:
             connection.receive_data(received, time.monotonic())
         del received  # nothing read is kept referenced while this peer idles
-        loop = gevent.get_hub().loop
-        seen = loop.iteration
-        since = perf_counter()
-        budget = _FAIR_BUDGET
-        parser = connection.parser
-        inflated = parser.inflated
+        source = _Input(self.socket, connection)
+        pace, read = source.pace, source.read
+        dispatch = self._dispatch
         while True:
-            if budget <= 0:
-                budget = _FAIR_BUDGET
-                if loop.iteration != seen:  # the hub ran (we blocked): a new slice begins
-                    seen, since = loop.iteration, perf_counter()
-                elif perf_counter() - since >= _FAIR_SLICE:
-                    gevent.sleep(_YIELD)  # a timer: runs us again only after the hub polled for I/O
-                    seen, since = loop.iteration, perf_counter()
-            budget -= 1
-            event = next_event()
-            if parser.inflated != inflated:  # inflating costs by its output, like a read by its size
-                budget -= (parser.inflated - inflated) >> 12
-                inflated = parser.inflated
-            if event is None:
-                if not connection.needs_data:
-                    continue  # a fragment, or data after our close: count it, go on
-                try:
-                    if drained and wait_readable is not None:
-                        wait_readable()
-                    data = recv(_READ_SIZE)
-                except (OSError, ValueError):
-                    data = b""
-                if not data:
-                    self._on_eof()
-                    return
-                drained = len(data) < _READ_SIZE
-                budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
-                connection.receive_data(data, time.monotonic())
-                del data  # the parser has it: not kept referenced (64 KiB) while this peer idles
-                continue
-            if type(event) is Message:
+            pace()
+            match next_event():
+                case Pending.CONSUMED:
+                    continue
+                case Pending.NEED_DATA:
+                    if not read():
+                        self._on_eof()
+                        return
+                case event:
+                    if dispatch(event):
+                        return
+
+    def _dispatch(self, event: Event) -> bool:
+        """Run what ``event`` calls for; True when the input is over (a close frame, a violation)."""
+        match event:
+            case Message():
+                counters = self.runtime.counters
                 counters.messages_in += 1
                 counters.bytes_in += len(event)
-                if self._limited and not self._within_rate(event):
-                    continue
-                self._call("message", self.peer, event)
-            elif type(event) is PingReceived:
-                self._pong(event.pong)
+                if not self._limited or self._within_rate(event):
+                    self._call("message", self.peer, event)
+            case PingReceived(payload=payload, pong=pong):
+                self._pong(pong)
                 if self.hooks.ping is not None:
-                    self._call("ping", self.peer, event.payload)
-            elif type(event) is CloseReceived:
-                if event.reply is not None:
-                    self.outbox.put_final(event.reply)
+                    self._call("ping", self.peer, payload)
+            case PongReceived(payload=payload):
+                # (Receiving it already counted as an answer to keepalive: last_seen.)
+                if self.hooks.pong is not None:
+                    self._call("pong", self.peer, payload)
+            case CloseReceived(reply=reply):
+                if reply is not None:
+                    self.outbox.put_final(reply)
                 # Either way the handshake is complete once our close frame is out.
                 self.outbox.wait_flushed(self.close_timeout)
-                return
-            elif type(event) is Failed:
-                self._report(event.error)
-                self._send_close(event.reply)
+                return True
+            case Failed(error=error, reply=reply):
+                self._report(error)
+                self._send_close(reply)
                 self.outbox.wait_flushed(self.close_timeout)
-                return
-            elif type(event) is PongReceived and self.hooks.pong is not None:
-                # (Receiving it already counted as an answer to keepalive: last_seen.)
-                self._call("pong", self.peer, event.payload)
+                return True
+        return False
 
     def _within_rate(self, message: Message) -> bool:
         """Take this message's tokens; over the limit, apply the policy (and say no)."""
@@ -347,7 +395,7 @@ class Session:
         bounded chance to go out.
         """
         if self.connection.open and self.outbox.buffered:
-            self.outbox.put_final(b"")
+            self.outbox.put_final()  # no close frame: what is queued, then the writer ends
             self.outbox.wait_flushed(min(self.close_timeout, 1.0))
 
     def _pong(self, frame: bytes) -> None:

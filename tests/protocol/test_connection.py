@@ -12,6 +12,8 @@ import pytest
 
 from syncws import ConfigurationError, Message, ProtocolError
 from syncws.protocol.connection import (
+    CONSUMED,
+    NEED_DATA,
     PING,
     CloseReceived,
     Connection,
@@ -53,11 +55,10 @@ def events(connection: Connection, data: bytes = b"", now: float = 0.0) -> list:
     found = []
     while True:
         event = connection.next_event()
-        if event is None:
-            if connection.needs_data:
-                return found
-            continue
-        found.append(event)
+        if event is NEED_DATA:
+            return found
+        if event is not CONSUMED:
+            found.append(event)
 
 
 def unmasked(data: bytes) -> tuple[int, bytes]:
@@ -253,8 +254,22 @@ def test_nothing_is_read_after_a_close_frame_or_a_violation():
     for ending in (close_frame(1000), frame(OP_CLOSE, b"\x03")):
         connection = Connection()
         found = events(connection, ending + frame(OP_TEXT, b"after"))
-        assert len(found) == 1 and connection.needs_data
+        assert len(found) == 1 and connection.next_event() is NEED_DATA
         before = connection.parser.buffered
         connection.receive_data(frame(OP_TEXT, b"more"), 1.0)
-        assert connection.next_event() is None
+        assert connection.next_event() is NEED_DATA
         assert connection.parser.buffered == before  # not even buffered
+
+
+def test_next_event_says_which_wait_it_is():
+    """NEED_DATA: feed bytes; CONSUMED: a frame was used up without an event, ask again."""
+    connection = Connection()
+    assert connection.next_event() is NEED_DATA
+    connection.receive_data(frame(OP_TEXT, b"he", fin=False) + frame(OP_CONTINUATION, b"llo"), 0.0)
+    assert connection.next_event() is CONSUMED  # the first fragment
+    assert connection.next_event().text() == "hello"
+    assert connection.next_event() is NEED_DATA
+    connection.close(1000)
+    connection.receive_data(frame(OP_TEXT, b"after our close"), 0.0)
+    assert connection.next_event() is CONSUMED  # discarded: we are closing
+    assert connection.next_event() is NEED_DATA
