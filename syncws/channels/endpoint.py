@@ -79,6 +79,19 @@ class _State:
         self.timer: Any = None
 
 
+def _check_settings(hooks: dict[str, object], counts: dict[str, object], seconds: dict[str, object]) -> None:
+    """TypeError for a hook that is not callable, ConfigurationError for a count or a duration out of range."""
+    for name, hook in hooks.items():
+        if hook is not None and not callable(hook):
+            raise TypeError(f"hook {name!r} must be callable, got {type(hook).__name__}")
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
+    for name, value in seconds.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
 class Channels(WebSocketHandler):
     """The channels endpoint: route it like any WebSocket handler (``app.get("/_syncws", channels)``).
 
@@ -126,26 +139,12 @@ class Channels(WebSocketHandler):
         refresh_window: float = 10.0,
         **options: Any,
     ) -> None:
-        for name, hook in (
-            ("connect", connect),
-            ("authorize", authorize),
-            ("refresh", refresh),
-            ("message", message),
-            ("open", open),
-            ("close", close),
-        ):
-            if hook is not None and not callable(hook):
-                raise TypeError(f"hook {name!r} must be callable, got {type(hook).__name__}")
-        for name, value in (("max_subscriptions", max_subscriptions), ("max_pending_rpcs", max_pending_rpcs)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
-        for name, seconds in (
-            ("connect_timeout", connect_timeout),
-            ("heartbeat", heartbeat),
-            ("refresh_window", refresh_window),
-        ):
-            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds, not {seconds!r}")
+        hooks = {"connect": connect, "authorize": authorize, "refresh": refresh, "message": message}
+        _check_settings(
+            {**hooks, "open": open, "close": close},
+            {"max_subscriptions": max_subscriptions, "max_pending_rpcs": max_pending_rpcs},
+            {"connect_timeout": connect_timeout, "heartbeat": heartbeat, "refresh_window": refresh_window},
+        )
         self._connect_hook = connect
         self._authorize = authorize or _default_authorize
         self._refresh_hook = refresh
@@ -161,8 +160,8 @@ class Channels(WebSocketHandler):
         self._states: dict[Peer, _State] = {}
         self._lock = RealLock()  # the RPC counts: RPCs end in greenlets or pool threads
         prepare_frameworks()
-        hooks = Hooks(upgrade=self._on_upgrade, open=self._on_open, message=self._on_message, close=self._on_close)
-        super().__init__(hooks, check_overrides(options))
+        own = Hooks(upgrade=self._on_upgrade, open=self._on_open, message=self._on_message, close=self._on_close)
+        super().__init__(own, check_overrides(options))
 
     # -- configuration --------------------------------------------------------------------
     def rpc(self, name: str) -> Callable[[Hook], Hook]:

@@ -44,6 +44,8 @@ OnCommand = Callable[[dict[str, Any]], None]
 #: ``after_deliveries(fn)``: run ``fn`` in the server's hub once every delivery handed over so
 #: far has been made; False when the server is not running (``fn`` will not run).
 AfterDeliveries = Callable[[Callable[[], None]], bool]
+#: What a presence read answers: the entries (``{"id", "info"}``), or their number with ``count_only``.
+Presence = list[dict[str, Any]] | int
 
 
 class Broker:
@@ -65,6 +67,28 @@ class Broker:
     #: when the broker knows that the topic's local subscribers may have missed stored
     #: publishes it cannot deliver (see :class:`~syncws.pubsub.redis_broker.RedisBroker`).
     on_gap: Callable[[str, str], None] | None = None
+
+    # What the broker counts, for ``server.stats()``, the readiness check and the metrics:
+    # the same names on every broker (an in-process one has nothing to reach or relay).
+    #: Whether the broker reaches its store; None when there is nothing to reach.
+    connected: bool | None = None
+    relayed = 0  # publishes the store took
+    dropped = 0  # relays dropped while the store was unreachable
+    reconnects = 0  # connections made again after losing the store
+    resynced = 0  # stored publishes delivered by a resync after a lost connection
+    gaps = 0  # times a resync could not bridge a lost connection
+
+    def stats(self) -> dict[str, object]:
+        """The counts above by name, with the broker's kind."""
+        return {
+            "kind": type(self).__name__,
+            "connected": self.connected,
+            "relayed": self.relayed,
+            "dropped": self.dropped,
+            "reconnects": self.reconnects,
+            "resynced": self.resynced,
+            "gaps": self.gaps,
+        }
 
     def configure(
         self,
@@ -120,7 +144,7 @@ class Broker:
     def presence_changed(self, namespace: str, topic: str, entry_id: str, info: Any) -> None:
         """A local presence entry appeared (``info``, JSON text) or went (``registry.ABSENT``); never blocks."""
 
-    def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
+    def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Presence:
         """Every process's presence of ``topic`` (``shares_presence`` brokers only; blocking)."""
         raise NotImplementedError
 

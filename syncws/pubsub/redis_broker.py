@@ -42,6 +42,7 @@ every ``health_check_interval`` seconds and replaced when no answer comes.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
@@ -51,11 +52,13 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
 from gevent.monkey import get_original
 
+from ..base.errors import BrokerError
 from ..base.threads import Outcome, Raised, RealLock, Reply, Returned, ThreadLog, start_thread
 from ..protocol.frames import OP_BINARY, OP_TEXT
 from ..protocol.payload import Outgoing
@@ -65,6 +68,7 @@ from .broker import (
     Broker,
     Deliver,
     Interests,
+    Presence,
     PresenceEntries,
     channel_name,
     command_channel,
@@ -85,7 +89,36 @@ _select = get_original("select", "select")
 
 _STOP = object()
 _BATCH = 1000  # relays sent to Redis in one pipelined round trip at most
-_RELAY, _STORED, _PRESENCE, _ANNOUNCE = range(4)  # what an item of the relay queue asks for
+
+
+# What an item of the relay queue asks the relay thread for.
+@dataclass(frozen=True, slots=True)
+class _Relay:
+    """PUBLISH ``data`` on ``channel``: a publish for the other servers, or a revoke command."""
+
+    channel: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """Store a publish in its topic's stream and publish it, in one script (history in Redis)."""
+
+    namespace: str | None
+    topic: str
+    outgoing: Outgoing
+    exclude_id: str | None
+
+
+class _Signal(enum.Enum):
+    """Relay-queue items that carry nothing: the state they act on is the broker's."""
+
+    PRESENCE = "presence"  # send the pending presence changes
+    REFRESH = "refresh"  # re-add this process's presence entries before they expire
+    ANNOUNCE = "announce"  # this process's settings, for Publishers and the other servers
+
+
+_Command = _Relay | _Stored | _Signal
 _MARKER = b"m:"  # a recovery's marker on a topic channel: b"m:<origin>:<key>" (an envelope starts with "{")
 #: A classic PUBLISH on a cluster, inside a pipeline (redis-py refuses a bare PUBLISH there):
 #: a script without keys runs on any primary, and the cluster bus carries the message to every node.
@@ -120,6 +153,12 @@ class RedisBroker(Broker):
         self.max_pending = max_pending
         #: Bounds a recovery's read and a presence read when Redis is slow or away.
         self.read_timeout = read_timeout
+        #: Every log line of this broker: its threads and its reads run outside the hub.
+        self._log = ThreadLog(log)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """What the broker's threads share and what they keep of Redis (each noted with its thread)."""
         self.origin = new_origin()
         self._origin_bytes = self.origin.encode("ascii")
         self.history_size = 0
@@ -127,7 +166,7 @@ class RedisBroker(Broker):
         self.presence_ttl = 30.0
         self._presence_entries: PresenceEntries | None = None
         self._after_deliveries: AfterDeliveries | None = None
-        self._commands_channel = command_channel(prefix)
+        self._commands_channel = command_channel(self.prefix)
         self._confirmed: set[str] = set()  # channels Redis confirmed subscribing
         self._waiters: dict[str, list[Any]] = {}  # channel or marker -> locks to release
         self._reads = _SimpleQueue()  # (script, keys, args, Reply) for the reader thread
@@ -145,10 +184,7 @@ class RedisBroker(Broker):
         self._stopped.acquire()
         self._relay_down_until = 0.0
         self._relay_failed = False
-        self.dropped = 0  # relays dropped while Redis was unreachable
-        self.relayed = 0  # publishes Redis took (relays and stored publishes)
-        self.reconnects = 0  # times a subscriber connection was made again after losing Redis
-        self.connected = False  # every subscriber connection is up and subscribed
+        self.connected: bool | None = False  # every subscriber connection is up and subscribed
         self._outage = False  # a subscriber connection was lost and is not back yet
         self._threads_done: list[Any] = []
         #: Some live servers of this prefix keep a history and some do not (from the last
@@ -165,12 +201,8 @@ class RedisBroker(Broker):
         self._last: dict[str, tuple[int, int, int | None]] = {}
         #: topic -> the keys of its presence, for the topics with local entries (relay thread only).
         self._presence_keys: dict[str, list[str]] = {}
-        self.resynced = 0  # stored publishes delivered by a resync after a lost connection
-        self.gaps = 0  # times a resync could not bridge a lost connection (subscribers told to resume)
         #: ``on_gap(namespace, topic)``: set by the server; a resync could not bridge a gap.
         self.on_gap: Callable[[str, str], None] | None = None
-        #: Every log line of this broker: its threads and its reads run outside the hub.
-        self._log = ThreadLog(log)
 
     # -- Broker interface ------------------------------------------------------
     def configure(
@@ -199,7 +231,7 @@ class RedisBroker(Broker):
         self._running = True
         for namespace, topic in interests():
             self._channels[channel_name(self.prefix, namespace, topic)] = (namespace, topic)
-        self._outbox.put((_ANNOUNCE,))  # this process's settings, for Publishers and the other servers
+        self._outbox.put(_Signal.ANNOUNCE)
         for target in (self._relay_loop, self._subscribe_loop, self._read_loop):
             done = RealLock()
             done.acquire()
@@ -224,14 +256,14 @@ class RedisBroker(Broker):
             self.dropped += 1  # Redis is too slow or away: drop rather than grow
             return
         channel = channel_name(self.prefix, namespace, topic)
-        self._outbox.put((_RELAY, channel, encode_envelope(self.origin, namespace, topic, outgoing)))
+        self._outbox.put(_Relay(channel, encode_envelope(self.origin, namespace, topic, outgoing)))
 
     def publish_stored(self, namespace: str | None, topic: str, outgoing: Outgoing, exclude_id: str | None) -> None:
         if not self._running or self._outbox.qsize() >= self.max_pending:
             self.dropped += 1
             self._deliver_unstored(namespace, topic, outgoing, exclude_id)
             return
-        self._outbox.put((_STORED, namespace, topic, outgoing, exclude_id))
+        self._outbox.put(_Stored(namespace, topic, outgoing, exclude_id))
 
     def _deliver_unstored(self, namespace: str | None, topic: str, outgoing: Outgoing, exclude_id: str | None) -> None:
         """Redis could not store a publish: local subscribers still get it, without an offset."""
@@ -260,7 +292,7 @@ class RedisBroker(Broker):
             wake = not pending
             pending[key] = None if info is ABSENT else info
         if wake:
-            self._outbox.put((_PRESENCE,))
+            self._outbox.put(_Signal.PRESENCE)
 
     def interest(self, namespace: str | None, topic: str, present: bool) -> None:
         channel = channel_name(self.prefix, namespace, topic)
@@ -352,7 +384,7 @@ class RedisBroker(Broker):
             except Exception:
                 self._log.exception("syncws: on_broker_error raised")
 
-    def _next_batch(self, timeout: float | None) -> list[Any] | None:
+    def _next_batch(self, timeout: float | None) -> list[_Command] | None:
         """Block for one relay item (at most ``timeout``), then take what else waits (see :func:`_batch`).
 
         None means stop; an empty batch, that the timeout passed.
@@ -369,15 +401,15 @@ class RedisBroker(Broker):
         refresh = self.presence_ttl / 3  # presence entries are refreshed this often
         next_refresh = time.monotonic() + refresh
         client = None
-        retry: list[Any] = []  # stored publishes to send again with the namespaces Redis named
+        retry: list[_Command] = []  # stored publishes to send again with the namespaces Redis named
         while True:
             batch = retry or self._next_batch(max(0.0, next_refresh - time.monotonic()))
-            retry = []
             if batch is None:
                 break
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + refresh
-                batch += [None, (_ANNOUNCE,)]  # refresh this process's presence entries and settings
+                batch += [_Signal.REFRESH, _Signal.ANNOUNCE]  # this process's presence entries and settings
+            retry = []
             if not batch:
                 continue
             if time.monotonic() < self._relay_down_until:
@@ -398,17 +430,7 @@ class RedisBroker(Broker):
                     client.close()  # a failover: find the cluster's nodes again
                     client = None
                 continue
-            for item, result in results:
-                if isinstance(result, Exception):
-                    self._log.warning("syncws: Redis refused a broker command: %s", _explain(result))
-                    self._give_up([item])
-                elif item[0] == _STORED and result[0] == -1:  # the topic's namespaces changed: again
-                    self._spaces[item[2]] = sorted(_text(ns) for ns in result[1])
-                    retry.append(item)
-                elif item[0] in (_RELAY, _STORED):
-                    self.relayed += 1
-                elif item[0] == _ANNOUNCE:
-                    self._compare_settings(result)
+            retry = self._settle(results)
             if self._relay_failed:
                 self._log.info("syncws: Redis broker relay is back")
             self._relay_failed = False
@@ -416,51 +438,66 @@ class RedisBroker(Broker):
         if client is not None:
             client.close()
 
-    def _send(self, client: Any, batch: list[Any]) -> list[tuple[Any, Any]]:
+    def _settle(self, results: list[tuple[_Command, Any]]) -> list[_Command]:
+        """Count what Redis took; the stored publishes to send again (their topic's namespaces changed)."""
+        retry: list[_Command] = []
+        for item, result in results:
+            if isinstance(result, Exception):
+                self._log.warning("syncws: Redis refused a broker command: %s", _explain(result))
+                self._give_up([item])
+                continue
+            match item:
+                case _Stored(topic=topic) if result[0] == -1:
+                    self._spaces[topic] = sorted(_text(ns) for ns in result[1])
+                    retry.append(item)
+                case _Relay() | _Stored():
+                    self.relayed += 1
+                case _Signal.ANNOUNCE:
+                    self._compare_settings(result)
+        return retry
+
+    def _send(self, client: Any, batch: list[_Command]) -> list[tuple[_Command, Any]]:
         """One pipelined round trip for a batch, in order; ``(item, result or error)`` per item.
 
-        A presence refresh (None) is several commands whose results are not returned.
+        Presence changes and refreshes are several commands whose results are not returned.
         A stored publish whose topic's namespaces changed comes back with ``-1``
         and is sent again (with its topic's later publishes of this batch,
         which fail the same way, so their order holds).
         """
         pipe = client.pipeline(transaction=False)
         prefix = self.prefix
-        owners: list[Any] = []  # the item each queued command belongs to
+        owners: list[_Command | None] = []  # the item each queued command belongs to (None: no result wanted)
         for item in batch:
             queued = len(pipe)
-            if item is None:
-                self._refresh_presence(pipe)
-                owners += [None] * (len(pipe) - queued)
-                continue
-            owners.append(item)
-            kind = item[0]
-            if kind == _RELAY:
-                self._publish(pipe, client, item[1], item[2])
-            elif kind == _STORED:
-                _, namespace, topic, outgoing, exclude = item
-                keys, args = redis_scripts.publish_call(
-                    prefix,
-                    self.origin,
-                    namespace,
-                    self._spaces.get(topic, []),
-                    topic,
-                    outgoing,
-                    exclude,
-                    self.history_size,
-                    self._ttl_ms(),
-                    self.fleet_mixed,
-                    self._is_sharded(client),
-                )
-                self._eval(pipe, "PUBLISH", keys, args)
-            elif kind == _PRESENCE:
-                with self._lock:
-                    changes, self._presence_pending = self._presence_pending, {}
-                self._send_presence(pipe, changes)
-                owners[-1:] = [None] * (len(pipe) - queued)
-            else:  # _ANNOUNCE
-                args = [self.origin, int(self.presence_ttl * 1000), self.history_size, self._ttl_ms()]
-                self._eval(pipe, "ANNOUNCE", redis_scripts.fleet_keys(prefix), args)
+            match item:
+                case _Relay(channel=channel, data=data):
+                    self._publish(pipe, client, channel, data)
+                case _Stored(namespace=namespace, topic=topic, outgoing=outgoing, exclude_id=exclude):
+                    keys, args = redis_scripts.publish_call(
+                        prefix,
+                        self.origin,
+                        namespace,
+                        self._spaces.get(topic, []),
+                        topic,
+                        outgoing,
+                        exclude,
+                        self.history_size,
+                        self._ttl_ms(),
+                        self.fleet_mixed,
+                        self._is_sharded(client),
+                    )
+                    self._eval(pipe, "PUBLISH", keys, args)
+                case _Signal.PRESENCE:
+                    with self._lock:
+                        changes, self._presence_pending = self._presence_pending, {}
+                    self._send_presence(pipe, changes)
+                case _Signal.REFRESH:
+                    self._refresh_presence(pipe)
+                case _Signal.ANNOUNCE:
+                    args = [self.origin, int(self.presence_ttl * 1000), self.history_size, self._ttl_ms()]
+                    self._eval(pipe, "ANNOUNCE", redis_scripts.fleet_keys(prefix), args)
+            wanted = item not in (_Signal.PRESENCE, _Signal.REFRESH)  # several commands, results unused
+            owners += [item if wanted else None] * (len(pipe) - queued)
         results = self._execute(client, pipe)
         return [(item, result) for item, result in zip(owners, results, strict=True) if item is not None]
 
@@ -567,15 +604,15 @@ class RedisBroker(Broker):
                 "syncws: every server sharing the Redis prefix %r has the same history settings now", self.prefix
             )
 
-    def _give_up(self, batch: list[Any]) -> None:
+    def _give_up(self, batch: list[_Command]) -> None:
         """Redis did not take these: relays are dropped (counted), stored publishes delivered locally."""
         for item in batch:
-            if item is None:
-                continue
-            if item[0] == _STORED:
-                self._deliver_unstored(*item[1:])
-            if item[0] in (_RELAY, _STORED):
-                self.dropped += 1
+            match item:
+                case _Stored(namespace=namespace, topic=topic, outgoing=outgoing, exclude_id=exclude):
+                    self._deliver_unstored(namespace, topic, outgoing, exclude)
+                    self.dropped += 1
+                case _Relay():
+                    self.dropped += 1
 
     def _subscribe_loop(self) -> None:
         subscriber = _Subscriber(self)
@@ -598,7 +635,7 @@ class RedisBroker(Broker):
             self.dropped += 1
             return
         data = encode_command(self.origin, command["op"], **{k: v for k, v in command.items() if k != "op"})
-        self._outbox.put((_RELAY, self._commands_channel, data))
+        self._outbox.put(_Relay(self._commands_channel, data))
 
     def _on_command(self, data: bytes) -> None:
         try:
@@ -670,16 +707,19 @@ class RedisBroker(Broker):
         One thread owns the reading connection: a socket is only ever used by
         the thread that made it (with gevent's monkey-patching, a socket
         belongs to its thread's hub), and every concurrent read shares one
-        pipelined round trip.  Raises the Redis error, or TimeoutError.
+        pipelined round trip.  Raises :class:`BrokerError` (from the Redis
+        error, or for a timeout): redis-py's errors stop here, at the boundary.
         """
         if not self._running:
-            raise self._redis_module.ConnectionError("the broker is not running")
+            raise BrokerError("the broker is not running")
         reply: Reply[Any] = Reply()
         self._reads.put((name, keys, args, reply))
         try:
             return reply.wait(self.read_timeout + 1)
         except TimeoutError:
-            raise TimeoutError("Redis did not answer in time") from None
+            raise BrokerError("Redis did not answer in time") from None
+        except self._errors as exc:
+            raise BrokerError(f"Redis could not be read: {_explain(exc)}") from exc
 
     def _read_loop(self) -> None:
         client = None
@@ -768,7 +808,7 @@ class RedisBroker(Broker):
             return None
         return [_from_entry(topic, entry) for entry in entries], bool(recovered), _text(newest) or None
 
-    def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
+    def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Presence:
         keys = redis_scripts.presence_keys(self.prefix, topic)
         found = self._read("PRESENCE_READ", keys, ["1" if count_only else "0", namespace or ""])
         if count_only:

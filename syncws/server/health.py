@@ -33,7 +33,7 @@ SIDE_PREFIX = "/health"
 def readiness(runtime: Runtime) -> dict[str, bool]:
     """Each readiness check by name, True when it passes (hub thread)."""
     broker = runtime.broker
-    connected = getattr(broker, "connected", None)  # None: in-process, nothing to reach
+    connected = broker.connected  # None: in-process, nothing to reach
     threads = runtime.thread_stats()
     return {
         "listening": runtime.bridge is not None and not runtime.finished,

@@ -259,8 +259,7 @@ class Peer:
 
     def presence(self, topic: str) -> list[dict[str, Any]]:
         """Who is subscribed to ``topic`` in this namespace, on every process: ``[{"id", "info"}]``."""
-        result: list[dict[str, Any]] = self._runtime.presence(topic, self.namespace)
-        return result
+        return self._runtime.presence(topic, self.namespace)
 
     def publish(self, topic: str, data: Any, *, compress: bool | None = None) -> None:
         """Send to every *other* subscriber of ``topic`` in this namespace (and other processes).

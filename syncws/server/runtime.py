@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, overload
 
 import gevent
 
@@ -25,7 +25,7 @@ from ..base.options import ServerOptions
 from ..base.threads import RealLock, Reply, T, Ts, hub_only, off_hub, use_threads
 from ..base.tracing import Tracer, make_tracer
 from ..protocol.payload import Outgoing, to_json
-from ..pubsub.broker import Broker
+from ..pubsub.broker import Broker, Presence
 from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, check_since, is_after, parse_offset
 from ..pubsub.registry import ABSENT, PresenceInfo, Registry, Subscriber, check_topic, fan_out
 from .bridge import HubBridge
@@ -497,14 +497,18 @@ class Runtime:
             return entries
         return []
 
-    def presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Any:
+    @overload
+    def presence(self, topic: str, namespace: str | None) -> list[dict[str, Any]]: ...
+    @overload
+    def presence(self, topic: str, namespace: str | None, count_only: Literal[True]) -> int: ...
+    def presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Presence:
         """Who is subscribed to ``topic``: every process with a broker that shares presence (any thread)."""
         check_topic(topic)
         if self.broker.shares_presence:
             try:
                 broker = self.broker
                 return self._broker_read("presence", topic, lambda: broker.read_presence(topic, namespace, count_only))
-            except Exception as exc:
+            except BrokerError as exc:
                 log.warning("syncws: presence could not be read from the broker, answering for this process: %s", exc)
         local = self.registry.presence(topic, namespace)
         return len(local) if count_only else local

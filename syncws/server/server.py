@@ -123,11 +123,7 @@ class Server:
         #: The TLS context (https:// and wss://), or None for plain HTTP.
         self.ssl_context = tls_context(certfile, keyfile, ssl_context)
         self.runtime = Runtime(ServerOptions(**options), make_broker(broker), owner=self)
-        health_path = self.options.health_path
-        if health_path is not None:
-            if not health_path.startswith("/"):
-                raise ConfigurationError(f"health_path must start with '/', not {health_path!r}")
-            self.runtime.routes.update(health_routes(self.runtime, health_path))
+        self._route_health_checks()
         #: The Prometheus exporter when ``metrics`` names an address (see docs/operations.md).
         self.metrics = EXPORTERS["prometheus"](self, metrics) if metrics else None
         #: The HTTP admin API when ``admin`` or ``admin_path`` is set (docs/reference/admin.md).
@@ -141,6 +137,14 @@ class Server:
         # An already-bound, listening socket to accept on instead of binding
         # (host, port); ``python -m syncws --workers N`` shares one this way.
         self._listener = listener
+
+    def _route_health_checks(self) -> None:
+        """The health checks on the main port, under the ``health_path`` option (answered in the hub)."""
+        health_path = self.options.health_path
+        if health_path is not None:
+            if not health_path.startswith("/"):
+                raise ConfigurationError(f"health_path must start with '/', not {health_path!r}")
+            self.runtime.routes.update(health_routes(self.runtime, health_path))
 
     # -- state ---------------------------------------------------------------
     @property
@@ -252,12 +256,11 @@ class Server:
         ``presence=``; across every process with the Redis broker, this
         process's otherwise.  ``namespace`` None: every namespace.
         """
-        result: list[dict[str, Any]] = self.runtime.presence(topic, namespace)
-        return result
+        return self.runtime.presence(topic, namespace)
 
     def presence_count(self, topic: str, namespace: str | None = None) -> int:
         """How many entries :meth:`presence` would return."""
-        return int(self.runtime.presence(topic, namespace, count_only=True))
+        return self.runtime.presence(topic, namespace, count_only=True)
 
     def stats(self) -> dict[str, Any]:
         """What this server process is doing and has done, as plain data (any thread).
@@ -315,15 +318,7 @@ class Server:
             "overflow": {"closes": counters.overflow_closes, "drops": counters.overflow_drops + live_drops},
             "rate_limited": counters.rate_limited,
             "refused": dict(counters.refused),
-            "broker": {
-                "kind": type(broker).__name__,
-                "connected": getattr(broker, "connected", None),
-                "relayed": getattr(broker, "relayed", 0),
-                "dropped": getattr(broker, "dropped", 0),
-                "reconnects": getattr(broker, "reconnects", 0),
-                "resynced": getattr(broker, "resynced", 0),
-                "gaps": getattr(broker, "gaps", 0),
-            },
+            "broker": broker.stats(),
             "history": {"size": runtime.options.history_size, "in_redis": broker.stores_history, **history},
             "presence": {"local_entries": runtime.registry.presence_count()},
             "threads": runtime.thread_stats(),

@@ -211,16 +211,18 @@ class Session:
             sock, options.max_buffer_size, options.overflow, self._on_overflow, runtime.flusher, on_drain
         )
         self.peer = Peer(self, request, namespace, context, remote_address)
-        # Rate limits: token buckets checked before the message hook; never a sleep.
+        self.started = time.monotonic()  # for the connection's log line (its duration)
+        self._set_rate_limits(options, self.started)
+
+    def _set_rate_limits(self, options: ServerOptions, now: float) -> None:
+        """Token buckets checked before the message hook; never a sleep."""
         rate, rate_bytes = options.rate_limit, options.rate_limit_bytes
-        now = time.monotonic()
         self._message_bucket = TokenBucket(rate[0], rate[1], now) if rate else None
         self._byte_bucket = TokenBucket(rate_bytes[0], rate_bytes[1], now) if rate_bytes else None
         self._rate_policy = options.rate_limit_policy
         self._limited = self._message_bucket is not None or self._byte_bucket is not None
         #: Messages over this peer's rate limit (dropped, or the one that closed it).
         self.rate_limited = 0
-        self.started = now  # for the connection's log line (its duration)
 
     @property
     def state(self) -> State:
