@@ -215,11 +215,15 @@ def parse_broker_url(url: str, **options: Any) -> RedisTarget:
     }
     db = query.pop("db", None)
     fields["options"] = {**query, **options}
-    path = [unquote(p) for p in parts.path.split("/") if p]
     if scheme == "unix":
         if not parts.path:
             raise ConfigurationError(f"broker URL {fields['display']!r} names no socket path")
         return RedisTarget(unix_path=unquote(parts.path), db=db or 0, **fields)
+    return _networked(topology, hostlist, [unquote(p) for p in parts.path.split("/") if p], db, fields)
+
+
+def _networked(topology: Topology, hostlist: str, path: list[str], db: Any, fields: dict[str, Any]) -> RedisTarget:
+    """The target of a URL with hosts: one server, a Sentinel group (a master's name) or a cluster."""
     nodes = _nodes(hostlist, 26379 if topology is Topology.SENTINEL else 6379, fields["display"])
     if topology is Topology.SINGLE:
         if len(nodes) > 1:
