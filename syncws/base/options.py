@@ -105,7 +105,7 @@ class Option:
         return self.shown_default or repr(self.default)
 
     # -- text (a flag or an environment variable) ---------------------------------
-    def parse(self, text: str) -> Any:
+    def parse(self, text: str) -> object:
         """The value of a flag or variable; ConfigurationError saying what was expected."""
         value = text.strip()
         lower = value.lower()
@@ -129,7 +129,7 @@ class Option:
         return _EXPECTED[self.kind].format(choices=", ".join(self.choices))
 
     # -- Python values -------------------------------------------------------------
-    def validate(self, value: Any) -> Any:
+    def validate(self, value: object) -> Any:
         """Check a Python value; return it normalised.  ConfigurationError if unusable."""
         if value is None and self.nullable:
             return None
@@ -182,49 +182,49 @@ class Option:
 _INVALID: Any = object()
 
 
-def is_seconds(value: Any) -> bool:
+def is_seconds(value: object) -> bool:
     """A positive, finite number of seconds (``0 < value < inf`` also refuses NaN, which never expires)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
-def _parse_size(option: Option, text: str) -> Any:
+def _parse_size(option: Option, text: str) -> object:
     lower = text.lower()
     number = lower.rstrip("abcdefghijklmnopqrstuvwxyz")
     size = int(number.strip()) * _SIZE_UNITS[lower[len(number) :].strip()]
     return size if size >= 1 else _INVALID
 
 
-def _parse_count(option: Option, text: str) -> Any:
+def _parse_count(option: Option, text: str) -> object:
     value = int(text)
     return value if value >= 1 else _INVALID
 
 
-def _parse_amount(option: Option, text: str) -> Any:
+def _parse_amount(option: Option, text: str) -> object:
     value = int(text)
     return value if value >= 0 else _INVALID
 
 
-def _parse_seconds(option: Option, text: str) -> Any:
+def _parse_seconds(option: Option, text: str) -> object:
     value = float(text)
     return value if 0 < value < math.inf else _INVALID
 
 
-def _parse_delay(option: Option, text: str) -> Any:
+def _parse_delay(option: Option, text: str) -> object:
     value = float(text)
     return value if 0 <= value < math.inf else _INVALID
 
 
-def _parse_choice(option: Option, text: str) -> Any:
+def _parse_choice(option: Option, text: str) -> object:
     lower = text.lower()
     return lower if lower in option.choices else _INVALID
 
 
-def _parse_origins(option: Option, text: str) -> Any:
+def _parse_origins(option: Option, text: str) -> object:
     items = [item.strip() for item in text.split(",") if item.strip()]
     return items if items else _INVALID
 
 
-def _parse_switch(option: Option, text: str) -> Any:
+def _parse_switch(option: Option, text: str) -> object:
     lower = text.lower()
     if lower == "auto":
         return lower
@@ -235,7 +235,7 @@ def _parse_switch(option: Option, text: str) -> Any:
     return _INVALID
 
 
-def _parse_bool(option: Option, text: str) -> Any:
+def _parse_bool(option: Option, text: str) -> object:
     lower = text.lower()
     if lower in _TRUE_WORDS:
         return True
@@ -244,31 +244,31 @@ def _parse_bool(option: Option, text: str) -> Any:
     return _INVALID
 
 
-def _parse_text(option: Option, text: str) -> Any:
+def _parse_text(option: Option, text: str) -> object:
     return text if text else _INVALID
 
 
-def _parse_port(option: Option, text: str) -> Any:
+def _parse_port(option: Option, text: str) -> object:
     value = int(text)
     return value if 0 <= value <= 65535 else _INVALID
 
 
-def _parse_window_bits(option: Option, text: str) -> Any:
+def _parse_window_bits(option: Option, text: str) -> object:
     value = int(text)
     return value if 9 <= value <= 15 else _INVALID
 
 
-def _parse_networks(option: Option, text: str) -> Any:
+def _parse_networks(option: Option, text: str) -> object:
     networks = _networks([item for item in text.split(",") if item.strip()])
     return networks if networks is not None else _INVALID
 
 
-def _networks(value: Any) -> tuple[Any, ...] | None:
+def _networks(value: object) -> tuple[Any, ...] | None:
     """A tuple of ``ipaddress`` networks from a list of addresses/networks (or one), None if unusable."""
     items = [value] if isinstance(value, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)) else value
     kinds = (str, ipaddress.IPv4Network, ipaddress.IPv6Network)
     try:
-        items = list(items)
+        items = list(items) if isinstance(items, Iterable) else []
         if not items or not all(isinstance(item, kinds) for item in items):
             return None
         return tuple(
@@ -278,11 +278,11 @@ def _networks(value: Any) -> tuple[Any, ...] | None:
         return None
 
 
-def _parse_rate(option: Option, text: str) -> Any:
+def _parse_rate(option: Option, text: str) -> object:
     parts = text.split("/")
     if len(parts) > 2:
         return _INVALID
-    numbers = []
+    numbers: list[object] = []
     for part in parts:
         try:
             numbers.append(float(part))
@@ -292,7 +292,7 @@ def _parse_rate(option: Option, text: str) -> Any:
     return rate if rate is not None else _INVALID
 
 
-def _rate(value: Any) -> tuple[float, float] | None:
+def _rate(value: object) -> tuple[float, float] | None:
     """``(per second, burst)`` from a positive number or a pair of them; None if unusable."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value, value)
@@ -304,7 +304,7 @@ def _rate(value: Any) -> tuple[float, float] | None:
     return float(rate), float(burst)
 
 
-_PARSERS: dict[Kind, Callable[[Option, str], Any]] = {
+_PARSERS: dict[Kind, Callable[[Option, str], object]] = {
     Kind.SIZE: _parse_size,
     Kind.COUNT: _parse_count,
     Kind.AMOUNT: _parse_amount,

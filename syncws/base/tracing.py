@@ -25,10 +25,14 @@ import importlib.util
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DependencyMissing
 from .version import __version__
+
+if TYPE_CHECKING:  # an optional dependency: imported at run time only when tracing is on
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, SpanKind
 
 #: Seconds between two looks for a tracer provider while none is set (see ``Tracer.span``).
 PROVIDER_CHECK_INTERVAL = 1.0
@@ -52,7 +56,7 @@ class Tracer:
         self.CONSUMER = trace.SpanKind.CONSUMER
         self.INTERNAL = trace.SpanKind.INTERNAL
 
-    def extract(self, environ: Mapping[str, Any]) -> Any:
+    def extract(self, environ: Mapping[str, Any]) -> Context:
         """The context a WSGI request's ``traceparent`` (and ``tracestate``) names; empty without one."""
         carrier = {}
         for header in ("traceparent", "tracestate"):
@@ -61,11 +65,11 @@ class Tracer:
                 carrier[header] = value
         return self._propagate.extract(carrier)
 
-    def current(self) -> Any:
+    def current(self) -> Context:
         """The context of the caller (the parent of a span started elsewhere for it)."""
         return self._context.get_current()
 
-    def context_of(self, span: Any) -> Any:
+    def context_of(self, span: Span) -> Context:
         """A context whose current span is ``span``: the parent of later spans of the same connection."""
         return self._trace.set_span_in_context(span)
 
@@ -92,8 +96,12 @@ class Tracer:
         return self._configured
 
     def span(
-        self, name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None, kind: Any = None
-    ) -> AbstractContextManager[Any]:
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        parent: Context | None = None,
+        kind: SpanKind | None = None,
+    ) -> AbstractContextManager[Span]:
         """Start ``name`` as the current span (a child of ``parent``, else of the current one)."""
         return self._tracer.start_as_current_span(
             name, context=parent, kind=self.INTERNAL if kind is None else kind, attributes=attributes

@@ -177,7 +177,7 @@ class Channels(WebSocketHandler):
 
         return register
 
-    def send(self, peer: Peer, data: Any) -> bool:
+    def send(self, peer: Peer, data: object) -> bool:
         """Send ``data`` (JSON-able) to one client as a ``message`` push; False when it is closed."""
         return peer.send({"type": Push.MESSAGE, "data": data})
 
@@ -538,13 +538,13 @@ def _topic(request: Incoming) -> str:
     return topic
 
 
-def _publication(offset: str, data: Any) -> dict[str, Any]:
+def _publication(offset: str, data: object) -> dict[str, Any]:
     if isinstance(data, bytes):
         return {"offset": offset, "data": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
     return {"offset": offset, "data": data}
 
 
-def _call(fn: Hook, peer: Peer, params: Any, request_id: Any, method: str) -> dict[str, Any]:
+def _call(fn: Hook, peer: Peer, params: object, request_id: Any, method: str) -> dict[str, Any]:
     """Run one RPC method; its reply (a result or a structured error)."""
     try:
         result = fn(peer, params)

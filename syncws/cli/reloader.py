@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from ..base.errors import ListenError
@@ -59,7 +60,7 @@ def run_parent(args: argparse.Namespace) -> int:
     child: Any = None
     stopping = False
 
-    def forward(signum: int, _frame: Any) -> None:
+    def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         if child is not None and child.poll() is None:

@@ -225,11 +225,11 @@ class Client:
             entry[0]._end()
             self._request("unsubscribe", topic=topic)
 
-    def publish(self, topic: str, data: Any, *, exclude_self: bool = False) -> None:
+    def publish(self, topic: str, data: object, *, exclude_self: bool = False) -> None:
         """Publish to ``topic`` (when the server's ``authorize`` allows it)."""
         self._request("publish", topic=topic, data=data, exclude_self=exclude_self)
 
-    def rpc(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+    def rpc(self, method: str, params: object = None, *, timeout: float | None = None) -> Any:
         """Call an RPC method: its result, ``RequestFailed`` for its error, ``TimeoutError`` after ``timeout``."""
         return self._request("rpc", timeout=timeout, method=method, params=params)
 
@@ -242,7 +242,7 @@ class Client:
         result = self._request("history", topic=topic, since=since, limit=limit)
         return [Publication(topic, item["offset"], _data(item)) for item in result["publications"]]
 
-    def send(self, data: Any) -> None:
+    def send(self, data: object) -> None:
         """A ``message`` request: the server's ``message`` hook gets ``data``."""
         self._request("message", data=data)
 
@@ -262,7 +262,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- requests -------------------------------------------------------------------------
@@ -459,7 +459,7 @@ def _abort(ws: Any) -> None:
         pass
 
 
-def _safely(callback: Callable[[Any], Any], value: Any) -> None:
+def _safely(callback: Callable[[Any], Any], value: object) -> None:
     try:
         callback(value)
     except Exception:

@@ -53,6 +53,7 @@ import logging
 import os
 import socket as stdlib_socket
 import sys
+from types import FrameType
 from typing import Any
 
 import gevent
@@ -223,13 +224,13 @@ class Worker(BaseWorker):
         return f"unix:{address}"
 
     # -- signals ----------------------------------------------------------------------------
-    def handle_quit(self, sig: int, frame: Any) -> None:
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         # gunicorn's quick stop (SIGINT, SIGQUIT): goodbye frames, then exit at once.
         # Out of the signal handler, as gunicorn's gevent worker does (blocking calls).
         self.alive = False
         gevent.spawn(self._quit, sig, frame)
 
-    def _quit(self, sig: int, frame: Any) -> None:
+    def _quit(self, sig: int, frame: FrameType | None) -> None:
         server = self.server
         if server is not None and not server.finished:
             try:

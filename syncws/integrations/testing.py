@@ -110,7 +110,7 @@ class TestClient:
         self.server = serve(self._app, "127.0.0.1", 0, background=True, **self._options)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.server is not None:
             self.server.stop(timeout=2)
             self.server = None
@@ -147,7 +147,13 @@ class TestClient:
 
     # -- plain HTTP and pub/sub -------------------------------------------------------
     def request(
-        self, method: str, path: str, *, data: Any = None, json: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | str | Mapping[str, str] | None = None,
+        json: object = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         """One HTTP request; ``data`` (bytes, str or a form dict) or ``json`` as the body."""
         body, all_headers = _body(data, json)
@@ -166,12 +172,12 @@ class TestClient:
     def post(self, path: str, **kwargs: Any) -> Response:
         return self.request("POST", path, **kwargs)
 
-    def publish(self, topic: str, data: Any, namespace: str | None = None) -> None:
+    def publish(self, topic: str, data: object, namespace: str | None = None) -> None:
         """``server.publish``: reaches the subscribers of the served app (and other processes)."""
         self._running().publish(topic, data, namespace=namespace)
 
 
-def _body(data: Any, payload: Any) -> tuple[bytes | None, dict[str, str]]:
+def _body(data: bytes | str | Mapping[str, str] | None, payload: object) -> tuple[bytes | None, dict[str, str]]:
     if payload is not None:
         return json.dumps(payload).encode("utf-8"), {"Content-Type": "application/json"}
     if isinstance(data, Mapping):
@@ -266,11 +272,11 @@ class WebSocket:
     def __enter__(self) -> WebSocket:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- sending ----------------------------------------------------------------------------
-    def send(self, data: Any) -> None:
+    def send(self, data: object) -> None:
         """Send ``data`` by the payload rules: str text, bytes binary, dict/list/numbers JSON text."""
         if self._closed:
             raise ConnectionClosed(self.close_code, self.close_reason)
@@ -382,7 +388,7 @@ class EventStream:
     def __enter__(self) -> EventStream:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:

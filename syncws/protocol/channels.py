@@ -164,7 +164,7 @@ def parse_request(text: str) -> Incoming:
     return Incoming(request_type, request_id, body)
 
 
-def _valid_id(value: Any) -> bool:
+def _valid_id(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
@@ -172,12 +172,12 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def field(request: Incoming, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+def field(request: Incoming, name: str, kind: type | tuple[type, ...], default: object = None) -> Any:
     """A request's field, checked: :class:`BadRequest` when it is there with another type.
 
     ``bool`` is never taken for ``int`` (JSON's ``true`` is not a number).
@@ -195,7 +195,7 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def reply(request_id: str | int | None, result: Any) -> dict[str, Any]:
+def reply(request_id: str | int | None, result: object) -> dict[str, Any]:
     return {"id": request_id, "result": result}
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
 from ..base.errors import ConfigurationError, ProtocolError
 from .frames import (
@@ -124,7 +123,7 @@ NEED_DATA = Pending.NEED_DATA
 CONSUMED = Pending.CONSUMED
 
 
-def check_close(code: Any, reason: Any) -> None:
+def check_close(code: object, reason: object) -> None:
     """ConfigurationError (a ValueError) for a close code or reason that may not be sent.
 
     Called where a close is asked for, before it crosses to the hub, so the

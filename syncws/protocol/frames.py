@@ -133,13 +133,13 @@ def _block_key(mask: bytes) -> int:
     return int.from_bytes(mask * (_BLOCK // 4), "little")
 
 
-def _xor(payload: Any, mask: bytes, n: int) -> bytes:
+def _xor(payload: bytes | bytearray | memoryview, mask: bytes, n: int) -> bytes:
     key = (mask * (n // 4 + 1))[:n]
     value = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
     return value.to_bytes(n, "little")
 
 
-def unmask_python(payload: Any, mask: bytes) -> bytes:
+def unmask_python(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     """XOR a payload (any bytes-like object) with the 4-byte mask, at C speed.
 
     gevent-websocket unmasks byte by byte in Python.  Here the payload becomes

@@ -15,12 +15,12 @@ from .deflate import Agreement, compress
 from .frames import OP_BINARY, OP_TEXT, encode_frame
 
 
-def to_json(value: Any) -> str:
+def to_json(value: object) -> str:
     """Compact JSON, as JavaScript's ``JSON.stringify`` writes it."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def encode(data: Any) -> tuple[int, bytes]:
+def encode(data: object) -> tuple[int, bytes]:
     """Return ``(opcode, payload bytes)`` for a value a user wants to send."""
     raw = getattr(data, "__syncws_payload__", None)
     if raw is not None:  # a received Message: echo it with its own type
@@ -53,7 +53,7 @@ class Outgoing:
 
     __slots__ = ("_frame", "_memo", "_shared", "compress", "is_json", "offset", "opcode", "payload", "topic")
 
-    def __init__(self, data: Any, compress: bool | None = None) -> None:
+    def __init__(self, data: object, compress: bool | None = None) -> None:
         self.opcode, self.payload = encode(data)
         #: For peers that agreed to permessage-deflate: True always compress,
         #: False never, None when the payload reaches the compression threshold.
@@ -179,7 +179,7 @@ def _as_text(opcode: int, payload: bytes) -> str:
     return payload.decode("utf-8")
 
 
-def as_text(data: Any) -> str:
+def as_text(data: object) -> str:
     """A value as text by the payload rules; binary values become base64.
 
     Used where only text can travel (SSE ``data``).

@@ -45,7 +45,7 @@ class EventStreamMessage:
 MessageLike = str | EventStreamMessage | Mapping[str, Any]
 
 
-def _strip(value: Any) -> str:
+def _strip(value: object) -> str:
     return str(value).replace("\r", "").replace("\n", "")
 
 

@@ -141,8 +141,8 @@ class Broker:
         """
         raise NotImplementedError
 
-    def presence_changed(self, namespace: str, topic: str, entry_id: str, info: Any) -> None:
-        """A local presence entry appeared (``info``, JSON text) or went (``registry.ABSENT``); never blocks."""
+    def presence_changed(self, namespace: str, topic: str, entry_id: str, info: str | None) -> None:
+        """A local presence entry appeared (``info``, JSON text) or went (None); never blocks."""
 
     def read_presence(self, topic: str, namespace: str | None, count_only: bool = False) -> Presence:
         """Every process's presence of ``topic`` (``shares_presence`` brokers only; blocking)."""

@@ -50,7 +50,7 @@ class Publisher:
         self._sharded: bool | None = None
         self._warned = False
 
-    def publish(self, topic: str, data: Any, *, namespace: str | None = None) -> int:
+    def publish(self, topic: str, data: object, *, namespace: str | None = None) -> int:
         """Send ``data`` to every subscriber of ``topic`` on every server process.
 
         ``namespace`` None reaches every namespace (and, with history on, is
@@ -140,5 +140,5 @@ class Publisher:
     def __enter__(self) -> Publisher:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -80,7 +80,6 @@ from .broker import (
 )
 from .history import parse_offset
 from .redis_target import RedisTarget, Topology, parse_broker_url, redis_errors, require_redis
-from .registry import ABSENT
 
 log = logging.getLogger("syncws.broker")
 
@@ -271,7 +270,7 @@ class RedisBroker(Broker):
         if deliver is not None:
             deliver(namespace, topic, outgoing, exclude_id)
 
-    def presence_changed(self, namespace: str, topic: str, entry_id: str, info: Any) -> None:
+    def presence_changed(self, namespace: str, topic: str, entry_id: str, info: str | None) -> None:
         """Coalesced per entry: only an entry's last state is sent, on the relay's next round trip.
 
         Publishes and presence changes never share a bound: a client that
@@ -290,7 +289,7 @@ class RedisBroker(Broker):
                 self.presence_dropped += 1
                 return
             wake = not pending
-            pending[key] = None if info is ABSENT else info
+            pending[key] = info
         if wake:
             self._outbox.put(_Signal.PRESENCE)
 
@@ -860,7 +859,7 @@ def _sha(name: str) -> str:
 _SHAS: dict[str, str] = {}
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -1198,7 +1197,12 @@ class _Subscriber:
         return [error] * len(work)
 
     def _bridge(
-        self, channel: str, namespace: str, topic: str, last: tuple[int, int, int | None] | None, result: Any
+        self,
+        channel: str,
+        namespace: str,
+        topic: str,
+        last: tuple[int, int, int | None] | None,
+        result: list[Any] | Exception,
     ) -> None:
         broker = self.broker
         if isinstance(result, Exception):

@@ -8,8 +8,9 @@ snapshots they can iterate without it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from ..base.errors import ConfigurationError
 from ..base.threads import RealLock
@@ -28,7 +29,11 @@ class Subscriber(Protocol):
 
 
 #: ``subscribe(..., presence=ABSENT)``: the subscription is not shown in presence.
-ABSENT: Any = object()
+class Absent(enum.Enum):
+    ABSENT = "absent"
+
+
+ABSENT: Final = Absent.ABSENT
 
 
 class PresenceInfo(NamedTuple):
@@ -40,7 +45,7 @@ class PresenceInfo(NamedTuple):
 
 #: Told when a presence entry appears (its info as JSON text) or goes (``ABSENT``):
 #: ``(namespace, topic, id, info)``; runs under the registry's lock.
-PresenceListener = Callable[[str, str, str, Any], None]
+PresenceListener = Callable[[str, str, str, "str | None"], None]
 
 
 class Registry:
@@ -115,7 +120,7 @@ class Registry:
             return frozenset(p for members in self._peers.values() for p in members)
 
     # -- topics ------------------------------------------------------------
-    def subscribe(self, sub: Subscriber, topic: str, presence: Any = ABSENT, envelope: bool = False) -> None:
+    def subscribe(self, sub: Subscriber, topic: str, presence: object = ABSENT, envelope: bool = False) -> None:
         """Add ``sub`` to ``topic``; with ``presence`` (any JSON-able info) it is shown in presence.
 
         ``presence`` may be a :class:`PresenceInfo` the caller made (and checked) already.
@@ -154,7 +159,8 @@ class Registry:
                 del self._subscriptions[sub]
             self._discard(sub, topic)
 
-    def _presence_changed(self, sub: Subscriber, topic: str, info: Any) -> None:
+    def _presence_changed(self, sub: Subscriber, topic: str, info: str | None) -> None:
+        # info: the entry's JSON text, or None when it is gone.
         if self.on_presence is not None:
             self.on_presence(sub.namespace, topic, sub.id, info)
 
@@ -166,7 +172,7 @@ class Registry:
             self._present_count -= 1
             if not present:
                 del self._present[key]
-            self._presence_changed(sub, topic, ABSENT)
+            self._presence_changed(sub, topic, None)
         members = self._topics.get(key)
         if members is not None:
             members.pop(sub, None)

@@ -27,12 +27,13 @@ second) so that the client reads the answer instead of a connection reset.
 
 from __future__ import annotations
 
+import enum
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import gevent
 from gevent.pywsgi import OldMessage
@@ -43,7 +44,10 @@ from .listener import ClosingHandler, ResilientWSGIServer
 from .runtime import Runtime
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import InputStream
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import InputStream, StartResponse, WSGIApplication
+
+    from ..base.options import ServerOptions
 
 log = logging.getLogger("syncws")
 ACCESS_LOG = logging.getLogger("syncws.access")
@@ -105,9 +109,9 @@ class Transport:
         #: The response body must be iterated in the hub (an event stream's), even when
         #: the view ran in the thread pool.
         self.hub_body = False
-        self._at_end: list[Any] = []
+        self._at_end: list[Callable[[], object]] = []
 
-    def at_end(self, callback: Any) -> None:
+    def at_end(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` once this request's response is over, whatever happened."""
         self._at_end.append(callback)
 
@@ -199,7 +203,7 @@ class _ConnectionGreenlet(_Greenlet):
     spawning_stack_limit = 0
 
 
-def _serve_handed_over(run: Callable[[], Any], sock: Any) -> None:
+def _serve_handed_over(run: Callable[[], object], sock: socket.socket) -> None:
     try:
         run()
     except Exception:
@@ -212,6 +216,7 @@ def _serve_handed_over(run: Callable[[], Any], sock: Any) -> None:
 class ConnectionHandler(ClosingHandler):
     status: Any  # gevent's: the status line, str or bytes depending on where it was set
     socket: Any  # gevent's; None once the connection is handed over (Transport.hand_over)
+    result: Iterable[bytes] | None  # gevent's: the app's response body while it is sent
 
     @property
     def runtime(self) -> Runtime:
@@ -242,7 +247,7 @@ class ConnectionHandler(ClosingHandler):
         super().handle()  # ClosingHandler's: the reader is closed at the end
 
     # -- the request head ---------------------------------------------------
-    def handle_one_request(self) -> Any:
+    def handle_one_request(self) -> bool | None:
         """gevent's, with limits and a deadline on reading the request head."""
         if self.rfile.closed:
             return None
@@ -282,7 +287,7 @@ class ConnectionHandler(ClosingHandler):
             return None
         return True  # keep-alive: read the next request
 
-    def _read_head(self, options: Any) -> Any:
+    def _read_head(self, options: ServerOptions) -> bool | RequestHeadError:
         """Read and parse the request line and headers.
 
         True: a request to serve; False: the client is gone, close quietly;
@@ -369,7 +374,7 @@ class ConnectionHandler(ClosingHandler):
         message._headers = pairs  # email.message.Message's own storage
         return message
 
-    def _head_timed_out(self, timeout: float | None) -> Any:
+    def _head_timed_out(self, timeout: float | None) -> bool | RequestHeadError:
         if not self._head_started:
             return False  # an idle keep-alive connection: nothing to answer
         if not getattr(self, "requestline", None):
@@ -420,7 +425,9 @@ class ConnectionHandler(ClosingHandler):
         address: Any = self.client_address
         return str(address[0] if isinstance(address, tuple) else address or "-")
 
-    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
         if self.runtime.stopping and not any(name.lower() == "connection" for name, _ in headers):
             # Draining: answer, then close, so the client does not reuse the connection.
             headers = [*headers, ("Connection", "close")]
@@ -452,7 +459,9 @@ class ConnectionHandler(ClosingHandler):
             },
         )
 
-    def _call_application(self, application: Any, environ: dict[str, Any], transport: Transport) -> Any:
+    def _call_application(
+        self, application: WSGIApplication, environ: dict[str, Any], transport: Transport
+    ) -> Iterable[bytes]:
         """Call the app here, in the connection's greenlet, or in the thread pool (the ``threads`` option).
 
         In the pool, a view that blocks (``time.sleep``, a C driver) holds one
@@ -472,7 +481,9 @@ class ConnectionHandler(ClosingHandler):
         environ["wsgi.input"] = HubInput(environ["wsgi.input"], runtime)
         return runtime.run_in_thread(_open_body, application, environ, self._start_response_in_thread, transport)
 
-    def _start_response_in_thread(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+    def _start_response_in_thread(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
         self.start_response(status, headers, exc_info)
         runtime = self.runtime
         return lambda data: runtime.run_in_hub(self.write, data, spawn=True)  # PEP 3333's write(), through the hub
@@ -527,10 +538,16 @@ class ConnectionHandler(ClosingHandler):
                 transport.finish()
 
 
-_END: Any = object()
+class _End(enum.Enum):
+    END = "end"  # what ThreadedBody's next chunk is once the body is over
 
 
-def _open_body(application: Any, environ: dict[str, Any], start_response: Any, transport: Transport) -> Any:
+_END: Final = _End.END
+
+
+def _open_body(
+    application: WSGIApplication, environ: dict[str, Any], start_response: StartResponse, transport: Transport
+) -> Iterable[bytes]:
     # In a pool thread: the app's call, and the first chunk of a body that may block.
     result = application(environ, start_response)
     if transport.upgraded or transport.hub_body or isinstance(result, (list, tuple)):
@@ -546,20 +563,20 @@ class ThreadedBody:
     hand-off, and so is the end (where the app's ``close`` runs, in the pool).
     """
 
-    def __init__(self, result: Any, runtime: Runtime) -> None:
+    def __init__(self, result: Iterable[bytes], runtime: Runtime) -> None:
         self._result = result
         self._runtime = runtime
         self._iterator = iter(result)
         self._closed = False
         self._first = self._next()
 
-    def _next(self) -> Any:
+    def _next(self) -> bytes | _End:
         chunk = next(self._iterator, _END)
         if chunk is _END:
             self._close()
         return chunk
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[bytes]:
         chunk, self._first = self._first, _END
         while chunk is not _END:
             yield chunk

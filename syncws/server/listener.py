@@ -14,7 +14,9 @@ import errno
 import logging
 import socket
 import time
-from typing import Any
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.pool import Pool
@@ -23,6 +25,14 @@ from gevent.socket import socket as GeventSocket
 
 from ..base.errors import ConfigurationError, ListenError
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    import ssl
+
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+#: Where a connection comes from: (host, port, ...) for TCP, a path (or "") for a unix socket.
+Address = tuple[Any, ...] | str
 
 log = logging.getLogger("syncws")
 
@@ -58,7 +68,9 @@ def url_for(host: str, port: int, tls: bool = False) -> str:
     return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
-def tls_context(certfile: str | None, keyfile: str | None, context: Any = None) -> Any:
+def tls_context(
+    certfile: str | None, keyfile: str | None, context: ssl.SSLContext | None = None
+) -> ssl.SSLContext | None:
     """The server's TLS context: ``context`` as given, or one loaded from the files; None for plain HTTP.
 
     Built with :mod:`gevent.ssl`, whose sockets yield to other greenlets
@@ -118,15 +130,15 @@ class ResilientWSGIServer(WSGIServer):
         super().__init__(*args, **kwargs)
         #: Sockets a Transport handed to a greenlet of their own: not closed
         #: when their HTTP handler's greenlet ends (that greenlet closes them).
-        self.handed_over: set[Any] = set()
+        self.handed_over: set[socket.socket] = set()
 
-    def do_close(self, sock: Any, *args: Any) -> None:
+    def do_close(self, sock: socket.socket, *args: object) -> None:
         if sock in self.handed_over:
             self.handed_over.discard(sock)
             return
         super().do_close(sock, *args)
 
-    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
+    def wrap_socket_and_handle(self, client_socket: socket.socket, address: Address) -> None:
         """TLS: the handshake within ``handshake_timeout``, then the request, as for plain HTTP.
 
         gevent's version waits for the TLS handshake without a limit (a
@@ -168,13 +180,13 @@ class ResilientWSGIServer(WSGIServer):
                 tls_socket.close()
 
     @classmethod
-    def get_listener(cls, address: Any, backlog: int | None = None, family: int | None = None) -> Any:
+    def get_listener(cls, address: Address, backlog: int | None = None, family: int | None = None) -> socket.socket:
         """gevent's listener, closed again when it cannot bind (port in use, say).
 
         gevent leaves that socket to the garbage collector, which may close it
         after the hub that owns it is gone.
         """
-        sock = GeventSocket(family=family if family is not None else socket.AF_INET)
+        sock: socket.socket = GeventSocket(family=family if family is not None else socket.AF_INET)
         try:
             if cls.reuse_addr is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, cls.reuse_addr)
@@ -263,7 +275,7 @@ class ClosingHandler(WSGIHandler):
 class _SideHandler(ClosingHandler):
     """A side address's handler: a connection cut off by its deadline gets no 500 and no traceback."""
 
-    def handle_error(self, kind: Any, value: Any, tb: Any) -> None:
+    def handle_error(self, kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         if isinstance(value, gevent.Timeout):
             self.close_connection = True
             raise value  # on to SideServer.handle, whose deadline it is
@@ -284,13 +296,15 @@ class SideServer(WSGIServer):
     connection_timeout = 10.0
     handler_class = _SideHandler
 
-    def handle(self, sock: Any, address: Any) -> None:
+    def handle(self, sock: socket.socket, address: Address) -> None:
         sock.settimeout(self.connection_timeout)
         with gevent.Timeout(self.connection_timeout, False):
             super().handle(sock, address)
 
 
-def serve_side(address: str, what: str, app: Any, runtime: Runtime, *, reuse_port: bool = False) -> SideServer:
+def serve_side(
+    address: str, what: str, app: WSGIApplication, runtime: Runtime, *, reuse_port: bool = False
+) -> SideServer:
     """Bind ``address`` (the ``what`` option's value) and serve ``app`` there, bounded (hub thread).
 
     The address answers the health checks too (``/health/live``,
@@ -303,7 +317,7 @@ def serve_side(address: str, what: str, app: Any, runtime: Runtime, *, reuse_por
 
     checks = routes(runtime, SIDE_PREFIX)
 
-    def side_app(environ: dict[str, Any], start_response: Any) -> Any:
+    def side_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         check = checks.get(environ.get("PATH_INFO") or "")
         return (check or app)(environ, start_response)
 

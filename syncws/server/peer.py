@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.event import Event
 
@@ -24,6 +24,9 @@ from ..protocol.payload import Outgoing
 from ..pubsub.history import Recovery
 from ..pubsub.registry import check_user
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 
 class _Outbox(Protocol):
@@ -122,7 +125,7 @@ class Peer:
         """Who this peer is, once :meth:`identify` said so (the channels ``connect`` hook does); else None."""
         return self._user
 
-    def identify(self, user: str | int | None, info: Any = None) -> None:
+    def identify(self, user: str | int | None, info: object = None) -> None:
         """Say which user this peer is, so ``server.disconnect(user=...)`` and ``server.unsubscribe`` find it.
 
         ``user``: a string or an integer (kept as its string), None to forget it.
@@ -154,7 +157,7 @@ class Peer:
         return self._session
 
     @property
-    def trace_context(self) -> Any:
+    def trace_context(self) -> Context | None:
         """The OpenTelemetry context of this connection's ``syncws.upgrade`` span; None when not tracing."""
         return getattr(self._session, "trace_context", None)
 
@@ -168,7 +171,7 @@ class Peer:
         return self._session.closed
 
     # -- sending -----------------------------------------------------------
-    def send(self, data: Any, *, compress: bool | None = None) -> bool:
+    def send(self, data: object, *, compress: bool | None = None) -> bool:
         """Send to this peer only; False when the peer is closed (nothing is sent).
 
         True means the message was queued for the peer (from another thread:
@@ -238,7 +241,7 @@ class Peer:
         return False
 
     def subscribe(
-        self, topic: str, *, since: str | None = None, envelope: bool = False, presence: Any = None
+        self, topic: str, *, since: str | None = None, envelope: bool = False, presence: object = None
     ) -> Recovery:
         """Receive the publishes to ``topic`` in this namespace.
 
@@ -261,7 +264,7 @@ class Peer:
         """Who is subscribed to ``topic`` in this namespace, on every process: ``[{"id", "info"}]``."""
         return self._runtime.presence(topic, self.namespace)
 
-    def publish(self, topic: str, data: Any, *, compress: bool | None = None) -> None:
+    def publish(self, topic: str, data: object, *, compress: bool | None = None) -> None:
         """Send to every *other* subscriber of ``topic`` in this namespace (and other processes).
 
         ``compress`` as for :meth:`send`; the message is compressed at most

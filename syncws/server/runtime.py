@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import gevent
 
@@ -27,11 +27,16 @@ from ..base.tracing import Tracer, make_tracer
 from ..protocol.payload import Outgoing, to_json
 from ..pubsub.broker import Broker, Presence
 from ..pubsub.history import NOT_RECOVERED, MemoryHistory, Recovery, check_since, is_after, parse_offset
-from ..pubsub.registry import ABSENT, PresenceInfo, Registry, Subscriber, check_topic, fan_out
+from ..pubsub.registry import ABSENT, Absent, PresenceInfo, Registry, Subscriber, check_topic, fan_out
 from .bridge import HubBridge
 from .keepalive import Keepalive
 from .outbox import Flusher
 from .pool import WorkerPool
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+    from opentelemetry.context import Context
+    from opentelemetry.trace import SpanKind
 
 log = logging.getLogger("syncws")
 access_log = logging.getLogger("syncws.access")
@@ -111,7 +116,7 @@ class Runtime:
         self.stopping = False  # a stop has begun, or a drain's delay is over: new upgrades get 503
         #: Paths the HTTP handler answers itself, in the hub, before the app sees them:
         #: the health checks and the admin API on the main port.
-        self.routes: dict[str, Callable[..., Any]] = {}
+        self.routes: dict[str, WSGIApplication] = {}
         self.finished = False  # the stop is over
         self.bridge: HubBridge | None = None
         self.flusher: Flusher | None = None
@@ -216,7 +221,7 @@ class Runtime:
         outgoing: Outgoing,
         namespace: str | None,
         exclude: Subscriber | None = None,
-        parent: Any = None,
+        parent: Context | None = None,
     ) -> None:
         """A local publish (hub thread): local subscribers first, then the broker relays it.
 
@@ -237,7 +242,7 @@ class Runtime:
 
     @contextmanager
     def _deliveries_span(
-        self, tracer: Tracer, name: str, kind: Any, attributes: dict[str, Any], parent: Any = None
+        self, tracer: Tracer, name: str, kind: SpanKind, attributes: dict[str, Any], parent: Context | None = None
     ) -> Iterator[None]:
         """A span around a delivery, with ``syncws.deliveries``: the recipients it counted (one subtraction)."""
         with tracer.span(name, attributes, parent, kind) as span:
@@ -356,7 +361,7 @@ class Runtime:
 
     # -- history and presence ---------------------------------------------------------------
     def subscribe(
-        self, sub: Subscriber, topic: str, since: str | None, presence: Any = ABSENT, envelope: bool = False
+        self, sub: Subscriber, topic: str, since: str | None, presence: object = ABSENT, envelope: bool = False
     ) -> Recovery:
         """Subscribe, replaying the stored publishes after ``since`` first (any thread).
 
@@ -380,7 +385,7 @@ class Runtime:
             span.set_attribute("syncws.recovered", recovery.recovered)
             return recovery
 
-    def _subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool) -> Recovery:
+    def _subscribe(self, sub: Subscriber, topic: str, since: str | None, presence: object, envelope: bool) -> Recovery:
         if self.history is not None:
             return self.run_in_hub(self._subscribe_in_memory, sub, topic, since, presence, envelope)
         if self.broker.stores_history:
@@ -388,7 +393,7 @@ class Runtime:
         self.registry.subscribe(sub, topic, presence, envelope)
         return NOT_RECOVERED
 
-    def check_presence(self, info: Any) -> Any:
+    def check_presence(self, info: object) -> PresenceInfo | Absent:
         """``info`` as a :class:`PresenceInfo` (ABSENT stays ABSENT); its JSON within ``max_presence_size``.
 
         Checked where the app calls, so it gets the error: a value that is not
@@ -407,7 +412,7 @@ class Runtime:
 
     @hub_only
     def _subscribe_in_memory(
-        self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool
+        self, sub: Subscriber, topic: str, since: str | None, presence: object, envelope: bool
     ) -> Recovery:
         assert self.history is not None
         # Without since nothing is replayed: read the newest offset only.
@@ -422,7 +427,7 @@ class Runtime:
             self.counters.sent(1, len(entry.payload))
 
     def _subscribe_through_broker(
-        self, sub: Subscriber, topic: str, since: str | None, presence: Any, envelope: bool
+        self, sub: Subscriber, topic: str, since: str | None, presence: object, envelope: bool
     ) -> Recovery:
         """Redis keeps the history: read it without losing or repeating a live publish.
 
@@ -456,7 +461,7 @@ class Runtime:
         sub: Subscriber,
         topic: str,
         since: str | None,
-        presence: Any,
+        presence: object,
         envelope: bool,
         holder: _Holder,
         reading: tuple[list[Outgoing], bool, str | None] | None,

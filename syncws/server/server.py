@@ -199,7 +199,7 @@ class Server:
         self.runtime.post_to_hub(fn, *args)
 
     # -- pub/sub -------------------------------------------------------------
-    def publish(self, topic: str, data: Any, *, namespace: str | None = None, compress: bool | None = None) -> None:
+    def publish(self, topic: str, data: object, *, namespace: str | None = None, compress: bool | None = None) -> None:
         """Send to every subscriber of ``topic`` (in every namespace when None).
 
         Safe from any greenlet or OS thread: the message is serialised here,
@@ -705,6 +705,6 @@ def current_server() -> Server:
     return server
 
 
-def publish(topic: str, data: Any, *, namespace: str | None = None, compress: bool | None = None) -> None:
+def publish(topic: str, data: object, *, namespace: str | None = None, compress: bool | None = None) -> None:
     """Publish through the most recently started server of this process."""
     current_server().publish(topic, data, namespace=namespace, compress=compress)

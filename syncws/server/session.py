@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -46,6 +46,9 @@ from .hooks import CloseDetails, Hooks
 from .outbox import Outbox
 from .peer import Peer
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 log = logging.getLogger("syncws")
 
@@ -161,7 +164,7 @@ class _Input:
 class Session:
     #: The upgrade's span context when tracing (base/tracing.py): the parent of this connection's
     #: spans.  A class default: a connection that is not traced stores nothing.
-    trace_context: Any = None
+    trace_context: Context | None = None
 
     def __init__(
         self,

@@ -210,7 +210,7 @@ class EventStream:
         self._append(outgoing.memo("sse", _publish_event))
 
     # -- pub/sub --------------------------------------------------------------
-    def subscribe(self, topic: str, *, since: Any = LAST_EVENT_ID, presence: Any = ABSENT) -> Recovery:
+    def subscribe(self, topic: str, *, since: Any = LAST_EVENT_ID, presence: object = ABSENT) -> Recovery:
         """Receive the publishes to ``topic``, each with ``id: <offset>`` when history is on.
 
         ``since`` defaults to the request's ``Last-Event-ID``: a reconnecting

@@ -104,7 +104,7 @@ def _publication(entry: Any) -> tuple[str, Any, str | None]:
     return topic, _payload(entry), _field(entry, "namespace", str, required=False)
 
 
-def _encode(value: Any) -> dict[str, Any]:
+def _encode(value: object) -> dict[str, Any]:
     if isinstance(value, bytes):
         return {"data": base64.b64encode(value).decode("ascii"), "encoding": "base64"}
     return {"data": value}
