@@ -851,7 +851,7 @@ def metavar(option: Option) -> str:
     return option.metavar or _METAVARS.get(option.kind, option.name.upper())
 
 
-def from_environ(environ: Mapping[str, str], names: Any = None) -> dict[str, Any]:
+def from_environ(environ: Mapping[str, str], names: Iterable[str] | None = None) -> dict[str, Any]:
     """The options set through ``SYNCWS_*`` variables (all rows, or those in ``names``).
 
     Empty variables count as unset.  A bad value raises ConfigurationError
@@ -871,13 +871,13 @@ def from_environ(environ: Mapping[str, str], names: Any = None) -> dict[str, Any
     return found
 
 
-def did_you_mean(name: str, candidates: Any) -> str:
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``candidates``, or ""."""
     close = difflib.get_close_matches(name, list(candidates), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_option_names(options: Mapping[str, Any], where: str, extra: Any = ()) -> None:
+def check_option_names(options: Mapping[str, Any], where: str, extra: Iterable[str] = ()) -> None:
     """TypeError naming ``where`` (``serve()``) for a keyword that is no option, with the closest one."""
     known = [o.name for o in OPTIONS if o.scope is not Scope.CLI] + list(extra)
     for name in options:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import gevent
+from werkzeug.wrappers import Request as HTTPRequest
 from werkzeug.wrappers import Response
 
 from ..base.errors import BrokerError, ConfigurationError, Refused, RPCError, ServerNotRunning
@@ -26,9 +27,10 @@ from ..base.options import check_overrides
 from ..base.threads import RealLock
 from ..protocol import channels as wire
 from ..protocol.channels import Action, BadRequest, Close, ErrorCode, Incoming, Push, Request
+from ..protocol.message import Message
 from ..protocol.payload import Outgoing
 from ..server.handler import WebSocketHandler, prepare_frameworks
-from ..server.hooks import Hooks
+from ..server.hooks import CloseDetails, Hooks
 from ..server.peer import Peer
 
 log = logging.getLogger("syncws.channels")
@@ -182,7 +184,7 @@ class Channels(WebSocketHandler):
         return peer.send({"type": Push.MESSAGE, "data": data})
 
     # -- hooks of the WebSocket handler ---------------------------------------------------
-    def _on_upgrade(self, request: Any) -> Any:
+    def _on_upgrade(self, request: HTTPRequest) -> object:
         if wire.SUBPROTOCOL not in _offered(request):
             return Response(f"offer the WebSocket subprotocol {wire.SUBPROTOCOL}", status=400)
         return {"protocol": wire.SUBPROTOCOL}
@@ -194,7 +196,7 @@ class Channels(WebSocketHandler):
         peer.on_revoked = self._revoked
         peer.server.call_in_hub(self._arm, state)  # timers live in the hub (this hook may run in a pool thread)
 
-    def _on_close(self, peer: Peer, details: Any) -> None:
+    def _on_close(self, peer: Peer, details: CloseDetails) -> None:
         state = self._states.pop(peer, None)
         if state is None:
             return
@@ -204,7 +206,7 @@ class Channels(WebSocketHandler):
         if state.connected and self._close_hook is not None:
             self._close_hook(peer, details)
 
-    def _on_message(self, peer: Peer, message: Any) -> None:
+    def _on_message(self, peer: Peer, message: Message) -> None:
         state = self._states.get(peer)
         if state is None:
             return
@@ -265,7 +267,7 @@ class Channels(WebSocketHandler):
             self._open_hook(peer)
         return None
 
-    def _identify(self, request: Any, token: str | None) -> tuple[str | None, Any, float | None]:
+    def _identify(self, request: HTTPRequest, token: str | None) -> tuple[str | None, Any, float | None]:
         """Run ``connect``; ``(user, info, expires_in)``, or :class:`Refused`."""
         if self._connect_hook is None:
             return None, None, None
@@ -504,12 +506,12 @@ def _stop_timer(state: _State) -> None:
         timer.close()
 
 
-def _offered(request: Any) -> list[str]:
+def _offered(request: HTTPRequest) -> list[str]:
     header = request.headers.get("Sec-WebSocket-Protocol", "")
     return [part.strip() for part in header.split(",") if part.strip()]
 
 
-def _identity(outcome: Any) -> tuple[str | None, Any, float | None]:
+def _identity(outcome: object) -> tuple[str | None, Any, float | None]:
     """What ``connect``/``refresh`` returned, as ``(user, info, expires_in)``; :class:`Refused` for a refusal."""
     if outcome is True:
         return None, None, None
@@ -544,7 +546,7 @@ def _publication(offset: str, data: object) -> dict[str, Any]:
     return {"offset": offset, "data": data}
 
 
-def _call(fn: Hook, peer: Peer, params: object, request_id: Any, method: str) -> dict[str, Any]:
+def _call(fn: Hook, peer: Peer, params: object, request_id: str | int | None, method: str) -> dict[str, Any]:
     """Run one RPC method; its reply (a result or a structured error)."""
     try:
         result = fn(peer, params)

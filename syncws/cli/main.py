@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import NoReturn
 
 from ..base.errors import ConfigurationError
 from ..base.options import BY_NAME, OPTIONS, Scope, unknown_variables, workers_need_a_broker
@@ -20,7 +20,7 @@ EXAMPLE = "python -m syncws myapp:app --host 0.0.0.0 --port 8000 --workers 2 --b
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         """The error and a hint, without argparse's whole usage text before it."""
         self.exit(2, f"syncws: error: {message}\nExample: {EXAMPLE}\nAll the options: python -m syncws --help\n")
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..base.errors import ConfigurationError
 from ..base.options import LIMITS, OPTIONS, Kind, Option, Scope, from_environ, metavar
 
 
-def _converter(option: Option) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
+def _converter(option: Option) -> Callable[[str], object]:
+    def convert(text: str) -> object:
         try:
             return option.parse(text)
         except ConfigurationError as exc:
@@ -27,7 +27,7 @@ def _converter(option: Option) -> Callable[[str], Any]:
     return convert
 
 
-def add_option(group: Any, option: Option) -> None:
+def add_option(group: argparse._ActionsContainer, option: Option) -> None:
     if option.kind is Kind.FLAG:
         default = f"; ${option.env_var}=1 does the same"
     else:
@@ -46,7 +46,7 @@ def add_option(group: Any, option: Option) -> None:
 
 
 def given_options(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None, names: Any = None
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, names: Iterable[str] | None = None
 ) -> dict[str, Any]:
     """The options set by a flag, else by a ``SYNCWS_*`` variable (all, or those in ``names``).
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..base.errors import ListenError
 from ..server.listener import bind_listener
+from ..server.server import Server
 
 log = logging.getLogger("syncws")
 
@@ -101,7 +102,7 @@ def run_child(args: argparse.Namespace, run_server: Callable[..., int]) -> int:
     listener.setblocking(False)
     reloaded: list[Any] = []
 
-    def on_started(server: Any) -> None:
+    def on_started(server: Server) -> None:
         import gevent
 
         def watch_parent() -> None:

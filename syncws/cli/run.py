@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -70,7 +71,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[make_handler(log_format, sys.stderr)])
 
 
-def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
+def build_server(args: argparse.Namespace, listener: socket.socket | None = None) -> Server | int:
     """Patch (unless told not to), import the app and build its Server from ``args``.
 
     Shared by the single-process CLI, the reloader's child and ``--workers``
@@ -110,8 +111,8 @@ def build_server(args: argparse.Namespace, listener: Any = None) -> Any:
 
 def run_server(
     args: argparse.Namespace,
-    listener: Any = None,
-    on_started: Callable[[Any], None] | None = None,
+    listener: socket.socket | None = None,
+    on_started: Callable[[Server], None] | None = None,
     banner_suffix: str = "",
 ) -> int:
     """Serve ``args.app`` in this process until stopped; the CLI's exit status.

@@ -39,9 +39,11 @@ from ..base.errors import ConfigurationError, SyncwsError
 from ..base.options import check_overrides
 from ..protocol import handshake
 from ..protocol.frames import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, OP_BINARY, OP_TEXT, encode_frame
+from ..protocol.message import Message
 from ..server.handler import WebSocketHandler
-from ..server.hooks import Hooks
+from ..server.hooks import CloseDetails, Hooks
 from ..server.http import TRANSPORT_KEY
+from ..server.peer import Peer
 from ..server.server import APP_WRAPPERS
 from ..server.session import Session
 
@@ -61,7 +63,7 @@ class _Inbox:
     """A bounded queue between the session's read loop and the app (hub thread only)."""
 
     def __init__(self, size: int) -> None:
-        self.items: deque[Any] = deque()
+        self.items: deque[str | bytes] = deque()
         self.size = size
         self.ended = False  # the session is over: nothing more will arrive
         self.dropped = False  # the app has returned: nobody will read
@@ -69,7 +71,7 @@ class _Inbox:
         self._space = Event()
         self._space.set()
 
-    def put(self, item: Any) -> None:
+    def put(self, item: str | bytes) -> None:
         while len(self.items) >= self.size and not self.dropped:
             self._space.clear()
             self._space.wait()
@@ -77,7 +79,7 @@ class _Inbox:
             self.items.append(item)
             self._ready.set()
 
-    def get(self) -> Any:
+    def get(self) -> str | bytes | None:
         """The next message, or None once the session ended and all were taken."""
         while not self.items:
             if self.ended or self.dropped:
@@ -128,7 +130,7 @@ class WebSocket:
         return self._session.protocol if self._session is not None else None
 
     @property
-    def peer(self) -> Any:
+    def peer(self) -> Peer | None:
         """The syncws :class:`~syncws.peer.Peer`: subscribe to topics, ``peer.server.publish``..."""
         return self._session.peer if self._session is not None else None
 
@@ -171,10 +173,10 @@ class WebSocket:
         session.runtime.post_to_hub(_close, session, code, reason)
 
     # -- the session's hooks (hub thread) ------------------------------------
-    def _on_message(self, peer: Any, message: Any) -> None:
+    def _on_message(self, peer: Peer, message: Message) -> None:
         self._inbox.put(message.raw_data)
 
-    def _on_close(self, peer: Any, details: Any) -> None:
+    def _on_close(self, peer: Peer, details: CloseDetails) -> None:
         self._inbox.end()
 
     def __repr__(self) -> str:
@@ -193,7 +195,7 @@ def _close(session: Session, code: int, reason: str) -> None:
         session.close(CLOSE_NORMAL, reason)
 
 
-def _no_start_response(status: str, headers: list[Any], exc_info: Any = None) -> Callable[[bytes], None]:
+def _no_start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable[[bytes], None]:
     # After the 101 nothing the app "answers" can reach the client.
     return lambda data: None
 

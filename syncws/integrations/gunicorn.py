@@ -240,7 +240,7 @@ class Worker(BaseWorker):
                 log.exception("syncws: error while closing peers")
         BaseWorker.handle_quit(self, sig, frame)
 
-    def handle_usr1(self, sig: int, frame: Any) -> None:
+    def handle_usr1(self, sig: int, frame: FrameType | None) -> None:
         gevent.spawn(BaseWorker.handle_usr1, self, sig, frame)
 
 

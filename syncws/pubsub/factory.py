@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from ..base.options import BY_NAME
 from .broker import Broker, LocalBroker
 from .redis_broker import RedisBroker
 
 
-def make_broker(spec: Any) -> Broker:
+def make_broker(spec: Broker | str | None) -> Broker:
     """A broker from ``serve(broker=...)``: None, a URL or a Broker instance.
 
     None falls back to the ``SYNCWS_BROKER`` environment variable, then to

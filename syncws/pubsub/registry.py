@@ -14,7 +14,7 @@ from typing import Any, Final, NamedTuple, Protocol
 
 from ..base.errors import ConfigurationError
 from ..base.threads import RealLock
-from ..protocol.payload import to_json
+from ..protocol.payload import Outgoing, to_json
 
 
 class Subscriber(Protocol):
@@ -25,7 +25,7 @@ class Subscriber(Protocol):
     @property
     def id(self) -> str: ...
 
-    def deliver(self, outgoing: Any) -> None: ...
+    def deliver(self, outgoing: Outgoing) -> None: ...
 
 
 #: ``subscribe(..., presence=ABSENT)``: the subscription is not shown in presence.
@@ -260,19 +260,21 @@ class Registry:
             }
 
 
-def check_topic(topic: Any) -> None:
+def check_topic(topic: object) -> None:
     if not isinstance(topic, str) or not topic:
         raise ConfigurationError("a topic is a non-empty string")
 
 
-def check_user(user: Any) -> str:
+def check_user(user: object) -> str:
     """A user id as the registry keeps it: a non-empty string, or an integer as its string."""
     if isinstance(user, bool) or not isinstance(user, (str, int)) or user == "":
         raise ConfigurationError(f"a user id is a non-empty string or an integer, not {user!r}")
     return str(user)
 
 
-def fan_out(recipients: Iterable[tuple[Subscriber, bool]], outgoing: Any, exclude: Any = None) -> int:
+def fan_out(
+    recipients: Iterable[tuple[Subscriber, bool]], outgoing: Outgoing, exclude: Subscriber | None = None
+) -> int:
     """Deliver one already-serialised message to ``(subscriber, enveloped)`` pairs; how many received it.
 
     The envelope is resolved at most once here, for every enveloped

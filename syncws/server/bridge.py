@@ -17,6 +17,8 @@ from typing import Any
 from gevent._hub_local import get_hub_if_exists
 from gevent.monkey import get_original
 
+from ..base.threads import Ts
+
 log = logging.getLogger("syncws")
 
 _DRAIN_BATCH = 256  # calls run per wake-up of the hub
@@ -38,7 +40,7 @@ class HubBridge:
     def in_hub_thread(self) -> bool:
         return get_hub_if_exists() is self.hub
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> bool:
+    def call(self, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
         """Run ``fn(*args)`` in the hub's thread: now if we are there, soon otherwise.
 
         False when the bridge is closed and ``fn`` will not run.
@@ -52,7 +54,7 @@ class HubBridge:
             self._wait_for_room()
         return self.hand_back(fn, *args)
 
-    def hand_back(self, fn: Callable[..., Any], *args: Any) -> bool:
+    def hand_back(self, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
         """Queue ``fn(*args)`` for the hub from another thread, never waiting for room.
 
         For calls whose number is bounded elsewhere (the thread pool's results:

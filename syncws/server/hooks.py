@@ -42,7 +42,7 @@ class Hooks:
     ping: Callable[..., Any] | None
     pong: Callable[..., Any] | None
 
-    def __init__(self, source: Any = None, **kwargs: Callable[..., Any]) -> None:
+    def __init__(self, source: object = None, **kwargs: Callable[..., Any]) -> None:
         found: dict[str, Callable[..., Any]] = {}
         if source is not None:
             if isinstance(source, Hooks):

@@ -9,6 +9,7 @@ import the session.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -62,7 +63,7 @@ class SessionLink(Protocol):
     def ready_state(self) -> int: ...
 
     @property
-    def socket(self) -> Any: ...
+    def socket(self) -> socket.socket: ...
 
     @property
     def closed(self) -> bool: ...

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gevent
 from gevent.event import Event
@@ -48,6 +48,10 @@ from .listener import ResilientWSGIServer, tls_context, url_for
 from .outbox import Flusher
 from .runtime import Runtime
 
+if TYPE_CHECKING:
+    import socket
+    import ssl
+
 log = logging.getLogger("syncws")
 
 
@@ -62,7 +66,7 @@ class HistoryEntry(NamedTuple):
     data: Any
 
 
-def _value_of(outgoing: Outgoing) -> Any:
+def _value_of(outgoing: Outgoing) -> object:
     if outgoing.is_binary:
         return outgoing.payload
     text = outgoing.payload.decode("utf-8")
@@ -95,12 +99,12 @@ class Server:
         port: int = 3000,
         *,
         access_log: bool = True,
-        broker: Any = None,
-        listener: Any = None,
+        broker: Broker | str | None = None,
+        listener: socket.socket | None = None,
         gevent_websocket: bool = False,
         certfile: str | None = None,
         keyfile: str | None = None,
-        ssl_context: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
         metrics: str | None = None,
         admin: str | None = None,
         admin_path: str | None = None,
@@ -366,7 +370,7 @@ class Server:
         log.debug("syncws: serving on %s", self.url)
         return self
 
-    def add_listener(self, listener: Any) -> None:
+    def add_listener(self, listener: socket.socket | tuple[str, int]) -> None:
         """Accept on one more socket (or ``(host, port)``) too, with the same state.
 
         The gunicorn worker serves every ``-b`` address this way; all of them

@@ -49,6 +49,7 @@ from .runtime import Runtime
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
+    from werkzeug.wrappers import Request
 
 log = logging.getLogger("syncws")
 
@@ -61,7 +62,7 @@ _YIELD = 0.0001  # a timer, not sleep(0): gevent runs callbacks 50 at a time bef
 _MAX_QUEUED_PONGS = 16  # then only the most recent ping is answered (RFC 6455 §5.5.3)
 
 
-def _readable_waiter(sock: Any) -> Callable[[], None] | None:
+def _readable_waiter(sock: socket.socket) -> Callable[[], None] | None:
     """A call that waits until ``sock`` is readable, without reading; None where it would be wrong.
 
     It uses gevent's own wait primitive (what its ``recv`` calls after a
@@ -172,7 +173,7 @@ class Session:
         sock: socket.socket,
         received: bytes,
         hooks: Hooks,
-        request: Any,
+        request: Request,
         namespace: str,
         context: dict[str, Any],
         protocol: str | None,
@@ -421,7 +422,7 @@ class Session:
             outbox.put_urgent(frame)
 
     # -- hooks -------------------------------------------------------------
-    def _call(self, name: str, *args: Any) -> None:
+    def _call(self, name: str, *args: object) -> None:
         hook = getattr(self.hooks, name)
         if hook is None:
             return
@@ -434,7 +435,7 @@ class Session:
             self._report(exc)
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
-    def _invoke(self, hook: Any, *args: Any) -> Any:
+    def _invoke(self, hook: Callable[..., object], *args: object) -> object:
         if self.hooks_in_threads:
             return self.runtime.run_in_thread(hook, *args, context=self.context)
         return hook(*args)
@@ -540,7 +541,7 @@ class _EndedSession:
         """Already closed: nothing to do."""
 
 
-def _ws_url(request: Any) -> str:
+def _ws_url(request: Request) -> str:
     url: str = request.url
     scheme, _, rest = url.partition("://")
     return ("wss://" if scheme == "https" else "ws://") + rest

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
@@ -23,12 +23,16 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from ..base.errors import ConfigurationError, SyncwsError
 from ..base.options import is_seconds
 from ..base.threads import RealLock, hub_only
+from ..protocol.payload import Outgoing
 from ..protocol.sse import HEADERS, EventStreamMessage, MessageLike, format_comment, format_event, format_retry
 from ..pubsub.history import Recovery
 from ..pubsub.registry import ABSENT
 from .handler import OVER_CAPACITY, RETRY_AFTER, SHUTTING_DOWN
 from .http import TRANSPORT_KEY
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 log = logging.getLogger("syncws")
 
@@ -80,10 +84,12 @@ class ConnectionLimitError(HTTPException, SyncwsError):
         self.code = status
         super().__init__(OVER_CAPACITY[status] if description is None else description)
 
-    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
         return [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", str(RETRY_AFTER))]
 
-    def get_body(self, environ: Any = None, scope: Any = None) -> str:
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, Any] | None = None) -> str:
         return f"{self.description}\n"
 
 
@@ -205,7 +211,7 @@ class EventStream:
         self._wake.set()
 
     @hub_only
-    def deliver(self, outgoing: Any) -> None:
+    def deliver(self, outgoing: Outgoing) -> None:
         """Receive a pub/sub publish (hub thread): the payload becomes the data."""
         self._append(outgoing.memo("sse", _publish_event))
 
@@ -370,7 +376,7 @@ class EventStream:
         return f"<EventStream {self.namespace!r} {state}>"
 
 
-def _publish_event(outgoing: Any) -> bytes:
+def _publish_event(outgoing: Outgoing) -> bytes:
     # Formatted once per publish, whatever the number of streams.
     offset = outgoing.offset
     if offset is None:

@@ -34,6 +34,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from ..base.errors import BrokerError, ConfigurationError
+from ..base.threads import T
 from ..protocol.limits import TokenBucket
 from ..protocol.payload import to_json
 from ..server.listener import SideServer, serve_side
@@ -66,7 +67,7 @@ def _bad(message: str) -> AdminError:
     return AdminError(400, "bad_request", message)
 
 
-def _field(body: dict[str, Any], name: str, kinds: Any, required: bool = True) -> Any:
+def _field(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
     value = body.get(name)
     if value is None:
         if required:
@@ -79,7 +80,7 @@ def _field(body: dict[str, Any], name: str, kinds: Any, required: bool = True) -
     return value
 
 
-def _payload(entry: dict[str, Any]) -> Any:
+def _payload(entry: dict[str, Any]) -> object:
     """A publication's data: any JSON value, or bytes given as base64 with ``"encoding": "base64"``."""
     if "data" not in entry:
         raise _bad("'data' is required")
@@ -95,7 +96,7 @@ def _payload(entry: dict[str, Any]) -> Any:
         raise _bad("'data' is not valid base64") from None
 
 
-def _publication(entry: Any) -> tuple[str, Any, str | None]:
+def _publication(entry: object) -> tuple[str, object, str | None]:
     if not isinstance(entry, dict):
         raise _bad("a publication is a JSON object")
     topic = _field(entry, "topic", str)
@@ -194,7 +195,7 @@ class AdminAPI:
         return response(environ, start_response)
 
     # -- checks, in the order a request meets them -------------------------------------------
-    def _handle(self, request: Request, name: str) -> Any:
+    def _handle(self, request: Request, name: str) -> object:
         self._check_rate(self._client(request))
         self._check_credentials(request)
         operation = self._operations.get(name)
@@ -266,12 +267,12 @@ class AdminAPI:
         return body
 
     # -- operations -------------------------------------------------------------------------
-    def _publish(self, request: Request, body: dict[str, Any]) -> Any:
+    def _publish(self, request: Request, body: dict[str, Any]) -> object:
         topic, data, namespace = _publication(body)
         self._checked(self.server.publish, topic, data, namespace=namespace)
         return {"published": 1}
 
-    def _batch(self, request: Request, body: dict[str, Any]) -> Any:
+    def _batch(self, request: Request, body: dict[str, Any]) -> object:
         entries = _field(body, "publications", list)
         if len(entries) > MAX_BATCH:
             raise _bad(f"at most {MAX_BATCH} publications in one batch")
@@ -280,7 +281,7 @@ class AdminAPI:
             self._checked(self.server.publish, topic, data, namespace=namespace)
         return {"published": len(publications)}
 
-    def _history(self, request: Request, body: dict[str, Any]) -> Any:
+    def _history(self, request: Request, body: dict[str, Any]) -> object:
         topic = _field(body, "topic", str)
         limit = _field(body, "limit", int, required=False)
         if limit is not None and not 0 <= limit <= MAX_HISTORY:
@@ -294,29 +295,29 @@ class AdminAPI:
         )
         return {"publications": [{"offset": entry.offset, **_encode(entry.data)} for entry in entries]}
 
-    def _presence(self, request: Request, body: dict[str, Any]) -> Any:
+    def _presence(self, request: Request, body: dict[str, Any]) -> object:
         topic = _field(body, "topic", str)
         members = self._checked(self.server.presence, topic, _field(body, "namespace", str, required=False))
         return {"members": members, "count": len(members)}
 
-    def _disconnect(self, request: Request, body: dict[str, Any]) -> Any:
+    def _disconnect(self, request: Request, body: dict[str, Any]) -> object:
         user = _field(body, "user", (str, int))
         code = _field(body, "code", int, required=False)
         reason = _field(body, "reason", str, required=False) or ""
         self._checked(self.server.disconnect, user=user, reason=reason, code=4003 if code is None else code)
         return {}
 
-    def _unsubscribe(self, request: Request, body: dict[str, Any]) -> Any:
+    def _unsubscribe(self, request: Request, body: dict[str, Any]) -> object:
         user = _field(body, "user", (str, int))
         topic = _field(body, "topic", str)
         self._checked(self.server.unsubscribe, user, topic, namespace=_field(body, "namespace", str, required=False))
         return {}
 
-    def _stats(self, request: Request, body: dict[str, Any]) -> Any:
+    def _stats(self, request: Request, body: dict[str, Any]) -> object:
         return self.server.stats()
 
     @staticmethod
-    def _checked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _checked(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Call a server method; its refusals of bad input are 400, an unreachable broker 503."""
         try:
             return fn(*args, **kwargs)

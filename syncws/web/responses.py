@@ -18,7 +18,7 @@ from ..protocol.payload import to_json
 log = logging.getLogger("syncws")
 
 
-def to_response(rv: Any) -> Any:
+def to_response(rv: object) -> Any:
     """Return a WSGI application that answers with ``rv``."""
     if isinstance(rv, Response):
         return rv
