@@ -47,7 +47,7 @@ def modules() -> dict[str, pathlib.Path]:
 def imports_of(name: str, path: pathlib.Path) -> set[str]:
     """Every module this one imports (absolute names), at any depth of the source."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)

@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from syncws import serve
 from syncws.protocol import is_valid_close_code
+from syncws.server.server import Server
 
 from .conftest import ws_url
 from .support import app_with, new_key, split_frame, upgrade_request
@@ -118,7 +119,7 @@ class Trouble(logging.Handler):
 
 @dataclass
 class Live:
-    server: object
+    server: Server
     watchdog: Watchdog
     trouble: Trouble
     hub_errors: list
@@ -220,7 +221,7 @@ def read_until_eof(sock: socket.socket) -> bytes:
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     """Parse the server's byte stream: whole, unmasked frames; keepalive pings dropped; nothing after a close."""
-    frames = []
+    frames: list[tuple[int, bytes]] = []
     while data:
         frame = split_frame(data)  # asserts the frame is unmasked
         assert frame is not None, f"truncated server frame: {data[:100]!r}"
@@ -384,7 +385,8 @@ def expected(frames: list[WireFrame]) -> tuple[list[tuple[int, bytes]], set, boo
                 return replies, {1002}, False
             if not f.payload:
                 return replies, {None}, True
-            if not is_valid_close_code(close_code(f.payload)):
+            code = close_code(f.payload)
+            if code is None or not is_valid_close_code(code):
                 return replies, {1002}, False
             try:
                 f.payload[2:].decode("utf-8")

@@ -6,7 +6,6 @@ import os
 
 from ..base.options import BY_NAME
 from .broker import Broker, LocalBroker
-from .redis_broker import RedisBroker
 
 
 def make_broker(spec: Broker | str | None) -> Broker:
@@ -22,5 +21,7 @@ def make_broker(spec: Broker | str | None) -> Broker:
     if isinstance(spec, Broker):
         return spec
     if isinstance(spec, str):
+        from .redis_broker import RedisBroker  # here: a process without a broker URL never loads it
+
         return RedisBroker(spec)  # ConfigurationError for a URL it does not take
     raise TypeError(f"broker must be a URL string or a Broker, not {type(spec).__name__}")

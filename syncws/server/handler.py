@@ -11,8 +11,10 @@ in the environ.  Otherwise it answers like any WSGI app: nothing was upgraded.
 from __future__ import annotations
 
 import contextvars
+import importlib
 import io
 import logging
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -39,9 +41,14 @@ _warned_no_transport = False
 #: requests as plain GETs), so this layer never imports them and nothing is
 #: patched merely by importing syncws.
 FRAMEWORK_PREPARERS: list[Callable[[], None]] = []
+#: The integration to load (by name: it sits in a layer above) once its framework is imported.
+_PREPARER_MODULES = {"flask": "syncws.integrations.flask"}
 
 
 def prepare_frameworks() -> None:
+    for framework, module in _PREPARER_MODULES.items():
+        if framework in sys.modules:
+            importlib.import_module(module)  # registers its preparer (once: imports are cached)
     for prepare in FRAMEWORK_PREPARERS:
         prepare()
 

@@ -15,6 +15,7 @@ and :attr:`Server.finished` flags.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import random
@@ -32,7 +33,7 @@ from gevent.pool import Pool
 from ..base.errors import ConfigurationError, ListenError, ServerNotRunning
 from ..base.logs import JsonFormatter, make_handler
 from ..base.options import BY_NAME, ServerOptions, check_option_names, is_seconds
-from ..base.threads import RealLock, Ts, start_thread
+from ..base.threads import RealLock, T, Ts, start_thread
 from ..protocol.connection import check_close
 from ..protocol.frames import CloseCode
 from ..protocol.payload import Outgoing
@@ -89,6 +90,18 @@ EXPORTERS: dict[str, Callable[[Any, str], Any]] = {}
 ADMIN_APIS: dict[str, Callable[..., Any]] = {}
 
 
+def registered(table: dict[str, T], key: str, module: str) -> T:
+    """``table[key]``, importing ``module`` first when it has not registered it yet.
+
+    The integrations sit in the layers above this one: the server names the
+    module and imports it when a server first uses it, so ``import syncws``
+    loads none of them (and this layer's code never imports theirs).
+    """
+    if key not in table:
+        importlib.import_module(module)
+    return table[key]
+
+
 class Server:
     """A syncws server for one WSGI app (see :func:`serve` for the options)."""
 
@@ -119,7 +132,7 @@ class Server:
         prepare_frameworks()  # Flask: match upgrades as HTTP, the view decides
         if gevent_websocket:
             # An app written for gevent-websocket: upgrade before calling it.
-            app = APP_WRAPPERS["gevent_websocket"](app)
+            app = registered(APP_WRAPPERS, "gevent_websocket", "syncws.integrations.gevent_websocket")(app)
         self.app = app
         self.host = host
         self.port = port
@@ -128,10 +141,7 @@ class Server:
         self.ssl_context = tls_context(certfile, keyfile, ssl_context)
         self.runtime = Runtime(ServerOptions(**options), make_broker(broker), owner=self)
         self._route_health_checks()
-        #: The Prometheus exporter when ``metrics`` names an address (see docs/operations.md).
-        self.metrics = EXPORTERS["prometheus"](self, metrics) if metrics else None
-        #: The HTTP admin API when ``admin`` or ``admin_path`` is set (docs/reference/admin.md).
-        self.admin = ADMIN_APIS["http"](self, admin, admin_path, admin_key, admin_auth) if admin or admin_path else None
+        self._add_side_services(metrics, admin, admin_path, admin_key, admin_auth)
         #: ``"json"``: :func:`serve` logs one JSON object per line (docs/operations.md).
         self.log_format = BY_NAME["log_format"].validate(log_format)
         self.runtime.access_log = access_log
@@ -141,6 +151,26 @@ class Server:
         # An already-bound, listening socket to accept on instead of binding
         # (host, port); ``python -m syncws --workers N`` shares one this way.
         self._listener = listener
+
+    def _add_side_services(
+        self,
+        metrics: str | None,
+        admin: str | None,
+        admin_path: str | None,
+        admin_key: str | None,
+        admin_auth: Callable[[Any], Any] | None,
+    ) -> None:
+        """The metrics exporter and the admin API, each when asked for (their integrations load then)."""
+        #: The Prometheus exporter when ``metrics`` names an address (see docs/operations.md).
+        self.metrics = (
+            registered(EXPORTERS, "prometheus", "syncws.integrations.metrics")(self, metrics) if metrics else None
+        )
+        #: The HTTP admin API when ``admin`` or ``admin_path`` is set (docs/reference/admin.md).
+        self.admin = None
+        if admin or admin_path:
+            self.admin = registered(ADMIN_APIS, "http", "syncws.web.admin")(
+                self, admin, admin_path, admin_key, admin_auth
+            )
 
     def _route_health_checks(self) -> None:
         """The health checks on the main port, under the ``health_path`` option (answered in the hub)."""

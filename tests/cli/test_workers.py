@@ -151,7 +151,7 @@ def run(tmp_path):
 class Client:
     def __init__(self, url: str) -> None:
         self.ws = websocket.create_connection(url.replace("http://", "ws://", 1) + "/_ws", timeout=5)
-        greeting = self.ws.recv()
+        greeting = str(self.ws.recv())
         assert greeting.startswith("pid:"), greeting
         self.pid = int(greeting[4:])
 

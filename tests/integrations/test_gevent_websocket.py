@@ -183,7 +183,7 @@ class Sockets:
     def __init__(self, app: Flask) -> None:
         self.url_map = Map()
         self.app = app
-        app.wsgi_app = self._middleware(app.wsgi_app)
+        app.wsgi_app = self._middleware(app.wsgi_app)  # type: ignore[method-assign]  # Flask's middleware pattern
 
     def route(self, rule: str):
         def decorator(view):

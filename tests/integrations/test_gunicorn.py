@@ -145,7 +145,7 @@ def gunicorn(tmp_path):
 class Client:
     def __init__(self, url: str) -> None:
         self.ws = websocket.create_connection(url.replace("http://", "ws://", 1) + "/_ws", timeout=5)
-        greeting = self.ws.recv()
+        greeting = str(self.ws.recv())
         assert greeting.startswith("pid:"), greeting
         self.pid = int(greeting[4:])
 
@@ -163,7 +163,7 @@ def first_event(url: str) -> tuple[requests.Response, str]:
     assert response.headers["Content-Type"].startswith("text/event-stream")
     lines = response.iter_lines(decode_unicode=True)
     for line in lines:
-        if line.startswith("data:"):
+        if isinstance(line, str) and line.startswith("data:"):
             return response, line[len("data:") :].strip()
     pytest.fail("the event stream ended before its first event")
 

@@ -52,7 +52,7 @@ def events(connection: Connection, data: bytes = b"", now: float = 0.0) -> list:
     """Feed ``data`` and collect events until the connection wants more bytes."""
     if data:
         connection.receive_data(data, now)
-    found = []
+    found: list[object] = []
     while True:
         event = connection.next_event()
         if event is NEED_DATA:

@@ -209,7 +209,9 @@ def violation(parser: FrameParser, data: bytes) -> int:
 
 
 def deflating_parser(limit: int | None = None, header: str = "permessage-deflate") -> FrameParser:
-    return FrameParser(limit, Inflater(agree(header)))
+    agreement = agree(header)
+    assert agreement is not None
+    return FrameParser(limit, Inflater(agreement))
 
 
 def test_compressed_and_plain_messages_interleave():

@@ -17,7 +17,7 @@ class Clock:
         return self.now
 
 
-def fill(history: MemoryHistory, count: int, namespace: str = "/", topic: str = "t") -> list[str]:
+def fill(history: MemoryHistory, count: int, namespace: str = "/", topic: str = "t") -> list[str | None]:
     return [history.append(namespace, topic, Outgoing(f"m{i}")).offset for i in range(count)]
 
 

@@ -96,6 +96,7 @@ class ServerProcess(SyncwsProcess):
         return self.out + self.err
 
     def stats(self) -> dict:
+        assert self.url is not None, "not ready"
         return requests.get(self.url + "/stats", timeout=5).json()
 
     def __repr__(self) -> str:
@@ -107,8 +108,12 @@ def start_processes(broker_url: str, *names: str) -> list:
     for proc in procs:
         proc.wait_ready()
     for proc in procs:
-        assert wait_until(lambda proc=proc: proc.stats()["connected"], timeout=10), f"{proc} never reached Redis"
+        assert wait_until(functools.partial(_connected, proc), timeout=10), f"{proc} never reached Redis"
     return procs
+
+
+def _connected(proc: ServerProcess) -> bool:
+    return bool(proc.stats()["connected"])
 
 
 def base_url(target: Any) -> str:
@@ -482,7 +487,7 @@ def test_publisher_counts_receiving_processes_and_checks_topics(cluster, clients
         with pytest.raises(ValueError):
             publisher.publish("", "x")
         with pytest.raises(ValueError):
-            publisher.publish(None, "x")  # type: ignore[arg-type]
+            publisher.publish(None, "x")
         with pytest.raises(TypeError):
             publisher.publish(topic, object())
         b1 = clients(Client, cluster[1], "/_ws", (topic,))

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import gevent
 import pytest
@@ -298,7 +299,7 @@ async def _publish(port: int, stop: asyncio.Event) -> int:
     url = f"http://127.0.0.1:{port}/admin/batch"
     n = 0
     while not stop.is_set():
-        batch = {"publications": [{"topic": f"load-{t}", "data": {"n": n}} for t in range(TOPICS)]}
+        batch: dict[str, Any] = {"publications": [{"topic": f"load-{t}", "data": {"n": n}} for t in range(TOPICS)]}
         response = await loop.run_in_executor(None, functools.partial(session.post, url, json=batch, timeout=10))
         assert response.json() == {"published": TOPICS}
         n += 1

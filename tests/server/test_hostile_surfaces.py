@@ -41,6 +41,13 @@ from ..support import (
 pytestmark = pytest.mark.slow
 
 
+def _metric(pattern: str, text: str) -> str:
+    """The first group of ``pattern`` in a metrics page; fails the test when the line is missing."""
+    found = re.search(pattern, text, re.M)
+    assert found is not None, f"no line matching {pattern!r} in the metrics"
+    return found.group(1)
+
+
 def hammer(attack, threads: int = 2, seconds: float = 3.0) -> list[object]:
     """Run ``attack()`` in a loop from ``threads`` threads for ``seconds``; return what each call returned."""
     results: list[object] = []
@@ -135,7 +142,7 @@ class Commands:
     def ask(self, **request: object) -> dict:
         self.ws.send(json.dumps(request))
         while True:
-            text = self.ws.recv()
+            text = str(self.ws.recv())
             if text.startswith("{"):
                 return json.loads(text)
             self.received.append(text)
@@ -279,7 +286,7 @@ def test_presence_at_scale_is_refreshed_and_counted_without_stalls(echo_process,
 
     def scrape() -> None:
         text = requests.get(f"http://{metrics}/metrics", timeout=10).text
-        scrapes.append(int(float(re.search(r"^syncws_presence_entries (\S+)$", text, re.M).group(1))))
+        scrapes.append(int(float(_metric(r"^syncws_presence_entries (\S+)$", text))))
 
     with HealthyPeer(ws_of(url)) as healthy:
         hammer(scrape, threads=1, seconds=4)  # with the refreshes, every second
@@ -293,7 +300,7 @@ def test_presence_at_scale_is_refreshed_and_counted_without_stalls(echo_process,
 
 def metric(address: str, name: str) -> float:
     text = requests.get(f"http://{address}/metrics", timeout=10).text
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+    return float(_metric(rf"^{name} (\S+)$", text))
 
 
 def test_client_chosen_topics_cannot_grow_the_history_without_bound(echo_process):
@@ -342,7 +349,7 @@ def test_replays_are_framed_and_compressed_once_for_every_subscriber(echo_proces
             for _ in range(5):
                 ws.send(json.dumps({"sub": "big", "since": oldest}))
                 received = 0
-                while not (text := ws.recv()).startswith("{"):
+                while not (text := str(ws.recv())).startswith("{"):
                     received += 1
                 answer = json.loads(text)
                 assert answer["recovered"] and answer["replayed"] == received == 999

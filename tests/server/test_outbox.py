@@ -11,8 +11,10 @@ would time out and the test would fail.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -95,7 +97,7 @@ class Reader(threading.Thread):
         self.client = client
         self.received: list = []
         self.bad: list = []
-        self.error = None
+        self.error: Exception | None = None
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -122,7 +124,13 @@ def start_readers(server, n: int) -> list:
     return readers
 
 
-def paced_publish(send, readers: list, minimum: int, until=lambda: True, maximum: int = 1000) -> int:
+def _caught_up(readers: list, count: int) -> bool:
+    return min(len(r.received) for r in readers) >= count
+
+
+def paced_publish(
+    send, readers: list, minimum: int, until: Callable[[], bool] = lambda: True, maximum: int = 1000
+) -> int:
     """Send at least ``minimum`` messages, then more until ``until()`` holds.
 
     The publisher never runs more than WINDOW messages ahead of the slowest
@@ -132,7 +140,7 @@ def paced_publish(send, readers: list, minimum: int, until=lambda: True, maximum
     while i < minimum or not until():
         if i >= maximum:
             pytest.fail(f"condition not reached after {maximum} messages")
-        ok = wait_until(lambda i=i: min(len(r.received) for r in readers) >= i - WINDOW, timeout=5, interval=0.001)
+        ok = wait_until(functools.partial(_caught_up, readers, i - WINDOW), timeout=5, interval=0.001)
         if not ok:
             stuck = min(len(r.received) for r in readers)
             errors = [r.error for r in readers if r.error]

@@ -82,7 +82,7 @@ def new_ws_client(server, path="/_ws"):
     return ws_connect(ws_url(server, path), proxy=None, compression=None, open_timeout=5, close_timeout=5, legacy=True)
 
 
-def closed_by_server(client, error: type = ConnectionClosed):
+def closed_by_server(client, error: type[ConnectionClosed] = ConnectionClosed):
     """websockets: the close frame the server sent, from the ``error`` the next ``recv`` raises."""
     with pytest.raises(error) as info:
         client.recv(timeout=5)

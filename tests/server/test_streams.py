@@ -58,7 +58,7 @@ def raw_stream(server, path: str, *, version: str = "HTTP/1.0", extra: str = "")
 
 def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
     sock.settimeout(timeout)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = sock.recv(65536)
         if not chunk:

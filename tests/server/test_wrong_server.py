@@ -9,6 +9,7 @@ import logging
 import socket
 import threading
 import wsgiref.simple_server
+from typing import Any
 
 import pytest
 from flask import Flask, request
@@ -38,6 +39,7 @@ def fresh_warnings(monkeypatch, caplog):
 
 def start(kind: str, app):
     """Serve ``app`` with wsgiref or werkzeug's development server in a thread; (port, stop)."""
+    server: Any
     if kind == "wsgiref":
         server = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
     else:
@@ -57,7 +59,7 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send a request and read the whole answer; the server must close the connection in time."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             try:
                 chunk = sock.recv(65536)

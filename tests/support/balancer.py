@@ -18,6 +18,7 @@ import random
 import time
 
 import websockets
+from websockets.typing import Subprotocol
 
 SUBPROTOCOL = "syncws.v1"
 
@@ -118,7 +119,11 @@ class ResumingClient:
             code = None
             try:
                 async with websockets.connect(
-                    self.url, subprotocols=[SUBPROTOCOL], open_timeout=10, ping_interval=None, max_queue=None
+                    self.url,
+                    subprotocols=[Subprotocol(SUBPROTOCOL)],
+                    open_timeout=10,
+                    ping_interval=None,
+                    max_queue=None,
                 ) as ws:
                     attempt = 0 if await self._session(ws) else attempt
                 code = ws.close_code

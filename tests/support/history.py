@@ -28,7 +28,7 @@ class Peer(QueuedWebSocket):
 
     def until_open(self) -> tuple[list, dict]:
         """Everything before the open ack (the replay), and the ack."""
-        before = []
+        before: list[object] = []
         while True:
             item = self.get()
             if isinstance(item, str) and item.startswith('{"ack":"open"'):
@@ -47,7 +47,7 @@ def open_stream(target: Any, topics: tuple, ns: str = "/ws/a", last_event_id: st
     params = [("topic", t) for t in topics] + [("ns", ns)] + [(k, v) for k, v in query.items() if v is not None]
     headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else None
     client = SSEClient(_base(target), "/events?" + urlencode(params), headers=headers)
-    before = []
+    before: list[object] = []
     while True:
         event = client.next_event()
         if event.type == "recovery":

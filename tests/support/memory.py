@@ -33,7 +33,7 @@ def live_greenlets(server) -> list:
 def survivors(server) -> list:
     """This server's sessions, peers and outboxes still in memory (other tests' objects do not count)."""
     gc.collect()
-    found = []
+    found: list[object] = []
     for obj in gc.get_objects():
         try:
             if isinstance(obj, Session) and obj.runtime is server.runtime:

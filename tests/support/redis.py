@@ -49,12 +49,12 @@ class RedisServer:
         if self.workdir is not None:
             args += ["--dir", str(self.workdir)]
         args += self.extra
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client(socket_timeout=1, socket_connect_timeout=1, **self.ping_options)
 
         def answers() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)")
+            if proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {proc.returncode} (port {self.port} taken?)")
             try:
                 return client.ping()
             except redis.RedisError:
@@ -70,6 +70,7 @@ class RedisServer:
 
     def kill(self) -> None:
         """kill -9: no goodbye to any client."""
+        assert self.proc is not None, "not started"
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(5)
 
