@@ -71,6 +71,19 @@ class State(enum.Enum):
     CLOSED = "closed"  # the transport is gone
 
 
+#: Every change of :attr:`Connection.state`: (from, what causes it, to).  The docs'
+#: state diagram is generated from this table (scripts/gen_docs), and a test drives a
+#: connection through each row, so the table, the diagram and the code agree.
+TRANSITIONS: tuple[tuple[State, str, State], ...] = (
+    (State.OPEN, "close(): our close frame", State.LOCAL_CLOSING),
+    (State.OPEN, "a violation: Failed, close frame 1002/1007/1009", State.LOCAL_CLOSING),
+    (State.OPEN, "the peer's close frame: CloseReceived, our answer", State.REMOTE_CLOSING),
+    (State.OPEN, "connection_lost(): 1006", State.CLOSED),
+    (State.LOCAL_CLOSING, "connection_lost()", State.CLOSED),
+    (State.REMOTE_CLOSING, "connection_lost()", State.CLOSED),
+)
+
+
 class KeepaliveAction(enum.Enum):
     """What :meth:`Connection.keepalive` asks the driver to do."""
 

@@ -263,7 +263,20 @@ def max_frames(max_message_size: int) -> int:
     return 16 + max_message_size // BYTES_PER_FRAGMENT
 
 
-_HEADER, _PAYLOAD = 0, 1  # what the parser is waiting for
+class ParserState(enum.Enum):
+    """What the frame parser is waiting for (docs/architecture.md has the diagram)."""
+
+    HEADER = "header"  # a frame's first bytes: opcode, length, mask
+    PAYLOAD = "payload"  # the rest of a frame whose header was read
+
+
+_HEADER, _PAYLOAD = ParserState.HEADER, ParserState.PAYLOAD
+
+#: Every change of the parser's state: (from, what causes it, to); see connection.TRANSITIONS.
+PARSER_TRANSITIONS: tuple[tuple[ParserState, str, ParserState], ...] = (
+    (_HEADER, "a whole header", _PAYLOAD),
+    (_PAYLOAD, "the payload's last byte: a frame", _HEADER),
+)
 _COMPACT = 64 * 1024  # drop consumed input once this much has piled up in front
 _KEEP = 4096  # a buffer larger than this is replaced, not reused, once everything in it is consumed
 
@@ -333,7 +346,7 @@ class FrameParser:
     @property
     def in_frame(self) -> bool:
         """True in the middle of a frame: the input must not end here."""
-        return self._state == _PAYLOAD or self.buffered > 0
+        return self._state is _PAYLOAD or self.buffered > 0
 
     def feed(self, data: bytes) -> None:
         self._starved = False
@@ -374,8 +387,12 @@ class FrameParser:
         self._frame_done = False
         return frame
 
+    @property
+    def state(self) -> ParserState:
+        return self._state
+
     def _next_frame(self) -> Frame | None:
-        if self._state == _HEADER:
+        if self._state is _HEADER:
             if not self._read_header():
                 return None
             self._state = _PAYLOAD

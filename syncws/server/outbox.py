@@ -33,6 +33,7 @@ queued, otherwise it could never be sent at all.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -101,6 +102,26 @@ def _take(outbox: Outbox, limit: int = _BATCH) -> bytes | memoryview:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class OutboxState(enum.Enum):
+    """Whether an outbox still takes frames (docs/architecture.md has the diagram).
+
+    OPEN --put_final--> FINAL; OPEN or FINAL --a failed write, stop()--> FAILED.
+    Independently, once the writer has nothing left to do in FINAL or FAILED,
+    the outbox is *done* (:meth:`Outbox.wait_flushed` returns).
+    """
+
+    OPEN = "open"  # frames are accepted
+    FINAL = "final"  # the last frame (close) is queued: nothing more is accepted
+    FAILED = "failed"  # the peer is gone: nothing is written any more
+
+
+#: Every change of :attr:`Outbox.state`: (from, what causes it, to); see the protocol's TRANSITIONS.
+TRANSITIONS: tuple[tuple[OutboxState, str, OutboxState], ...] = (
+    (OutboxState.OPEN, "put_final(): the close frame", OutboxState.FINAL),
+    (OutboxState.OPEN, "a failed write, stop()", OutboxState.FAILED),
+    (OutboxState.FINAL, "a failed write, stop()", OutboxState.FAILED),
+)
+
 _NO_QUEUE: deque[bytes | memoryview] = deque()  # shared by outboxes without a frame yet; always empty
 
 
@@ -128,15 +149,14 @@ class Outbox:
         self._writer: gevent.Greenlet[..., Any] | None = None  # started on first need
         self._wake: Event | None = None  # wakes the writer; exists with it
         self._flushed: Event | None = None  # made by the first wait_flushed()
-        self._done = False  # the writer has finished (or the outbox was stopped)
-        self._final = False  # a last frame (close) is queued: accept nothing more
+        self.state = OutboxState.OPEN
+        self._done = False  # the writer has finished, in FINAL or FAILED (or the outbox was stopped)
         self._urgent: bytes | None = None  # one control frame that jumps the queue
         self._partial = False  # the queue starts with the rest of a partly written chunk
         self._on_drain = on_drain
         self._pushed_back = False  # a write was short since the buffer was last empty
         self._drain_waiters: list[tuple[int, Callable[[], None]]] | None = None
         self.dropped = 0
-        self.failed = False
 
     def _open_queue(self) -> deque[bytes | memoryview]:
         """The queue to add to, made now if this is the first frame.
@@ -151,6 +171,11 @@ class Outbox:
         return queue
 
     @property
+    def failed(self) -> bool:
+        """The peer is gone: a write failed, or the outbox was stopped."""
+        return self.state is OutboxState.FAILED
+
+    @property
     def buffered(self) -> int:
         """Bytes accepted but not yet written to the socket."""
         return self._queued + self._in_flight
@@ -158,7 +183,7 @@ class Outbox:
     @hub_only
     def put(self, frame: bytes) -> bool:
         """Queue one frame; False when it was not accepted."""
-        if self._final or self.failed:
+        if self.state is not OutboxState.OPEN:
             return False
         size = len(frame)
         if self.limit is not None and self.buffered and self.buffered + size > self.limit:
@@ -185,7 +210,7 @@ class Outbox:
         the answer to its most recent ping is kept (RFC 6455 §5.5.3), so what
         such a client costs us stays one frame.
         """
-        if self._final or self.failed:
+        if self.state is not OutboxState.OPEN:
             return
         # Front of the queue, but behind the rest of a frame already partly
         # written: frames must never interleave.
@@ -219,9 +244,9 @@ class Outbox:
     @hub_only
     def put_final(self, frame: bytes | None = None) -> None:
         """Queue the last frame (the close frame), or none: the writer stops after what is queued."""
-        if self._final or self.failed:
+        if self.state is not OutboxState.OPEN:
             return
-        self._final = True
+        self.state = OutboxState.FINAL
         if frame is not None:
             self._open_queue().append(frame)
             self._queued += len(frame)
@@ -264,7 +289,7 @@ class Outbox:
         try:
             while True:
                 if not queue:
-                    if self._final or self.failed:
+                    if self.state is not OutboxState.OPEN:
                         break
                     wake.clear()
                     wake.wait()
@@ -317,7 +342,7 @@ class Outbox:
                     callback()
         if buffered == 0 and self._pushed_back:
             self._pushed_back = False
-            if self._on_drain is not None and not self._final:
+            if self._on_drain is not None and self.state is OutboxState.OPEN:
                 self._on_drain()
 
     def _release_waiters(self) -> None:
@@ -326,7 +351,7 @@ class Outbox:
             callback()
 
     def _fail(self) -> None:
-        self.failed = True
+        self.state = OutboxState.FAILED
         self._urgent = None
         self._queue.clear()
         self._queued = self._in_flight = 0

@@ -273,3 +273,42 @@ def test_next_event_says_which_wait_it_is():
     connection.receive_data(frame(OP_TEXT, b"after our close"), 0.0)
     assert connection.next_event() is CONSUMED  # discarded: we are closing
     assert connection.next_event() is NEED_DATA
+
+
+def test_the_transitions_table_is_what_the_connection_does():
+    """Each row of TRANSITIONS (the docs' state diagram) happens, and nothing else does."""
+    from syncws.protocol.connection import TRANSITIONS
+
+    seen = set()
+
+    def step(connection: Connection, action) -> None:
+        before = connection.state
+        action(connection)
+        seen.add((before, connection.state))
+
+    closing = Connection()
+    step(closing, lambda c: c.close(1000))
+    step(closing, lambda c: c.connection_lost())
+    violated = Connection()
+    step(violated, lambda c: events(c, frame(3, b"")))  # a reserved opcode: 1002
+    answered = Connection()
+    step(answered, lambda c: events(c, close_frame(1000)))
+    step(answered, lambda c: c.connection_lost())
+    lost = Connection()
+    step(lost, lambda c: c.connection_lost())
+    assert seen == {(start, end) for start, _, end in TRANSITIONS}
+    assert violated.close_code == 1002
+
+
+def test_the_parser_transitions_table_is_what_the_parser_does():
+    from syncws.protocol.frames import PARSER_TRANSITIONS, FrameParser
+
+    parser = FrameParser(None)
+    data = frame(OP_TEXT, b"x" * 20)
+    seen = set()
+    for chunk in (data[:6], data[6:]):  # the header (2 + 4 mask bytes), then the payload
+        parser.feed(chunk)
+        before = parser.state
+        parser.next_frame()
+        seen.add((before, parser.state))
+    assert seen == {(start, end) for start, _, end in PARSER_TRANSITIONS}

@@ -358,3 +358,40 @@ def test_slow_peer_does_not_block_direct_sends_to_others(start_server):
     assert slow_peer.buffered_amount <= limit + MESSAGE_SIZE + FRAME_OVERHEAD
     fast.close()
     slow.close()
+
+
+def test_the_outbox_transitions_table_is_what_the_outbox_does():
+    """Each row of outbox.TRANSITIONS (the docs' state diagram) happens, over a real socket pair."""
+    import socket
+
+    import gevent
+
+    from syncws.server.outbox import TRANSITIONS, Outbox, OutboxState
+
+    seen = set()
+
+    def step(outbox: Outbox, action) -> None:
+        before = outbox.state
+        action(outbox)
+        seen.add((before, outbox.state))
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        closing = Outbox(pairs[0][0], None)
+        step(closing, lambda o: o.put_final(b"\x88\x00"))
+        assert closing.put(b"refused") is False  # FINAL takes nothing more
+        assert closing.wait_flushed(5) and pairs[0][1].recv(16) == b"\x88\x00"
+        step(closing, lambda o: o.stop())
+        stopped = Outbox(pairs[1][0], None)
+        step(stopped, lambda o: o.stop())
+        broken = Outbox(pairs[2][0], None)
+        pairs[2][1].close()
+        pairs[2][0].shutdown(socket.SHUT_WR)  # writes fail now: EPIPE
+        broken.put(b"x")
+        assert broken.wait_flushed(5) and broken.state is OutboxState.FAILED
+        gevent.sleep(0)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert seen == {(start, end) for start, _, end in TRANSITIONS}
