@@ -4,7 +4,7 @@
 processes share a private redis-server; each test uses a prefix of its own
 (``SYNCWS_*`` cannot set one, so the processes use the default prefix and
 each test its own topics).  The single-process behaviours, against both
-stores, are in ``tests/server/test_recovery.py``.
+stores, are in ``tests/server/test_delivery.py``.
 """
 
 from __future__ import annotations

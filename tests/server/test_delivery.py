@@ -1,4 +1,4 @@
-"""History, recovery and presence over real sockets, against both stores.
+"""Delivery and recovery (syncws/server/delivery.py): history, recovery and presence over real sockets, against both stores.
 
 Every test runs twice: with the in-memory history of a server without a
 broker, and with history in Redis Streams (a private redis-server, a broker
