@@ -28,6 +28,14 @@ The close handshake (RFC 6455 §5.5.1, §7):
   peer's when it started, ours when we did, 1006 and "" when the connection
   dropped without either.
 
+Sending (:meth:`~Connection.send`, :meth:`~Connection.ping`): the connection
+answers with the frame to write, or None once a close has begun (RFC 6455
+§5.5.1: no data frame after the close frame).  A message's frame is built
+once for every connection (:class:`~syncws.protocol.payload.Outgoing`); with
+permessage-deflate agreed, the connection picks the compressed one, which is
+shared too because the server keeps no compression context.  The driver
+writes what it gets and nothing else.
+
 Keepalive (:meth:`~Connection.keepalive`): after ``ping_interval`` seconds
 without a byte from the peer, ping; if nothing at all (a pong or any other
 byte) arrives within ``ping_timeout`` seconds of that ping, the answer is
@@ -43,6 +51,7 @@ import enum
 from dataclasses import dataclass
 
 from ..base.errors import ConfigurationError, ProtocolError
+from .deflate import Agreement, Inflater
 from .frames import (
     CLOSE_ABNORMAL,
     CLOSE_NORMAL,
@@ -51,13 +60,13 @@ from .frames import (
     OP_PING,
     OP_PONG,
     FrameParser,
-    Inflater,
     decode_close_payload,
     encode_close_payload,
     encode_frame,
     is_valid_close_code,
 )
 from .message import Message
+from .payload import Outgoing
 
 PING = encode_frame(OP_PING, b"")  # the keepalive ping: empty, the same bytes every time
 
@@ -136,6 +145,16 @@ NEED_DATA = Pending.NEED_DATA
 CONSUMED = Pending.CONSUMED
 
 
+def check_ping(payload: bytes) -> None:
+    """ConfigurationError (a ValueError) for a ping payload over 125 bytes (RFC 6455 §5.5).
+
+    Called where a ping is asked for, before it crosses to the hub, as
+    :func:`check_close` is.
+    """
+    if len(payload) > 125:
+        raise ConfigurationError(f"a ping carries at most 125 bytes, not {len(payload)}")
+
+
 def check_close(code: object, reason: object) -> None:
     """ConfigurationError (a ValueError) for a close code or reason that may not be sent.
 
@@ -156,8 +175,10 @@ class Connection:
     __slots__ = (
         "_input_done",
         "_ping_sent_at",
+        "agreement",
         "close_code",
         "close_reason",
+        "compression_threshold",
         "last_seen",
         "parser",
         "ping_interval",
@@ -172,9 +193,13 @@ class Connection:
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         now: float = 0.0,
-        inflater: Inflater | None = None,
+        agreement: Agreement | None = None,
+        compression_threshold: int = 128,
     ) -> None:
-        self.parser = FrameParser(max_message_size, inflater)
+        #: The permessage-deflate parameters agreed in the handshake, or None.
+        self.agreement = agreement
+        self.compression_threshold = compression_threshold
+        self.parser = FrameParser(max_message_size, Inflater(agreement) if agreement is not None else None)
         self.state = State.OPEN
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -241,6 +266,24 @@ class Connection:
         # would tie the frames that handle the event, and their session, to it.
         error.__traceback__ = None
         return Failed(error, self.close(error.code, error.reason))
+
+    # -- sending ---------------------------------------------------------------------
+    def send(self, outgoing: Outgoing) -> bytes | None:
+        """The frame that carries ``outgoing`` here, or None once a close has begun (nothing is sent).
+
+        With permessage-deflate, compressed when ``outgoing.compress`` says so
+        or, by default, from ``compression_threshold`` bytes on, and only when
+        it comes out smaller (:meth:`Outgoing.frame_for`).
+        """
+        if self.state is not State.OPEN:
+            return None
+        agreement = self.agreement
+        return outgoing.frame if agreement is None else outgoing.frame_for(agreement, self.compression_threshold)
+
+    def ping(self, payload: bytes = b"") -> bytes | None:
+        """A ping frame carrying ``payload`` (:func:`check_ping`), or None once a close has begun."""
+        check_ping(payload)
+        return encode_frame(OP_PING, payload) if self.state is State.OPEN else None
 
     # -- closing ---------------------------------------------------------------------
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> bytes | None:

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.event import Event
 
-from ..base.errors import ConfigurationError
 from ..base.threads import RealLock, hub_only
-from ..protocol.connection import check_close
+from ..protocol.connection import Connection, check_close, check_ping
 from ..protocol.deflate import Agreement
-from ..protocol.frames import OP_PING, CloseCode, encode_frame
+from ..protocol.frames import CloseCode
 from ..protocol.payload import Outgoing
 from ..pubsub.history import Recovery
 from ..pubsub.registry import check_user
@@ -71,6 +70,9 @@ class SessionLink(Protocol):
     @property
     def deflate(self) -> Agreement | None: ...
 
+    @property
+    def connection(self) -> Connection: ...
+
     def close(self, code: int = ..., reason: str = ...) -> None: ...
 
     def abort(self) -> None: ...
@@ -96,8 +98,9 @@ class Peer:
         self.remote_address = remote_address
         self._session = session
         self._runtime = session.runtime
-        self._deflate = session.deflate  # permessage-deflate agreed: frames may be compressed
-        self._threshold = session.runtime.options.compression_threshold
+        #: The sans-I/O connection: it says which frame carries a message here, and
+        #: whether anything may still be sent (the same object once the session ended).
+        self._connection = session.connection
         self._user: str | None = None
         #: What the application knows of :attr:`user` (any JSON-able value), set with :meth:`identify`.
         self.user_info: Any = None
@@ -201,15 +204,21 @@ class Peer:
         An enveloped subscription's publishes arrive here already enveloped:
         the fan-out resolves the envelope once per publish (``registry.fan_out``).
         """
-        deflate = self._deflate
-        self._session.outbox.put(outgoing.frame if deflate is None else outgoing.frame_for(deflate, self._threshold))
+        frame = self._connection.send(outgoing)
+        if frame is not None:
+            self._session.outbox.put(frame)
 
     def ping(self, data: str | bytes = b"") -> None:
         """Send a ping (the ``pong`` hook sees the answer); at most 125 bytes of data."""
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        if len(payload) > 125:
-            raise ConfigurationError(f"a ping carries at most 125 bytes, not {len(payload)}")
-        self._runtime.post_to_hub(self._session.outbox.put, encode_frame(OP_PING, payload))
+        check_ping(payload)  # here, so that the caller gets the error in every thread
+        self._runtime.post_to_hub(self._ping, payload)
+
+    @hub_only
+    def _ping(self, payload: bytes) -> None:
+        frame = self._connection.ping(payload)
+        if frame is not None:
+            self._session.outbox.put(frame)
 
     def wait_for_drain(self, threshold: int = 0, timeout: float | None = None) -> bool:
         """Wait until at most ``threshold`` bytes are queued for this peer, or it is closed.

@@ -38,7 +38,7 @@ from ..protocol.connection import (
     PongReceived,
     State,
 )
-from ..protocol.deflate import Agreement, Inflater
+from ..protocol.deflate import Agreement
 from ..protocol.frames import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CloseCode
 from ..protocol.limits import TokenBucket
 from ..protocol.message import Message
@@ -188,7 +188,8 @@ class Session:
             ping_interval=options.ping_interval,
             ping_timeout=options.ping_timeout,
             now=time.monotonic(),
-            inflater=Inflater(agreement) if agreement is not None else None,
+            agreement=agreement,
+            compression_threshold=options.compression_threshold,
         )
         #: The permessage-deflate parameters agreed in the handshake, or None.
         self.deflate = agreement
@@ -516,7 +517,7 @@ class Session:
 class _EndedSession:
     """What an ended session leaves its peer (a :class:`~syncws.server.peer.SessionLink`): a closed one."""
 
-    __slots__ = ("_request", "deflate", "extensions", "outbox", "protocol", "runtime", "socket")
+    __slots__ = ("_request", "connection", "deflate", "extensions", "outbox", "protocol", "runtime", "socket")
 
     closed = True
     ready_state = _READY_STATES[State.CLOSED]
@@ -529,6 +530,7 @@ class _EndedSession:
         self.extensions = session.extensions
         self.socket = session.socket
         self.deflate = session.deflate
+        self.connection = session.connection  # closed: it sends nothing
 
     @property
     def url(self) -> str:

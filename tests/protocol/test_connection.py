@@ -312,3 +312,42 @@ def test_the_parser_transitions_table_is_what_the_parser_does():
         parser.next_frame()
         seen.add((before, parser.state))
     assert seen == {(start, end) for start, _, end in PARSER_TRANSITIONS}
+
+
+# -- sending: the connection decides what may go out ------------------------------------------
+def test_send_gives_the_frame_while_open_and_nothing_once_a_close_began():
+    from syncws.protocol.payload import Outgoing
+
+    connection = Connection()
+    outgoing = Outgoing("hello")
+    assert connection.send(outgoing) == encode_frame(OP_TEXT, b"hello") == outgoing.frame
+    assert connection.ping(b"are you there") == encode_frame(OP_PING, b"are you there")
+    connection.close(1000)
+    assert connection.send(outgoing) is None  # RFC 6455 §5.5.1: no data after our close frame
+    assert connection.ping() is None
+    answered = Connection()
+    events(answered, close_frame(1001))
+    assert answered.send(outgoing) is None  # the peer's close came first: nothing more either
+
+
+def test_with_permessage_deflate_the_connection_picks_the_compressed_frame():
+    from syncws.protocol.deflate import negotiate, parse_extensions
+    from syncws.protocol.payload import Outgoing
+
+    agreement = negotiate(parse_extensions(["permessage-deflate"]), 12)
+    assert agreement is not None
+    connection = Connection(agreement=agreement, compression_threshold=100)
+    small, large = Outgoing("x" * 50), Outgoing("x" * 5000)
+    assert connection.send(small) == small.frame  # under the threshold: as it is
+    frame = connection.send(large)
+    assert frame is not None and frame[0] & 0x40 and len(frame) < len(large.frame)  # RSV1: compressed
+    assert connection.send(Outgoing("y" * 5000, compress=False)) == Outgoing("y" * 5000).frame
+
+
+def test_a_ping_over_125_bytes_is_refused():
+    import pytest
+
+    from syncws import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="125 bytes"):
+        Connection().ping(b"x" * 126)
