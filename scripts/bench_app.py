@@ -5,7 +5,8 @@ Routes:
 * ``/echo``: every message is sent back to its sender.
 * ``/sse?n=N``: an event stream that pushes N events as fast as it can, then
   ends; ``/sse?n=N&rate=R`` pushes them at R events/s (each carries its
-  ``time.time()``, for latency).
+  ``time.time()``, for latency); ``/sse?n=N&yield=1`` yields to the hub after
+  every push, as a producer that pushes as things happen does.
 * ``/sse_topic``: an event stream subscribed to the ``feed`` topic;
   ``/sse_publish?n=N&streams=S`` waits until S such streams are open, then
   publishes N events to ``feed`` as fast as it can (each stream gets all N).
@@ -67,12 +68,13 @@ def fanout_message(peer, message):
 def sse(request):
     count = int(request.args.get("n", "1000"))
     rate = float(request.args.get("rate", "0"))
+    every = 1 if request.args.get("yield") else 100
     stream = create_event_stream(request, keep_alive=None)
 
     def flat_out() -> None:
         for i in range(count):
             stream.push(f"event {i}")
-            if i % 100 == 99:
+            if i % every == every - 1:
                 gevent.sleep(0)  # let the response greenlet write, as a real producer would
         stream.close()
 
