@@ -344,7 +344,9 @@ class Session:
                         self._on_eof()
                         return
                 case event:
-                    if dispatch(event):
+                    ended = dispatch(event)
+                    del event  # the message is not kept referenced (up to 64 KiB) while this peer idles
+                    if ended:
                         return
 
     def _dispatch(self, event: Event) -> bool:
