@@ -482,3 +482,20 @@ def test_the_access_line_is_not_formatted_when_its_logger_would_drop_it(start_se
     assert requests.get(server.url + "/", timeout=5).text == "hi"
     time.sleep(0.2)
     assert formatted == []
+
+
+def test_a_body_larger_than_the_socket_buffer_arrives_whole_to_a_slow_reader(start_server):
+    """The handler's own write loop (no getsockopt per write): partial sends are resumed, in order."""
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB, far past a socket buffer
+
+    app = App()
+    app.get("/big", lambda request: body)
+    server = start_server(app)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)  # the server's writes fill the buffers and wait
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, got = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and got == body
