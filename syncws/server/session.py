@@ -86,7 +86,7 @@ class _Input:
     Fairness: a flooding client always has bytes ready, so neither the read
     nor the parsing would ever give the hub back.  Every
     :data:`_FAIR_BUDGET` units of work (a frame, a read, 4 KiB read or
-    inflated) :meth:`pace` checks whether the hub has run since the last
+    inflated) the read loop checks, through :meth:`rest`, whether the hub has run since the last
     check; if it has not for :data:`_FAIR_SLICE` seconds, it sleeps on a
     tiny timer, which resumes it only after the hub has polled for I/O:
     other peers' reads and every pending write (pongs, close frames, the
@@ -105,61 +105,44 @@ class _Input:
     (:func:`_readable_waiter`) and then reads once.
     """
 
-    __slots__ = (
-        "_budget",
-        "_connection",
-        "_drained",
-        "_inflated",
-        "_loop",
-        "_parser",
-        "_recv",
-        "_seen",
-        "_since",
-        "_wait",
-    )
+    __slots__ = ("_connection", "_drained", "_loop", "_recv", "_seen", "_since", "_wait")
 
     def __init__(self, sock: socket.socket, connection: Connection) -> None:
         self._connection = connection
-        self._parser = connection.parser
         self._recv = sock.recv
         self._wait = _readable_waiter(sock)
         self._drained = False
         self._loop = gevent.get_hub().loop
         self._seen = self._loop.iteration
         self._since = perf_counter()
-        self._budget = _FAIR_BUDGET
-        self._inflated = self._parser.inflated
 
-    def pace(self) -> None:
-        """Count one unit of work (and what was inflated since); yield to the hub when this client has held it too long."""
-        inflated = self._parser.inflated
-        if inflated != self._inflated:  # inflating costs by its output, like a read by its size
-            self._budget -= (inflated - self._inflated) >> 12
-            self._inflated = inflated
-        if self._budget <= 0:
-            self._budget = _FAIR_BUDGET
-            loop = self._loop
-            if loop.iteration != self._seen:  # the hub ran (we blocked): a new slice begins
-                self._seen, self._since = loop.iteration, perf_counter()
-            elif perf_counter() - self._since >= _FAIR_SLICE:
-                gevent.sleep(_YIELD)  # a timer: runs us again only after the hub polled for I/O
-                self._seen, self._since = loop.iteration, perf_counter()
-        self._budget -= 1
+    def rest(self) -> None:
+        """The budget is spent: yield to the hub if this client has held it for :data:`_FAIR_SLICE`.
 
-    def read(self) -> bool:
-        """Read what the socket has into the connection; False at the end of the stream (EOF or reset)."""
+        The loop counts the budget itself (a frame is one unit, a read or
+        what was inflated one per 4 KiB): a call per frame cost the echo 3-4%.
+        """
+        loop = self._loop
+        if loop.iteration != self._seen:  # the hub ran (we blocked): a new slice begins
+            self._seen, self._since = loop.iteration, perf_counter()
+        elif perf_counter() - self._since >= _FAIR_SLICE:
+            gevent.sleep(_YIELD)  # a timer: runs us again only after the hub polled for I/O
+            self._seen, self._since = loop.iteration, perf_counter()
+
+    def read(self) -> int:
+        """Read what the socket has into the connection: what it cost in budget units, -1 at the end of the stream."""
         try:
             if self._drained and self._wait is not None:
                 self._wait()
             data = self._recv(_READ_SIZE)
         except (OSError, ValueError):
-            return False
+            return -1
         if not data:
-            return False
-        self._drained = len(data) < _READ_SIZE
-        self._budget -= len(data) >> 12  # a read costs by its size: unmasking and copying
+            return -1
+        size = len(data)
+        self._drained = size < _READ_SIZE
         self._connection.receive_data(data, time.monotonic())
-        return True  # (data goes with this frame: not kept referenced, 64 KiB, while this peer idles)
+        return size >> 12  # a read costs by its size: unmasking and copying (data is not kept: 64 KiB per idle peer)
 
 
 class Session:
@@ -191,8 +174,6 @@ class Session:
             agreement=agreement,
             compression_threshold=options.compression_threshold,
         )
-        #: The permessage-deflate parameters agreed in the handshake, or None.
-        self.deflate = agreement
         #: Run hooks in the server's thread pool (a blocking hook then blocks
         #: only this peer); the read loop waits for each, so order is kept.
         self.hooks_in_threads = runtime.hooks_threaded(options)
@@ -228,6 +209,11 @@ class Session:
         self._limited = self._message_bucket is not None or self._byte_bucket is not None
         #: Messages over this peer's rate limit (dropped, or the one that closed it).
         self.rate_limited = 0
+
+    @property
+    def deflate(self) -> Agreement | None:
+        """The permessage-deflate parameters agreed in the handshake, or None."""
+        return self.connection.agreement
 
     @property
     def state(self) -> State:
@@ -332,18 +318,30 @@ class Session:
             connection.receive_data(received, time.monotonic())
         del received  # nothing read is kept referenced while this peer idles
         source = _Input(self.socket, connection)
-        pace, read = source.pace, source.read
+        read, rest = source.read, source.rest
         dispatch = self._dispatch
+        parser = connection.parser
+        inflated = parser.inflated
+        budget = _FAIR_BUDGET
         while True:
-            pace()
-            match next_event():
+            if budget <= 0:
+                rest()
+                budget = _FAIR_BUDGET
+            budget -= 1
+            event = next_event()
+            if parser.inflated != inflated:  # inflating costs by its output, like a read by its size
+                budget -= (parser.inflated - inflated) >> 12
+                inflated = parser.inflated
+            match event:
                 case Pending.CONSUMED:
                     continue
                 case Pending.NEED_DATA:
-                    if not read():
+                    cost = read()
+                    if cost < 0:
                         self._on_eof()
                         return
-                case event:
+                    budget -= cost
+                case _:
                     ended = dispatch(event)
                     del event  # the message is not kept referenced (up to 64 KiB) while this peer idles
                     if ended:
