@@ -317,15 +317,13 @@ class Session:
         if received:
             connection.receive_data(received, time.monotonic())
         del received  # nothing read is kept referenced while this peer idles
-        source = _Input(self.socket, connection)
-        read, rest = source.read, source.rest
-        dispatch = self._dispatch
+        source = _Input(self.socket, connection)  # (no bound methods kept in locals: memory per idle peer)
         parser = connection.parser
         inflated = parser.inflated
         budget = _FAIR_BUDGET
         while True:
             if budget <= 0:
-                rest()
+                source.rest()
                 budget = _FAIR_BUDGET
             budget -= 1
             event = next_event()
@@ -336,13 +334,13 @@ class Session:
                 case Pending.CONSUMED:
                     continue
                 case Pending.NEED_DATA:
-                    cost = read()
+                    cost = source.read()
                     if cost < 0:
                         self._on_eof()
                         return
                     budget -= cost
                 case _:
-                    ended = dispatch(event)
+                    ended = self._dispatch(event)
                     del event  # the message is not kept referenced (up to 64 KiB) while this peer idles
                     if ended:
                         return
