@@ -18,13 +18,19 @@
         ├── HandshakeError                     a malformed WebSocket upgrade request
         └── RequestHeadError                   a request head over the limits or malformed
 
-Three classes outside this module join the family: ``NoTransportError`` (an
-event stream under a server that is not syncws; also werkzeug's
-``InternalServerError`` so frameworks render it as a 500),
-``ConnectionLimitError`` (an event stream over a connection cap; a werkzeug
-``HTTPException`` answered with 503 or 429) and the
-gevent-websocket compatibility layer's ``WebSocketError`` (also
-gevent-websocket's own class, which such apps catch).
+Five classes outside this module join the family, each beside what it must
+also be: ``NoTransportError`` (an event stream under a server that is not
+syncws; also werkzeug's ``InternalServerError`` so frameworks render it as a
+500) and ``ConnectionLimitError`` (an event stream over a connection cap; a
+werkzeug ``HTTPException`` answered with 503 or 429), both in
+``server/streams.py``; the test client's ``ConnectionClosed`` and
+``HandshakeRefused`` (``integrations/testing.py``: the second carries the test
+client's ``Response``); and the gevent-websocket compatibility layer's
+``WebSocketError`` (also gevent-websocket's own class, which such apps catch).
+Decision: they stay there.  Here, the two HTTP ones would make this module,
+which ``import syncws`` loads, import werkzeug (the lazy package's whole
+saving) and tie the base layer to it; the test client's two name a type of a
+layer above this one.
 
 Why the double bases: code that predates the hierarchy, and callers who know
 only the standard library, catch ``ValueError`` or ``RuntimeError``; those
