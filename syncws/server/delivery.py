@@ -151,6 +151,7 @@ class Delivery:
         with self._deliveries_span(tracer, "syncws.deliver", tracer.CONSUMER, {"messaging.destination.name": topic}):
             self._deliver_from_broker(topic, outgoing, namespace, exclude_id)
 
+    @hub_only
     def _deliver_from_broker(
         self, topic: str, outgoing: Outgoing, namespace: str | None, exclude_id: str | None
     ) -> None:
@@ -167,6 +168,7 @@ class Delivery:
         else:
             self._deliver_local(topic, outgoing, namespace, exclude)
 
+    @hub_only
     def _deliver_local(
         self, topic: str, outgoing: Outgoing, namespace: str | None, exclude: Subscriber | None = None
     ) -> None:
@@ -250,6 +252,7 @@ class Delivery:
         self._replay(sub, entries, envelope)
         return Recovery(recovered, len(entries), entries[-1].offset if entries else newest)
 
+    @hub_only
     def _replay(self, sub: Subscriber, entries: list[Outgoing], envelope: bool) -> None:
         for entry in entries:
             sub.deliver(entry.envelope if envelope else entry)

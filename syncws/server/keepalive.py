@@ -62,6 +62,7 @@ class Keepalive:
             self._wake.wait(self.tick)
             self._scan(time.monotonic())
 
+    @hub_only
     def _scan(self, now: float) -> None:
         # A function of its own, so that no local keeps the last session alive
         # between ticks (a closed peer must be garbage as soon as it is gone).

@@ -70,6 +70,7 @@ class Flusher:
             self._scheduled = True
             self._loop.run_callback(self._flush)
 
+    @hub_only
     def _flush(self) -> None:
         dirty = self._dirty
         if len(dirty) > _FLUSH_BATCH:
@@ -260,6 +261,7 @@ class Outbox:
             self._flushed = Event()
         return bool(self._flushed.wait(timeout))
 
+    @hub_only
     def _flush_nonblocking(self) -> None:
         """Write what the socket takes now; hand any rest to the writer."""
         queue = self._queue

@@ -33,7 +33,7 @@ from gevent.pool import Pool
 from ..base.errors import ConfigurationError, ListenError, ServerNotRunning
 from ..base.logs import JsonFormatter, make_handler
 from ..base.options import BY_NAME, ServerOptions, check_option_names, is_seconds
-from ..base.threads import RealLock, T, Ts, start_thread
+from ..base.threads import RealLock, T, Ts, hub_only, start_thread
 from ..protocol.connection import check_close
 from ..protocol.frames import CloseCode
 from ..protocol.payload import Outgoing
@@ -317,6 +317,7 @@ class Server:
         result: dict[str, Any] = self.runtime.run_in_hub(self._stats)
         return result
 
+    @hub_only
     def _stats(self) -> dict[str, Any]:
         runtime = self.runtime
         counters = runtime.counters

@@ -403,6 +403,7 @@ class Session:
             self.outbox.put_final()  # no close frame: what is queued, then the writer ends
             self.outbox.wait_flushed(min(self.close_timeout, 1.0))
 
+    @hub_only
     def _pong(self, frame: bytes) -> None:
         """Answer a ping, keeping what is owed to a client that pings faster than it reads bounded.
 
@@ -458,6 +459,7 @@ class Session:
         elif action is KeepaliveAction.EXPIRE:
             self._expire()
 
+    @hub_only
     def _expire(self) -> None:
         log.info(
             "syncws: peer %s did not answer a ping within %g s; closing it with 1011",
@@ -481,6 +483,7 @@ class Session:
         """Start the close handshake (hub thread only); a no-op once it has begun."""
         self._send_close(self.connection.close(code, reason))
 
+    @hub_only
     def _send_close(self, frame: bytes | None) -> None:
         if frame is None:
             return  # a close was already under way

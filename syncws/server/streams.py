@@ -185,6 +185,7 @@ class EventStream:
         self._runtime.counters.sent(1, len(chunk))
         self._append(chunk)
 
+    @hub_only
     def _append(self, chunk: bytes) -> None:
         if self._ending:
             return  # pushes after close are ignored, as documented
@@ -274,6 +275,7 @@ class EventStream:
         # those are delivered, only later ones are dropped.
         self._runtime.post_to_hub(self._end)
 
+    @hub_only
     def _end(self) -> None:
         self._ending = True
         self._wake.set()
