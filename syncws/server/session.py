@@ -518,7 +518,7 @@ class Session:
 class _EndedSession:
     """What an ended session leaves its peer (a :class:`~syncws.server.peer.SessionLink`): a closed one."""
 
-    __slots__ = ("_request", "connection", "deflate", "extensions", "outbox", "protocol", "runtime", "socket")
+    __slots__ = ("_request", "connection", "extensions", "outbox", "protocol", "runtime", "socket")
 
     closed = True
     ready_state = _READY_STATES[State.CLOSED]
@@ -530,12 +530,15 @@ class _EndedSession:
         self._request = session.peer.request
         self.extensions = session.extensions
         self.socket = session.socket
-        self.deflate = session.deflate
         self.connection = session.connection  # closed: it sends nothing
 
     @property
     def url(self) -> str:
         return _ws_url(self._request)
+
+    @property
+    def deflate(self) -> Agreement | None:
+        return self.connection.agreement
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Already closed: nothing to do."""

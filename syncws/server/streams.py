@@ -172,12 +172,7 @@ class EventStream:
     def _enqueue(self, chunk: bytes) -> None:
         # Through the hub like every other delivery, so a push and a publish
         # made one after the other from any thread arrive in that order.
-        if self._closed:
-            return
-        bridge = self._runtime.bridge
-        if bridge is not None and bridge.in_hub_thread():
-            self._push(chunk)  # what post_to_hub does from the hub, two calls shorter (a push per event)
-        else:
+        if not self._closed:
             self._runtime.post_to_hub(self._push, chunk)
 
     @hub_only

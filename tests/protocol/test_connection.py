@@ -279,13 +279,10 @@ def test_the_transitions_table_is_what_the_connection_does():
     """Each row of TRANSITIONS (the docs' state diagram) happens, and nothing else does."""
     from syncws.protocol.connection import TRANSITIONS
 
-    seen = set()
+    from ..support.states import Transitions
 
-    def step(connection: Connection, action) -> None:
-        before = connection.state
-        action(connection)
-        seen.add((before, connection.state))
-
+    transitions = Transitions()
+    step = transitions.step
     closing = Connection()
     step(closing, lambda c: c.close(1000))
     step(closing, lambda c: c.connection_lost())
@@ -296,22 +293,21 @@ def test_the_transitions_table_is_what_the_connection_does():
     step(answered, lambda c: c.connection_lost())
     lost = Connection()
     step(lost, lambda c: c.connection_lost())
-    assert seen == {(start, end) for start, _, end in TRANSITIONS}
+    assert transitions.seen == Transitions.of(TRANSITIONS)
     assert violated.close_code == 1002
 
 
 def test_the_parser_transitions_table_is_what_the_parser_does():
     from syncws.protocol.frames import PARSER_TRANSITIONS, FrameParser
 
+    from ..support.states import Transitions
+
     parser = FrameParser(None)
     data = frame(OP_TEXT, b"x" * 20)
-    seen = set()
-    for chunk in (data[:6], data[6:]):  # the header (2 + 4 mask bytes), then the payload
-        parser.feed(chunk)
-        before = parser.state
-        parser.next_frame()
-        seen.add((before, parser.state))
-    assert seen == {(start, end) for start, _, end in PARSER_TRANSITIONS}
+    transitions = Transitions()
+    transitions.step(parser, lambda p: p.feed(data[:6]) or p.next_frame())  # the header: 2 + 4 mask bytes
+    transitions.step(parser, lambda p: p.feed(data[6:]) or p.next_frame())  # the payload: a frame
+    assert transitions.seen == Transitions.of(PARSER_TRANSITIONS)
 
 
 # -- sending: the connection decides what may go out ------------------------------------------

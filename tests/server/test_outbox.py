@@ -368,13 +368,10 @@ def test_the_outbox_transitions_table_is_what_the_outbox_does():
 
     from syncws.server.outbox import TRANSITIONS, Outbox, OutboxState
 
-    seen = set()
+    from ..support.states import Transitions
 
-    def step(outbox: Outbox, action) -> None:
-        before = outbox.state
-        action(outbox)
-        seen.add((before, outbox.state))
-
+    transitions = Transitions()
+    step = transitions.step
     pairs = [socket.socketpair() for _ in range(3)]
     try:
         closing = Outbox(pairs[0][0], None)
@@ -394,4 +391,4 @@ def test_the_outbox_transitions_table_is_what_the_outbox_does():
         for a, b in pairs:
             a.close()
             b.close()
-    assert seen == {(start, end) for start, _, end in TRANSITIONS}
+    assert transitions.seen == Transitions.of(TRANSITIONS)
