@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from ..base.errors import ConfigurationError, ProtocolError
 from .deflate import Agreement, Inflater
@@ -141,8 +142,13 @@ class Pending(enum.Enum):
     CONSUMED = "consumed"  # a frame was used up without an event (a fragment, data after our close): ask again
 
 
-NEED_DATA = Pending.NEED_DATA
-CONSUMED = Pending.CONSUMED
+NEED_DATA: Final = Pending.NEED_DATA
+CONSUMED: Final = Pending.CONSUMED
+# Module-level names for the members the per-frame code compares with: on
+# Python 3.11 reading ``State.OPEN`` costs as much as a function call (0.18 µs
+# here against 0.02 µs for a global), paid on every message sent and received.
+_OPEN, _LOCAL_CLOSING, _REMOTE_CLOSING, _CLOSED = State.OPEN, State.LOCAL_CLOSING, State.REMOTE_CLOSING, State.CLOSED
+_KEEPALIVE_NONE, _KEEPALIVE_PING, _KEEPALIVE_EXPIRE = KeepaliveAction.NONE, KeepaliveAction.PING, KeepaliveAction.EXPIRE
 
 
 def check_ping(payload: bytes) -> None:
@@ -200,7 +206,7 @@ class Connection:
         self.agreement = agreement
         self.compression_threshold = compression_threshold
         self.parser = FrameParser(max_message_size, Inflater(agreement) if agreement is not None else None)
-        self.state = State.OPEN
+        self.state = _OPEN
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.ping_interval = ping_interval
@@ -211,7 +217,7 @@ class Connection:
 
     @property
     def open(self) -> bool:
-        return self.state is State.OPEN
+        return self.state is _OPEN
 
     # -- receiving -----------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
@@ -244,7 +250,7 @@ class Connection:
             return PongReceived(frame.payload)
         if opcode == OP_CLOSE:
             return self._close_received(frame.payload)
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return CONSUMED
         return Message(frame.payload, opcode == OP_BINARY)
 
@@ -254,8 +260,8 @@ class Connection:
         except ProtocolError as exc:
             return self._fail(exc)
         self._input_done = True  # RFC 6455 §5.5.1: nothing follows a close frame
-        if self.state is State.OPEN:
-            self.state = State.REMOTE_CLOSING
+        if self.state is _OPEN:
+            self.state = _REMOTE_CLOSING
             self.close_code, self.close_reason = code, reason
             return CloseReceived(code, reason, encode_frame(OP_CLOSE, encode_close_payload(code)))
         return CloseReceived(code, reason, None)
@@ -275,7 +281,7 @@ class Connection:
         or, by default, from ``compression_threshold`` bytes on, and only when
         it comes out smaller (:meth:`Outgoing.frame_for`).
         """
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return None
         agreement = self.agreement
         return outgoing.frame if agreement is None else outgoing.frame_for(agreement, self.compression_threshold)
@@ -283,7 +289,7 @@ class Connection:
     def ping(self, payload: bytes = b"") -> bytes | None:
         """A ping frame carrying ``payload`` (:func:`check_ping`), or None once a close has begun."""
         check_ping(payload)
-        return encode_frame(OP_PING, payload) if self.state is State.OPEN else None
+        return encode_frame(OP_PING, payload) if self.state is _OPEN else None
 
     # -- closing ---------------------------------------------------------------------
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> bytes | None:
@@ -292,38 +298,38 @@ class Connection:
         ConfigurationError (a ValueError) for a code that may not be sent.
         """
         check_close(code, reason)
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return None
-        self.state = State.LOCAL_CLOSING
+        self.state = _LOCAL_CLOSING
         self.close_code, self.close_reason = code, reason
         return encode_frame(OP_CLOSE, encode_close_payload(code, reason))
 
     def connection_lost(self) -> None:
         """The transport is gone (EOF, reset, or we hung up); what the parser holds is let go."""
-        if self.close_code is None and self.state is State.OPEN:
+        if self.close_code is None and self.state is _OPEN:
             self.close_code, self.close_reason = CLOSE_ABNORMAL, ""
-        self.state = State.CLOSED
+        self.state = _CLOSED
         self.parser.release()
 
     # -- keepalive -------------------------------------------------------------------
     def keepalive(self, now: float) -> KeepaliveAction:
         """Whether to ping, or give up on the peer, at time ``now``."""
         interval = self.ping_interval
-        if interval is None or self.state is not State.OPEN:
-            return KeepaliveAction.NONE
+        if interval is None or self.state is not _OPEN:
+            return _KEEPALIVE_NONE
         sent = self._ping_sent_at
         if sent is not None and self.last_seen < sent:  # our last ping is unanswered
             if self.ping_timeout is not None:
                 if now - sent >= self.ping_timeout:
-                    return KeepaliveAction.EXPIRE
-                return KeepaliveAction.NONE
+                    return _KEEPALIVE_EXPIRE
+                return _KEEPALIVE_NONE
             since = sent
         else:
             since = self.last_seen
         if now - since >= interval:
             self._ping_sent_at = now
-            return KeepaliveAction.PING
-        return KeepaliveAction.NONE
+            return _KEEPALIVE_PING
+        return _KEEPALIVE_NONE
 
     def __repr__(self) -> str:
         return f"<Connection {self.state.value}>"

@@ -258,9 +258,12 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 BYTES_PER_FRAGMENT = 64
 
 
+_ALWAYS_ALLOWED_FRAMES = 16
+
+
 def max_frames(max_message_size: int) -> int:
     """How many frames one message may have under this size limit."""
-    return 16 + max_message_size // BYTES_PER_FRAGMENT
+    return _ALWAYS_ALLOWED_FRAMES + max_message_size // BYTES_PER_FRAGMENT
 
 
 class ParserState(enum.Enum):
@@ -382,6 +385,9 @@ class FrameParser:
         handles at most one frame per call, so the caller can bound how much
         work one client gets before others are served.
         """
+        if self._state is _HEADER and len(self._buf) - self._pos < 2:
+            self._starved, self._frame_done = True, False  # between messages: no header yet (saves two calls)
+            return None
         frame = self._next_frame()
         self._starved = frame is None and not self._frame_done
         self._frame_done = False
@@ -406,9 +412,7 @@ class FrameParser:
     # -- headers ---------------------------------------------------------------
     def _read_header(self) -> bool:
         buf, pos = self._buf, self._pos
-        available = len(buf) - pos
-        if available < 2:
-            return False
+        available = len(buf) - pos  # at least 2: next_frame() checked
         first, second = buf[pos], buf[pos + 1]
         length = second & 0x7F
         size = 2
@@ -472,7 +476,7 @@ class FrameParser:
         if limit is not None:
             if size > limit:
                 raise ProtocolError(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
-            if frames > max_frames(limit):
+            if frames > _ALWAYS_ALLOWED_FRAMES and frames > max_frames(limit):  # (no call for most messages)
                 raise ProtocolError(CLOSE_TOO_BIG, f"message in more than {max_frames(limit)} frames")
         self._size, self._frames = size, frames
         if opcode != OP_CONTINUATION:

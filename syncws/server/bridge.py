@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from gevent._hub_local import get_hub_if_exists
 from gevent.monkey import get_original
 
 from ..base.threads import Ts
@@ -27,25 +26,29 @@ _BACKLOG = 1024
 _MAX_WAIT = 1.0  # seconds a caller waits at most: then it queues anyway (nothing is dropped)
 _sleep: Callable[[float], None] = get_original("time", "sleep")  # a real sleep, for OS threads
 _monotonic: Callable[[], float] = get_original("time", "monotonic")
+_thread_id: Callable[[], int] = get_original("_thread", "get_ident")  # the OS thread's, even when patched
 
 
 class HubBridge:
     def __init__(self, hub: Any) -> None:
         self.hub = hub
+        self.thread_id: int = hub.thread_ident  # one hub per thread: "in its thread" is "in the hub"
         self._calls: deque[Any] = deque()
         self._watcher = hub.loop.async_()
         self._watcher.start(self._drain)
         self._closed = False
 
     def in_hub_thread(self) -> bool:
-        return get_hub_if_exists() is self.hub
+        # The thread's id, not ``get_hub_if_exists() is self.hub``: half the
+        # cost (0.09 against 0.19 µs), and this runs for every message sent.
+        return _thread_id() == self.thread_id
 
     def call(self, fn: Callable[[*Ts], object], *args: *Ts) -> bool:
         """Run ``fn(*args)`` in the hub's thread: now if we are there, soon otherwise.
 
         False when the bridge is closed and ``fn`` will not run.
         """
-        if self.in_hub_thread():
+        if _thread_id() == self.thread_id:  # in_hub_thread(), inline: it runs per message sent
             fn(*args)
             return True
         if self._closed:

@@ -27,13 +27,14 @@ import gevent
 from ..base.options import ServerOptions
 from ..base.threads import hub_only
 from ..protocol.connection import (
+    CONSUMED,
+    NEED_DATA,
     PING,
     CloseReceived,
     Connection,
     Event,
     Failed,
     KeepaliveAction,
-    Pending,
     PingReceived,
     PongReceived,
     State,
@@ -55,6 +56,8 @@ log = logging.getLogger("syncws")
 
 _EXPIRED_FLUSH = 1.0  # a peer that missed its pong gets this long to take our close frame
 _READ_SIZE = 64 * 1024  # one socket read takes up to this much
+_OPEN = State.OPEN  # globals, not enum members read per call: see protocol/connection.py
+_KEEPALIVE_PING, _KEEPALIVE_EXPIRE = KeepaliveAction.PING, KeepaliveAction.EXPIRE
 _READY_STATES = {State.OPEN: 1, State.LOCAL_CLOSING: 2, State.REMOTE_CLOSING: 2, State.CLOSED: 3}
 _FAIR_BUDGET = 16  # units of work (a frame, a read, 4 KiB read or inflated) between fairness checks
 _FAIR_SLICE = 0.002  # seconds one connection may hold the hub before it yields
@@ -221,7 +224,7 @@ class Session:
 
     @property
     def closed(self) -> bool:
-        return self.connection.state is not State.OPEN
+        return self.connection.state is not _OPEN
 
     @property
     def ready_state(self) -> int:
@@ -330,20 +333,21 @@ class Session:
             if parser.inflated != inflated:  # inflating costs by its output, like a read by its size
                 budget -= (parser.inflated - inflated) >> 12
                 inflated = parser.inflated
-            match event:
-                case Pending.CONSUMED:
-                    continue
-                case Pending.NEED_DATA:
-                    cost = source.read()
-                    if cost < 0:
-                        self._on_eof()
-                        return
-                    budget -= cost
-                case _:
-                    ended = self._dispatch(event)
-                    del event  # the message is not kept referenced (up to 64 KiB) while this peer idles
-                    if ended:
-                        return
+            # ``is`` against globals, not ``match``: its ``case Pending.CONSUMED``
+            # reads the enum member from its class on every event (slow on 3.11).
+            if event is CONSUMED:
+                continue
+            if event is NEED_DATA:
+                cost = source.read()
+                if cost < 0:
+                    self._on_eof()
+                    return
+                budget -= cost
+                continue
+            ended = self._dispatch(event)
+            del event  # the message is not kept referenced (up to 64 KiB) while this peer idles
+            if ended:
+                return
 
     def _dispatch(self, event: Event) -> bool:
         """Run what ``event`` calls for; True when the input is over (a close frame, a violation)."""
@@ -454,9 +458,9 @@ class Session:
     def keepalive(self, now: float) -> None:
         """One keepalive tick (hub thread; the rules are :meth:`Connection.keepalive`'s)."""
         action = self.connection.keepalive(now)
-        if action is KeepaliveAction.PING:
+        if action is _KEEPALIVE_PING:
             self.outbox.put(PING)
-        elif action is KeepaliveAction.EXPIRE:
+        elif action is _KEEPALIVE_EXPIRE:
             self._expire()
 
     @hub_only
