@@ -79,6 +79,7 @@ class Transport:
         "_at_end",
         "_listener",
         "aborted",
+        "chunked",
         "handed_over",
         "hub_body",
         "remote_address",
@@ -109,6 +110,10 @@ class Transport:
         #: The response body must be iterated in the hub (an event stream's), even when
         #: the view ran in the thread pool.
         self.hub_body = False
+        #: Set once the response head has gone out for an empty first chunk: the
+        #: body may then write to the socket itself (an event stream does), as
+        #: HTTP chunks when True.  None: it must go through the WSGI iterable.
+        self.chunked: bool | None = None
         self._at_end: list[Callable[[], object]] = []
 
     def at_end(self, callback: Callable[[], object]) -> None:
@@ -235,10 +240,21 @@ class ConnectionHandler(ClosingHandler):
                 self.write(data)
             elif not self.headers_sent and self.status:
                 self.write(b"")
+                self._open_raw_body()
         if self.status and not self.headers_sent:
             self.write(b"")
         if self.response_use_chunked:
             self._sendall(b"0\r\n\r\n")  # gevent's
+
+    def _open_raw_body(self) -> None:
+        """Let the body write to the socket itself: its head is out, nothing of it yet.
+
+        Not when a middleware has declared a body of its own (a length, an
+        encoding such as gzip): the bytes must then go through it.
+        """
+        declared = {name.lower() for name, _value in self.response_headers}  # gevent's: latin-1 bytes
+        if b"content-length" not in declared and b"content-encoding" not in declared:
+            self.environ[TRANSPORT_KEY].chunked = bool(self.response_use_chunked)
 
     def _sendall(self, data: bytes | bytearray) -> None:
         """gevent's, without the ``getsockopt(SO_SNDBUF)`` its socket's ``sendall`` makes before every write.

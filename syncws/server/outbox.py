@@ -37,7 +37,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event
@@ -52,23 +52,43 @@ _BATCH = 256 * 1024  # join small frames into one send up to this size
 _FLUSH_BATCH = 1024  # outboxes written per hub callback
 
 
-class Flusher:
-    """Writes dirty outboxes once per hub loop iteration (hub thread only)."""
+class Flushable(Protocol):
+    """What the :class:`Flusher` writes: an :class:`Outbox`, or an event stream's pushes."""
 
-    def __init__(self, hub: Any) -> None:
+    _dirty: bool  # marked, not flushed yet
+
+    def _flush_nonblocking(self) -> None: ...
+
+
+class Flusher:
+    """Writes dirty outboxes once per hub loop iteration (hub thread only).
+
+    ``settle``: wait for one more round of the hub's callbacks before
+    writing, so that a producer which pushes and then yields (``sleep(0)``)
+    pushes again first and two pushes leave in one ``send``.  The event
+    streams' flusher settles (a dashboard pushes as things happen, and each
+    write is a syscall); the WebSocket peers' does not (an echo answers at
+    once).
+    """
+
+    def __init__(self, hub: Any, *, settle: bool = False) -> None:
         self._loop = hub.loop
-        self._dirty: list[Outbox] = []
+        self._dirty: list[Flushable] = []
         self._scheduled = False
+        self._first = self._settle if settle else self._flush
 
     @hub_only
-    def mark(self, outbox: Outbox) -> None:
+    def mark(self, outbox: Flushable) -> None:
         if outbox._dirty:
             return
         outbox._dirty = True
         self._dirty.append(outbox)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.run_callback(self._flush)
+            self._loop.run_callback(self._first)
+
+    def _settle(self) -> None:
+        self._loop.run_callback(self._flush)  # behind the callbacks queued meanwhile (gevent runs them all)
 
     @hub_only
     def _flush(self) -> None:
@@ -123,6 +143,7 @@ TRANSITIONS: tuple[tuple[OutboxState, str, OutboxState], ...] = (
     (OutboxState.FINAL, "a failed write, stop()", OutboxState.FAILED),
 )
 
+_OPEN, _FINAL, _FAILED = OutboxState.OPEN, OutboxState.FINAL, OutboxState.FAILED  # globals: see protocol/connection.py
 _NO_QUEUE: deque[bytes | memoryview] = deque()  # shared by outboxes without a frame yet; always empty
 
 
@@ -150,7 +171,7 @@ class Outbox:
         self._writer: gevent.Greenlet[..., Any] | None = None  # started on first need
         self._wake: Event | None = None  # wakes the writer; exists with it
         self._flushed: Event | None = None  # made by the first wait_flushed()
-        self.state = OutboxState.OPEN
+        self.state = _OPEN
         self._done = False  # the writer has finished, in FINAL or FAILED (or the outbox was stopped)
         self._urgent: bytes | None = None  # one control frame that jumps the queue
         self._partial = False  # the queue starts with the rest of a partly written chunk
@@ -174,7 +195,7 @@ class Outbox:
     @property
     def failed(self) -> bool:
         """The peer is gone: a write failed, or the outbox was stopped."""
-        return self.state is OutboxState.FAILED
+        return self.state is _FAILED
 
     @property
     def buffered(self) -> int:
@@ -184,10 +205,12 @@ class Outbox:
     @hub_only
     def put(self, frame: bytes) -> bool:
         """Queue one frame; False when it was not accepted."""
-        if self.state is not OutboxState.OPEN:
+        if self.state is not _OPEN:
             return False
         size = len(frame)
-        if self.limit is not None and self.buffered and self.buffered + size > self.limit:
+        limit = self.limit
+        buffered = self._queued + self._in_flight  # (not the property: this runs per message)
+        if limit is not None and buffered and buffered + size > limit:
             if self.policy == "drop":
                 self.dropped += 1
                 return False
@@ -211,7 +234,7 @@ class Outbox:
         the answer to its most recent ping is kept (RFC 6455 §5.5.3), so what
         such a client costs us stays one frame.
         """
-        if self.state is not OutboxState.OPEN:
+        if self.state is not _OPEN:
             return
         # Front of the queue, but behind the rest of a frame already partly
         # written: frames must never interleave.
@@ -245,9 +268,9 @@ class Outbox:
     @hub_only
     def put_final(self, frame: bytes | None = None) -> None:
         """Queue the last frame (the close frame), or none: the writer stops after what is queued."""
-        if self.state is not OutboxState.OPEN:
+        if self.state is not _OPEN:
             return
-        self.state = OutboxState.FINAL
+        self.state = _FINAL
         if frame is not None:
             self._open_queue().append(frame)
             self._queued += len(frame)
@@ -265,7 +288,7 @@ class Outbox:
     def _flush_nonblocking(self) -> None:
         """Write what the socket takes now; hand any rest to the writer."""
         queue = self._queue
-        while queue and not self._in_flight and not self.failed:
+        while queue and not self._in_flight and self.state is not _FAILED:
             data = _take(self)
             try:
                 sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0 never waits
@@ -291,7 +314,7 @@ class Outbox:
         try:
             while True:
                 if not queue:
-                    if self.state is not OutboxState.OPEN:
+                    if self.state is not _OPEN:
                         break
                     wake.clear()
                     wake.wait()
@@ -344,7 +367,7 @@ class Outbox:
                     callback()
         if buffered == 0 and self._pushed_back:
             self._pushed_back = False
-            if self._on_drain is not None and self.state is OutboxState.OPEN:
+            if self._on_drain is not None and self.state is _OPEN:
                 self._on_drain()
 
     def _release_waiters(self) -> None:
@@ -353,7 +376,7 @@ class Outbox:
             callback()
 
     def _fail(self) -> None:
-        self.state = OutboxState.FAILED
+        self.state = _FAILED
         self._urgent = None
         self._queue.clear()
         self._queued = self._in_flight = 0

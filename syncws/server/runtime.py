@@ -81,7 +81,8 @@ class Runtime(Delivery):
         self.routes: dict[str, WSGIApplication] = {}
         self.finished = False  # the stop is over
         self.bridge: HubBridge | None = None
-        self.flusher: Flusher | None = None
+        self.flusher: Flusher | None = None  # the WebSocket peers'
+        self.stream_flusher: Flusher | None = None  # the event streams': it settles (see Flusher)
         self.keepalive: Keepalive | None = None
         self._pool: WorkerPool | None = None
         #: OpenTelemetry spans, or None (the ``tracing`` option; base/tracing.py).

@@ -386,6 +386,7 @@ class Server:
         hub = gevent.get_hub()
         runtime.bridge = HubBridge(hub)
         runtime.flusher = Flusher(hub)
+        runtime.stream_flusher = Flusher(hub, settle=True)
         runtime.keepalive = Keepalive(runtime.sessions)
         runtime.broker.start(runtime.deliver_relayed, runtime.registry.interests)
         self._stopped = Event()

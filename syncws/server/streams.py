@@ -29,6 +29,7 @@ from ..pubsub.history import Recovery
 from ..pubsub.registry import ABSENT
 from .handler import OVER_CAPACITY, RETRY_AFTER, SHUTTING_DOWN
 from .http import TRANSPORT_KEY
+from .outbox import Flusher, Outbox
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -130,6 +131,12 @@ class EventStream:
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes pushed and still in the queue
         self._in_flight = 0  # bytes handed to a write that has not returned yet
+        # Once the head is out, the hub writes the pushes (_write_directly):
+        self._outbox: Outbox | None = None
+        self._flusher: Flusher | None = None  # ... when the pushes of a turn of the hub are handed to the outbox
+        self._dirty = False  # marked for the flusher
+        self._chunked = False  # ... as HTTP chunks
+        self._idle = True  # nothing pushed since the last keep-alive
         self.limit = self._runtime.options.max_buffer_size
         self._started = False
         self._wake = Event()
@@ -190,14 +197,30 @@ class EventStream:
             return
         self._queue.append(chunk)
         self._queued += len(chunk)
-        wake = self._wake
-        if not wake.is_set():
-            wake.set()
+        self._idle = False
+        flusher = self._flusher
+        if flusher is not None:  # written from the hub (_write_directly)
+            if not self._dirty:
+                flusher.mark(self)
+        elif not self._wake.is_set():  # written by the body (_yield_pushes)
+            self._wake.set()
 
     @property
     def buffered(self) -> int:
         """Bytes pushed that the socket has not taken yet (queued or in a blocked write)."""
-        return self._queued + self._in_flight
+        outbox = self._outbox
+        return self._queued + (self._in_flight if outbox is None else outbox.buffered)
+
+    @hub_only
+    def _flush_nonblocking(self) -> None:
+        """Hand what was pushed since the last turn of the hub to the outbox, as one write (the flusher's call)."""
+        queue, outbox = self._queue, self._outbox
+        if not queue or outbox is None:
+            return
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        queue.clear()
+        self._queued = 0
+        outbox.put(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)  # one HTTP chunk, as gevent's
 
     def _overflow(self, buffered: int) -> None:
         # The client stopped reading and the body is stuck in a write: like a
@@ -299,37 +322,78 @@ class EventStream:
         watcher = gevent.spawn(self._watch_socket)
         try:
             if self.retry is not None:
-                yield format_retry(self.retry).encode("ascii")
-            queue = self._queue
-            while True:
-                if queue:
-                    chunks = []
-                    while queue:
-                        chunks.append(queue.popleft())
-                    chunk = b"".join(chunks)
-                    # Until the write returns, these bytes still count against the limit.
-                    self._queued = 0
-                    self._in_flight = len(chunk)
-                    yield chunk
-                    self._in_flight = 0
-                    continue
-                if self._ending:
-                    break
-                self._wake.clear()
-                if queue or self._ending:
-                    continue
-                if self._wake.wait(self.keep_alive):
-                    # Woken by a push: one turn of the hub first, so that the pushes made
-                    # in it go out in this write, not one write each (docs/performance.md).
-                    gevent.sleep(0)
-                elif not queue and not self._ending:
-                    yield format_comment("keep-alive").encode("ascii")
+                retry = format_retry(self.retry).encode("ascii")
+                self._queue.appendleft(retry)
+                self._queued += len(retry)
+            if self._transport.chunked is None:
+                yield from self._yield_pushes()
+            else:
+                self._write_directly(self._transport.chunked)
         finally:
             self._closed = self._ending = True
             runtime.streams.discard(self)
             runtime.registry.remove(self)
             watcher.kill(block=False)
             self._finish()
+
+    def _yield_pushes(self) -> Iterator[bytes]:
+        """Serve the stream as the body's chunks: when a middleware stands between it and the socket.
+
+        (:attr:`Transport.chunked` is None: the middleware declared a body of
+        its own, gzip say, so the bytes must go through it.)
+        """
+        queue = self._queue
+        while True:
+            if queue:
+                chunks = []
+                while queue:
+                    chunks.append(queue.popleft())
+                chunk = b"".join(chunks)
+                # Until the write returns, these bytes still count against the limit.
+                self._queued = 0
+                self._in_flight = len(chunk)
+                yield chunk
+                self._in_flight = 0
+                continue
+            if self._ending:
+                break
+            self._wake.clear()
+            if queue or self._ending:
+                continue
+            if self._wake.wait(self.keep_alive):
+                # Woken by a push: one turn of the hub first, so that the pushes made
+                # in it go out in this write, not one write each (docs/performance.md).
+                gevent.sleep(0)
+            elif not queue and not self._ending:
+                yield format_comment("keep-alive").encode("ascii")
+
+    def _write_directly(self, chunked: bool) -> None:
+        """Serve the stream by writing to the socket from the hub, as the WebSocket peers' outboxes are.
+
+        A push then costs no greenlet switch: it is queued, and the hub's
+        stream flusher hands what the pushes of one turn queued to the
+        outbox as one write, one non-blocking ``send``.  The outbox starts a
+        writer greenlet only for a client slower than the pushes.  This
+        greenlet is left with the keep-alive and the end.
+        """
+        runtime = self._runtime
+        outbox = self._outbox = Outbox(self._transport.socket, None, flusher=runtime.flusher)  # the limit is ours
+        self._chunked = chunked
+        flusher = self._flusher = runtime.stream_flusher
+        if self._queue and flusher is not None:  # what was pushed before the head went out
+            flusher.mark(self)
+        wake = self._wake
+        while not self._ending:
+            wake.clear()
+            if not wake.wait(self.keep_alive) and not self._ending:
+                if self._idle:
+                    self._append(format_comment("keep-alive").encode("ascii"))
+                self._idle = True
+        self._flush_nonblocking()  # what was pushed before close() (after it, nothing is queued)
+        if not self._transport.aborted:
+            outbox.put_final()
+            outbox.wait_flushed(None)
+        outbox.stop()
 
     def _abandon(self) -> None:
         """The request ended without serving this stream (the view raised, say)."""
