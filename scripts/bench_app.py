@@ -6,7 +6,8 @@ Routes:
 * ``/sse?n=N``: an event stream that pushes N events as fast as it can, then
   ends; ``/sse?n=N&rate=R`` pushes them at R events/s (each carries its
   ``time.time()``, for latency); ``/sse?n=N&yield=1`` yields to the hub after
-  every push, as a producer that pushes as things happen does.
+  every push, as a producer that pushes as things happen does;
+  ``/sse?n=N&rate=R&batch=1`` pushes what is due at each step as one list.
 * ``/sse_topic``: an event stream subscribed to the ``feed`` topic;
   ``/sse_publish?n=N&streams=S`` waits until S such streams are open, then
   publishes N events to ``feed`` as fast as it can (each stream gets all N).
@@ -69,6 +70,7 @@ def sse(request):
     count = int(request.args.get("n", "1000"))
     rate = float(request.args.get("rate", "0"))
     every = 1 if request.args.get("yield") else 100
+    batch = bool(request.args.get("batch"))
     stream = create_event_stream(request, keep_alive=None)
 
     def flat_out() -> None:
@@ -82,8 +84,11 @@ def sse(request):
         started, sent = time.monotonic(), 0
         while sent < count:
             due = min(count, int((time.monotonic() - started) * rate) + 1)
-            for i in range(sent, due):
-                stream.push(f"event {i} {time.time():.6f}")
+            if batch:  # several events sent together, as the reference yields them
+                stream.push([f"event {i} {time.time():.6f}" for i in range(sent, due)])
+            else:
+                for i in range(sent, due):
+                    stream.push(f"event {i} {time.time():.6f}")
             sent = due
             gevent.sleep(PACE_STEP)
         stream.close()
