@@ -1067,7 +1067,7 @@ def test_a_view_that_raises_after_subscribing_leaves_nothing_registered(start_se
     assert wait_until(lambda: server.registry.counts() == {"peers": 0, "topics": 0, "subscribers": 0})
 
 
-def test_a_client_that_stops_reading_is_ended_not_buffered_without_bound(start_server):
+def test_a_client_that_stops_reading_is_ended_not_buffered_without_bound(start_server, caplog):
     limit = 64 * 1024
     app, opened = stream_app(keep_alive=None)
     server = start_server(app, max_buffer_size=limit)
@@ -1092,8 +1092,113 @@ def test_a_client_that_stops_reading_is_ended_not_buffered_without_bound(start_s
                 assert healthy.next_event().data == f"tick {pushed}"
                 time.sleep(0.001)
         assert ended.wait(5), f"the stalled stream was never ended after {pushed} pushes"
-        assert stream._queued <= limit  # never more than the limit was held for it
+        (unsent,) = [int(m.group(1)) for r in caplog.records if (m := re.search(r"\((\d+) bytes unsent\)", r.message))]
+        assert 0 < unsent <= limit  # never more than the limit was held for it
         other.push("after")
         assert healthy.next_event().data == "after"
     sock.close()
     assert wait_until(lambda: not server.streams)
+
+
+# -- how the pushes reach the socket ------------------------------------------------
+
+
+def read_chunks(sock: socket.socket, body: bytes, count: int) -> list[bytes]:
+    """``count`` HTTP/1.1 chunks from ``body`` and then the socket, exactly as framed."""
+    chunks: list[bytes] = []
+    while len(chunks) < count:
+        size_line, found, rest = body.partition(b"\r\n")
+        if found:
+            size = int(size_line, 16)
+            if len(rest) >= size + 2:
+                assert rest[size : size + 2] == b"\r\n", body
+                chunks.append(rest[:size])
+                body = rest[size + 2 :]
+                continue
+        data = sock.recv(65536)
+        assert data, f"closed after {chunks}"
+        body += data
+    assert body == b"", body
+    return chunks
+
+
+def test_the_pushes_of_one_turn_of_the_hub_leave_as_one_chunk(sse_server):
+    """Pushes are queued, and the hub writes what one turn queued at once: one chunk, one ``send``."""
+    server, opened = sse_server(keep_alive=None)
+    with raw_stream(server, "/sse", version="HTTP/1.1") as sock:
+        head, body = read_head(sock)
+        assert b"\r\ntransfer-encoding: chunked" in head.lower()
+        stream = opened.get(timeout=5)
+
+        def three_pushes() -> None:
+            for i in range(3):
+                stream.push(f"e{i}")
+
+        server.call_in_hub(three_pushes)
+        assert read_chunks(sock, body, 1) == [b"data: e0\n\ndata: e1\n\ndata: e2\n\n"]
+        stream.push("alone")
+        assert read_chunks(sock, b"", 1) == [b"data: alone\n\n"]
+        stream.close()
+        assert read_until_closed(sock) == b"0\r\n\r\n"
+
+
+def test_a_producer_that_yields_after_each_push_still_shares_writes(sse_server):
+    """push, ``sleep(0)``, push: the streams' flusher waits one round of the hub, so both go in one chunk."""
+    server, opened = sse_server(keep_alive=None)
+    with raw_stream(server, "/sse", version="HTTP/1.1") as sock:
+        _head, body = read_head(sock)
+        stream = opened.get(timeout=5)
+
+        def producer() -> None:
+            stream.push("first")
+            gevent.sleep(0)
+            stream.push("second")
+
+        server.call_in_hub(gevent.spawn, producer)
+        assert read_chunks(sock, body, 1) == [b"data: first\n\ndata: second\n\n"]
+
+
+class DeclaresItsBody:
+    """A middleware that sets a header of the body's own (an encoding), and sees every chunk."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.chunks: list[bytes] = []
+
+    def __call__(self, environ, start_response):
+        def declare(status, headers, exc_info=None):
+            return start_response(status, [*headers, ("Content-Encoding", "identity")], exc_info)
+
+        for chunk in self.app(environ, declare):
+            self.chunks.append(chunk)
+            yield chunk
+
+
+def test_a_middleware_that_declares_the_body_gets_every_event_through_it(start_server):
+    """Then the stream cannot write to the socket itself: its events go through the WSGI body."""
+    app, opened = stream_app(keep_alive=None)
+    middleware = DeclaresItsBody(app)
+    server = start_server(middleware, threads="off")
+    with SSEClient(server) as client:
+        assert client.header("Content-Encoding") == "identity"
+        stream = opened.get(timeout=5)
+        for i in range(3):
+            stream.push(f"e{i}")
+        assert [client.next_event().data for _ in range(3)] == ["e0", "e1", "e2"]
+        stream.close()
+        client.wait_eof()
+    assert b"".join(middleware.chunks) == b"data: e0\n\ndata: e1\n\ndata: e2\n\n"
+
+
+def test_a_busy_stream_gets_no_keep_alive_comments(sse_server):
+    """A keep-alive comment is for an idle stream: pushes more often than ``keep_alive`` leave none."""
+    server, opened = sse_server(keep_alive=0.2)
+    with SSEClient(server) as client:
+        stream = opened.get(timeout=5)
+        for i in range(25):  # 0.5 s of pushes, every 20 ms
+            stream.push(f"tick {i}")
+            time.sleep(0.02)
+        stream.push("last")
+        client.read_until(lambda: any(event.data == "last" for event in client.events), timeout=5, what="last")
+        assert client.parser.comments == []
+        client.read_until(lambda: client.parser.comments == ["keep-alive"], timeout=5, what="a keep-alive once idle")
