@@ -79,6 +79,7 @@ class Transport:
         "_at_end",
         "_listener",
         "aborted",
+        "body_bytes",
         "chunked",
         "handed_over",
         "hub_body",
@@ -114,6 +115,7 @@ class Transport:
         #: body may then write to the socket itself (an event stream does), as
         #: HTTP chunks when True.  None: it must go through the WSGI iterable.
         self.chunked: bool | None = None
+        self.body_bytes = 0  # ... and what it handed to the socket so (for the access log)
         self._at_end: list[Callable[[], object]] = []
 
     def at_end(self, callback: Callable[[], object]) -> None:
@@ -575,6 +577,7 @@ class ConnectionHandler(ClosingHandler):
             finally:
                 close = None
                 self.result = None
+                self.response_length += transport.body_bytes
                 transport.finish()
 
 

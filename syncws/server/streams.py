@@ -220,7 +220,10 @@ class EventStream:
         data = queue[0] if len(queue) == 1 else b"".join(queue)
         queue.clear()
         self._queued = 0
-        outbox.put(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)  # one HTTP chunk, as gevent's
+        if self._chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)  # one HTTP chunk, as gevent writes one
+        self._transport.body_bytes += len(data)
+        outbox.put(data)
 
     def _overflow(self, buffered: int) -> None:
         # The client stopped reading and the body is stuck in a write: like a
@@ -383,17 +386,19 @@ class EventStream:
         if self._queue and flusher is not None:  # what was pushed before the head went out
             flusher.mark(self)
         wake = self._wake
-        while not self._ending:
-            wake.clear()
-            if not wake.wait(self.keep_alive) and not self._ending:
-                if self._idle:
-                    self._append(format_comment("keep-alive").encode("ascii"))
-                self._idle = True
-        self._flush_nonblocking()  # what was pushed before close() (after it, nothing is queued)
-        if not self._transport.aborted:
-            outbox.put_final()
-            outbox.wait_flushed(None)
-        outbox.stop()
+        try:
+            while not self._ending:
+                wake.clear()
+                if not wake.wait(self.keep_alive) and not self._ending:
+                    if self._idle:
+                        self._append(format_comment("keep-alive").encode("ascii"))
+                    self._idle = True
+            self._flush_nonblocking()  # what was pushed before close() (after it, nothing is queued)
+            if not self._transport.aborted:
+                outbox.put_final()
+                outbox.wait_flushed(None)
+        finally:
+            outbox.stop()  # killed by a stop, say: no writer left behind
 
     def _abandon(self) -> None:
         """The request ended without serving this stream (the view raised, say)."""

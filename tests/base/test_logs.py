@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 
@@ -119,12 +120,21 @@ def test_an_event_stream_s_end_is_logged_with_its_fields(start_server, caplog):
         return stream
 
     server = start_server(app, access_log=True)
-    assert "data: one" in requests.get(server.url + "/events", timeout=5).text
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        received = b""
+        while data := sock.recv(65536):  # the stream ends the connection
+            received += data
+    assert received.endswith(b"\r\n\r\nb\r\ndata: one\n\n\r\n0\r\n\r\n")
     assert wait_until(lambda: any(getattr(r, "kind", None) == "sse" for r in caplog.records))
     ended = [r for r in caplog.records if getattr(r, "kind", None) == "sse"]
     assert len(ended) == 1 and ended[0].path == "/events" and ended[0].connection.startswith("sse-")
     assert ended[0].remote == "127.0.0.1" and ended[0].duration >= 0
     assert not hasattr(ended[0], "code")  # a stream has no close code
+    # The request's line counts every byte sent, the events that the hub wrote included.
+    assert wait_until(lambda: any(getattr(r, "method", None) == "GET" for r in caplog.records))
+    (line,) = [r for r in caplog.records if getattr(r, "method", None) == "GET"]
+    assert line.bytes == len(received)
 
 
 def test_no_line_when_the_access_log_is_off(start_server, caplog):
