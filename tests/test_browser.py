@@ -535,7 +535,8 @@ def test_twenty_pages_spread_their_reconnects_and_a_visible_page_hurries(browser
         )
     server.close_all(1012, "restart")  # every page loses its connection at the same moment
     for page in pages:
-        page.wait_for_function("() => attempts.length === 2 && c.state === 'connected'", timeout=WAIT_MS)
+        # >= 2: on a loaded host a retry may time out and be followed by another; the first is what is measured.
+        page.wait_for_function("() => attempts.length >= 2 && c.state === 'connected'", timeout=WAIT_MS)
     retries = sorted(page.evaluate("() => attempts[1]") for page in pages)
     spread = retries[-1] - retries[0]
     buckets = {(t - retries[0]) // 100 for t in retries}
