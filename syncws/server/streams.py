@@ -1,10 +1,16 @@
 """Server-Sent Events: ``create_event_stream`` and the ``EventStream`` it returns.
 
-A stream is a WSGI response whose body is a generator running in the
-connection's greenlet.  ``push`` may come from any greenlet or OS thread: it
-formats the event, appends it to a deque and wakes the generator through the
-server's hub.  A second greenlet watches the socket so that a client that goes
-away is noticed at once, even when nothing is being pushed.
+A stream is a WSGI response whose body first yields an empty chunk, so that
+the server sends the head at once.  ``push`` may come from any greenlet or OS
+thread: it formats the event and hands it to the server's hub, which queues
+it.  From then on the hub writes the pushes itself, those of one turn as one
+HTTP chunk, through an :class:`~syncws.server.outbox.Outbox` as a WebSocket
+peer's frames are (:meth:`EventStream._write_directly`); the body's greenlet
+only waits for the keep-alive and the end.  Behind a middleware that declares
+a body of its own, the body yields the pushes instead
+(:meth:`EventStream._yield_pushes`).  A second greenlet watches the socket so
+that a client that goes away is noticed at once, even when nothing is being
+pushed.
 """
 
 from __future__ import annotations
@@ -328,10 +334,11 @@ class EventStream:
                 retry = format_retry(self.retry).encode("ascii")
                 self._queue.appendleft(retry)
                 self._queued += len(retry)
-            if self._transport.chunked is None:
+            chunked = self._transport.chunked
+            if chunked is None or runtime.flusher is None or runtime.stream_flusher is None:
                 yield from self._yield_pushes()
             else:
-                self._write_directly(self._transport.chunked)
+                self._write_directly(chunked, runtime.flusher, runtime.stream_flusher)
         finally:
             self._closed = self._ending = True
             runtime.streams.discard(self)
@@ -370,7 +377,7 @@ class EventStream:
             elif not queue and not self._ending:
                 yield format_comment("keep-alive").encode("ascii")
 
-    def _write_directly(self, chunked: bool) -> None:
+    def _write_directly(self, chunked: bool, writes: Flusher, pushes: Flusher) -> None:
         """Serve the stream by writing to the socket from the hub, as the WebSocket peers' outboxes are.
 
         A push then costs no greenlet switch: it is queued, and the hub's
@@ -379,12 +386,11 @@ class EventStream:
         writer greenlet only for a client slower than the pushes.  This
         greenlet is left with the keep-alive and the end.
         """
-        runtime = self._runtime
-        outbox = self._outbox = Outbox(self._transport.socket, None, flusher=runtime.flusher)  # the limit is ours
+        outbox = self._outbox = Outbox(self._transport.socket, None, flusher=writes)  # the limit is ours
         self._chunked = chunked
-        flusher = self._flusher = runtime.stream_flusher
-        if self._queue and flusher is not None:  # what was pushed before the head went out
-            flusher.mark(self)
+        self._flusher = pushes
+        if self._queue:  # what was pushed before the head went out
+            pushes.mark(self)
         wake = self._wake
         try:
             while not self._ending:
