@@ -270,6 +270,7 @@ def test_presence_churn_never_costs_a_publish(echo_process, redis_server):
     listener.close()
 
 
+@pytest.mark.timeout(300)  # the set-up alone took 112-115 s under coverage's tracer on a slow day
 def test_presence_at_scale_is_refreshed_and_counted_without_stalls(echo_process, redis_server):
     # 200,000 entries: each refresh serialised all of them under the
     # registry's lock (0.40-0.46 s stalls) and each metrics scrape copied

@@ -24,13 +24,22 @@ SUBPROTOCOL = "syncws.v1"
 
 
 class Balancer:
-    """Round robin over ``backends`` ((host, port) pairs) that pass ``health_path``, polled every ``interval``."""
+    """Round robin over ``backends`` ((host, port) pairs) that pass ``health_path``, polled every ``interval``.
 
-    def __init__(self, backends: list[tuple[str, int]], health_path: str, interval: float = 0.1) -> None:
+    As a real load balancer does, a backend that answers anything but 200 is
+    out at once, and one that does not answer (a check timed out: a loaded
+    host) only after ``misses`` checks in a row.
+    """
+
+    def __init__(
+        self, backends: list[tuple[str, int]], health_path: str, interval: float = 0.1, misses: int = 3
+    ) -> None:
         self.backends = backends
         self.health_path = health_path
         self.interval = interval
+        self.misses = misses
         self.ready = dict.fromkeys(backends, True)
+        self._missed = dict.fromkeys(backends, 0)  # checks in a row without an answer
         self.routed = dict.fromkeys(backends, 0)  # connections sent to each backend
         self._turn = itertools.count()
         self.port = 0
@@ -52,20 +61,28 @@ class Balancer:
     async def _check_forever(self) -> None:
         while True:
             for backend in self.backends:
-                self.ready[backend] = await self._check(backend)
+                answer = await self._check(backend)
+                if answer is None:
+                    self._missed[backend] += 1
+                    if self._missed[backend] >= self.misses:
+                        self.ready[backend] = False
+                else:
+                    self._missed[backend] = 0
+                    self.ready[backend] = answer
             await asyncio.sleep(self.interval)
 
-    async def _check(self, backend: tuple[str, int]) -> bool:
+    async def _check(self, backend: tuple[str, int]) -> bool | None:
+        """True for a 200, False for another answer, None for no answer."""
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*backend), 1)
         except (TimeoutError, OSError):
-            return False
+            return None
         try:
             writer.write(f"GET {self.health_path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n".encode())
             line = await asyncio.wait_for(reader.readline(), 1)
             return line.split(b" ")[1:2] == [b"200"]
         except (TimeoutError, OSError, IndexError):
-            return False
+            return None
         finally:
             writer.close()
 
