@@ -145,8 +145,8 @@ class Pending(enum.Enum):
 NEED_DATA: Final = Pending.NEED_DATA
 CONSUMED: Final = Pending.CONSUMED
 # Module-level names for the members the per-frame code compares with: on
-# Python 3.11 reading ``State.OPEN`` costs as much as a function call (0.18 µs
-# here against 0.02 µs for a global), paid on every message sent and received.
+# Python 3.11 reading ``State.OPEN`` costs about a function call (95 ns against
+# 7 ns for a global, ``python3 -m timeit``), paid on every message sent and received.
 _OPEN, _LOCAL_CLOSING, _REMOTE_CLOSING, _CLOSED = State.OPEN, State.LOCAL_CLOSING, State.REMOTE_CLOSING, State.CLOSED
 _KEEPALIVE_NONE, _KEEPALIVE_PING, _KEEPALIVE_EXPIRE = KeepaliveAction.NONE, KeepaliveAction.PING, KeepaliveAction.EXPIRE
 

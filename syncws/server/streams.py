@@ -223,11 +223,12 @@ class EventStream:
         queue, outbox = self._queue, self._outbox
         if not queue or outbox is None:
             return
-        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        if self._chunked:  # one HTTP chunk, as gevent writes one, built with a single copy of the events
+            data = b"".join((b"%x\r\n" % self._queued, *queue, b"\r\n"))
+        else:
+            data = queue[0] if len(queue) == 1 else b"".join(queue)
         queue.clear()
         self._queued = 0
-        if self._chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)  # one HTTP chunk, as gevent writes one
         self._transport.body_bytes += len(data)
         outbox.put(data)
 
