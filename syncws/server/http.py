@@ -72,6 +72,25 @@ def _short_response(status: str, text: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+def send_all(sock: socket.socket, data: bytes | bytearray) -> int:
+    """Write all of ``data`` to a gevent socket; its length.
+
+    As the socket's ``sendall``, without the ``getsockopt(SO_SNDBUF)`` gevent's
+    makes before every write.  That syscall (a chunk size, for PyPy's sake)
+    cost about as much as the ``send`` itself: 37% of an event stream's CPU
+    when its producer yields after each push (``python3 scripts/profile cpu
+    sse_yield``), 3% of a handshake's (``... cpu handshake``).  gevent's
+    ``send`` tries at once and waits for writability only when the socket is
+    full; the loop sends the rest of a partial write.
+    """
+    view = memoryview(data)
+    total = len(view)
+    sent = sock.send(view)
+    while sent < total:
+        sent += sock.send(view[sent:])
+    return total
+
+
 class Transport:
     """What a WebSocket handler needs from the server to take a connection over."""
 
@@ -158,7 +177,7 @@ class Transport:
         """
         self.upgraded = True
         sock = self.socket
-        sock.sendall(head)
+        send_all(sock, head)
         received = b""
         try:
             timeout = sock.gettimeout()
@@ -259,21 +278,9 @@ class ConnectionHandler(ClosingHandler):
             self.environ[TRANSPORT_KEY].chunked = bool(self.response_use_chunked)
 
     def _sendall(self, data: bytes | bytearray) -> None:
-        """gevent's, without the ``getsockopt(SO_SNDBUF)`` its socket's ``sendall`` makes before every write.
-
-        That syscall (a chunk size, for PyPy's sake) cost about as much as the
-        ``send`` itself: 37% of an event stream's CPU when its producer yields
-        after each push (``python3 scripts/profile cpu sse_yield``).  gevent's
-        ``send`` tries at once and waits for writability only when the socket
-        is full; the loop sends the rest of a partial write.
-        """
-        sock = self.socket
+        """gevent's, without the ``getsockopt(SO_SNDBUF)`` (:func:`send_all`)."""
         try:
-            view = memoryview(data)
-            total = len(view)
-            sent = sock.send(view)
-            while sent < total:
-                sent += sock.send(view[sent:])
+            total = send_all(self.socket, data)
         except OSError as exc:  # as gevent's: the access log shows it, the code turns negative
             self.status = f"socket error: {exc}"
             if self.code > 0:

@@ -33,13 +33,16 @@ queued, otherwise it could never be sent at all.
 
 from __future__ import annotations
 
+import _socket
 import enum
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
+import gevent.socket
 from gevent.event import Event
 
 from ..base.errors import ConfigurationError
@@ -50,6 +53,23 @@ log = logging.getLogger("syncws")
 
 _BATCH = 256 * 1024  # join small frames into one send up to this size
 _FLUSH_BATCH = 1024  # outboxes written per hub callback
+
+
+def raw_socket(sock: object) -> _socket.socket | None:
+    """The OS socket inside a plain gevent socket; None for any other kind (TLS above all).
+
+    gevent keeps that socket non-blocking and wraps each call in Python
+    (a try, then a wait when it would block).  Where syncws never wants the
+    wait (a write now or not at all, a read after waiting for readability
+    itself), it calls the socket's own method and saves a Python call per
+    message.  Only the exact gevent class qualifies: on a TLS socket these
+    methods would bypass the encryption.
+    """
+    if type(sock) is not gevent.socket.socket:
+        return None
+    plain: Any = sock  # (gevent has no types)
+    raw: _socket.socket = plain._sock
+    return raw
 
 
 class Flushable(Protocol):
@@ -160,6 +180,11 @@ class Outbox:
         if policy not in OVERFLOW_POLICIES:
             raise ConfigurationError(f"overflow policy must be one of {OVERFLOW_POLICIES}, not {policy!r}")
         self._sock = sock
+        raw = raw_socket(sock)
+        # A write now or never (the flusher's): timeout 0 is gevent's way to say "never wait".
+        self._send_now: Callable[[bytes | memoryview], int] = (
+            functools.partial(sock.send, timeout=0.0) if raw is None else raw.send
+        )
         self.limit = limit
         self.policy = policy
         self._on_overflow = on_overflow
@@ -221,9 +246,16 @@ class Outbox:
             if self._on_overflow is not None:
                 self._on_overflow()
             return False
-        self._open_queue().append(frame)
+        # _open_queue() and _schedule(), inline: this runs per message sent.
+        queue = self._queue
+        if queue is _NO_QUEUE:
+            queue = self._queue = deque()
+        queue.append(frame)
         self._queued += size
-        self._schedule()
+        if self._flusher is not None and not self._in_flight:
+            self._flusher.mark(self)
+        else:
+            self._wake_writer()
         return True
 
     @hub_only
@@ -291,7 +323,7 @@ class Outbox:
         while queue and not self._in_flight and self.state is not _FAILED:
             data = _take(self)
             try:
-                sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0 never waits
+                sent = self._send_now(data)
             except BlockingIOError:
                 sent = 0
             except OSError:

@@ -23,6 +23,7 @@ from ..protocol.frames import CloseCode
 from ..protocol.payload import Outgoing
 from ..pubsub.history import Recovery
 from ..pubsub.registry import check_user
+from .bridge import os_thread_id
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -189,12 +190,20 @@ class Peer:
         """
         if self._session.closed:
             return False
-        self._runtime.post_to_hub(self._send, Outgoing(data, compress))
+        outgoing = Outgoing(data, compress)
+        runtime = self._runtime
+        bridge = runtime.bridge
+        if bridge is not None and os_thread_id() == bridge.thread_id:
+            self._send(outgoing)  # in the hub (a hook): what post_to_hub would do, two calls fewer per message
+        else:
+            runtime.post_to_hub(self._send, outgoing)
         return True
 
     @hub_only
     def _send(self, outgoing: Outgoing) -> None:
-        self._runtime.counters.sent(1, len(outgoing.payload))
+        counters = self._runtime.counters
+        counters.messages_out += 1  # (Counters.sent, inline: this runs per message sent)
+        counters.bytes_out += len(outgoing.payload)
         self.deliver(outgoing)
 
     @hub_only

@@ -155,3 +155,31 @@ def test_many_handshakes_in_parallel_do_not_block_each_other(tls_server, cert_fi
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_only_a_plain_gevent_socket_is_read_and_written_past_gevent(cert_files):
+    """The outbox's non-blocking send and the session's recv skip gevent's wrapper: never under TLS.
+
+    On a TLS socket the socket underneath would carry our bytes unencrypted.
+    """
+    import _socket
+
+    import gevent.socket
+    from gevent import ssl as gevent_ssl
+
+    from syncws.server.outbox import raw_socket
+
+    certfile, keyfile, _ = cert_files
+    context = gevent_ssl.SSLContext(gevent_ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    plain, other = gevent.socket.socketpair()
+    wrapped = context.wrap_socket(plain, server_side=True, do_handshake_on_connect=False)
+    stdlib = socket.socket()
+    try:
+        assert raw_socket(wrapped) is None
+        assert raw_socket(stdlib) is None
+        raw = raw_socket(other)
+        assert isinstance(raw, _socket.socket) and raw.fileno() == other.fileno()
+    finally:
+        for sock in (wrapped, other, stdlib):
+            sock.close()
