@@ -25,8 +25,10 @@ def _tokens(value: str) -> list[str]:
 
 def is_upgrade_request(environ: Mapping[str, object]) -> bool:
     """True when the client asks to switch to the WebSocket protocol."""
-    upgrade = str(environ.get("HTTP_UPGRADE", ""))
-    connection = str(environ.get("HTTP_CONNECTION", ""))
+    upgrade = str(environ.get("HTTP_UPGRADE", "")).lower()
+    connection = str(environ.get("HTTP_CONNECTION", "")).lower()
+    if upgrade == "websocket" and connection == "upgrade":  # what most clients send: no lists to build
+        return True
     return "websocket" in _tokens(upgrade) and "upgrade" in _tokens(connection)
 
 

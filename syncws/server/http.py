@@ -28,6 +28,7 @@ second) so that the client reads the answer instead of a connection reset.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import socket
 import time
@@ -41,6 +42,7 @@ from gevent.pywsgi import OldMessage
 from ..base.errors import RequestHeadError
 from ..protocol.limits import ForwardedHeader, client_address
 from .listener import ClosingHandler, ResilientWSGIServer
+from .outbox import send_all
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -70,25 +72,6 @@ def _short_response(status: str, text: str) -> bytes:
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
-
-
-def send_all(sock: socket.socket, data: bytes | bytearray) -> int:
-    """Write all of ``data`` to a gevent socket; its length.
-
-    As the socket's ``sendall``, without the ``getsockopt(SO_SNDBUF)`` gevent's
-    makes before every write.  That syscall (a chunk size, for PyPy's sake)
-    cost about as much as the ``send`` itself: 37% of an event stream's CPU
-    when its producer yields after each push (``python3 scripts/profile cpu
-    sse_yield``), 3% of a handshake's (``... cpu handshake``).  gevent's
-    ``send`` tries at once and waits for writability only when the socket is
-    full; the loop sends the rest of a partial write.
-    """
-    view = memoryview(data)
-    total = len(view)
-    sent = sock.send(view)
-    while sent < total:
-        sent += sock.send(view[sent:])
-    return total
 
 
 class Transport:
@@ -239,13 +222,41 @@ def _serve_handed_over(run: Callable[[], object], sock: socket.socket) -> None:
         sock.close()
 
 
+class _RequestHeaders(OldMessage):
+    """The request's headers as gevent expects them, with ``get`` answered from a dict.
+
+    gevent asks for a header six times per request, and ``email``'s ``get``
+    lowers every header's name on each ask and runs three more functions per
+    answer: with this class a handshake makes 547 Python calls, with
+    ``OldMessage`` 573 (``python3 scripts/profile calls handshake``).  The
+    answers are the same: the first value under the name, as compat32 gives
+    it for text decoded from ISO-8859-1 (which holds no surrogates).  gevent
+    only reads these headers and deletes one (Content-Length beside chunked).
+    """
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._headers = pairs  # email.message.Message's own storage
+        first: dict[str, str] = {}
+        for name, value in pairs:
+            first.setdefault(name.lower(), value)
+        self._first = first
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        return self._first.get(name.lower(), failobj)
+
+    def __delitem__(self, name: str) -> None:  # gevent drops Content-Length beside chunked
+        super().__delitem__(name)
+        self._first.pop(name.lower(), None)
+
+
 class ConnectionHandler(ClosingHandler):
     status: Any  # gevent's: the status line, str or bytes depending on where it was set
     socket: Any  # gevent's; None once the connection is handed over (Transport.hand_over)
     result: Iterable[bytes] | None  # gevent's: the app's response body while it is sent
     code: int  # gevent's: the response's status code (negated after a failed write)
 
-    @property
+    @functools.cached_property  # read about seven times per request
     def runtime(self) -> Runtime:
         """The state of the syncws server this connection belongs to."""
         server = self.server
@@ -278,7 +289,7 @@ class ConnectionHandler(ClosingHandler):
             self.environ[TRANSPORT_KEY].chunked = bool(self.response_use_chunked)
 
     def _sendall(self, data: bytes | bytearray) -> None:
-        """gevent's, without the ``getsockopt(SO_SNDBUF)`` (:func:`send_all`)."""
+        """gevent's, without the ``getsockopt(SO_SNDBUF)`` (:func:`~syncws.server.outbox.send_all`)."""
         try:
             total = send_all(self.socket, data)
         except OSError as exc:  # as gevent's: the access log shows it, the code turns negative
@@ -419,9 +430,7 @@ class ConnectionHandler(ClosingHandler):
             pairs.append((name, value.lstrip(" \t").rstrip("\r\n")))
             if len(pairs) > max_count:
                 raise RequestHeadError(431, f"More than {max_count} request headers")
-        message = OldMessage()
-        message._headers = pairs  # email.message.Message's own storage
-        return message
+        return _RequestHeaders(pairs)
 
     def _head_timed_out(self, timeout: float | None) -> bool | RequestHeadError:
         if not self._head_started:
@@ -441,7 +450,7 @@ class ConnectionHandler(ClosingHandler):
         self.response_length = len(response)
         self.close_connection = True
         try:
-            self.socket.sendall(response)
+            send_all(self.socket, response)
         except OSError:
             return
         self.time_finish = time.time()

@@ -48,8 +48,8 @@ class Keepalive:
         """A session with these settings started; make sure the ticker serves it."""
         if ping_interval is None:
             return
-        wanted = min(v for v in (ping_interval, ping_timeout) if v is not None) / 4
-        wanted = min(MAX_TICK, max(MIN_TICK, wanted))
+        shortest = ping_interval if ping_timeout is None else min(ping_interval, ping_timeout)
+        wanted = min(MAX_TICK, max(MIN_TICK, shortest / 4))
         if wanted < self.tick:
             self.tick = wanted
             self._wake.set()  # re-arm the current wait with the shorter tick

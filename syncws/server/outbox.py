@@ -14,7 +14,7 @@ Writing happens in two tiers:
   per recipient;
 * only when the socket will not take everything (a slow reader, a full TCP
   buffer), or when the last (close) frame is queued, does the peer get a
-  writer greenlet of its own, to finish with a blocking ``sendall``.  That
+  writer greenlet of its own, to finish with blocking writes (:func:`send_all`).  That
   greenlet is the only thing that ever waits on the socket.  It is started on
   first need, not with the outbox: an idle peer costs no greenlet and no
   events (measured: about 3 KiB less per open connection).
@@ -37,6 +37,7 @@ import _socket
 import enum
 import functools
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -70,6 +71,26 @@ def raw_socket(sock: object) -> _socket.socket | None:
     plain: Any = sock  # (gevent has no types)
     raw: _socket.socket = plain._sock
     return raw
+
+
+def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> int:
+    """Write all of ``data`` to a gevent socket; its length.
+
+    As the socket's ``sendall``, without the ``getsockopt(SO_SNDBUF)`` gevent's
+    makes before every write.  That syscall (a chunk size, for PyPy's sake)
+    cost about as much as the ``send`` itself: 37% of an event stream's CPU
+    when its producer yields after each push (``python3 scripts/profile cpu
+    sse_yield``), 3% of a handshake's (``... cpu handshake``: the 101 head, and
+    the close frame the outbox's writer sends).  gevent's
+    ``send`` tries at once and waits for writability only when the socket is
+    full; the loop sends the rest of a partial write.
+    """
+    view = memoryview(data)
+    total = len(view)
+    sent = sock.send(view)
+    while sent < total:
+        sent += sock.send(view[sent:])
+    return total
 
 
 class Flushable(Protocol):
@@ -299,14 +320,26 @@ class Outbox:
 
     @hub_only
     def put_final(self, frame: bytes | None = None) -> None:
-        """Queue the last frame (the close frame), or none: the writer stops after what is queued."""
+        """Queue the last frame (the close frame), or none: nothing is accepted after it.
+
+        What is queued is written now as far as the socket takes it; the
+        writer greenlet writes any rest, and stops after it.  Most often the
+        socket takes it all and no writer is started just for the close
+        frame: a greenlet costs a connection's close an ``mmap`` and a
+        ``munmap`` (its Python stack, ``strace -f -c``) besides the switches.
+        """
         if self.state is not _OPEN:
             return
         self.state = _FINAL
         if frame is not None:
             self._open_queue().append(frame)
             self._queued += len(frame)
-        self._wake_writer()
+        if self._writer is not None:
+            self._wake_writer()  # it is writing: it goes on, and stops after the last frame
+            return
+        self._flush_nonblocking()  # hands a rest to a new writer
+        if self._writer is None and not self._done:
+            self._finished()  # all written (a failed write has finished already)
 
     def wait_flushed(self, timeout: float | None) -> bool:
         """Wait until the last frame is written (or the peer is gone); False on timeout."""
@@ -354,7 +387,7 @@ class Outbox:
                 data = _take(self)
                 self._queued -= len(data)
                 self._in_flight = len(data)
-                self._sock.sendall(data)
+                send_all(self._sock, data)
                 self._in_flight = 0
                 if self._drain_waiters or self._pushed_back:
                     self._progress()

@@ -115,12 +115,12 @@ class _Input:
 
     __slots__ = ("_connection", "_drained", "_loop", "_recv", "_seen", "_since", "_wait")
 
-    def __init__(self, sock: socket.socket, connection: Connection) -> None:
+    def __init__(self, sock: socket.socket, connection: Connection, drained: bool) -> None:
         self._connection = connection
         raw = _raw_reader(sock)
         self._recv: Callable[[int], bytes] = sock.recv if raw is None else raw[0]
         self._wait = None if raw is None else raw[1]
-        self._drained = False
+        self._drained = drained  # the last read found the socket empty: wait before the next
         self._loop = gevent.get_hub().loop
         self._seen = self._loop.iteration
         self._since = perf_counter()
@@ -326,10 +326,13 @@ class Session:
         connection = self.connection
         next_event = connection.next_event
         received, self._received = self._received, b""
+        # Nothing came with the upgrade: its non-blocking read found the socket
+        # empty (Transport.accept), so the first read waits instead of failing.
+        drained = not received
         if received:
             connection.receive_data(received, time.monotonic())
         del received  # nothing read is kept referenced while this peer idles
-        source = _Input(self.socket, connection)  # (no bound methods kept in locals: memory per idle peer)
+        source = _Input(self.socket, connection, drained)  # (no bound methods kept in locals: memory per idle peer)
         parser = connection.parser
         inflated = parser.inflated
         budget = _FAIR_BUDGET

@@ -428,6 +428,21 @@ def test_header_values_are_parsed_as_before_and_folded_lines_join_with_a_space(s
     assert body == b'{"x":"first second third","a":"padded value"}'
 
 
+def test_the_headers_gevent_asks_for_are_found_in_any_case_and_a_dropped_one_is_gone(start_server):
+    """gevent reads Transfer-Encoding, Content-Length and Connection itself, and drops the length beside chunked."""
+    app = App()
+    app.post("/body", lambda request: f"{request.get_data().decode()}|{request.headers.get('Content-Length')}")
+    server = start_server(app)
+    head = (
+        "POST /body HTTP/1.1\r\nHost: x\r\ntransfer-ENCODING: Chunked\r\nContent-Length: 999\r\n"
+        "CONNECTION: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    started = time.monotonic()
+    status, headers, body = parse_response(raw_request(server, head.encode("latin-1")))
+    assert status == 200 and body == b"hello|None" and "content-length" in headers
+    assert time.monotonic() - started < 0.4  # closed by the server: raw_request did not wait for an idle 0.5 s
+
+
 @pytest.mark.parametrize(
     "lines",
     [

@@ -11,6 +11,7 @@ would time out and the test would fail.
 
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 import time
@@ -361,10 +362,11 @@ def test_slow_peer_does_not_block_direct_sends_to_others(start_server):
 
 
 def test_the_outbox_transitions_table_is_what_the_outbox_does():
-    """Each row of outbox.TRANSITIONS (the docs' state diagram) happens, over a real socket pair."""
+    """Each row of outbox.TRANSITIONS (the docs' state diagram) happens, over a real socket pair (gevent's, as served)."""
     import socket
 
     import gevent
+    import gevent.socket
 
     from syncws.server.outbox import TRANSITIONS, Outbox, OutboxState
 
@@ -372,7 +374,7 @@ def test_the_outbox_transitions_table_is_what_the_outbox_does():
 
     transitions = Transitions()
     step = transitions.step
-    pairs = [socket.socketpair() for _ in range(3)]
+    pairs = [gevent.socket.socketpair() for _ in range(3)]
     try:
         closing = Outbox(pairs[0][0], None)
         step(closing, lambda o: o.put_final(b"\x88\x00"))
@@ -392,3 +394,45 @@ def test_the_outbox_transitions_table_is_what_the_outbox_does():
             a.close()
             b.close()
     assert transitions.seen == Transitions.of(TRANSITIONS)
+
+
+def test_the_last_frame_is_written_at_once_and_a_rest_the_socket_cannot_take_by_the_writer():
+    """put_final writes what the socket takes now; only a rest starts the writer greenlet."""
+    import socket
+
+    import gevent
+    import gevent.socket
+
+    from syncws.server.outbox import Outbox, OutboxState
+
+    small, small_peer = gevent.socket.socketpair()
+    large, large_peer = gevent.socket.socketpair()
+    broken, broken_peer = gevent.socket.socketpair()
+    try:
+        closing = Outbox(small, None)
+        closing.put_final(b"\x88\x02\x03\xe8")
+        assert closing._writer is None  # no greenlet for a frame the socket took at once
+        assert closing.wait_flushed(0) and small_peer.recv(16) == b"\x88\x02\x03\xe8"
+
+        large.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        body = bytes(range(256)) * 8192  # 2 MiB: more than the socket takes now
+        filling = Outbox(large, None)
+        filling._queue = collections.deque([body])  # queued, not yet flushed (as between two hub turns)
+        filling._queued = len(body)
+        filling.put_final(b"\x88\x00")
+        assert filling._writer is not None and not filling.wait_flushed(0)
+        received = bytearray()
+        reader = gevent.spawn(lambda: [received.extend(c) for c in iter(lambda: large_peer.recv(65536), b"")])
+        assert filling.wait_flushed(10) and filling.state is OutboxState.FINAL
+        large.shutdown(socket.SHUT_WR)
+        reader.join(10)
+        assert bytes(received) == body + b"\x88\x00"  # all of it, in order, the close frame last
+
+        broken_peer.close()
+        broken.shutdown(socket.SHUT_WR)  # writes fail now: EPIPE
+        failing = Outbox(broken, None)
+        failing.put_final(b"\x88\x00")
+        assert failing.state is OutboxState.FAILED and failing.wait_flushed(0) and failing._writer is None
+    finally:
+        for sock in (small, small_peer, large, large_peer, broken, broken_peer):
+            sock.close()

@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from http.client import HTTPMessage
 from typing import Any
 
 class WSGIServer:
@@ -17,5 +18,8 @@ class WSGIHandler:
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], object]: ...
     def get_environ(self) -> dict[str, Any]: ...
     def __getattr__(self, name: str) -> Any: ...
+
+class OldMessage(HTTPMessage):
+    status: str
 
 def __getattr__(name: str) -> Any: ...
