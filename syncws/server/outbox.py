@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import _socket
 import enum
+import errno
 import functools
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -71,6 +73,37 @@ def raw_socket(sock: object) -> _socket.socket | None:
     plain: Any = sock  # (gevent has no types)
     raw: _socket.socket = plain._sock
     return raw
+
+
+def send_now(sock: object) -> Callable[[bytes | memoryview], int]:
+    """A ``send`` for ``sock`` that never waits: what it wrote, 0 when the socket takes nothing now.
+
+    The flusher writes from a callback of the hub, where waiting is
+    impossible (gevent raises ``BlockingSwitchOutError``).  A plain gevent
+    socket's own ``send`` never waits (:func:`raw_socket`).  gevent's TLS
+    socket waits whenever OpenSSL wants the socket, whatever timeout it is
+    given: its connection object is written directly, and "wants" is 0.  The
+    caller hands what was not written to the writer greenlet, whose
+    ``send_all`` repeats the same bytes first, as OpenSSL asks of a retry.
+    """
+    raw = raw_socket(sock)
+    if raw is not None:
+        return raw.send
+    given: Any = sock  # (gevent has no types)
+    if not hasattr(given, "_sslobj"):
+        return functools.partial(given.send, timeout=0.0)  # gevent's own: a timeout of 0 never waits
+
+    def send_tls_now(data: bytes | memoryview) -> int:
+        connection = given._sslobj
+        if connection is None:
+            raise OSError(errno.EBADF, "the TLS connection is closed")
+        try:
+            written: int = connection.write(data)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return 0
+        return written
+
+    return send_tls_now
 
 
 def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> int:
@@ -201,11 +234,7 @@ class Outbox:
         if policy not in OVERFLOW_POLICIES:
             raise ConfigurationError(f"overflow policy must be one of {OVERFLOW_POLICIES}, not {policy!r}")
         self._sock = sock
-        raw = raw_socket(sock)
-        # A write now or never (the flusher's): timeout 0 is gevent's way to say "never wait".
-        self._send_now: Callable[[bytes | memoryview], int] = (
-            functools.partial(sock.send, timeout=0.0) if raw is None else raw.send
-        )
+        self._send_now = send_now(sock)  # the flusher's: a write now or not at all
         self.limit = limit
         self.policy = policy
         self._on_overflow = on_overflow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -183,3 +184,33 @@ def test_only_a_plain_gevent_socket_is_read_and_written_past_gevent(cert_files):
     finally:
         for sock in (wrapped, other, stdlib):
             sock.close()
+
+
+def test_a_tls_client_that_reads_slowly_gets_every_byte_and_nothing_is_logged(start_server, cert_files, caplog):
+    """The flusher writes from a hub callback, where gevent's TLS send would wait (and raise).
+
+    Before, the frames taken for that write were lost and the peer stalled:
+    2.9 of 10 MB arrived, with a BlockingSwitchOutError logged per flush.
+    """
+    certfile, keyfile, bundle = cert_files
+    peers: list = []
+    app = App()
+    app.get("/_ws", define_websocket_handler(open=peers.append))
+    server = start_server(app, certfile=certfile, keyfile=keyfile, max_buffer_size=64 * 1024 * 1024)
+    client = websocket.create_connection(
+        server.url.replace("https", "wss") + "/_ws",
+        sslopt={"ca_certs": bundle},
+        sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)],
+        timeout=10,
+    )
+    try:
+        assert wait_until(lambda: peers)
+        messages = [bytes([n]) * 100_000 for n in range(100)]
+        for message in messages:
+            assert peers[0].send(message)
+        assert wait_until(lambda: peers[0].buffered_amount > 1_000_000)  # the client is not reading yet
+        received = [client.recv() for _ in messages]
+        assert received == messages
+    finally:
+        client.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
