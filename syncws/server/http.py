@@ -300,10 +300,11 @@ class ConnectionHandler(ClosingHandler):
         self.response_length += total
 
     def handle(self) -> None:
-        try:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not TCP (unix socket) or already closed
+        if not self.server.nodelay_inherited:  # (ResilientWSGIServer.init_socket)
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP (unix socket) or already closed
         super().handle()  # ClosingHandler's: the reader is closed at the end
 
     # -- the request head ---------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -131,6 +132,19 @@ class ResilientWSGIServer(WSGIServer):
         #: Sockets a Transport handed to a greenlet of their own: not closed
         #: when their HTTP handler's greenlet ends (that greenlet closes them).
         self.handed_over: set[socket.socket] = set()
+
+    #: Accepted TCP sockets come with ``TCP_NODELAY`` already: Linux gives them
+    #: their listener's, set once in :meth:`init_socket` (a syscall less per connection).
+    nodelay_inherited = False
+
+    def init_socket(self) -> None:
+        super().init_socket()
+        if sys.platform.startswith("linux"):
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                return  # not TCP (a Unix socket): nothing to inherit
+            self.nodelay_inherited = True
 
     def do_close(self, sock: socket.socket, *args: object) -> None:
         if sock in self.handed_over:

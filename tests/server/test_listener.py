@@ -334,3 +334,27 @@ def test_two_thousand_abrupt_disconnects_leave_nothing_behind(start_server):
     with RawClient(server, "/_ws?i=final") as client:
         client.send_frame(OP_TEXT, b"after")
         assert client.read_frame() == (OP_TEXT, b"after")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's inheritance of TCP_NODELAY")
+def test_tcp_nodelay_is_set_once_on_a_tcp_listener_and_left_alone_on_a_unix_one(tmp_path):
+    """Accepted sockets inherit it there (tests/web/test_app.py checks they have it); a Unix socket has none."""
+    import gevent.socket
+
+    from syncws.server.listener import ResilientWSGIServer
+
+    tcp = gevent.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    unix = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        unix.bind(str(tmp_path / "s"))
+        unix.listen()
+        over_tcp, over_unix = ResilientWSGIServer(tcp, lambda e, s: []), ResilientWSGIServer(unix, lambda e, s: [])
+        over_tcp.init_socket()
+        over_unix.init_socket()
+        assert over_tcp.nodelay_inherited and tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert not over_unix.nodelay_inherited
+    finally:
+        tcp.close()
+        unix.close()
