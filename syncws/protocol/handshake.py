@@ -20,7 +20,8 @@ HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 
 def _tokens(value: str) -> list[str]:
-    return [token.strip().lower() for token in value.split(",") if token.strip()]
+    """The comma-separated tokens of a header value (already lower-cased by the caller)."""
+    return [token.strip() for token in value.split(",")]
 
 
 def is_upgrade_request(environ: Mapping[str, object]) -> bool:

@@ -144,7 +144,9 @@ class _Input:
             if self._drained and self._wait is not None:
                 self._wait()
             data = self._recv(_READ_SIZE)
-        except BlockingIOError:  # (only the socket's own recv raises it) nothing yet: wait first next time
+        except BlockingIOError:  # the socket's own recv: nothing yet, so wait first next time
+            if self._wait is None:
+                return -1  # gevent's recv on a socket someone made non-blocking: as any error, not a spin
             self._drained = True
             return 0
         except (OSError, ValueError):
